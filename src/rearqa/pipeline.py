@@ -1,0 +1,113 @@
+"""question -> retriever -> reader -> Answer.
+
+`Pipeline` owns one document collection (docstore + indexes) and one reader, both opened lazily
+on first use. The embedded default collection `wiki` is built from the bundled Wikipedia
+summaries the first time it is opened (with a progress bar); any other collection starts empty
+and is filled with `rearqa index add` or `Pipeline.collection.add_paths`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rearqa import assets
+from rearqa.config import PipelineConfig
+from rearqa.reader import BaselineReader, check_question
+from rearqa.types import Answer, Passage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "wiki"
+
+
+class Pipeline:
+    """The question-answering system: retrieve passages, then read them."""
+
+    def __init__(self, config: PipelineConfig | None = None, *, home: str | Path | None = None,
+                 **overrides: Any) -> None:
+        """`overrides` are top-level PipelineConfig fields, e.g. `Pipeline(k=3)`."""
+        config = config or PipelineConfig()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.home = Path(home) if home else assets.home()
+        self._collection = None
+        self._reader = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> "Pipeline":
+        return cls(PipelineConfig.from_yaml(path), **kwargs)
+
+    # -- components, opened on first use ------------------------------------------------------
+    @property
+    def collection(self):
+        if self._collection is None:
+            from rearqa.retriever import Collection
+
+            name = self.config.retriever.collection
+            collection = Collection(self.home / "indexes" / name, self.config.retriever)
+            if name == DEFAULT_COLLECTION and collection.is_empty():
+                assets.ensure_prepared(self.home)
+                log.info("building the default collection from %s", assets.corpus_file(self.home))
+                collection.add_paths([assets.corpus_file(self.home)], progress=True)
+            self._collection = collection
+        return self._collection
+
+    @property
+    def reader(self) -> BaselineReader:
+        if self._reader is None:
+            model_dir = self.config.reader.model
+            if not model_dir:
+                assets.ensure_prepared(self.home)
+                model_dir = assets.reader_model_dir(self.home)
+            self._reader = BaselineReader(self.config.reader, model_dir)
+        return self._reader
+
+    # -- retrieval ------------------------------------------------------------------------------
+    def retrieve(self, question: str, k: int | None = None, filters: dict | None = None,
+                 retriever: str | None = None) -> list[Passage]:
+        return self.retrieve_batch([question], k, filters, retriever)[0]
+
+    def retrieve_batch(self, questions: list[str], k: int | None = None,
+                       filters: dict | None = None, retriever: str | None = None) -> list[list[Passage]]:
+        limit = self.config.reader.max_question_chars
+        questions = [check_question(q, limit) for q in questions]
+        search = self.collection.retriever(retriever or self.config.retriever.kind)
+        return search.search_batch(questions, k or self.config.k, filters=filters)
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_batch(self, questions: list[str], passages: list[list[Passage]],
+                   method: str | None = None) -> list[Answer]:
+        return self.reader.read_batch(questions, passages, method)
+
+    def ask(self, question: str, k: int | None = None, filters: dict | None = None,
+            method: str | None = None, retriever: str | None = None) -> Answer:
+        """Answer one question with citations."""
+        return self.ask_batch([question], k, filters, method, retriever)[0]
+
+    def ask_batch(self, questions: list[str], k: int | None = None, filters: dict | None = None,
+                  method: str | None = None, retriever: str | None = None) -> list[Answer]:
+        """Answer many questions; generation is batched (reader.batch_size)."""
+        method = method or self.config.reader.method
+        if method == "closed-book":
+            limit = self.config.reader.max_question_chars
+            questions = [check_question(q, limit) for q in questions]
+            passages: list[list[Passage]] = [[] for _ in questions]
+        else:
+            passages = self.retrieve_batch(questions, k, filters, retriever)
+        return self.read_batch([q.strip() for q in questions], passages, method)
+
+    def stream(self, question: str, k: int | None = None, filters: dict | None = None,
+               method: str | None = None, retriever: str | None = None,
+               history: list[dict] | None = None) -> Iterator[tuple[str, Any]]:
+        """Yield ("passages", list[Passage]), then ("token", str) pieces, then ("answer", Answer)."""
+        method = method or self.config.reader.method
+        question = check_question(question, self.config.reader.max_question_chars)
+        passages = [] if method == "closed-book" else self.retrieve(question, k, filters, retriever)
+        yield "passages", passages
+        pieces = []
+        for piece in self.reader.stream(question, passages, method, history):
+            pieces.append(piece)
+            yield "token", piece
+        yield "answer", self.reader.make_answer(question, "".join(pieces).strip(), passages, method)

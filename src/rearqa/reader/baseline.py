@@ -1,0 +1,77 @@
+"""Baseline readers: closed-book (no passages) and standard RAG (top-k passages in the prompt).
+
+Both are one chat prompt per question through an engine; RAG cites every passage it was given,
+closed-book cites none and says the answer came from the model's own knowledge.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from rearqa.reader.config import READER_METHODS, ReaderConfig
+from rearqa.reader.engines import build_engine
+from rearqa.reader.prompts import build_messages, get_prompt
+from rearqa.types import Answer, Citation, Passage
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given (empty, too long, not text)."""
+
+
+def check_question(question: object, max_chars: int) -> str:
+    if not isinstance(question, str):
+        raise QuestionError(f"question must be text, got {type(question).__name__}")
+    question = question.strip()
+    if not question:
+        raise QuestionError("question is empty: type a question, e.g. 'Who wrote Hamlet?'")
+    if len(question) > max_chars:
+        raise QuestionError(f"question is {len(question)} characters long; the limit is {max_chars} "
+                            "(reader.max_question_chars). Shorten it.")
+    return question
+
+
+class BaselineReader:
+    """Closed-book and standard-RAG answers from one engine."""
+
+    def __init__(self, config: ReaderConfig, model_dir: str | Path, engine=None) -> None:
+        self.config = config
+        self.template = get_prompt(config.prompt)
+        self.engine = engine or build_engine(
+            config.engine, model_dir=model_dir, dtype=config.dtype, threads=config.threads,
+            trust_remote_code=config.trust_remote_code)
+
+    def _method(self, method: str | None) -> str:
+        method = method or self.config.method
+        if method not in READER_METHODS:
+            raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READER_METHODS)}")
+        return method
+
+    def messages(self, question: str, passages: list[Passage], method: str | None = None,
+                 history: list[dict] | None = None) -> list[dict]:
+        used = passages if self._method(method) == "rag" else None
+        return build_messages(question, used, self.template, self.config.max_passage_words, history)
+
+    def make_answer(self, question: str, text: str, passages: list[Passage], method: str) -> Answer:
+        if method == "closed-book":
+            return Answer(question, text, [], method=method, from_own_knowledge=True)
+        return Answer(question, text, [Citation(p) for p in passages], method=method)
+
+    def read_batch(self, questions: list[str], passages: list[list[Passage]],
+                   method: str | None = None) -> list[Answer]:
+        method = self._method(method)
+        if len(questions) != len(passages):
+            raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
+        answers: list[Answer] = []
+        size = self.config.batch_size
+        for start in range(0, len(questions), size):
+            qs, ps = questions[start:start + size], passages[start:start + size]
+            batch = [self.messages(q, p, method) for q, p in zip(qs, ps)]
+            texts = self.engine.generate(batch, self.config.max_new_tokens)
+            answers += [self.make_answer(q, t, p, method) for q, t, p in zip(qs, texts, ps)]
+        return answers
+
+    def stream(self, question: str, passages: list[Passage], method: str | None = None,
+               history: list[dict] | None = None) -> Iterator[str]:
+        """Yield answer text pieces for one question (build the Answer with `make_answer`)."""
+        messages = self.messages(question, passages, method, history)
+        yield from self.engine.stream(messages, self.config.max_new_tokens)

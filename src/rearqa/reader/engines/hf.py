@@ -1,0 +1,93 @@
+"""The transformers reader engine: batched greedy generation through the chat template.
+
+Prompts are left-padded so a batch of questions decodes in one `generate` call; streaming runs
+`generate` in a worker thread and yields text as `TextIteratorStreamer` releases it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class HFEngine:
+    """A causal LM loaded from a plain transformers checkpoint directory."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
+                 trust_remote_code: bool = False) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
+                "for the bundled model, or point reader.model at a transformers checkpoint")
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"  # generation appends on the right
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)
+        self.model.eval()
+        self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+
+    def render(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, batch: list[list[dict]]) -> dict[str, torch.Tensor]:
+        texts = [self.render(messages) for messages in batch]
+        # The chat template already holds the special tokens.
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _generation_kwargs(self, max_new_tokens: int) -> dict:
+        return dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                    top_k=None, pad_token_id=self.tokenizer.pad_token_id)
+
+    @torch.inference_mode()
+    def generate(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers for a batch of chat conversations."""
+        if not batch:
+            return []
+        inputs = self._encode(batch)
+        with self._lock:
+            output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def stream(self, messages: list[dict], max_new_tokens: int = 32) -> Iterator[str]:
+        """Yield the greedy answer to one conversation piece by piece."""
+        from transformers import TextIteratorStreamer
+
+        inputs = self._encode([messages])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=600)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    self.model.generate(**inputs, streamer=streamer,
+                                        **self._generation_kwargs(max_new_tokens))
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

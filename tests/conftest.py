@@ -1,0 +1,29 @@
+"""Shared fixtures: the prepared data home with the real models and data sets.
+
+`make test` runs `rearqa data prepare` first, so `prepared_home` is a quick check there; run
+alone, the first test that needs it prepares the home (a few minutes, once per machine).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prepared_home():
+    from rearqa import assets
+
+    return assets.ensure_prepared(progress=False)
+
+
+@pytest.fixture(scope="session")
+def reader_dir(prepared_home):
+    from rearqa import assets
+
+    return assets.reader_model_dir(prepared_home)
