@@ -27,3 +27,13 @@ def reader_dir(prepared_home):
     from rearqa import assets
 
     return assets.reader_model_dir(prepared_home)
+
+
+@pytest.fixture(scope="module")
+def scratch_home(prepared_home, tmp_path_factory):
+    """A data home of its own (fresh indexes/) that shares the prepared models and data sets."""
+    home = tmp_path_factory.mktemp("home")
+    for name in ("models", "data", "downloads", "manifest.json"):
+        if (prepared_home / name).exists():
+            (home / name).symlink_to(prepared_home / name)
+    return home

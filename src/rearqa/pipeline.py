@@ -65,11 +65,11 @@ class Pipeline:
         return self._reader
 
     # -- retrieval ------------------------------------------------------------------------------
-    def retrieve(self, question: str, k: int | None = None, filters: dict | None = None,
+    def retrieve(self, question: str, k: int | None = None, *, filters: dict | None = None,
                  retriever: str | None = None) -> list[Passage]:
-        return self.retrieve_batch([question], k, filters, retriever)[0]
+        return self.retrieve_batch([question], k, filters=filters, retriever=retriever)[0]
 
-    def retrieve_batch(self, questions: list[str], k: int | None = None,
+    def retrieve_batch(self, questions: list[str], k: int | None = None, *,
                        filters: dict | None = None, retriever: str | None = None) -> list[list[Passage]]:
         limit = self.config.reader.max_question_chars
         questions = [check_question(q, limit) for q in questions]
@@ -81,12 +81,12 @@ class Pipeline:
                    method: str | None = None) -> list[Answer]:
         return self.reader.read_batch(questions, passages, method)
 
-    def ask(self, question: str, k: int | None = None, filters: dict | None = None,
+    def ask(self, question: str, k: int | None = None, *, filters: dict | None = None,
             method: str | None = None, retriever: str | None = None) -> Answer:
         """Answer one question with citations."""
-        return self.ask_batch([question], k, filters, method, retriever)[0]
+        return self.ask_batch([question], k, filters=filters, method=method, retriever=retriever)[0]
 
-    def ask_batch(self, questions: list[str], k: int | None = None, filters: dict | None = None,
+    def ask_batch(self, questions: list[str], k: int | None = None, *, filters: dict | None = None,
                   method: str | None = None, retriever: str | None = None) -> list[Answer]:
         """Answer many questions; generation is batched (reader.batch_size)."""
         method = method or self.config.reader.method
@@ -95,16 +95,17 @@ class Pipeline:
             questions = [check_question(q, limit) for q in questions]
             passages: list[list[Passage]] = [[] for _ in questions]
         else:
-            passages = self.retrieve_batch(questions, k, filters, retriever)
+            passages = self.retrieve_batch(questions, k, filters=filters, retriever=retriever)
         return self.read_batch([q.strip() for q in questions], passages, method)
 
-    def stream(self, question: str, k: int | None = None, filters: dict | None = None,
+    def stream(self, question: str, k: int | None = None, *, filters: dict | None = None,
                method: str | None = None, retriever: str | None = None,
                history: list[dict] | None = None) -> Iterator[tuple[str, Any]]:
         """Yield ("passages", list[Passage]), then ("token", str) pieces, then ("answer", Answer)."""
         method = method or self.config.reader.method
         question = check_question(question, self.config.reader.max_question_chars)
-        passages = [] if method == "closed-book" else self.retrieve(question, k, filters, retriever)
+        passages = [] if method == "closed-book" else self.retrieve(question, k, filters=filters,
+                                                                    retriever=retriever)
         yield "passages", passages
         pieces = []
         for piece in self.reader.stream(question, passages, method, history):

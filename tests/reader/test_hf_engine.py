@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def reader(reader_dir):
-    return BaselineReader(ReaderConfig(max_new_tokens=16, batch_size=4), reader_dir)
+    return BaselineReader(ReaderConfig(max_new_tokens=16, batch_size=4, dtype="float32"), reader_dir)
 
 
 def test_unknown_engine_lists_valid_names():

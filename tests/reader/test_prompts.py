@@ -39,3 +39,10 @@ def test_bad_questions_are_refused_clearly(bad, match):
 
 def test_question_is_stripped():
     assert check_question("  Who wrote Hamlet? ", 100) == "Who wrote Hamlet?"
+
+
+def test_best_last_puts_the_top_passage_next_to_the_question():
+    passages = [Passage("a", "alpha", title="A"), Passage("b", "beta", title="B")]
+    assert format_passages(passages, 10, best_last=True) == "[2] B\nbeta\n\n[1] A\nalpha"
+    content = build_messages("q", passages, get_prompt("short-best-last"), 10)[-1]["content"]
+    assert content.index("alpha") > content.index("beta")

@@ -32,11 +32,13 @@ CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Coll
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from rearqa.assets import AssetError
     from rearqa.config_errors import ConfigError
+    from rearqa.eval.runner import ResumeError
     from rearqa.reader import QuestionError
     from rearqa.retriever import RetrieverError
 
-    return (ConfigError, QuestionError, RetrieverError, FileNotFoundError)
+    return (AssetError, ConfigError, QuestionError, ResumeError, RetrieverError, FileNotFoundError)
 
 
 def _pipeline(config: Path | None, home: Path | None, collection: str | None = None, **reader: object):
@@ -138,6 +140,7 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              limit: Annotated[Optional[int], typer.Option(help="First N questions only.")] = None,
              batch_size: Annotated[Optional[int], typer.Option(help="Questions per batch.")] = None,
              seed: Annotated[int, typer.Option(help="Seed recorded in the report.")] = 0,
+             overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming --out.")] = False,
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
@@ -146,8 +149,8 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed)
-    report = run_eval(pipe, settings, progress=True)
-    typer.echo((out / "report.md").read_text() if (out / "report.md").exists() else json.dumps(report.get("aggregate"), indent=2))
+    report = run_eval(pipe, settings, progress=True, overwrite=overwrite, home=pipe.home)
+    typer.echo((out / "report.md").read_text())
 
 
 @app.command("compare")

@@ -82,8 +82,10 @@ def build_ui(pipeline) -> gr.Blocks:
     return demo
 
 
-def launch(pipeline, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+def launch(pipeline, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
+    """Serve the chat; with `block=False` return at once (`demo.local_url`, `demo.close()`)."""
     demo = build_ui(pipeline)
     demo.queue(default_concurrency_limit=1, max_size=64)  # one reader; bounded waiting line
-    return demo.launch(server_name=host, server_port=port, share=False,
-                       prevent_thread_lock=not block, show_error=True, footer_links=[])
+    demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
+                show_error=True, footer_links=[])
+    return demo

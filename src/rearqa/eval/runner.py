@@ -52,7 +52,7 @@ class EvalPipeline(Protocol):
 
     config: Any  # offers to_dict()
 
-    def retrieve_batch(self, questions: list[str], k: int, retriever: str) -> list[list[Passage]]: ...
+    def retrieve_batch(self, questions: list[str], *, k: int, retriever: str) -> list[list[Passage]]: ...
 
     def read_batch(self, questions: list[str], passages: list[list[Passage]],
                    method: str) -> list[Answer]: ...
@@ -234,7 +234,7 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
     """Retrieve, read and score one batch; one row per question."""
     questions = [e.question for e in examples]
     start = time.perf_counter()
-    retrieved = pipeline.retrieve_batch(questions, settings.depth, settings.retriever)
+    retrieved = pipeline.retrieve_batch(questions, k=settings.depth, retriever=settings.retriever)
     retrieved_at = time.perf_counter()
     if len(retrieved) != len(examples):
         raise RuntimeError(f"retrieve_batch returned {len(retrieved)} lists for {len(examples)} questions")

@@ -30,6 +30,11 @@ def check_question(question: object, max_chars: int) -> str:
     return question
 
 
+def first_line(text: str) -> str:
+    """The answer proper: small chat models often add a second paragraph or a list after it."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 class BaselineReader:
     """Closed-book and standard-RAG answers from one engine."""
 
@@ -52,6 +57,7 @@ class BaselineReader:
         return build_messages(question, used, self.template, self.config.max_passage_words, history)
 
     def make_answer(self, question: str, text: str, passages: list[Passage], method: str) -> Answer:
+        text = first_line(text)
         if method == "closed-book":
             return Answer(question, text, [], method=method, from_own_knowledge=True)
         return Answer(question, text, [Citation(p) for p in passages], method=method)

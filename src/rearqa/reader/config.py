@@ -17,7 +17,7 @@ class ReaderConfig:
     prompt: str = "short"  # prompt template name (see rearqa.reader.prompts.PROMPTS)
     max_new_tokens: int = 32  # cap on generated answer tokens
     batch_size: int = 8  # questions per generate() call in batch use
-    dtype: str = "float32"  # float32 (reference) | bfloat16 (faster on CPU)
+    dtype: str = "bfloat16"  # bfloat16 (2-4x faster on CPU) | float32 (the reference, for parity)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt
     max_question_chars: int = 2000  # longer questions are refused with a clear error

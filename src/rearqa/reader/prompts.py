@@ -18,6 +18,7 @@ class PromptTemplate:
     system: str | None  # None: no system message (the model's template may add its own)
     closed_book: str  # format with {question}
     rag: str  # format with {passages} and {question}
+    best_last: bool = False  # list passages in reverse rank order, the best next to the question
 
 
 PROMPTS: dict[str, PromptTemplate] = {
@@ -27,6 +28,13 @@ PROMPTS: dict[str, PromptTemplate] = {
         system=None,
         closed_book="Question: {question}\nAnswer in a few words.",
         rag="Context:\n{passages}\n\nQuestion: {question}\nAnswer in a few words.",
+    ),
+    # The same with the best passage nearest the question: a 135M model leans on what it read last.
+    "short-best-last": PromptTemplate(
+        system=None,
+        closed_book="Question: {question}\nAnswer in a few words.",
+        rag="Context:\n{passages}\n\nQuestion: {question}\nAnswer in a few words.",
+        best_last=True,
     ),
     # A plain assistant prompt, as a chat user would write it.
     "chat": PromptTemplate(
@@ -44,9 +52,11 @@ def get_prompt(name: str) -> PromptTemplate:
         raise ValueError(f"unknown prompt {name!r}; valid prompts are {sorted(PROMPTS)}") from None
 
 
-def format_passages(passages: list[Passage], max_words: int) -> str:
+def format_passages(passages: list[Passage], max_words: int, best_last: bool = False) -> str:
+    """Numbered passages ([1] is the best ranked), cut to `max_words` words each."""
     blocks = []
-    for i, passage in enumerate(passages, start=1):
+    numbered = list(enumerate(passages, start=1))
+    for i, passage in reversed(numbered) if best_last else numbered:
         words = passage.text.split()
         text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
         head = f"[{i}] {passage.title}" if passage.title else f"[{i}]"
@@ -58,7 +68,8 @@ def build_messages(question: str, passages: list[Passage] | None, template: Prom
                    max_passage_words: int, history: list[dict] | None = None) -> list[dict]:
     """Chat messages for one question; `passages=None` or [] gives the closed-book prompt."""
     if passages:
-        user = template.rag.format(passages=format_passages(passages, max_passage_words),
+        user = template.rag.format(passages=format_passages(passages, max_passage_words,
+                                                            template.best_last),
                                    question=question)
     else:
         user = template.closed_book.format(question=question)
