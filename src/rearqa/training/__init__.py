@@ -1,0 +1,1 @@
+"""REAR training: losses (LM + bi-granularity rank), and later data, loops and adapters."""

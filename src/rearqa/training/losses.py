@@ -1,0 +1,133 @@
+"""REAR training losses: LM loss on the answer plus a bi-granularity rank loss.
+
+From REAR (Wang et al., 2024) and its code (see shared/papers/REAR-and-RAG-toolkits.md):
+
+    L      = L_lm + beta * L_rank                               (beta = 1)
+    L_rank = 0.5 * L_fine + bce_weight * L_coarse               (bce_weight: 0.3 in stage 2)
+    L_coarse  pointwise BCE of each passage's logit against label >= 0.5, negatives weighted
+    L_fine    RankNet over the passages of one question: for every pair with y_i - y_j > minor_diff
+              (0.1), BCEWithLogits(s_i - s_j, 1) = log(1 + exp(-(s_i - s_j))), mean over pairs
+
+Stage 1 of REAR trains the coarse loss alone; stage 2 the bi-granularity loss over groups of 8.
+Every loss returns a scalar that stays in the graph even when nothing contributes (no answer
+tokens, no ordered pairs), so a training step never has to special-case an empty batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE, (B, T, V) logits and (B, T) unshifted labels with -100 = no loss.
+
+    Mean over the labelled tokens of the batch; 0 (with a graph) when there are none. Logits of
+    -inf (masked control tokens) are fine as long as no label points at them.
+    """
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B*(T-1), V)
+    target = labels[:, 1:].reshape(-1)  # token t is predicted at position t-1
+    total = F.cross_entropy(pred, target, ignore_index=-100, reduction="sum")
+    return total / (target != -100).sum().clamp(min=1)
+
+
+def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, pos_threshold: float = 0.5,
+                  neg_weight: float = 1.0) -> torch.Tensor:
+    """Coarse loss: BCE of each logit against the binary label (label >= pos_threshold).
+
+    Negatives are weighted by `neg_weight`, positives by 1; the weighted losses are averaged over
+    all passages (torch's weighted-mean convention: divide by N, not by the weight sum). Labels
+    that are NaN mark padding and are skipped.
+    """
+    scores, labels = scores.reshape(-1).float(), labels.reshape(-1).float()
+    valid = ~torch.isnan(labels)
+    scores, labels = scores[valid], labels[valid]
+    if scores.numel() == 0:
+        return scores.sum()
+    target = (labels >= pos_threshold).float()
+    weight = torch.where(target > 0, 1.0, neg_weight).to(scores)
+    return F.binary_cross_entropy_with_logits(scores, target, weight=weight)
+
+
+def _ordered_pairs(labels: torch.Tensor, groups: torch.Tensor, minor_diff: float) -> torch.Tensor:
+    """(N, N) bool: i and j in one group and y_i - y_j > minor_diff (NaN labels never pair)."""
+    same = groups[:, None] == groups[None, :]
+    return same & ((labels[:, None] - labels[None, :]) > minor_diff)
+
+
+def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
+                     group_ids: torch.Tensor | None = None, minor_diff: float = 0.1) -> torch.Tensor:
+    """Fine loss: RankNet over ordered pairs within each question's group of passages.
+
+    scores/graded_labels: (G, n) -- one row per question -- or (N,) with `group_ids` (N,).
+    Mean of log(1 + exp(-(s_i - s_j))) over all pairs with y_i - y_j > minor_diff, pooled across
+    groups; 0 with a graph when there is no such pair. NaN labels mark padding slots.
+    """
+    if scores.dim() == 2:
+        groups = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(scores)
+        scores, graded_labels, group_ids = scores.reshape(-1), graded_labels.reshape(-1), groups.reshape(-1)
+    elif group_ids is None:
+        raise ValueError("pairwise_ranknet needs (G, n) scores or group_ids for (N,) scores")
+    if scores.shape != graded_labels.shape or scores.shape != group_ids.shape:
+        raise ValueError(f"shapes differ: scores {tuple(scores.shape)}, labels "
+                         f"{tuple(graded_labels.shape)}, groups {tuple(group_ids.shape)}")
+    scores = scores.float()
+    pairs = _ordered_pairs(graded_labels.float(), group_ids, minor_diff)  # (N, N)
+    if not pairs.any():
+        return scores.sum() * 0.0
+    margin = scores[:, None] - scores[None, :]  # (N, N): s_i - s_j
+    return F.softplus(-margin[pairs]).mean()  # BCEWithLogits(s_i - s_j, 1)
+
+
+def bi_granularity(scores: torch.Tensor, graded_labels: torch.Tensor,
+                   group_ids: torch.Tensor | None = None, minor_diff: float = 0.1,
+                   bce_weight: float = 0.3, pos_threshold: float = 0.5,
+                   neg_weight: float = 1.0) -> torch.Tensor:
+    """L_rank = 0.5 * pairwise_ranknet + bce_weight * pointwise_bce."""
+    fine = pairwise_ranknet(scores, graded_labels, group_ids, minor_diff)
+    coarse = pointwise_bce(scores, graded_labels, pos_threshold, neg_weight)
+    return 0.5 * fine + bce_weight * coarse
+
+
+def rear_loss(lm: torch.Tensor, rank: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """L = L_lm + beta * L_rank."""
+    return lm + beta * rank
+
+
+@dataclass
+class RearLossConfig:
+    """Weights of the REAR objective."""
+
+    beta: float = 1.0  # weight of the rank loss against the LM loss
+    fine: bool = True  # False: coarse BCE only (REAR stage 1); True: bi-granularity (stage 2)
+    bce_weight: float = 0.3  # weight of the coarse BCE inside the bi-granularity loss
+    minor_diff: float = 0.1  # smallest graded-label gap that makes an ordered RankNet pair
+    pos_threshold: float = 0.5  # graded label at or above which a passage counts as relevant
+    neg_weight: float = 1.0  # BCE weight of the negatives (positives weigh 1)
+
+    def __post_init__(self) -> None:
+        from rearqa.config_errors import ConfigError
+
+        for name in ("beta", "bce_weight", "minor_diff", "pos_threshold", "neg_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value < 0:
+                raise ConfigError(f"loss.{name}={value!r}: must be a finite number >= 0")
+        if not isinstance(self.fine, bool):
+            raise ConfigError(f"loss.fine={self.fine!r}: must be true or false")
+
+
+def compute_rear_loss(lm_logits: torch.Tensor, labels: torch.Tensor, rank_logits: torch.Tensor,
+                      rank_labels: torch.Tensor, group_ids: torch.Tensor | None = None,
+                      config: RearLossConfig | None = None) -> dict[str, torch.Tensor]:
+    """The full objective and its parts: {"loss", "lm", "rank"}."""
+    config = config or RearLossConfig()
+    lm = lm_loss(lm_logits, labels)
+    if config.fine:
+        rank = bi_granularity(rank_logits, rank_labels, group_ids, config.minor_diff,
+                              config.bce_weight, config.pos_threshold, config.neg_weight)
+    else:
+        rank = pointwise_bce(rank_logits, rank_labels, config.pos_threshold, config.neg_weight)
+    return {"loss": rear_loss(lm, rank, config.beta), "lm": lm, "rank": rank}
