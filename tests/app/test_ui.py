@@ -11,6 +11,13 @@ from rearqa.app.ui import answer_footer, citation_rows
 from rearqa.types import Answer, Citation, Passage
 
 
+def text_of(content) -> str:
+    """Gradio 6 returns message content as a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -19,7 +26,13 @@ def free_port() -> int:
 
 def test_citation_rows_keep_document_text_verbatim():
     passage = Passage("p", "<script>alert('x')</script> & <b>b</b>", title="T", score=0.51234)
-    assert citation_rows([passage]) == [[1, "T", 0.5123, "<script>alert('x')</script> & <b>b</b>", "p"]]
+    assert citation_rows([passage]) == [[1, "T", 0.5123, "", "", "", "<script>alert('x')</script> & <b>b</b>", "p"]]
+
+
+def test_citation_rows_show_the_readers_judgment():
+    cited = Citation(Passage("p", "text", title="T", score=0.5), relevance=2.5, judgment="relevant",
+                     answer="Paris")
+    assert citation_rows([cited]) == [[1, "T", 0.5, 2.5, "relevant", "Paris", "text", "p"]]
 
 
 def test_footer_says_where_the_answer_came_from():
@@ -52,8 +65,9 @@ def test_chat_answers_with_citations_over_http(served):
     assert served.startswith("http://127.0.0.1:")
     client = Client(served, verbose=False)
     history, table, box = client.predict("Who wrote Hamlet?", [], 1, "dense", "rag", api_name="/respond")
-    assert history[0]["content"] == "Who wrote Hamlet?"
-    assert "shakespeare" in history[1]["content"].lower() and "Sources: [1] Hamlet" in history[1]["content"]
+    assert text_of(history[0]["content"]) == "Who wrote Hamlet?"
+    reply = text_of(history[1]["content"])
+    assert "shakespeare" in reply.lower() and "Sources: [1] Hamlet" in reply
     assert table["data"][0][1] == "Hamlet"
 
 
@@ -64,4 +78,4 @@ def test_chat_shows_markup_in_documents_as_text(served):
     client = Client(served, verbose=False)
     _, table, _ = client.predict("Which page talks about script tags and bold markup?", [], 1, "bm25",
                                  "rag", api_name="/respond")
-    assert table["data"][0][3] == "This page talks about <script>alert('x')</script> tags and <b>bold</b> markup in web pages."
+    assert table["data"][0][6] == "This page talks about <script>alert('x')</script> tags and <b>bold</b> markup in web pages."

@@ -13,15 +13,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from rearqa.reader import QuestionError  # noqa: E402
-from rearqa.types import Answer, Passage  # noqa: E402
+from rearqa.types import Answer, Citation, Passage  # noqa: E402
 
-CITATION_HEADERS = ["#", "title", "retrieval score", "passage", "id"]
+CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
+                    "passage", "id"]
 RETRIEVERS = ["dense", "bm25", "hybrid"]
 METHODS = ["rag", "closed-book"]
 
 
-def citation_rows(passages: list[Passage]) -> list[list]:
-    return [[i, p.title, round(p.score, 4), p.text, p.id] for i, p in enumerate(passages, start=1)]
+def citation_rows(items: list[Passage] | list[Citation]) -> list[list]:
+    """One table row per passage; the reader's judgment columns stay empty until it has one."""
+    rows = []
+    for i, item in enumerate(items, start=1):
+        c = item if isinstance(item, Citation) else Citation(item)
+        p = c.passage
+        relevance = "" if c.relevance is None else round(c.relevance, 3)
+        rows.append([i, p.title, round(p.score, 4), relevance, c.judgment or "", c.answer or "",
+                     p.text, p.id])
+    return rows
 
 
 def answer_footer(answer: Answer) -> str:
@@ -53,7 +62,7 @@ def build_ui(pipeline) -> gr.Blocks:
                     yield history, rows, ""
                 else:
                     history[-1]["content"] = (value.text or "(no answer)") + answer_footer(value)
-                    yield history, rows, ""
+                    yield history, citation_rows(value.citations) if value.citations else rows, ""
         except QuestionError as exc:
             history.pop()  # no assistant turn for a question that was refused
             history.pop()
