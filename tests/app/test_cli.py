@@ -81,3 +81,13 @@ def test_eval_on_a_question_file_writes_reports_and_resumes(cli_config, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert [r["id"] for r in report["rows"]] == ["q1", "q2", "q3"]
     assert (out / "report.md").is_file() and (out / "recall_at_k.png").is_file()
+
+
+@pytest.mark.slow
+def test_ask_on_the_embedded_default(prepared_home):
+    """The README's example on the default wiki collection (built on first use)."""
+    out = rearqa("ask", "Who wrote Hamlet?", "--home", prepared_home).stdout.splitlines()
+    assert out[0].strip() and not out[0].startswith("[")  # the answer comes first ...
+    citations = [line for line in out[1:] if line.startswith("[")]
+    assert len(citations) == 5  # ... then the default k=5 citations, best first
+    assert any("Hamlet" in line or "Shakespeare" in line for line in citations)
