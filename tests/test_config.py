@@ -46,3 +46,15 @@ def test_yaml_errors_name_the_file(tmp_path):
         PipelineConfig.from_yaml(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         PipelineConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+TRAIN_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "train").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.name for p in TRAIN_CONFIGS])
+@pytest.mark.parametrize("method", ["rear", "rag-ft", "closed-book-ft"])
+def test_every_training_config_parses(path, method):
+    from rearqa.training.config import TrainConfig
+
+    config = TrainConfig.from_yaml(path, method=method)
+    assert all(split.endswith("-dev-train") for split in config.splits)

@@ -15,7 +15,8 @@ from typing import Any
 
 from rearqa import assets
 from rearqa.config import PipelineConfig
-from rearqa.reader import BaselineReader, check_question
+from rearqa.reader import build_reader, check_question
+from rearqa.reader.config import CLOSED_BOOK_METHODS
 from rearqa.types import Answer, Passage
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Pipeline:
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.home = Path(home) if home else assets.home()
         self._collection = None
-        self._reader = None
+        self._readers: dict[str, Any] = {}  # reader class path -> reader
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> "Pipeline":
@@ -55,14 +56,26 @@ class Pipeline:
         return self._collection
 
     @property
-    def reader(self) -> BaselineReader:
-        if self._reader is None:
+    def reader(self):
+        """The reader of the configured method (reader.method)."""
+        return self.reader_for(self.config.reader.method)
+
+    def reader_for(self, method: str | None = None):
+        """The reader that serves `method`, opened on first use and kept (one per reader class
+        and settings, so rag and closed-book share one model)."""
+        from rearqa.reader.config import READERS
+
+        method = method or self.config.reader.method
+        if method not in READERS:
+            raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READERS)}")
+        key = READERS[method]
+        if key not in self._readers:
             model_dir = self.config.reader.model
             if not model_dir:
                 assets.ensure_prepared(self.home)
                 model_dir = assets.reader_model_dir(self.home)
-            self._reader = BaselineReader(self.config.reader, model_dir)
-        return self._reader
+            self._readers[key] = build_reader(method, self.config.reader, model_dir)
+        return self._readers[key]
 
     # -- retrieval ------------------------------------------------------------------------------
     def retrieve(self, question: str, k: int | None = None, *, filters: dict | None = None,
@@ -79,7 +92,7 @@ class Pipeline:
     # -- reading --------------------------------------------------------------------------------
     def read_batch(self, questions: list[str], passages: list[list[Passage]],
                    method: str | None = None) -> list[Answer]:
-        return self.reader.read_batch(questions, passages, method)
+        return self.reader_for(method).read_batch(questions, passages, method)
 
     def ask(self, question: str, k: int | None = None, *, filters: dict | None = None,
             method: str | None = None, retriever: str | None = None) -> Answer:
@@ -90,7 +103,7 @@ class Pipeline:
                   method: str | None = None, retriever: str | None = None) -> list[Answer]:
         """Answer many questions; generation is batched (reader.batch_size)."""
         method = method or self.config.reader.method
-        if method == "closed-book":
+        if method in CLOSED_BOOK_METHODS:
             limit = self.config.reader.max_question_chars
             questions = [check_question(q, limit) for q in questions]
             passages: list[list[Passage]] = [[] for _ in questions]
@@ -104,11 +117,12 @@ class Pipeline:
         """Yield ("passages", list[Passage]), then ("token", str) pieces, then ("answer", Answer)."""
         method = method or self.config.reader.method
         question = check_question(question, self.config.reader.max_question_chars)
-        passages = [] if method == "closed-book" else self.retrieve(question, k, filters=filters,
+        passages = [] if method in CLOSED_BOOK_METHODS else self.retrieve(question, k, filters=filters,
                                                                     retriever=retriever)
         yield "passages", passages
+        reader = self.reader_for(method)
         pieces = []
-        for piece in self.reader.stream(question, passages, method, history):
+        for piece in reader.stream(question, passages, method, history):
             pieces.append(piece)
             yield "token", piece
-        yield "answer", self.reader.make_answer(question, "".join(pieces).strip(), passages, method)
+        yield "answer", reader.make_answer(question, "".join(pieces).strip(), passages, method)

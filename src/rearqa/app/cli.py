@@ -25,6 +25,10 @@ data_app = typer.Typer(help="Prepare the offline models and data sets.", no_args
 index_app = typer.Typer(help="Add, delete and inspect documents in a collection.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
+# The training commands live with their options in train_cmd (also runnable on its own there).
+from rearqa.app.train_cmd import train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/*.yaml).")]
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Data directory (default $REARQA_HOME or ~/.cache/rearqa).")]

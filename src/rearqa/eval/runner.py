@@ -35,6 +35,7 @@ from rearqa.config_errors import ConfigError
 from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, QAExample, load_dataset
 from rearqa.eval.metrics import passages_with_answer, recall_from_hits, score_predictions
 from rearqa.eval.report import aggregate_rows, write_json, write_report
+from rearqa.reader.config import CLOSED_BOOK_METHODS
 from rearqa.types import Answer, Passage
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
     retrieved_at = time.perf_counter()
     if len(retrieved) != len(examples):
         raise RuntimeError(f"retrieve_batch returned {len(retrieved)} lists for {len(examples)} questions")
-    given = [[] if settings.method == "closed-book" else list(p[:settings.k]) for p in retrieved]
+    given = [[] if settings.method in CLOSED_BOOK_METHODS else list(p[:settings.k]) for p in retrieved]
     answers = pipeline.read_batch(questions, given, settings.method)
     per_question = (time.perf_counter() - start) / len(examples)
     if len(answers) != len(examples):

@@ -1,9 +1,45 @@
 """Readers turn a question and its passages into an `Answer`.
 
-The baseline reader does closed-book and standard RAG; the REAR reader (rank head, judgment
-tokens, routing) plugs in beside it under the same `read_batch` / `stream` seam.
+One reader class per family, registered by method name in `rearqa.reader.config.READERS`:
+`BaselineReader` (closed-book, standard RAG), `FinetunedReader` (the same prompts over a LoRA
+fine-tuned base: rag-ft, closed-book-ft) and `RearReader` (rank head, judgment tokens, routing).
+All share the `read_batch` / `stream` / `make_answer` seam. The REAR and fine-tuned readers are
+imported lazily (they pull in torch and peft).
 """
-from rearqa.reader.baseline import BaselineReader, QuestionError, check_question
-from rearqa.reader.config import ReaderConfig
+from __future__ import annotations
 
-__all__ = ["BaselineReader", "QuestionError", "ReaderConfig", "check_question"]
+import importlib
+from pathlib import Path
+
+from rearqa.reader.baseline import BaselineReader, QuestionError, check_question
+from rearqa.reader.config import READERS, ReaderConfig
+
+__all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "ReaderConfig",
+           "RearReader", "build_reader", "check_question", "get_reader_class"]
+
+_LAZY = {"RearReader": READERS["rear"], "FinetunedReader": READERS["rag-ft"]}
+
+
+def get_reader_class(method: str) -> type:
+    """The reader class registered for `method`."""
+    try:
+        target = READERS[method]
+    except KeyError:
+        raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READERS)}") from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
+    """A reader for `method`: `cls.from_config(config, base_model_dir)` where the class has one,
+    else `cls(config, base_model_dir)` (BaselineReader's constructor)."""
+    cls = get_reader_class(method)
+    factory = getattr(cls, "from_config", cls)
+    return factory(config, base_model_dir)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, _, attr = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'rearqa.reader' has no attribute {name!r}")

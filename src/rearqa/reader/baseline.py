@@ -14,6 +14,9 @@ from rearqa.reader.prompts import build_messages, get_prompt
 from rearqa.types import Answer, Citation, Passage
 
 
+BASELINE_METHODS = ("closed-book", "rag")
+
+
 class QuestionError(ValueError):
     """A question that cannot be answered as given (empty, too long, not text)."""
 
@@ -47,8 +50,9 @@ class BaselineReader:
 
     def _method(self, method: str | None) -> str:
         method = method or self.config.method
-        if method not in READER_METHODS:
-            raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READER_METHODS)}")
+        if method not in BASELINE_METHODS:
+            raise ValueError(f"the baseline reader does {list(BASELINE_METHODS)}, not {method!r} "
+                             f"(all reader methods: {list(READER_METHODS)})")
         return method
 
     def messages(self, question: str, passages: list[Passage], method: str | None = None,

@@ -1,10 +1,32 @@
-"""Settings of the reader: which engine, which model, how answers are generated."""
+"""Settings of the reader: which engine, which model, how answers are generated.
+
+`READERS` is the reader registry: reader method name -> lazy import path of the reader class that
+serves it (STYLE rule 3). `READER_METHODS` is its key list, so a method cannot be valid without
+a reader behind it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-READER_METHODS = ("closed-book", "rag")
+# method -> "module:Class". Classes with a `from_config(config, base_model_dir)` classmethod are
+# built with it; BaselineReader's own constructor already has that shape (rearqa.reader.build_reader).
+READERS: dict[str, str] = {
+    "closed-book": "rearqa.reader.baseline:BaselineReader",
+    "rag": "rearqa.reader.baseline:BaselineReader",
+    "rear": "rearqa.reader.rear.reader:RearReader",
+    "rag-ft": "rearqa.reader.finetuned:FinetunedReader",
+    "closed-book-ft": "rearqa.reader.finetuned:FinetunedReader",
+}
+READER_METHODS = tuple(READERS)
+# Methods that read no passages: the pipeline and the eval runner retrieve none for them.
+CLOSED_BOOK_METHODS = ("closed-book", "closed-book-ft")
+# The method used when none is asked for. Switch to "rear" once checkpoints/rear-smollm2 is committed.
+DEFAULT_METHOD = "rag"
 DTYPES = ("float32", "bfloat16")
+ROUTINGS = ("", "path_reliability", "knowledge_consistency")
+FALLBACKS = ("", "closed_book", "abstain")
+DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 
 
 @dataclass
@@ -13,26 +35,78 @@ class ReaderConfig:
 
     engine: str = "hf"  # reader engine name (see rearqa.reader.engines.ENGINES)
     model: str = ""  # path to a transformers checkpoint; "" = the bundled SmolLM2-135M-Instruct
-    method: str = "rag"  # closed-book (no passages) | rag (top-k passages in the chat template)
+    method: str = DEFAULT_METHOD  # a key of READERS: closed-book | rag | rear | rag-ft | closed-book-ft
     prompt: str = "short"  # prompt template name (see rearqa.reader.prompts.PROMPTS)
     max_new_tokens: int = 32  # cap on generated answer tokens
-    batch_size: int = 8  # questions per generate() call in batch use
+    batch_size: int = 8  # questions per generate() call in batch use (REAR: all their passages at once)
     dtype: str = "bfloat16"  # bfloat16 (2-4x faster on CPU) | float32 (the reference, for parity)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt
     max_question_chars: int = 2000  # longer questions are refused with a clear error
     trust_remote_code: bool = False  # never needed for the bundled model; off for safety
+    checkpoint: str = ""  # REAR checkpoint dir (method rear); "" = <repo>/checkpoints/rear-smollm2
+    adapter: str = ""  # PEFT LoRA adapter dir over the base model (methods rag-ft, closed-book-ft)
+    routing: str = ""  # REAR routing: path_reliability | knowledge_consistency; "" = the checkpoint's
+    fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain; "" = the checkpoint's
 
     def __post_init__(self) -> None:
         from rearqa.config_errors import ConfigError
 
-        if self.method not in READER_METHODS:
-            raise ConfigError(f"reader.method={self.method!r}: choose one of {list(READER_METHODS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"reader.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        for name, allowed in (("method", READER_METHODS), ("dtype", DTYPES), ("routing", ROUTINGS),
+                              ("fallback", FALLBACKS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"reader.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         for name in ("max_new_tokens", "batch_size", "max_passage_words", "max_question_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"reader.{name}={value!r}: must be a positive integer")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"reader.threads={self.threads!r}: must be 0 (default) or a positive integer")
+        for name in ("checkpoint", "adapter"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"reader.{name}={getattr(self, name)!r}: must be a directory path "
+                                  "(text), or \"\" for the default")
+
+
+def default_checkpoint_dir() -> Path:
+    """`<repo>/checkpoints/rear-smollm2`, found from the package location (src layout)."""
+    import rearqa
+
+    return Path(rearqa.__file__).resolve().parents[2] / "checkpoints" / DEFAULT_CHECKPOINT_NAME
+
+
+def resolve_checkpoint(config: ReaderConfig) -> Path:
+    """The REAR checkpoint directory `config` names; a clear error when it does not exist."""
+    from rearqa.config_errors import ConfigError
+
+    path = Path(config.checkpoint).expanduser() if config.checkpoint else default_checkpoint_dir()
+    if not (path / "rear_config.json").is_file():
+        where = (f"reader.checkpoint={config.checkpoint!r}" if config.checkpoint
+                 else f"the default REAR checkpoint {path}")
+        raise ConfigError(f"{where} is not a REAR checkpoint (no rear_config.json). Train one "
+                          "(RearModel.save_pretrained writes it), set reader.checkpoint to its "
+                          "directory, or use reader.method 'rag'")
+    return path
+
+
+def resolve_adapter(config: ReaderConfig) -> Path:
+    """The LoRA adapter directory for rag-ft / closed-book-ft; a clear error when missing."""
+    from rearqa.config_errors import ConfigError
+
+    if not config.adapter:
+        raise ConfigError(f"reader.method={config.method!r} needs reader.adapter: the directory a "
+                          "PEFT LoRA adapter was saved to (adapter_config.json)")
+    path = Path(config.adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
+                          "directory peft's save_pretrained wrote")
+    return path
+
+
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -135,7 +135,9 @@ def answer_confidence(logprobs: torch.Tensor, answer_mask: torch.Tensor) -> torc
     """con = exp(mean log-prob over the answer tokens) = exp(-mean CE), (B,); empty answer -> 0."""
     mask = answer_mask.to(logprobs.dtype)
     count = mask.sum(dim=-1)
-    mean = (logprobs * mask).sum(dim=-1) / count.clamp(min=1)
+    # where(), not a product: masked positions may hold -inf (suppressed control tokens).
+    picked = torch.where(answer_mask.bool(), logprobs, torch.zeros_like(logprobs))
+    mean = picked.sum(dim=-1) / count.clamp(min=1)
     return torch.where(count > 0, mean.exp(), torch.zeros_like(mean))
 
 

@@ -81,10 +81,12 @@ def add_rear_tokens(tokenizer) -> tuple[RearTokenIds, int]:
 
 def rear_token_ids(tokenizer) -> RearTokenIds:
     """The ids of the REAR tokens; raises if the tokenizer lacks any of them."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in REAR_TOKENS if t not in vocab]
+    # Per-token look-ups, not get_vocab(): this runs once per training input, and building the
+    # whole 49k-entry vocab dict each time cost ~14 ms (90% of a GPU training step).
+    ids = tokenizer.convert_tokens_to_ids(list(REAR_TOKENS))
+    missing = [t for t, i in zip(REAR_TOKENS, ids)
+               if i is None or tokenizer.convert_ids_to_tokens(i) != t]
     if missing:
         raise ValueError(f"tokenizer lacks the REAR tokens {missing}; call add_rear_tokens() "
                          "(RearModel.from_base does) first")
-    ids = [vocab[t] for t in REAR_TOKENS]
     return RearTokenIds(*ids)

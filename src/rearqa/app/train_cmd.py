@@ -1,0 +1,122 @@
+"""`rearqa train ...`: REAR training and its two fine-tuned baselines (rearqa.training).
+
+    rearqa train rear --config run.yaml --out runs/rear
+    rearqa train rag-ft --config run.yaml --out runs/rag-ft --token-budget-from runs/rear/train_log.jsonl
+    rearqa train closed-book-ft --config run.yaml --out runs/cb-ft --token-budget-from runs/rear/train_log.jsonl
+    python -m rearqa.app.train_cmd rear ...          (the same, without the main CLI)
+
+A YAML file fills `rearqa.training.config.TrainConfig` (its keys, at the top level or under
+`train:`); options override it. Run the same command again to resume from the newest checkpoint
+in --out; `--time-limit` / `--stop-after` end a call early (with a checkpoint) for machines that
+limit how long one command may run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+train_app = typer.Typer(help="Train the REAR reader, or the rag-ft / closed-book-ft baselines.",
+                        no_args_is_help=True, pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with TrainConfig keys.")]
+SnapshotOpt = Annotated[Optional[str], typer.Option(help="Retrieval snapshot dir (python -m rearqa.eval.bundle).")]
+OutOpt = Annotated[Optional[str], typer.Option(help="Output dir; an existing run there is resumed.")]
+BaseOpt = Annotated[Optional[str], typer.Option("--base-model", help="Base checkpoint dir (default: bundled SmolLM2).")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="Main-stage optimiser steps.")]
+BaselineStepsOpt = Annotated[Optional[int], typer.Option(
+    help="Without a token budget: train warmup_stage_steps + steps steps, as a rear run would.")]
+WarmupOpt = Annotated[Optional[int], typer.Option("--warmup-steps", help="Warm-up stage steps (pointwise rank loss).")]
+QuestionsOpt = Annotated[Optional[int], typer.Option("--max-questions", help="First N questions of each split (0 = all).")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed: data order, LoRA init, dropout.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch CPU threads (0 = default).")]
+SaveOpt = Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps.")]
+StopOpt = Annotated[Optional[int], typer.Option("--stop-after", help="End this call after N steps (resumable).")]
+TimeOpt = Annotated[Optional[float], typer.Option("--time-limit", help="End this call after S seconds of training (resumable).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+BudgetFromOpt = Annotated[Optional[str], typer.Option("--token-budget-from", help="A finished REAR run's train_log.jsonl: train for as many tokens.")]
+BudgetOpt = Annotated[Optional[int], typer.Option("--token-budget", help="Stop once this many training tokens are seen.")]
+
+
+def _yaml_method(path: Path | None) -> str | None:
+    """The `method` a YAML file names, if any (so a command cannot silently override it)."""
+    import yaml
+
+    if path is None or not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and set(data) == {"train"}:
+        data = data["train"]
+    return data.get("method") if isinstance(data, dict) else None
+
+
+def _run(method: str, config: Path | None, stop_after: int | None, time_limit: float | None,
+         quiet: bool, **overrides: object) -> None:
+    from rearqa.config_errors import ConfigError
+    from rearqa.training.config import TrainConfig
+    from rearqa.training.train import train
+
+    named = _yaml_method(config)
+    if named is not None and named != method:
+        raise ConfigError(f"{config} is a {named!r} config but the command is `train {method}`; "
+                          f"run `train {named}` or change method: in the file")
+    cfg = TrainConfig.from_yaml(config, method=method, **overrides)
+    path = train(cfg, progress=not quiet, stop_after_steps=stop_after, time_limit_s=time_limit,
+                 echo=typer.echo)
+    typer.echo(f"{'final model' if path.name == 'final' else 'checkpoint'}: {path}")
+
+
+@train_app.command("rear")
+def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
+         base_model: BaseOpt = None, steps: StepsOpt = None, warmup_steps: WarmupOpt = None,
+         max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
+         threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
+         time_limit: TimeOpt = None, quiet: QuietOpt = False) -> None:
+    """REAR: LM loss + bi-granularity rank loss over passage groups, after a pointwise warm-up."""
+    _run("rear", config, stop_after, time_limit, quiet, snapshot=snapshot, out=out,
+         base_model=base_model, steps=steps, warmup_stage_steps=warmup_steps,
+         max_questions=max_questions, seed=seed, device=device, threads=threads,
+         save_every=save_every)
+
+
+def _baseline(method: str):
+    def command(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
+                base_model: BaseOpt = None, token_budget_from: BudgetFromOpt = None,
+                token_budget: BudgetOpt = None, steps: BaselineStepsOpt = None,
+                max_questions: QuestionsOpt = None, seed: SeedOpt = None,
+                device: DeviceOpt = None, threads: ThreadsOpt = None, save_every: SaveOpt = None,
+                stop_after: StopOpt = None, time_limit: TimeOpt = None,
+                quiet: QuietOpt = False) -> None:
+        _run(method, config, stop_after, time_limit, quiet, snapshot=snapshot, out=out,
+             base_model=base_model, token_budget_from=token_budget_from,
+             token_budget=token_budget, steps=steps, max_questions=max_questions, seed=seed,
+             device=device, threads=threads, save_every=save_every)
+    return command
+
+
+train_app.command("rag-ft", help="Standard RAG (dense top-k in the chat prompt), LoRA, LM loss "
+                  "on the answer, for a REAR run's token count.")(_baseline("rag-ft"))
+train_app.command("closed-book-ft", help="The same fine-tune with no passages in the prompt.")(
+    _baseline("closed-book-ft"))
+
+
+def main() -> None:
+    from rearqa.config_errors import ConfigError
+
+    try:
+        train_app()
+    except (ConfigError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Fine-tuned baselines: the baseline prompts over a LoRA fine-tuned base model.
+
+`rag-ft` is standard RAG (the top-k passages in the chat prompt) and `closed-book-ft` the
+closed-book prompt, each read by the base model with a PEFT LoRA adapter merged into its
+weights. They are the controls for REAR: the same base, the same fine-tuning budget, no rank
+head or routing. The adapter directory is what `peft.PeftModel.save_pretrained` writes
+(adapter_config.json + adapter_model.safetensors).
+
+The adapter is merged (`merge_and_unload`) in float32 and the model then cast to the reader
+dtype, so generation costs exactly what the base model costs.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from rearqa.reader.baseline import BaselineReader
+from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_device
+from rearqa.reader.engines.hf import HFEngine
+from rearqa.types import Answer, Passage
+
+# fine-tuned method -> the baseline prompt family it uses
+PROMPT_METHOD = {"rag-ft": "rag", "closed-book-ft": "closed-book"}
+
+
+def merge_lora(model, adapter_dir: str | Path):
+    """`model` with the PEFT LoRA adapter in `adapter_dir` merged into its weights."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; give the directory "
+                                "peft's save_pretrained wrote")
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+
+
+class DeviceHFEngine(HFEngine):
+    """The transformers engine on a chosen device, optionally with a LoRA adapter merged in."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
+                 trust_remote_code: bool = False, device: str = "auto",
+                 adapter: str | Path | None = None) -> None:
+        # Merge in float32, then cast: merging into bf16 weights would round the LoRA delta.
+        super().__init__(model_dir, "float32" if adapter else dtype, threads, trust_remote_code)
+        if adapter:
+            self.model = merge_lora(self.model, adapter).eval()
+        self.model.to(device=resolve_device(device), dtype=getattr(torch, dtype))  # DTYPES are torch names
+        self.adapter = str(adapter) if adapter else None
+
+    def _encode(self, batch: list[list[dict]]):
+        return super()._encode(batch).to(self.model.device)
+
+
+class FinetunedReader:
+    """rag-ft / closed-book-ft: BaselineReader's prompts over the LoRA fine-tuned weights."""
+
+    def __init__(self, config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None,
+                 device: str = "auto", engine=None) -> None:
+        self.config = config
+        if engine is None:
+            adapter = adapter or resolve_adapter(config)
+            engine = DeviceHFEngine(model_dir, config.dtype, config.threads,
+                                    config.trust_remote_code, device, adapter)
+        self.base = BaselineReader(config, model_dir, engine=engine)
+
+    @classmethod
+    def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> "FinetunedReader":
+        return cls(config, base_model_dir)
+
+    @property
+    def engine(self):
+        return self.base.engine
+
+    def _method(self, method: str | None) -> str:
+        method = method or self.config.method
+        if method not in PROMPT_METHOD:
+            raise ValueError(f"FinetunedReader serves {list(PROMPT_METHOD)}, not {method!r}")
+        return method
+
+    @staticmethod
+    def _relabel(answer: Answer, method: str) -> Answer:
+        answer.method = method
+        return answer
+
+    def read_batch(self, questions: list[str], passages: list[list[Passage]],
+                   method: str | None = None) -> list[Answer]:
+        method = self._method(method)
+        answers = self.base.read_batch(questions, passages, PROMPT_METHOD[method])
+        return [self._relabel(a, method) for a in answers]
+
+    def stream(self, question: str, passages: list[Passage], method: str | None = None,
+               history: list[dict] | None = None) -> Iterator[str]:
+        yield from self.base.stream(question, passages, PROMPT_METHOD[self._method(method)], history)
+
+    def make_answer(self, question: str, text: str, passages: list[Passage], method: str) -> Answer:
+        method = self._method(method)
+        return self._relabel(self.base.make_answer(question, text, passages, PROMPT_METHOD[method]),
+                             method)

@@ -1,0 +1,224 @@
+"""Settings of one training run (REAR or a fine-tuned baseline), filled from YAML or keywords.
+
+    from rearqa.training.config import TrainConfig
+    cfg = TrainConfig.from_yaml("my-run.yaml", steps=20, device="cpu")
+
+Three methods share one recipe (LoRA on every linear layer but the output layer, AdamW, cosine
+schedule) and one question set (the `*-dev-train` splits of a retrieval snapshot):
+
+    rear            REAR inputs per passage, LM loss on the answer + beta * rank loss; a warm-up
+                    stage trains the rank head with pointwise BCE, the main stage with the
+                    bi-granularity loss (pointwise BCE + pairwise RankNet over each group)
+    rag-ft          the plain chat RAG prompt (dense top-`rag_k` passages), LM loss on the answer
+    closed-book-ft  the plain chat prompt with no passages, LM loss on the answer
+
+The baselines train for a token budget (`token_budget`, or the tokens a finished REAR run logged,
+`token_budget_from`), so all three see the same number of training tokens.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rearqa.config_errors import ConfigError
+
+METHODS = ("rear", "rag-ft", "closed-book-ft")
+BASELINES = ("rag-ft", "closed-book-ft")
+DTYPES = ("auto", "float32", "bfloat16")
+TRAIN_SPLIT_SUFFIX = "-dev-train"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Keys that may change between a run and its resumption: where and how often it writes, and
+# where it runs. Everything else changes the data, the model or the schedule.
+RESUMABLE_KEYS = ("device", "threads", "out", "save_every", "keep_checkpoints", "log_every")
+
+
+class ConfigMismatchError(ConfigError):
+    """`out` holds a run made with other settings; resuming it would mix two runs."""
+
+
+def check_train_splits(splits: list[str]) -> None:
+    """Refuse anything but `*-dev-train` splits: dev-select and test questions are never trained on."""
+    for split in splits:
+        if not isinstance(split, str) or not split.endswith(TRAIN_SPLIT_SUFFIX):
+            raise ConfigError(f"split {split!r} cannot be trained on: only *{TRAIN_SPLIT_SUFFIX} "
+                              "splits are (dev-select and test questions are held out), e.g. "
+                              "nq-dev-train, tqa-dev-train")
+
+
+@dataclass
+class TrainConfig:
+    """One training run; `out` holds its checkpoints, log and final model."""
+
+    method: str = "rear"  # rear | rag-ft | closed-book-ft
+    base_model: str = ""  # transformers checkpoint dir; "" = the bundled SmolLM2-135M-Instruct
+    snapshot: str = "build/bundle"  # retrieval snapshot dir (rearqa.eval.bundle)
+    splits: list[str] = field(  # *-dev-train splits only
+        default_factory=lambda: ["nq-dev-train", "tqa-dev-train"])
+    max_questions: int = 0  # first N questions of each split; 0 = all
+    out: str = "runs/train"  # output dir: train_config.json, train_log.jsonl, checkpoints/, final/
+
+    # -- data (see rearqa.training.data)
+    depth: int = 20  # candidates per retriever (dense and BM25 top-depth)
+    group_size: int = 8  # passages per question in a REAR group
+    agree_top: int = 5  # a positive gains 0.2 for each retriever ranking it in this top
+    noise_ratio: float = 1.0  # noise-resistant examples per positive one (at least one per group)
+    rag_k: int = 3  # rag-ft: dense top-k passages in the prompt
+    prompt: str = "short"  # rag-ft / closed-book-ft chat prompt (rearqa.reader.prompts)
+    max_passage_words: int = 150  # words per passage, as the readers cut them (rear and rag-ft)
+    chat_template: bool = True  # rear: REAR inputs inside the tokenizer's chat template
+    rear_head: str = "linear"  # rear: rank head, linear (vLLM-servable) | lowrank_attn
+    max_passage_tokens: int = 200  # rear: passage token cut after the word cut (REAR: 300 in all)
+    max_question_tokens: int = 64  # rear: question cut
+    max_answer_tokens: int = 15  # answer target cut (all methods)
+
+    # -- LoRA (all linear layers except lm_head; embed_tokens frozen but the new REAR rows)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+
+    # -- optimisation
+    lr: float = 2e-4  # peak learning rate (AdamW)
+    warmup_ratio: float = 0.03  # linear warm-up share of each stage's steps, then cosine to 0
+    weight_decay: float = 0.01  # AdamW decay; never on the new token rows, biases or norms
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    batch: int = 4  # groups per micro-batch (rear); the baselines take batch * group_size examples
+    grad_accum: int = 2  # micro-batches per optimiser step
+    warmup_stage_steps: int = 250  # rear: optimiser steps of stage 1 (rank loss = pointwise BCE)
+    steps: int = 2000  # rear: optimiser steps of stage 2 (bi-granularity); baselines: see token_budget
+    beta: float = 1.0  # weight of the rank loss against the LM loss
+    bce_weight: float = 0.3  # weight of the pointwise BCE inside the bi-granularity loss
+    minor_diff: float = 0.1  # smallest graded-label gap that makes a RankNet pair
+    neg_weight: float = 1.0  # BCE weight of negative passages (positives weigh 1)
+
+    # -- baselines' length
+    token_budget: int = 0  # baselines: stop once this many training tokens are seen (0 = use steps)
+    token_budget_from: str = ""  # baselines: a REAR run's train_log.jsonl; its last token count
+
+    # -- running
+    seed: int = 0  # data order, LoRA init, dropout
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (1 is faster on a busy machine)
+    save_every: int = 200  # checkpoint every N optimiser steps (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept in out/checkpoints
+    log_every: int = 1  # train_log.jsonl record every N steps
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"train.method={self.method!r}: choose one of {list(METHODS)}")
+        if isinstance(self.splits, str):
+            self.splits = [self.splits]
+        if not isinstance(self.splits, list) or not self.splits:
+            raise ConfigError(f"train.splits={self.splits!r}: give a list, e.g. [nq-dev-train]")
+        check_train_splits(self.splits)
+        for name in ("base_model", "snapshot", "out", "token_budget_from", "prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
+        self._check_ints()
+        self._check_floats()
+        for name in ("chat_template",):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"train.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"train.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.rear_head not in ("linear", "lowrank_attn"):
+            raise ConfigError(f"train.rear_head={self.rear_head!r}: choose linear or lowrank_attn")
+        if self.token_budget and self.token_budget_from:
+            raise ConfigError("train.token_budget and train.token_budget_from are both set: "
+                              "give one (a number, or a REAR run's train_log.jsonl)")
+        if self.method == "rear" and (self.token_budget or self.token_budget_from):
+            raise ConfigError("train.token_budget / token_budget_from are for the baselines "
+                              "(rag-ft, closed-book-ft); a rear run's length is its steps")
+
+    def _check_ints(self) -> None:
+        positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words",
+                    "max_passage_tokens", "max_question_tokens", "max_answer_tokens", "lora_r",
+                    "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every")
+        non_negative = ("max_questions", "warmup_stage_steps", "steps", "token_budget", "seed",
+                        "threads")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            low = 1 if name in positive else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"train.{name}={value!r}: must be an integer >= {low}")
+        if self.group_size < 2:
+            raise ConfigError(f"train.group_size={self.group_size}: a group needs >= 2 passages "
+                              "(one positive and one negative make a RankNet pair)")
+        if self.method == "rear" and self.warmup_stage_steps + self.steps < 1:
+            raise ConfigError("train.warmup_stage_steps + train.steps is 0: nothing to train")
+
+    def _check_floats(self) -> None:
+        bounds = {"noise_ratio": (0, None), "lora_alpha": (0, None), "lora_dropout": (0, 1),
+                  "lr": (0, None), "warmup_ratio": (0, 1), "weight_decay": (0, None),
+                  "max_grad_norm": (0, None), "beta": (0, None), "bce_weight": (0, None),
+                  "minor_diff": (0, None), "neg_weight": (0, None)}
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+                  and math.isfinite(value) and value >= low and (high is None or value < high))
+            if not ok:
+                span = f">= {low}" + (f" and < {high}" if high is not None else "")
+                raise ConfigError(f"train.{name}={value!r}: must be a finite number {span}")
+        if self.lr == 0:
+            raise ConfigError("train.lr=0: nothing would be learned; e.g. lr: 2.0e-4")
+
+    # ------------------------------------------------------------------ derived settings
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method in BASELINES
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of a rear run, or of a baseline without a token budget."""
+        return self.warmup_stage_steps + self.steps
+
+    def base_model_dir(self) -> Path:
+        if self.base_model:
+            return Path(self.base_model).expanduser()
+        from rearqa.assets import reader_model_dir
+
+        return reader_model_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        from rearqa.config import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, **overrides: Any) -> "TrainConfig":
+        """Settings from a YAML mapping (its top level, or its `train:` section), then overrides.
+
+        Overrides whose value is None are ignored (unset command-line options).
+        """
+        from rearqa.config import from_dict
+
+        data: dict[str, Any] = {}
+        where = "train"
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path}: expected a mapping of settings")
+            data = data.get("train", data) if set(data) == {"train"} else data
+            where = path.name
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return from_dict(cls, data, where)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Setting names whose values differ, ignoring RESUMABLE_KEYS."""
+    keys = (set(saved) | set(current)) - set(RESUMABLE_KEYS)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))

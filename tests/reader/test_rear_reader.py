@@ -1,0 +1,317 @@
+"""RearReader on tiny Llamas: one scoring forward, relevance-guided generation, routing, fallbacks.
+
+The reader's own decode loop (continuing from the scoring pass's KV cache, left padded, many
+questions at once) is checked token for token against `generate` on each unpadded prompt, and its
+knowledge-consistency confidences against a full forward of the training-format sequence.
+"""
+import pytest
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.reader import build_reader, get_reader_class
+from rearqa.reader.baseline import first_line
+from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_checkpoint
+from rearqa.reader.rear import (RearConfig, RearModel, RoutingConfig, answer_confidence,
+                                build_rear_input, collate_rear_inputs, token_logprobs)
+from rearqa.reader.rear.reader import RearReader, passage_text
+from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.types import Passage
+
+TEXTS = ["hamlet is a tragedy written by shakespeare .", "paris is the capital of france",
+         "the band was born in london in the year", "the river of the city"]
+QUESTIONS = ["who wrote hamlet ?", "what is the capital of france ?"]
+PASSAGES = [[Passage(id=f"p{i}", text=t, title="") for i, t in enumerate(TEXTS)],
+            [Passage(id="q0", text=TEXTS[1], title="paris"), Passage(id="q1", text=TEXTS[3])]]
+MAX_NEW = 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
+    spin against other processes (a 5x slowdown seen here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(head="linear", chat=False, routing=None, seed=0):
+    tok = tiny_tokenizer()
+    model = RearModel.from_base(tiny_llama(len(tok), seed=seed), tok,
+                                RearConfig(head=head, use_chat_template=chat,
+                                           routing=routing or RoutingConfig()))
+    with torch.no_grad():  # a non-zero head, as after training
+        model.causal_lm.get_output_embeddings().weight[model.token_ids.rank_score].normal_(std=1.0)
+    return model
+
+
+def make_reader(model, **config):
+    return RearReader(ReaderConfig(dtype="float32", max_new_tokens=MAX_NEW, **config), model,
+                      device="cpu")
+
+
+def reference_answer(model, text, question, judgment):
+    """`generate` on the unpadded prompt + judgment token, control tokens suppressed."""
+    prompt = build_rear_input(model.tokenizer, text, question,
+                              use_chat_template=model.config.use_chat_template).prompt_ids
+    ids = torch.tensor([prompt + [model.token_ids.judgment(judgment)]])
+    out = model.causal_lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                   max_new_tokens=MAX_NEW,
+                                   suppress_tokens=model.suppressed_token_ids(include_judgments=True),
+                                   pad_token_id=model.tokenizer.pad_token_id)
+    return first_line(model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def reference_confidence(model, text, question, answer):
+    """con of `answer` by a full forward of `{passage}...<GENERATE_SCORE><IRRELEVANT>{answer}`."""
+    x = build_rear_input(model.tokenizer, text, question, "irrelevant", answer, add_eos=False,
+                         noise_resistant=True, use_chat_template=model.config.use_chat_template)
+    batch = collate_rear_inputs([x], model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"])
+    label_mask = torch.tensor([x.label_mask])
+    # Prompt control tokens have log-prob -inf under the mask: zero them before the masked mean.
+    logprobs = token_logprobs(out.lm_logits, batch["input_ids"]).masked_fill(~label_mask, 0.0)
+    return float(answer_confidence(logprobs, label_mask)[0])
+
+
+def test_answers_match_generate_under_each_judgment():
+    model = make_model(chat=True)  # the chat format: the other tests use the plain one
+    reader = make_reader(model)
+    for force in ("relevant", "irrelevant"):
+        readings = reader.read(QUESTIONS, PASSAGES, force=force, closed_book=True)
+        for question, passages, reading in zip(QUESTIONS, PASSAGES, readings):
+            assert reading.judgments == [force] * len(passages)
+            assert reading.answers == [reference_answer(model, passage_text(p, 150), question, force)
+                                       for p in passages]
+            assert reading.closed_book == reference_answer(model, "", question, "irrelevant")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_batched_prompts_equal_build_rear_input(chat):
+    from rearqa.reader.rear.reader import MAX_PASSAGE_TOKENS, MAX_QUESTION_TOKENS, _PromptBuilder
+
+    tok = tiny_tokenizer()
+    model = RearModel.from_base(tiny_llama(len(tok)), tok, RearConfig(use_chat_template=chat))
+    texts = [*TEXTS, "", "the city " * 150]  # empty (closed-book row) and cut to 200 tokens
+    questions = [QUESTIONS[0], "who " * 80]  # the second cut to 64 tokens
+    rows = [0, 1, 0, 1, 0, 1]
+    built = _PromptBuilder(model.tokenizer, chat).build(texts, questions, rows)
+    for text, qi, got in zip(texts, rows, built):
+        want = build_rear_input(model.tokenizer, text, questions[qi], use_chat_template=chat,
+                                max_passage_tokens=MAX_PASSAGE_TOKENS,
+                                max_question_tokens=MAX_QUESTION_TOKENS)
+        assert got == want
+
+
+@pytest.mark.parametrize("head", ["linear", "lowrank_attn"])
+def test_scores_are_the_models_scores(head):
+    model = make_model(head=head)
+    reader = make_reader(model)
+    for question, passages, reading in zip(QUESTIONS, PASSAGES, reader.read(QUESTIONS, PASSAGES)):
+        expected = model.score_texts(question, [passage_text(p, 150) for p in passages])
+        assert torch.allclose(torch.tensor(reading.scores), expected, atol=1e-5)
+
+
+def test_read_batch_shapes_and_citations():
+    reader = make_reader(make_model())
+    answers = reader.read_batch(QUESTIONS, PASSAGES)
+    assert len(answers) == 2
+    for answer, passages in zip(answers, PASSAGES):
+        assert answer.method == "rear" and not answer.abstained
+        assert [c.passage.id for c in answer.citations] == [p.id for p in passages]
+        for c in answer.citations:
+            assert isinstance(c.relevance, float)
+            assert c.judgment in ("relevant", "irrelevant") and isinstance(c.answer, str)
+    with pytest.raises(ValueError, match="rear"):
+        reader.read_batch(QUESTIONS, PASSAGES, method="rag")
+
+
+def test_judgments_follow_the_threshold_and_condition_the_answer():
+    model = make_model()
+    scores = make_reader(model).read(QUESTIONS[:1], PASSAGES[:1])[0].scores
+    threshold = sorted(scores)[1]  # two passages above, two at or below
+    reader = make_reader(model, routing="path_reliability")
+    reader.routing.threshold = threshold
+    answer = reader.read_batch(QUESTIONS[:1], PASSAGES[:1])[0]
+    judged = [c.judgment for c in answer.citations]
+    assert judged == ["relevant" if s > threshold else "irrelevant" for s in scores]
+    assert judged.count("relevant") == 2
+    for c in answer.citations:
+        assert c.answer == reference_answer(model, c.passage.text, QUESTIONS[0], c.judgment)
+    best = max(range(4), key=lambda i: scores[i])
+    assert answer.text == answer.citations[best].answer and not answer.from_own_knowledge
+
+
+def test_one_scoring_forward_for_all_passages():
+    model = make_model()
+    reader = make_reader(model, fallback="abstain", routing="path_reliability")
+    shapes = []
+    hook = model.causal_lm.get_decoder().register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    try:
+        reader.read_batch(QUESTIONS[:1], PASSAGES[:1])
+    finally:
+        hook.remove()
+    prefills = [s for s in shapes if s[1] > 1]
+    assert len(prefills) == 1 and prefills[0][0] == len(PASSAGES[0])  # k rows, one forward
+    assert shapes[0] == prefills[0]  # scoring comes first; the rest are 1-token decode steps
+    assert 1 <= len(shapes) - 1 <= MAX_NEW
+
+
+def test_knowledge_consistency_confidences_in_one_forward():
+    model = make_model()
+    reader = make_reader(model, routing="knowledge_consistency")
+    reader.routing.threshold = -1e9  # everything relevant: every passage needs a confidence
+    shapes = []
+    hook = model.causal_lm.get_decoder().register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    try:
+        reading = reader.read(QUESTIONS[:1], PASSAGES[:1])[0]
+    finally:
+        hook.remove()
+    k = len(PASSAGES[0])
+    assert [s[0] for s in shapes if s[1] > 1] == [k + 1, k]  # scoring (+ closed-book row), con
+    expected = [reference_confidence(model, passage_text(p, 150), QUESTIONS[0], a)
+                for p, a in zip(PASSAGES[0], reading.answers)]
+    assert reading.confidences == pytest.approx(expected, abs=1e-5)
+    answer = reader.answer(QUESTIONS[0], PASSAGES[0], reading)
+    combined = [s + 9.0 * c for s, c in zip(reading.scores, reading.confidences)]
+    assert answer.text == reading.answers[max(range(k), key=lambda i: (combined[i], -i))]
+
+
+def test_confidences_only_for_relevant_passages():
+    model = make_model()
+    scores = make_reader(model).read(QUESTIONS[:1], PASSAGES[:1])[0].scores
+    reader = make_reader(model, routing="knowledge_consistency")
+    reader.routing.threshold = sorted(scores)[2]  # one passage above
+    reading = reader.read(QUESTIONS[:1], PASSAGES[:1])[0]
+    assert [c is not None for c in reading.confidences] == [s > reader.routing.threshold
+                                                             for s in scores]
+
+
+def test_closed_book_fallback_answers_from_own_knowledge():
+    model = make_model()
+    reader = make_reader(model, fallback="closed_book")
+    reader.routing.threshold = 1e9
+    answers = reader.read_batch(QUESTIONS, PASSAGES)
+    for question, answer in zip(QUESTIONS, answers):
+        assert answer.from_own_knowledge and not answer.abstained
+        assert answer.text == reference_answer(model, "", question, "irrelevant")
+        assert {c.judgment for c in answer.citations} == {"irrelevant"}
+        assert all(c.answer is not None for c in answer.citations)
+
+
+def test_abstain_fallback_and_no_passages():
+    reader = make_reader(make_model(), fallback="abstain")
+    reader.routing.threshold = 1e9
+    answers = reader.read_batch([*QUESTIONS, "who wrote hamlet ?"], [*PASSAGES, []])
+    assert all(a.abstained and a.text == "" and not a.from_own_knowledge for a in answers)
+    assert answers[2].citations == []
+    reader.routing.fallback = "closed_book"
+    assert reader.read_batch(["who wrote hamlet ?"], [[]])[0].from_own_knowledge
+
+
+def test_routing_and_fallback_override_the_checkpoint():
+    model = make_model(routing=RoutingConfig(method="path_reliability", threshold=2.5, gamma=3.0))
+    reader = make_reader(model, routing="knowledge_consistency", fallback="abstain")
+    assert (reader.routing.method, reader.routing.fallback) == ("knowledge_consistency", "abstain")
+    assert (reader.routing.threshold, reader.routing.gamma) == (2.5, 3.0)
+    assert make_reader(model).routing == model.config.routing
+
+
+def test_stream_then_make_answer():
+    reader = make_reader(make_model())
+    expected = reader.read_batch(QUESTIONS[:1], PASSAGES[:1])[0]
+    pieces = list(reader.stream(QUESTIONS[0], PASSAGES[0]))
+    assert "".join(pieces) == expected.text
+    answer = reader.make_answer(QUESTIONS[0], "".join(pieces), PASSAGES[0], "rear")
+    assert answer.to_dict() == expected.to_dict()
+
+
+def test_batch_size_does_not_change_answers():
+    model = make_model()
+    one = make_reader(model, batch_size=1).read_batch(QUESTIONS, PASSAGES)
+    two = make_reader(model, batch_size=2).read_batch(QUESTIONS, PASSAGES)
+    for a, b in zip(one, two):  # padding changes the scores by float rounding only
+        assert (a.text, [c.answer for c in a.citations]) == (b.text, [c.answer for c in b.citations])
+        assert [c.relevance for c in a.citations] == pytest.approx([c.relevance for c in b.citations],
+                                                                   abs=1e-5)
+
+
+def test_config_registry_and_checkpoint_resolution(tmp_path):
+    for bad in ({"routing": "best"}, {"fallback": "guess"}, {"method": "rear2"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ReaderConfig(**bad)
+    assert get_reader_class("rear") is RearReader
+    with pytest.raises(ValueError, match="valid methods"):
+        get_reader_class("self-rag")
+    with pytest.raises(ConfigError, match="not a REAR checkpoint"):
+        resolve_checkpoint(ReaderConfig(checkpoint=str(tmp_path)))
+    with pytest.raises(ConfigError, match="not a REAR checkpoint"):
+        build_reader("rear", ReaderConfig(checkpoint=str(tmp_path / "none")), tmp_path)
+    with pytest.raises(ConfigError, match="reader.adapter"):
+        resolve_adapter(ReaderConfig(method="rag-ft"))
+
+
+def test_finetuned_reader_merges_the_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from rearqa.reader.finetuned import DeviceHFEngine, FinetunedReader
+
+    tok = tiny_tokenizer()
+    base = tiny_llama(len(tok), seed=1)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))  # a non-zero delta
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([tok("who wrote hamlet ?")["input_ids"]])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+    engine = DeviceHFEngine(tmp_path / "base", "float32", device="cpu", adapter=tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(engine.model(ids).logits, expected, atol=1e-5)
+    config = ReaderConfig(dtype="float32", max_new_tokens=3, method="rag-ft")
+    reader = FinetunedReader(config, tmp_path / "base", engine=engine)
+    rag, closed = (reader.read_batch(QUESTIONS[:1], PASSAGES[:1], m)[0]
+                   for m in ("rag-ft", "closed-book-ft"))
+    assert rag.method == "rag-ft" and len(rag.citations) == len(PASSAGES[0])
+    assert closed.method == "closed-book-ft" and closed.from_own_knowledge and not closed.citations
+    with pytest.raises(ValueError, match="rag-ft"):
+        reader.read_batch(QUESTIONS[:1], PASSAGES[:1], "rear")
+
+
+@pytest.mark.slow
+def test_untrained_wrapper_on_smollm2_falls_back_to_closed_book(reader_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(reader_dir)
+    lm = AutoModelForCausalLM.from_pretrained(reader_dir, dtype=torch.float32)
+    model = RearModel.from_base(lm, tok, RearConfig(use_chat_template=True), base_model_dir=reader_dir)
+    reader = RearReader(ReaderConfig(max_new_tokens=12, fallback="closed_book"), model, device="cpu")
+    passages = [Passage(id="h", title="Hamlet", text="Hamlet is a tragedy by William Shakespeare."),
+                Passage(id="p", title="Paris", text="Paris is the capital of France.")]
+    answer = reader.read_batch(["Who wrote Hamlet?"], [passages])[0]
+    assert [c.relevance for c in answer.citations] == [0.0, 0.0]  # <RANK_SCORE> row starts at 0
+    assert [c.judgment for c in answer.citations] == ["irrelevant"] * 2  # 0 is not > 0
+    assert answer.from_own_knowledge and answer.text and not answer.abstained
+
+
+def test_pipeline_dispatches_by_method_and_keeps_one_reader_per_class(tmp_path):
+    from rearqa.config import PipelineConfig
+    from rearqa.pipeline import Pipeline
+
+    model = make_model()
+    model.save_pretrained(tmp_path / "rear")
+    config = ReaderConfig(dtype="float32", max_new_tokens=MAX_NEW, checkpoint=str(tmp_path / "rear"),
+                          model=str(tmp_path / "unused-base"), fallback="abstain")
+    pipe = Pipeline(PipelineConfig(reader=config), home=tmp_path / "home")
+    answers = pipe.read_batch(QUESTIONS, PASSAGES, method="rear")
+    assert [a.method for a in answers] == ["rear", "rear"]
+    assert pipe.reader_for("rear") is pipe.reader_for("rear")
+    assert isinstance(pipe.reader_for("rear"), RearReader)

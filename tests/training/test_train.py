@@ -1,0 +1,207 @@
+"""The training loop on a tiny Llama and a tiny snapshot: learning, resuming, budgets, imports."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.eval.bundle import write_jsonl_gz
+from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.training.config import ConfigMismatchError, TrainConfig
+from rearqa.training.train import (DataOrder, build_task, lr_factor, make_optimizer, plan_budget,
+                                   stages, train)
+
+PASSAGES = {"p1": ("hamlet", "hamlet is a tragedy written by shakespeare ."),
+            "p2": ("paris", "paris is the capital of france ."),
+            "p3": ("london", "london is a city in england ."),
+            "p4": ("river", "the river in paris is in the city ."),
+            "p5": ("music", "the band play music in london ."),
+            "p6": ("year", "shakespeare was born in england .")}
+QUESTIONS = [("who wrote hamlet ?", "shakespeare", "p1 p2 p6 p3", "p6 p1 p5 p4"),
+             ("what is the capital of france ?", "paris", "p2 p4 p3 p1", "p3 p2 p5 p6"),
+             ("where was shakespeare born ?", "england", "p6 p1 p3 p2", "p1 p3 p6 p5"),
+             ("which city is the capital of england ?", "london", "p2 p3 p4 p5", "p3 p5 p2 p1")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A snapshot whose words are all in the tiny tokenizer, and a tiny base checkpoint."""
+    root = tmp_path_factory.mktemp("train")
+    snap = root / "snapshot"
+    snap.mkdir()
+    write_jsonl_gz(snap / "passages.jsonl.gz",
+                   [{"id": k, "title": t, "text": x} for k, (t, x) in PASSAGES.items()])
+    rows = [{"id": f"q{i}", "question": q, "answers": [a], "answer_type": "other",
+             "answerable": True,
+             "rankings": {"dense": [[p, 1 - j / 10] for j, p in enumerate(d.split())],
+                          "bm25": [[p, 9 - j] for j, p in enumerate(b.split())]}}
+            for i, (q, a, d, b) in enumerate(QUESTIONS)]
+    write_jsonl_gz(snap / "nq-dev-train.jsonl.gz", rows)
+    (snap / "meta.json").write_text(json.dumps({"splits": {"nq-dev-train": len(rows)}, "depth": 4}))
+    tok = tiny_tokenizer()
+    base = root / "base"
+    tiny_llama(len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread beats two on a shared machine; restore the setting after."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def config(world, out, **kw):
+    base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
+                splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
+                grad_accum=1, warmup_stage_steps=2, steps=4, lora_r=4, lora_alpha=8,
+                lora_dropout=0.05, lr=1e-2, save_every=2, max_answer_tokens=5, rag_k=2,
+                max_passage_words=20, threads=1, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def log(out):
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+def trainable(out):
+    from safetensors.torch import load_file
+
+    last = sorted((Path(out) / "checkpoints").glob("step-*"))[-1]
+    return load_file(last / "trainable.safetensors")
+
+
+@pytest.fixture(scope="module")
+def rear_run(world):
+    """An uninterrupted 6-step REAR run (2 warm-up + 4 main steps)."""
+    cfg = config(world, "rear-full")
+    with_threads = torch.get_num_threads()
+    final = train(cfg, echo=lambda *_: None)
+    torch.set_num_threads(with_threads)
+    return cfg, final
+
+
+def test_schedule_restarts_per_stage_and_data_order_is_seeded():
+    cfg = TrainConfig(warmup_stage_steps=10, steps=100, warmup_ratio=0.1)
+    plan = stages(cfg, cfg.total_steps)
+    assert [(s["name"], s["start"], s["steps"]) for s in plan] == [("warmup", 0, 10), ("main", 10, 100)]
+    f = [lr_factor(plan, 0.1, s) for s in range(110)]
+    assert f[0] < f[1] == pytest.approx(1.0) and f[9] < 0.05  # stage 1: warm-up then cosine to ~0
+    assert f[10] < f[20] == pytest.approx(1.0) and f[109] < 0.01  # stage 2 starts over
+    order = DataOrder(5, seed=1)
+    epochs = [sorted(order.take(5 * e, 5)) for e in range(3)]
+    assert epochs == [list(range(5))] * 3 and order.take(3, 7) == DataOrder(5, 1).take(3, 7)
+    # Budget 10 with 3 tokens per item, 2 items per micro-batch, 2 micro-batches: 12 tokens/step.
+    assert plan_budget(DataOrder(4, 0), [3] * 4, 2, 2, 10) == 1
+    assert plan_budget(DataOrder(4, 0), [3] * 4, 2, 2, 13) == 2
+
+
+def test_new_token_rows_get_no_weight_decay(world):
+    task = build_task(config(world, "unused"), torch.device("cpu"))
+    opt = make_optimizer(task, config(world, "unused", weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    assert decayed and all("lora_" in names[i] for i in decayed)
+    rows = [p for n, p in task.model.named_parameters() if "trainable_tokens" in n and p.requires_grad]
+    assert rows and not any(id(p) in decayed for p in rows)
+
+
+def test_rear_loss_decreases_on_a_repeated_batch(world):
+    # One question, one group per step: every step sees the same batch.
+    out = config(world, "repeat", max_questions=1, batch=1, warmup_stage_steps=0, steps=12,
+                 lora_dropout=0.0, save_every=100)
+    train(out, echo=lambda *_: None)
+    records = log(out.out)
+    assert len(records) == 12 and {r["stage"] for r in records} == {"main"}
+    assert records[-1]["lm"] < 0.7 * records[0]["lm"]
+    assert records[-1]["rank"] < records[0]["rank"]
+
+
+def test_resume_repeats_the_uninterrupted_run_and_writes_no_pickle(world, rear_run):
+    cfg, final = rear_run
+    assert final == Path(cfg.out) / "final"
+    resumed = config(world, "rear-resumed")
+    first = train(resumed, stop_after_steps=3, echo=lambda *_: None)
+    assert first.name == "step-0000003" and [r["step"] for r in log(resumed.out)] == [1, 2, 3]
+    assert train(resumed, echo=lambda *_: None).name == "final"
+    full, again = log(cfg.out), log(resumed.out)
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
+    assert [r["stage"] for r in again] == ["warmup"] * 2 + ["main"] * 4
+    assert [r["tokens"] for r in again] == [r["tokens"] for r in full]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in full], rel=1e-5)
+    a, b = trainable(cfg.out), trainable(resumed.out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    for path in Path(resumed.out).rglob("*"):
+        if path.is_file():
+            assert path.suffix not in {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"}, path
+            head = path.read_bytes()[:2]
+            assert head[:1] != b"\x80" and head != b"PK", f"{path} looks like a pickle / torch.save"
+    # Done: a third call trains nothing; other settings in the same out dir are refused by name.
+    assert train(resumed, echo=lambda *_: None).name == "final" and len(log(resumed.out)) == 6
+    with pytest.raises(ConfigMismatchError, match="lr, seed"):
+        train(config(world, "rear-resumed", seed=1, lr=1e-3), echo=lambda *_: None)
+
+
+def test_final_rear_checkpoint_loads_with_a_trained_rank_head(world, rear_run):
+    from rearqa.reader.rear import RearModel
+
+    cfg, final = rear_run
+    model = RearModel.from_pretrained(final, cfg.base_model)
+    scores = model.score_texts("who wrote hamlet ?", ["hamlet is a tragedy", "paris is a city"])
+    assert torch.isfinite(scores).all() and scores.abs().sum() > 0  # the <RANK_SCORE> row moved
+
+
+@pytest.mark.parametrize("method", ["rag-ft", "closed-book-ft"])
+def test_baselines_stop_at_the_rear_token_budget(world, rear_run, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rear_cfg, _ = rear_run
+    rear_log = Path(rear_cfg.out) / "train_log.jsonl"
+    budget = log(rear_cfg.out)[-1]["tokens"]
+    cfg = config(world, method, method=method, token_budget_from=str(rear_log), save_every=100)
+    final = train(cfg, echo=lambda *_: None)
+    records = log(cfg.out)
+    assert records[-1]["tokens"] >= budget > records[-2]["tokens"]
+    assert json.loads((Path(cfg.out) / "plan.json").read_text())["token_budget"] == budget
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.base_model), final)
+    names = [n for n, _ in model.named_parameters() if "lora_B" in n]
+    assert names and not any("lm_head" in n or "embed_tokens" in n for n in names)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_unfinished_rear_log_is_not_a_budget(world):
+    cfg = config(world, "rear-partial")
+    train(cfg, stop_after_steps=1, echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="step 1 of 6"):
+        train(config(world, "cb-partial", method="closed-book-ft",
+                     token_budget_from=str(Path(cfg.out) / "train_log.jsonl")))
+
+
+def test_training_cli_imports_no_retriever_backend(world, tmp_path):
+    yaml_file = tmp_path / "tiny.yaml"
+    cfg = config(world, "unused").to_dict()
+    cfg.update(out=str(tmp_path / "cli"), warmup_stage_steps=1, steps=1)
+    yaml_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.items() if k != "method"))
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train_cmd', 'rear', '--config', {str(yaml_file)!r}, '--quiet']\n"
+        "try:\n    runpy.run_module('rearqa.app.train_cmd', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "bad = [m for m in ('faiss', 'bm25s', 'gradio', 'langchain_core', 'sentence_transformers',"
+        " 'vllm', 'rearqa.pipeline', 'rearqa.retriever.dense', 'rearqa.retriever.bm25',"
+        " 'rearqa.retriever.collection', 'rearqa.retriever.embedder') if m in sys.modules]\n"
+        "assert not bad, bad\nprint('OK')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-2000:]
+    assert (tmp_path / "cli" / "final" / "rear_config.json").is_file()
+    assert math.isfinite(log(tmp_path / "cli")[-1]["loss"])
