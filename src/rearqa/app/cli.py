@@ -115,7 +115,7 @@ def index_rebuild(config: ConfigOpt = None, home: HomeOpt = None, collection: Co
 def ask(question: Annotated[str, typer.Argument(help="The question.")],
         k: Annotated[Optional[int], typer.Option(help="Passages to retrieve.")] = None,
         retriever: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
-        method: Annotated[Optional[str], typer.Option(help="closed-book | rag")] = None,
+        method: Annotated[Optional[str], typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
         config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Answer one question: the answer on the first line, then the citations."""
@@ -138,7 +138,7 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
 def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select | tqa-test | tqa-dev-select | squad-test | FILE.jsonl")],
              out: Annotated[Path, typer.Option(help="Output directory (report.json, report.md, plot).")],
              subset: Annotated[str, typer.Option(help="all | answerable")] = "all",
-             method: Annotated[str, typer.Option(help="closed-book | rag")] = "rag",
+             method: Annotated[str, typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft (the last three need reader.checkpoint / reader.adapter)")] = "rag",
              retriever: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
              k: Annotated[int, typer.Option(help="Passages given to the reader.")] = 5,
              limit: Annotated[Optional[int], typer.Option(help="First N questions only.")] = None,
