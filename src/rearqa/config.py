@@ -19,7 +19,7 @@ from rearqa.config_errors import ConfigError
 from rearqa.reader.config import ReaderConfig
 from rearqa.retriever.config import RetrieverConfig
 
-__all__ = ["ConfigError", "PipelineConfig", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "PipelineConfig", "from_dict", "read_yaml", "to_dict"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,20 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             value = from_dict(sub, value, f"{where}.{name}" if where else name)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, with clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings")
+    return data
 
 
 def _dataclass_type(hint: Any) -> type | None:
@@ -82,14 +96,7 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        return from_dict(cls, data, where=path.name)
+        return from_dict(cls, read_yaml(path), where=Path(path).name)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -48,14 +48,13 @@ BudgetOpt = Annotated[Optional[int], typer.Option("--token-budget", help="Stop o
 
 def _yaml_method(path: Path | None) -> str | None:
     """The `method` a YAML file names, if any (so a command cannot silently override it)."""
-    import yaml
+    from rearqa.config import read_yaml
 
     if path is None or not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text()) or {}
-    if isinstance(data, dict) and set(data) == {"train"}:
-        data = data["train"]
-    return data.get("method") if isinstance(data, dict) else None
+    data = read_yaml(path)
+    data = data["train"] if set(data) == {"train"} and isinstance(data["train"], dict) else data
+    return data.get("method")
 
 
 def _run(method: str, config: Path | None, stop_after: int | None, time_limit: float | None,

@@ -255,6 +255,17 @@ def _figure():
     return figure, figure.add_subplot(1, 1, 1)
 
 
+def _save_unit_square(figure, axes, path: str | Path, title: str) -> Path:
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
 def plot_reliability(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> Path:
     """Reliability diagram: per scorer {"bins": reliability_bins(...), "ece": float}."""
     figure, axes = _figure()
@@ -265,14 +276,7 @@ def plot_reliability(curves: dict[str, dict[str, Any]], path: str | Path, title:
                   markersize=3, label=f"{name} (ECE {curve['ece']:.3f})")
     axes.set_xlabel("predicted probability of containing the answer")
     axes.set_ylabel("fraction of passages containing the answer")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
+    return _save_unit_square(figure, axes, path, title)
 
 
 def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> Path:
@@ -283,14 +287,7 @@ def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: str | Path, titl
                   label=f"{name} (AURC {curve['aurc']:.3f})")
     axes.set_xlabel("coverage (share of questions answered)")
     axes.set_ylabel("risk (error rate among answered)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
+    return _save_unit_square(figure, axes, path, title)
 
 
 # --- the rank-head report ----------------------------------------------------------------------

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rearqa.config_errors import ConfigError
 
 METHODS = ("rear", "rag-ft", "closed-book-ft")
@@ -198,20 +196,13 @@ class TrainConfig:
 
         Overrides whose value is None are ignored (unset command-line options).
         """
-        from rearqa.config import from_dict
+        from rearqa.config import from_dict, read_yaml
 
         data: dict[str, Any] = {}
         where = "train"
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {path}: expected a mapping of settings")
+            data = read_yaml(path)
             data = data.get("train", data) if set(data) == {"train"} else data
             where = path.name
         data.update({k: v for k, v in overrides.items() if v is not None})
