@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None,
         "machine": machine_info(cfg.threads), "datasets": {}, "rows": [], "verdict": {},
         "targets": {"recall": TARGET_RECALL, "speedup_batch1": TARGET_SPEEDUP}}
     load = report["machine"]["load_average_at_start"][0]
-    if load > os.cpu_count() - cfg.threads + 0.5:  # busy cores stall OpenMP threads
+    if load > os.cpu_count() - cfg.threads + 1.0:  # a whole busy core stalls OpenMP threads
         report["warning"] = (f"load average {load:.1f} on {os.cpu_count()} CPUs at start: other "
                              "processes compete for the cores, so the timings are unreliable")
         _log("WARNING: " + report["warning"])
