@@ -8,11 +8,11 @@ imported lazily (they pull in torch and peft).
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from rearqa.reader.baseline import BaselineReader, QuestionError, check_question
 from rearqa.reader.config import READERS, ReaderConfig
+from rearqa.registry import load, resolve
 
 __all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "ReaderConfig",
            "RearReader", "build_reader", "check_question", "get_reader_class"]
@@ -22,12 +22,7 @@ _LAZY = {"RearReader": READERS["rear"], "FinetunedReader": READERS["rag-ft"]}
 
 def get_reader_class(method: str) -> type:
     """The reader class registered for `method`."""
-    try:
-        target = READERS[method]
-    except KeyError:
-        raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READERS)}") from None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return resolve(READERS, method, "reader method")
 
 
 def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
@@ -40,6 +35,5 @@ def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
 
 def __getattr__(name: str):
     if name in _LAZY:
-        module, _, attr = _LAZY[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return load(_LAZY[name])
     raise AttributeError(f"module 'rearqa.reader' has no attribute {name!r}")

@@ -5,8 +5,9 @@ attention); a vLLM engine joins this registry for serving.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from rearqa.registry import resolve
 
 ENGINES: dict[str, str] = {
     "hf": "rearqa.reader.engines.hf:HFEngine",
@@ -14,12 +15,7 @@ ENGINES: dict[str, str] = {
 
 
 def get_engine_class(name: str) -> type:
-    try:
-        target = ENGINES[name]
-    except KeyError:
-        raise ValueError(f"unknown reader engine {name!r}; valid engines are {sorted(ENGINES)}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve(ENGINES, name, "reader engine")
 
 
 def build_engine(name: str, **kwargs: Any):

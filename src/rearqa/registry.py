@@ -1,0 +1,25 @@
+"""Registries map names to lazy "module:attr" import paths (STYLE rule 3).
+
+`resolve` imports the named entry on first use, so registering a heavy class (torch, peft,
+FAISS) costs nothing until it is asked for; an unknown name is an error listing the valid ones.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def load(target: str) -> Any:
+    """The object at "package.module:attr"."""
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def resolve(registry: dict[str, str], name: str, what: str, error: type[Exception] = ValueError) -> Any:
+    """The object registered as `name`; `what` names the kind in the error ("reader engine")."""
+    try:
+        target = registry[name]
+    except (KeyError, TypeError):
+        noun = what.split()[-1]
+        raise error(f"unknown {what} {name!r}; valid {noun}s are {list(registry)}") from None
+    return load(target)
