@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from rearqa.eval.report import new_figure, save_figure
+
 Group = tuple[Sequence[float], Sequence[bool]]  # one question: passage scores, labels
 
 
@@ -245,30 +247,15 @@ def risk_coverage(confidences, correct) -> dict[str, Any]:
 
 # --- plots -------------------------------------------------------------------------------------
 
-def _figure():
-    # The object-oriented Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure, figure.add_subplot(1, 1, 1)
-
-
 def _save_unit_square(figure, axes, path: str | Path, title: str) -> Path:
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
+    return save_figure(figure, axes, path, title)
 
 
 def plot_reliability(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> Path:
     """Reliability diagram: per scorer {"bins": reliability_bins(...), "ece": float}."""
-    figure, axes = _figure()
+    figure, axes = new_figure(6, 4.5)
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     for name, curve in curves.items():
         bins = curve["bins"]
@@ -281,7 +268,7 @@ def plot_reliability(curves: dict[str, dict[str, Any]], path: str | Path, title:
 
 def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> Path:
     """Risk-coverage curves: per curve a `risk_coverage(...)` result."""
-    figure, axes = _figure()
+    figure, axes = new_figure(6, 4.5)
     for name, curve in curves.items():
         axes.step(curve["coverage"], curve["risk"], where="post",
                   label=f"{name} (AURC {curve['aurc']:.3f})")

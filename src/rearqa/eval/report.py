@@ -130,28 +130,39 @@ def report_markdown(report: dict[str, Any], n_example_rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def plot_recall_at_k(curves: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Line plot of answer-recall@k against k = 1..len(curve), one line per group."""
-    # The object-oriented Agg canvas: no pyplot global state, no display needed.
+def new_figure(width: float = 6, height: float = 4):
+    """A figure and its one axes on the object-oriented Agg canvas: no pyplot global state, no
+    display needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def save_figure(figure, axes, path: str | Path, title: str) -> Path:
+    """Title, grid and legend, then write the figure to `path`."""
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
+def plot_recall_at_k(curves: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Line plot of answer-recall@k against k = 1..len(curve), one line per group."""
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = new_figure()
     for label, curve in curves.items():
         axes.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("k (passages retrieved)")
     axes.set_ylabel("answer-recall@k")
     axes.set_ylim(0.0, 1.0)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    return save_figure(figure, axes, path, title)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
