@@ -37,3 +37,15 @@ def scratch_home(prepared_home, tmp_path_factory):
         if (prepared_home / name).exists():
             (home / name).symlink_to(prepared_home / name)
     return home
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
+    spin against other processes (a 5x slowdown seen here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -139,18 +139,6 @@ def test_rear_eval_path_imports_no_faiss_bm25s_or_gradio():
 # --- rear_eval end to end on a tiny snapshot and tiny models ------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin against other processes (a 5x slowdown seen here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PASSAGES = {"h": "hamlet is a tragedy written by shakespeare .", "p": "paris is the capital of france",
             "l": "the band was born in london in the year", "r": "the river of the city"}
 QUESTIONS = [("q1", "who wrote hamlet ?", ["shakespeare"]),

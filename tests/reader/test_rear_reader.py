@@ -23,18 +23,7 @@ QUESTIONS = ["who wrote hamlet ?", "what is the capital of france ?"]
 PASSAGES = [[Passage(id=f"p{i}", text=t, title="") for i, t in enumerate(TEXTS)],
             [Passage(id="q0", text=TEXTS[1], title="paris"), Passage(id="q1", text=TEXTS[3])]]
 MAX_NEW = 6
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin against other processes (a 5x slowdown seen here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 def make_model(head="linear", chat=False, routing=None, seed=0):
