@@ -65,6 +65,17 @@ class SearchBase(ABC):
         ...
 
 
+class CollectionSearch(SearchBase):
+    """A retriever over one collection (dense, BM25)."""
+
+    def __init__(self, collection: "Collection") -> None:
+        self.collection = collection
+
+    @classmethod
+    def from_collection(cls, collection: "Collection") -> "CollectionSearch":
+        return cls(collection)
+
+
 # kind -> "module:Class"; each class has `from_collection(collection) -> Retriever`.
 RETRIEVERS: dict[str, str] = {
     "dense": "rearqa.retriever.dense:DenseRetriever",

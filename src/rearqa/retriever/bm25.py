@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bm25s
 import numpy as np
 
-from rearqa.retriever.base import SearchBase
+from rearqa.retriever.base import CollectionSearch
 from rearqa.types import Passage
-
-if TYPE_CHECKING:
-    from rearqa.retriever.collection import Collection
 
 STOPWORDS = "en"
 
@@ -55,17 +52,10 @@ class BM25Index:
         return [(int(self.ids[i]), float(scores[i])) for i in hits]
 
 
-class BM25Retriever(SearchBase):
+class BM25Retriever(CollectionSearch):
     """BM25 over a collection's docstore."""
 
     name = "bm25"
-
-    def __init__(self, collection: "Collection") -> None:
-        self.collection = collection
-
-    @classmethod
-    def from_collection(cls, collection: "Collection") -> "BM25Retriever":
-        return cls(collection)
 
     def _search_batch(self, queries: list[str], k: int, filters: Mapping[str, Any]) -> list[list[Passage]]:
         index = self.collection.bm25_state()

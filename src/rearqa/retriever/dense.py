@@ -26,18 +26,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
 
 from rearqa.config_errors import ConfigError
-from rearqa.retriever.base import SearchBase
+from rearqa.retriever.base import CollectionSearch
 from rearqa.retriever.errors import CorruptIndexError, IndexBuildError, IndexMismatchError
 from rearqa.types import Passage
-
-if TYPE_CHECKING:
-    from rearqa.retriever.collection import Collection
 
 INDEX_FILE = "dense.faiss"
 SIDECAR_FILE = "dense.json"
@@ -288,17 +285,10 @@ class DenseIndex:
         labels[rows, :m] = np.asarray(allowed, dtype=np.int64)[top]
 
 
-class DenseRetriever(SearchBase):
+class DenseRetriever(CollectionSearch):
     """Embeds queries and searches the collection's FAISS index."""
 
     name = "dense"
-
-    def __init__(self, collection: "Collection") -> None:
-        self.collection = collection
-
-    @classmethod
-    def from_collection(cls, collection: "Collection") -> "DenseRetriever":
-        return cls(collection)
 
     def _search_batch(self, queries: list[str], k: int, filters: Mapping[str, Any]) -> list[list[Passage]]:
         col, cfg = self.collection, self.collection.config
