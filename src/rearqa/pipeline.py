@@ -15,7 +15,7 @@ from typing import Any
 
 from rearqa import assets
 from rearqa.config import PipelineConfig
-from rearqa.reader import build_reader, check_question
+from rearqa.reader import build_reader, check_question, get_reader_class
 from rearqa.reader.config import CLOSED_BOOK_METHODS
 from rearqa.types import Answer, Passage
 
@@ -34,7 +34,7 @@ class Pipeline:
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.home = Path(home) if home else assets.home()
         self._collection = None
-        self._readers: dict[str, Any] = {}  # reader class path -> reader
+        self._readers: dict[type, Any] = {}  # reader class -> reader
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> "Pipeline":
@@ -63,12 +63,8 @@ class Pipeline:
     def reader_for(self, method: str | None = None):
         """The reader that serves `method`, opened on first use and kept (one per reader class
         and settings, so rag and closed-book share one model)."""
-        from rearqa.reader.config import READERS
-
         method = method or self.config.reader.method
-        if method not in READERS:
-            raise ValueError(f"unknown reader method {method!r}; valid methods are {list(READERS)}")
-        key = READERS[method]
+        key = get_reader_class(method)  # raises for an unknown method, listing the valid ones
         if key not in self._readers:
             model_dir = self.config.reader.model
             if not model_dir:
