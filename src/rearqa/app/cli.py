@@ -45,7 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (AssetError, ConfigError, QuestionError, ResumeError, RetrieverError, FileNotFoundError)
 
 
-def _pipeline(config: Path | None, home: Path | None, collection: str | None = None, **reader: object):
+def _pipeline(config: Path | None, home: Path | None, collection: str | None = None):
     import dataclasses
 
     from rearqa.config import PipelineConfig
@@ -54,9 +54,6 @@ def _pipeline(config: Path | None, home: Path | None, collection: str | None = N
     cfg = PipelineConfig.from_yaml(config) if config else PipelineConfig()
     if collection:
         cfg.retriever = dataclasses.replace(cfg.retriever, collection=collection)
-    reader = {k: v for k, v in reader.items() if v is not None}
-    if reader:
-        cfg.reader = dataclasses.replace(cfg.reader, **reader)
     return Pipeline(cfg, home=home)
 
 
