@@ -123,3 +123,23 @@ def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: t
         model.rank_head.requires_grad_(is_trainable)
     model.check_ref_row_zero()
     return model.eval()
+
+
+def compact_checkpoint(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store a LoRA checkpoint's float32 adapter tensors as `dtype` (bf16 halves a shipped
+    checkpoint; loading casts them back to the model's dtype). The zero <RANK_REF> row stays
+    exactly zero. Returns the adapter's size in bytes afterwards."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    if read_meta(path)["kind"] != "lora":
+        raise ValueError(f"{path} is not a LoRA checkpoint: nothing to compact")
+    size = 0
+    for file in sorted((path / ADAPTER_DIR).glob("*.safetensors")):
+        tensors = {name: (t.to(dtype) if t.dtype == torch.float32 else t).contiguous()
+                   for name, t in load_file(file).items()}
+        tmp = file.with_suffix(".tmp")
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        tmp.replace(file)
+        size += file.stat().st_size
+    return size

@@ -1,0 +1,161 @@
+"""Choose each reader's settings on dev-select: REAR's checkpoint, routing and threshold; the
+fine-tuned baselines' checkpoint (training steps) and, for rag-ft, k.
+
+Every candidate is scored on the same dev-select questions of every split given (pooled, each
+question counting once); the best by exact match (then F1) wins. Test questions are never read.
+
+    python -m rearqa.eval.select --snapshot build/bundle --splits nq-dev-select tqa-dev-select \\
+        --limit 500 --base-model DIR --out runs/select \\
+        --rear RUN/final RUN/checkpoints/step-0000150/model \\
+        --rag-ft RUN/final RUN/checkpoints/step-N/model --rag-ft-k 1 3 5 \\
+        --closed-book-ft RUN/final RUN/checkpoints/step-N/model
+
+writes <out>/selection.json ({"rear": {...}, "rag-ft": {...}, "closed-book-ft": {...}}) and, for
+REAR, stores the chosen routing and threshold in the chosen checkpoint's rear_config.json (as
+`rear_eval --choose-threshold` does). REAR's k is not swept: it is given with --rear-k (20, the
+depth the rank-head metrics use), which is REAR's point: score many passages one at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from rearqa.eval.report import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _eval_args(args, split: str, method: str, k: int, out: Path, **weights) -> argparse.Namespace:
+    from rearqa.eval.rear_eval import parse_args
+
+    argv = ["--snapshot", str(args.snapshot), "--split", split, "--methods", method, "--k", str(k),
+            "--batch-size", str(args.batch_size), "--out", str(out), "--device", args.device,
+            "--max-new-tokens", str(args.max_new_tokens)]
+    if args.limit:
+        argv += ["--limit", str(args.limit)]
+    if args.base_model:
+        argv += ["--base-model", str(args.base_model)]
+    for name, value in weights.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return parse_args(argv)
+
+
+def pooled(report_dirs: list[Path]) -> dict[str, float]:
+    """EM and F1 over the questions of several runs, each question once."""
+    from rearqa.eval.runner import build_report
+
+    rows = [row for d in report_dirs for row in build_report(d)["rows"]]
+    return {"n": len(rows), "em": sum(r["em"] for r in rows) / len(rows),
+            "f1": sum(r["f1"] for r in rows) / len(rows)}
+
+
+def select_baseline(method: str, adapters: list[Path], ks: list[int], args,
+                    snapshot) -> dict[str, Any]:
+    """Every (adapter, k) on every split through the standard runner; the best pooled EM."""
+    from rearqa.eval.rear_eval import run_method, snapshot_dataset
+
+    table = []
+    for a, adapter in enumerate(adapters):
+        for k in ks:
+            dirs = []
+            for split in args.splits:
+                out = args.out / method / f"c{a}-k{k}" / split
+                run_args = _eval_args(args, split, method, k, out,
+                                      **{f"adapter_{method.replace('-', '_')}": adapter})
+                dirs.append(run_method(method, run_args, snapshot,
+                                       snapshot_dataset(snapshot, split, args.limit)))
+            table.append({"adapter": str(adapter), "k": k, **pooled(dirs)})
+            log.info("%s %s k=%d: %s", method, adapter, k, table[-1])
+    chosen = max(table, key=lambda row: (row["em"], row["f1"]))
+    return {"chosen": chosen, "table": table, "objective": "pooled EM, then F1"}
+
+
+def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
+    """Per checkpoint: every dev-select passage read under both judgments once, routing and
+    threshold replayed on a grid (rear_eval.select_routing); the best checkpoint's choice is
+    written into it."""
+    from rearqa.eval.rear_eval import (_free_memory, load_reader, read_both_judgments,
+                                       select_routing, snapshot_dataset,
+                                       write_selection_to_checkpoint)
+
+    table, selections = [], []
+    for checkpoint in checkpoints:
+        run_args = _eval_args(args, args.splits[0], "rear", args.rear_k, args.out / "rear",
+                              checkpoint=checkpoint)
+        reader, weights = load_reader("rear", run_args)
+        examples, passages = [], []
+        for split in args.splits:
+            rows = {r["id"]: r for r in snapshot.split(split)}
+            dataset = snapshot_dataset(snapshot, split, args.limit)
+            examples += dataset.examples
+            passages += [snapshot.ranked(rows[e.id], "dense", args.rear_k) for e in dataset.examples]
+        readings = read_both_judgments(reader, [e.question for e in examples], passages)
+        selection = select_routing(examples, passages, readings, reader.routing,
+                                   grid_size=args.grid_size)
+        selection.update(splits=args.splits, k=args.rear_k, n_questions=len(examples),
+                         weights=weights)
+        selections.append(selection)
+        table.append({"checkpoint": str(checkpoint), **{key: selection["chosen"][key] for key in
+                      ("routing", "threshold", "em", "f1", "fallback_share")}})
+        log.info("rear %s: %s", checkpoint, table[-1])
+        del reader
+        _free_memory()
+    best = max(range(len(table)), key=lambda i: (table[i]["em"], table[i]["f1"]))
+    write_json(selections[best], args.out / "rear" / "threshold_selection.json")
+    write_selection_to_checkpoint(checkpoints[best], selections[best])
+    return {"chosen": table[best], "table": table,
+            "objective": "pooled EM of the routed answer, then F1"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--splits", nargs="+", required=True, help="dev-select splits, pooled")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each split")
+    p.add_argument("--base-model", type=Path)
+    p.add_argument("--rear", nargs="*", type=Path, default=[], help="REAR checkpoints to choose from")
+    p.add_argument("--rear-k", type=int, default=20)
+    p.add_argument("--rag-ft", nargs="*", type=Path, default=[], help="rag-ft adapters")
+    p.add_argument("--rag-ft-k", nargs="+", type=int, default=[1, 3, 5])
+    p.add_argument("--closed-book-ft", nargs="*", type=Path, default=[], help="closed-book-ft adapters")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--grid-size", type=int, default=101)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if not args.splits or any(not s.endswith("-dev-select") for s in args.splits):
+        p.error(f"--splits {args.splits}: settings are chosen on *-dev-select splits only")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+    import os
+
+    from rearqa.eval.bundle import Snapshot
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    snapshot = Snapshot(args.snapshot)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "selection.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    if args.rear:
+        result["rear"] = select_rear(args.rear, args, snapshot)
+    if args.rag_ft:
+        result["rag-ft"] = select_baseline("rag-ft", args.rag_ft, args.rag_ft_k, args, snapshot)
+    if args.closed_book_ft:
+        result["closed-book-ft"] = select_baseline("closed-book-ft", args.closed_book_ft, [1],
+                                                   args, snapshot)
+    write_json(result, path)
+    print(json.dumps({m: r["chosen"] for m, r in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
