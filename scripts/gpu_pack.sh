@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pack what scripts/gpu_run.sh has finished into $OUT (device tool: at most 8 files of 16 MiB).
 # Usage: bash scripts/gpu_pack.sh [WAIT_S]: first wait up to WAIT_S seconds for "all done".
-R=/tmp/runs
+R=${R:-/tmp/runs}
 end=$(( $(date +%s) + ${1:-0} ))
 while [ $(date +%s) -lt $end ] && ! grep -q "all done" $R/progress 2>/dev/null; do sleep 5; done
 cat $R/progress 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader

@@ -15,6 +15,7 @@
 #   SEL_LIMIT=4 EXTRA="--limit 4 --batch-size 2 --device cpu" R=/tmp/rehearsal bash scripts/gpu_run.sh ...
 set -uo pipefail
 source ${GPU_ENV:-scripts/gpu_env.sh}
+set +e  # gpu_env.sh sets -e; a failing step must not end its chain unmarked
 budget=$1 rag_save=$2 cb_save=$3
 R=${R:-/tmp/runs} CFG=${CFG:-configs/train/gpu.yaml} BUNDLE=${BUNDLE:-/tmp/bundle} EXTRA=${EXTRA:-}
 mkdir -p "$R/test"
