@@ -51,7 +51,18 @@ class HFEngine:
 
     def _generation_kwargs(self, max_new_tokens: int) -> dict:
         return dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                    top_k=None, pad_token_id=self.tokenizer.pad_token_id)
+                    top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self._eos_ids())
+
+    def _eos_ids(self) -> list[int]:
+        """Stop at the tokenizer's eos (SmolLM2: <|im_end|>) as well as the generation config's:
+        a fine-tuned reader ends its answers with the tokenizer's eos, and a generation config
+        written by another transformers version may name a different one (seen on the GPU
+        machine: fine-tuned answers ran on past <|im_end|> into "user" turns)."""
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+        ids.append(self.tokenizer.eos_token_id)
+        return sorted({i for i in ids if i is not None})
 
     @torch.inference_mode()
     def generate(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[str]:
