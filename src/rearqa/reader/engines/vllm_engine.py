@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import json
+import logging
 import os
 import sys
 import tempfile
@@ -44,20 +46,29 @@ def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
 
 @contextlib.contextmanager
 def _output_to(path: Path):
-    """Send this process's stdout and stderr (fds 1 and 2) to `path` while vLLM starts.
+    """Send this process's stdout and stderr (fds 1 and 2) and the `vllm` logger to `path`
+    while vLLM starts.
 
     Processes vLLM spawns meanwhile inherit the file as their stdout/stderr for good, so the
-    engine's later log lands there too; this process gets its own streams back afterwards.
+    engine's later log lands there too; this process gets its own streams back afterwards. The
+    logger gets a handler as well because its stream handler may hold a Python stream that is
+    not fd 1 (pytest's capture, a notebook).
     """
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(1), os.dup(2)]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+    logger = logging.getLogger("vllm")
     with open(path, "ab", buffering=0) as log:
         try:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
+            logger.addHandler(handler)
             yield
         finally:
+            logger.removeHandler(handler)
+            handler.close()
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             os.dup2(saved[0], 1)
@@ -87,11 +98,27 @@ class VllmEngine:
                 "for the bundled model, or point reader.model at a transformers checkpoint")
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        self.suppressed_words = self._suppressed_words(model_dir)
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
         self._lock = threading.Lock()  # one caller drives the engine loop at a time
         self._ids = itertools.count()
         self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed)
+
+    def _suppressed_words(self, model_dir: Path) -> list[str]:
+        """generation_config.suppress_tokens (a REAR checkpoint's control tokens) as bad_words.
+
+        vLLM bans a bad word's last token wherever the tokens before it were generated, so a
+        word that is one special token is banned everywhere, like transformers' suppression.
+        """
+        file = model_dir / "generation_config.json"
+        ids = (json.loads(file.read_text()).get("suppress_tokens") if file.is_file() else None) or []
+        words = self.tokenizer.convert_ids_to_tokens(list(ids))
+        for token_id, word in zip(ids, words):
+            if self.tokenizer.encode(word, add_special_tokens=False) != [token_id]:
+                raise ValueError(f"{file}: suppressed token {token_id} ({word!r}) is not one token "
+                                 "when its text is tokenized, so vLLM's bad_words cannot ban it")
+        return words
 
     def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int,
                kv_cache_gib: int, seed: int):
@@ -112,6 +139,7 @@ class VllmEngine:
                            # restricts them to two tokens (rear.model docstring).
                            logprobs_mode="processed_logprobs")
         except Exception as exc:  # re-raised with the log, which holds the real cause
+            gc.collect()  # the half-built engine's finalizer stops the process it spawned
             raise VllmStartError(
                 f"vLLM failed to start on {self.model_dir} ({type(exc).__name__}: {exc}).\n"
                 f"Last lines of its log {self.log_path}:\n{log_tail(self.log_path)}") from exc
@@ -125,10 +153,17 @@ class VllmEngine:
         """The prompt ids of a conversation, tokenized exactly as HFEngine does."""
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
-    def greedy_params(self, max_new_tokens: int, **kwargs):
+    def greedy_params(self, max_new_tokens: int, suppress: bool = True, **kwargs):
+        """Greedy SamplingParams. suppress: ban the checkpoint's suppressed tokens, as
+        transformers' generate does (`generation_config.suppress_tokens`); off for scoring calls
+        that read those tokens' logprobs."""
         from vllm import SamplingParams
 
-        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False, **kwargs)
+        kwargs.setdefault("detokenize", False)  # outputs are decoded here, from token ids
+        banned = set(kwargs.pop("bad_words", None) or [])
+        banned = sorted(banned | set(self.suppressed_words if suppress else []))
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, bad_words=banned or None,
+                              **kwargs)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -144,9 +179,8 @@ class VllmEngine:
         """Yield the greedy answer to one conversation as vLLM's engine steps produce it."""
         from vllm.sampling_params import RequestOutputKind
 
-        params = self.greedy_params(max_new_tokens)
-        params.detokenize = True
-        params.output_kind = RequestOutputKind.DELTA
+        params = self.greedy_params(max_new_tokens, detokenize=True,
+                                    output_kind=RequestOutputKind.DELTA)
         engine = self.llm.llm_engine
         with self._lock:
             request = f"rearqa-stream-{next(self._ids)}"
