@@ -169,16 +169,7 @@ class VllmRearReader(RearReaderBase):
         return [first_line(self.tokenizer.decode(g, skip_special_tokens=True)) for g in generated]
 
     def _stop_index(self, tokens: list[int]) -> int | None:
-        """Where RearReader's decode loop (`_StopTable`) stops a row: eos, a token that ends a
-        non-empty line, or a newline after text."""
-        has_text = False
-        for i, token in enumerate(tokens):
-            text = self._token_text(token)
-            if (token in self._eos or ("\n" in text and text.split("\n")[0].strip() != "")
-                    or ("\n" in text and has_text)):
-                return i
-            has_text = has_text or text.strip() != ""
-        return None
+        return stop_index(tokens, self._token_text, self._eos)
 
     def _token_text(self, token: int) -> str:
         if token not in self._texts:  # as _StopTable: special tokens count as text
@@ -203,6 +194,18 @@ class VllmRearReader(RearReaderBase):
             logprobs = [out.prompt_logprobs[i][row[i]].logprob for i in range(start, len(row))]
             values.append(math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0)
         return values
+
+
+def stop_index(tokens: list[int], token_text, eos: set[int]) -> int | None:
+    """Where RearReader's decode loop (`_StopTable`) stops a row, or None: at eos, at a token
+    that ends a non-empty line, or at a newline once the row has text."""
+    has_text = False
+    for i, token in enumerate(tokens):
+        text = token_text(token)
+        if token in eos or ("\n" in text and (has_text or text.split("\n")[0].strip() != "")):
+            return i
+        has_text = has_text or text.strip() != ""
+    return None
 
 
 def _eos_ids(model_dir: Path, tokenizer) -> set[int]:
