@@ -9,9 +9,10 @@ Tolerances: relevance logits to SCORE_ATOL, confidences to CONFIDENCE_ATOL; text
 Both engines compute the same fp32 function with different kernels and batch shapes (vLLM's CPU
 attention and fused ops, a different summation order), so logits differ by rounding: about 1e-5
 relative (largest differences seen here: 1.3e-5 on scores of magnitude 5-8, 1.8e-5 on
-confidences; docs/serving.md), and the tolerances leave ~50x room for other CPUs. The confidence has a second, systematic difference: RearReader masks the four
-control tokens out of the softmax, vLLM's prompt logprobs do not (rear/vllm_reader.py), which
-lowers con_i by a factor 1 - p(control tokens), far below the tolerance for these weights.
+confidences; docs/serving.md); the tolerances leave ~50x room for other CPUs. The confidence has
+a second, systematic difference: RearReader masks the four control tokens out of the softmax,
+vLLM's prompt logprobs do not (rear/vllm_reader.py), which lowers con_i by a factor
+1 - p(control tokens), far below the tolerance for these weights.
 """
 from __future__ import annotations
 
