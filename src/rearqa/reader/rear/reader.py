@@ -22,6 +22,10 @@ from your own knowledge when told the passage is irrelevant), so it is in-distri
 trained model, unlike the base chat closed-book prompt; and it costs one short extra row per
 question in the same forward and decode as the passages instead of a second generate call.
 
+`RearReaderBase` holds what does not depend on the engine (prompt rows, judgments, routing, the
+reader seam); `RearReader` computes steps 1-3 with transformers, `VllmRearReader` (vllm_reader.py)
+with vLLM; `reader.engine` picks one (REAR_ENGINES).
+
 The decode loop is written out (not `generate`) because it continues from the scoring pass's
 cache with per-row position ids; it is greedy, stops a row at eos or at the end of its first
 non-empty line (the answer is that line), and stops when every row has stopped.
