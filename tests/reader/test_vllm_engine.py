@@ -128,6 +128,18 @@ def test_engines_are_registered():
     assert resolve(REAR_ENGINES, "vllm", "REAR reader engine").__name__ == "VllmRearReader"
 
 
+def test_rear_reader_follows_reader_engine(monkeypatch):
+    from rearqa.reader import build_reader
+    from rearqa.reader.rear.vllm_reader import VllmRearReader
+
+    monkeypatch.setattr(VllmRearReader, "from_config",
+                        classmethod(lambda cls, config, base: (cls.__name__, config.engine, base)))
+    config = ReaderConfig(method="rear", engine="vllm")
+    assert build_reader("rear", config, "base") == ("VllmRearReader", "vllm", "base")
+    with pytest.raises(ValueError, match=r"unknown REAR reader engine 'tpu'; valid engines are"):
+        build_reader("rear", ReaderConfig(method="rear", engine="tpu"), "base")
+
+
 def test_rear_readings_match(readers):
     hf, vllm = readers
     questions, passages = _questions()
