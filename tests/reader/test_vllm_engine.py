@@ -3,7 +3,9 @@
 Weights: `checkpoints/rear-smollm2` when it exists, else the UNTRAINED RearModel wrapper around
 the real SmolLM2-135M-Instruct, with its <RANK_SCORE> row set to a fixed random vector (an
 all-zero row would score every passage 0 and test nothing). Either is merged to a plain fp32
-checkpoint in tmp_path, which both engines load. One vLLM engine serves the whole module.
+checkpoint in tmp_path, which both engines load. One vLLM engine serves the whole module; the
+tests that use it are marked slow (the module took 100-130 s on the shared 2-core machine, most of
+it vLLM's start); the registry and dispatch tests are quick.
 
 Tolerances: relevance logits to SCORE_ATOL, confidences to CONFIDENCE_ATOL; texts identical.
 Both engines compute the same fp32 function with different kernels and batch shapes (vLLM's CPU
@@ -140,6 +142,7 @@ def test_rear_reader_follows_reader_engine(monkeypatch):
         build_reader("rear", ReaderConfig(method="rear", engine="tpu"), "base")
 
 
+@pytest.mark.slow
 def test_rear_readings_match(readers):
     hf, vllm = readers
     questions, passages = _questions()
@@ -156,6 +159,7 @@ def test_rear_readings_match(readers):
     assert any(a for r in expected for a in r.answers)  # not all empty
 
 
+@pytest.mark.slow
 def test_rear_answers_route_the_same(readers):
     hf, vllm = readers
     questions, passages = _questions()
@@ -169,6 +173,7 @@ def test_rear_answers_route_the_same(readers):
             [c.relevance for c in e.citations], abs=SCORE_ATOL)
 
 
+@pytest.mark.slow
 def test_baseline_rag_greedy_texts_identical(plain_checkpoint, vllm_engine):
     from rearqa.reader import BaselineReader
 
@@ -180,6 +185,7 @@ def test_baseline_rag_greedy_texts_identical(plain_checkpoint, vllm_engine):
     assert all(a.text for a in hf)
 
 
+@pytest.mark.slow
 def test_stream_yields_the_generated_text(vllm_engine):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     pieces = list(vllm_engine.stream(messages, MAX_NEW_TOKENS))
@@ -187,6 +193,7 @@ def test_stream_yields_the_generated_text(vllm_engine):
     assert "".join(pieces).strip() == vllm_engine.generate([messages], MAX_NEW_TOKENS)[0]
 
 
+@pytest.mark.slow
 def test_failed_start_shows_the_log_tail(plain_checkpoint, tmp_path):
     from rearqa.reader.engines.vllm_engine import VllmEngine, VllmStartError
 
@@ -202,6 +209,7 @@ def test_failed_start_shows_the_log_tail(plain_checkpoint, tmp_path):
     assert (tmp_path / "vllm.log").read_text().strip()
 
 
+@pytest.mark.slow
 def test_stop_rule_is_rear_readers(reader_dir):
     """vLLM stops at the first newline; `stop_index` must then stop exactly where RearReader's
     decode loop (`_StopTable`) does, including rows that start with blank lines."""
