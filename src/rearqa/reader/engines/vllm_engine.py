@@ -85,8 +85,13 @@ class VllmEngine:
     """
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
-                 trust_remote_code: bool = False, *, max_model_len: int = 2048,
+                 trust_remote_code: bool = False, *, max_model_len: int | None = None,
                  kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None) -> None:
+        """Start vLLM on `model_dir` (a plain transformers checkpoint). max_model_len: longest
+        prompt + answer, None = the model's own limit as with transformers (vLLM refuses to start
+        when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
+        kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
+        (default: a new temp file)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoTokenizer
@@ -120,7 +125,7 @@ class VllmEngine:
                                  "when its text is tokenized, so vLLM's bad_words cannot ban it")
         return words
 
-    def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int,
+    def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int | None,
                kv_cache_gib: int, seed: int):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         if threads:
