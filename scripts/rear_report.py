@@ -1,0 +1,121 @@
+"""Tables of the REAR GPU run (scripts/gpu_run.sh) for docs/rear.md, from the runs it brought back.
+
+    python scripts/rear_report.py runs/gpu          # prints markdown, writes docs/results/rear-test.json
+
+<root>/test/<split>/<run>/<method>/report.json are the evaluation runs, <root>/test/<split>/rear/
+rank_metrics.json REAR's rank-head metrics, <root>/train/<run>/train_log.jsonl the training logs
+(a curve is drawn to docs/figures/rear-train.png). Paired bootstrap differences are REAR minus
+each other run, on the questions both answered (all, and the answerable part).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rearqa.eval.compare import compare_reports
+from rearqa.eval.report import new_figure, save_figure
+
+SPLITS = ("nq-test", "tqa-test", "squad-test")
+GROUPS = ("all", "answerable")
+METRICS = ("em", "f1", "contained", "length")
+
+
+def runs(split_dir: Path) -> dict[str, Path]:
+    """run name -> method report dir, REAR first."""
+    found = {f"{d.parent.name}/{d.name}": d
+             for d in sorted(split_dir.glob("*/*")) if (d / "report.json").is_file()}
+    rear = {k: v for k, v in found.items() if k == "rear/rear"}
+    return {**rear, **{k: v for k, v in found.items() if k != "rear/rear"}}
+
+
+def method_table(root: Path) -> tuple[list[dict], dict]:
+    rows, pairs = [], {}
+    for split in SPLITS:
+        found = runs(root / "test" / split)
+        if "rear/rear" not in found:
+            continue
+        for name, path in found.items():
+            aggregate = json.loads((path / "report.json").read_text())["aggregate"]
+            for group in GROUPS:
+                a = aggregate[group]
+                rows.append({"split": split, "run": name, "group": group, "n": a["n"],
+                             **{m: a[m] for m in METRICS}})
+        result = compare_reports([found["rear/rear"], *[p for n, p in found.items() if n != "rear/rear"]],
+                                 metrics=("em", "f1"), n_resamples=10000)
+        for pair, name in zip(result["pairs"], [n for n in found if n != "rear/rear"]):
+            for group in GROUPS:
+                em = pair["groups"][group]["em"]
+                # compare_reports gives candidate - baseline with REAR as the baseline: flip it.
+                pairs[f"{split} rear - {name} ({group})"] = {
+                    "n": em["n"], "diff": -em["diff"], "low": -em["high"], "high": -em["low"]}
+    return rows, pairs
+
+
+def auc_table(root: Path) -> list[dict]:
+    out = []
+    for split in SPLITS:
+        path = root / "test" / split / "rear" / "rank_metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        for group in ("other", "numeric"):
+            g = metrics["groups"].get(group)
+            if not g:
+                continue
+            for scorer, values in g["auc"]["scorers"].items():
+                ece = g["calibration"].get(scorer, {}).get("ece")
+                out.append({"split": split, "group": group, "scorer": scorer,
+                            "pooled": values["pooled"], "per_question": {
+                                k: v for k, v in values["per_question"].items() if k != "per_question"},
+                            "ece": ece})
+    return out
+
+
+def train_curve(root: Path, out: Path) -> dict:
+    fig, ax = new_figure(7, 4)
+    summary = {}
+    for log in sorted((root / "train").glob("*/train_log.jsonl")):
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if not (log.parent / "summary.json").is_file():
+            continue  # a run that did not finish (out of GPU memory beside the others)
+        steps = [r["step"] for r in records]
+        ax.plot(steps, [r["lm"] for r in records], label=f"{log.parent.name} LM", lw=0.8)
+        if any(r["rank"] for r in records):
+            ax.plot(steps, [r["rank"] for r in records], label=f"{log.parent.name} rank", lw=0.8)
+        summary[log.parent.name] = {"steps": records[-1]["step"], "tokens": records[-1]["tokens"],
+                                    "seconds": records[-1]["seconds"], "last_lm": records[-1]["lm"],
+                                    "last_rank": records[-1]["rank"]}
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, ax, out, "REAR and baseline training losses (GPU run)")
+    return summary
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
+    rows, pairs = method_table(root)
+    aucs = auc_table(root)
+    curve = train_curve(root, Path("docs/figures/rear-train.png"))
+    Path("docs/results").mkdir(parents=True, exist_ok=True)
+    Path("docs/results/rear-test.json").write_text(json.dumps(
+        {"methods": rows, "paired_em": pairs, "rank_auc": aucs, "training": curve}, indent=1) + "\n")
+    print("| set | run | group | n | EM | F1 | contained | words |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['split']} | {r['run']} | {r['group']} | {r['n']} | {r['em']:.3f} | {r['f1']:.3f} "
+              f"| {r['contained']:.3f} | {r['length']:.1f} |")
+    print("\n| paired EM difference | n | diff | 95% CI |\n|---|---|---|---|")
+    for name, p in pairs.items():
+        print(f"| {name} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] |")
+    print("\n| set | questions | scorer | pooled AUC [95% CI] | per-question AUC (n) | ECE |\n|---|---|---|---|---|---|")
+    for a in aucs:
+        p, q = a["pooled"], a["per_question"]
+        ece = f"{a['ece']:.3f}" if a["ece"] is not None else "-"
+        print(f"| {a['split']} | {a['group']} | {a['scorer']} | {p['value']:.3f} [{p['low']:.3f}, "
+              f"{p['high']:.3f}] | {q['value']:.3f} ({q['n_questions']}) | {ece} |")
+    print("\ntraining:", json.dumps(curve))
+
+
+if __name__ == "__main__":
+    main()
