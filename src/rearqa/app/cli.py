@@ -45,7 +45,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (AssetError, ConfigError, QuestionError, ResumeError, RetrieverError, FileNotFoundError)
 
 
-def _pipeline(config: Path | None, home: Path | None, collection: str | None = None):
+def _pipeline(config: Path | None, home: Path | None, collection: str | None = None,
+              **reader: str):
+    """The pipeline of `config`; `reader` overrides ReaderConfig fields given non-empty."""
     import dataclasses
 
     from rearqa.config import PipelineConfig
@@ -54,6 +56,8 @@ def _pipeline(config: Path | None, home: Path | None, collection: str | None = N
     cfg = PipelineConfig.from_yaml(config) if config else PipelineConfig()
     if collection:
         cfg.retriever = dataclasses.replace(cfg.retriever, collection=collection)
+    if any(reader.values()):
+        cfg.reader = dataclasses.replace(cfg.reader, **{k: v for k, v in reader.items() if v})
     return Pipeline(cfg, home=home)
 
 
@@ -142,11 +146,13 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              batch_size: Annotated[Optional[int], typer.Option(help="Questions per batch.")] = None,
              seed: Annotated[int, typer.Option(help="Seed recorded in the report.")] = 0,
              overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming --out.")] = False,
+             routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
+             fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
 
-    pipe = _pipeline(config, home)
+    pipe = _pipeline(config, home, routing=routing, fallback=fallback)
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed)
