@@ -24,7 +24,7 @@ REFERRING_WORDS = frozenset({
     "it", "its", "itself", "he", "him", "his", "she", "her", "hers", "they", "them", "their",
     "theirs", "this", "that", "these", "those", "there",
 })
-SHORT_QUESTION_WORDS = 3  # a question of at most this many words continues the conversation
+SHORT_QUESTION_WORDS = 2  # a question of at most this many words continues the conversation
 HISTORY_TURNS = 2  # earlier (question, answer) turns passed to the reader
 FOOTER_SEPARATOR = "\n\n---\n"  # the UI puts its sources / own-knowledge note after this
 

@@ -31,7 +31,7 @@ import gradio as gr  # noqa: E402
 from rearqa.app.conversation import (FOOTER_SEPARATOR, reader_history, retrieval_query,  # noqa: E402
                                      user_questions)
 from rearqa.config_errors import ConfigError  # noqa: E402
-from rearqa.reader import QuestionError  # noqa: E402
+from rearqa.reader import QuestionError, check_question  # noqa: E402
 from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
                                   resolve_checkpoint)
 from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
@@ -162,6 +162,9 @@ def citations_html(rows: list[list]) -> str:
     return "".join(out)
 
 
+READING_HTML = '<p class="citations-pending">Retrieving and reading…</p>'
+
+
 def answer_footer(answer: Answer, query: str | None = None) -> str:
     """Where the answer came from, after FOOTER_SEPARATOR (conversation strips it again)."""
     if answer.abstained:
@@ -195,12 +198,17 @@ def build_ui(pipeline) -> gr.Blocks:
 
     def respond(message: str, history: list[dict], k: int, retriever: str, method: str,
                 routing: str = "", engine: str = "hf") -> Iterator[tuple]:
+        try:
+            message = check_question(message, base.max_question_chars)
+            pipe = pipeline_for(method, routing or "", engine or base.engine)
+        except QuestionError as exc:
+            raise gr.Error(str(exc)) from exc
         history = list(history or [])
-        pipe = pipeline_for(method, routing or "", engine or base.engine)
-        query = retrieval_query(user_questions(history), message or "")
+        query = retrieval_query(user_questions(history), message)
         told = reader_history(history)
-        history += [{"role": "user", "content": message},
-                    {"role": "assistant", "content": ""}]
+        history.append({"role": "user", "content": message})
+        yield history, [], ""  # show the question, empty the previous answer's citations
+        history.append({"role": "assistant", "content": ""})
         rows: list[list] = []
         try:
             for kind, value in pipe.stream(message, k=int(k), retriever=retriever, method=method,
@@ -245,6 +253,11 @@ def build_ui(pipeline) -> gr.Blocks:
                 with gr.Row():
                     send = gr.Button("Ask", variant="primary", elem_id="ask")
                     clear = gr.Button("New conversation", elem_id="clear")
+                gr.Markdown("### Citations")
+                view = gr.HTML(citations_html([]), elem_id="citation-view")
+                with gr.Accordion("Citations as a table", open=False):
+                    table = gr.Dataframe(headers=CITATION_HEADERS, label="Citations", wrap=True,
+                                         type="array", interactive=False, elem_id="citations")
             with gr.Column(scale=1):
                 with gr.Accordion("Settings", open=True):
                     k = gr.Slider(1, 20, value=pipeline.config.k, step=1, label="k (passages)")
@@ -263,17 +276,17 @@ def build_ui(pipeline) -> gr.Blocks:
                                     elem_id="upload")
                     add = gr.Button("Add to index", elem_id="add-docs")
                     added = gr.Markdown(elem_id="upload-status")
-        gr.Markdown("### Citations")
-        view = gr.HTML(citations_html([]), elem_id="citation-view")
-        with gr.Accordion("Citations as a table", open=False):
-            table = gr.Dataframe(headers=CITATION_HEADERS, label="Citations", wrap=True, type="array",
-                                 interactive=False, elem_id="citations")
         inputs = [box, chatbot, k, retriever, method, routing, engine]
         outputs = [chatbot, table, box]
-        box.submit(respond, inputs, outputs, api_name="respond")
-        send.click(respond, inputs, outputs, api_visibility="undocumented")
-        clear.click(lambda: ([], [], ""), None, outputs, api_visibility="private")
-        table.change(citations_html, table, view, api_visibility="private")
+        # The view is rendered from the table once the answer is complete (REAR's judgments
+        # only exist then); /respond itself keeps the (chat, table, box) outputs API clients use.
+        for trigger, api in ((box.submit, {"api_name": "respond"}),
+                             (send.click, {"api_visibility": "undocumented"})):
+            trigger(lambda: READING_HTML, None, view, api_visibility="private") \
+                .then(respond, inputs, outputs, **api) \
+                .then(citations_html, table, view, api_visibility="private")
+        clear.click(lambda: ([], [], "", citations_html([])), None, [*outputs, view],
+                    api_visibility="private")
         for control in (method, engine):
             control.change(lambda m, e: settings_note(m, e, base), [method, engine], note,
                            api_visibility="private")
