@@ -141,6 +141,7 @@ def _bar_html(value: float, label: str) -> str:
 def citations_html(rows: list[list]) -> str:
     """The citation view: one HTML row per citation row (citation_rows), with a relevance bar.
     Every value taken from a document or the reader is escaped, so markup shows as text."""
+    rows = [r for r in rows or [] if any(str(cell).strip() for cell in r)]  # the table's blank row
     if not rows:
         return '<p class="citations-empty">No passages for this answer.</p>'
     top = max((float(r[2]) for r in rows), default=0.0)
@@ -181,28 +182,42 @@ def answer_footer(answer: Answer, query: str | None = None) -> str:
 
 
 # -- the app -------------------------------------------------------------------------------------
-def build_ui(pipeline) -> gr.Blocks:
-    """The chat UI over one pipeline (which loads its index and reader on first question)."""
-    base = pipeline.config.reader
-    siblings: dict[tuple[str, str], object] = {}  # (engine, routing) -> pipeline
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: shown as a message, not a traceback."""
+    from rearqa.retriever import RetrieverError
 
-    def pipeline_for(method: str, routing: str, engine: str):
+    return QuestionError, ConfigError, RetrieverError
+
+
+class ChatHandlers:
+    """What the UI's events do, over one pipeline (which opens its index and reader lazily)."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.base = pipeline.config.reader
+        self.siblings: dict[tuple[str, str], object] = {}  # (engine, routing) -> pipeline
+
+    def pipeline_for(self, method: str, routing: str, engine: str):
+        """The pipeline with these reader settings; one per (engine, routing), sharing the
+        collection. Routing only changes the rear reader, so other methods ignore it."""
+        base = self.base
         if (problem := engine_problem(engine)) or (problem := method_problem(method, base)):
             raise gr.Error(problem)
         routing = routing if method == "rear" else base.routing
         if (engine, routing) == (base.engine, base.routing):
-            return pipeline
-        if (engine, routing) not in siblings:
-            siblings[(engine, routing)] = pipeline.with_reader(engine=engine, routing=routing)
-        return siblings[(engine, routing)]
+            return self.pipeline
+        if (engine, routing) not in self.siblings:
+            self.siblings[(engine, routing)] = self.pipeline.with_reader(engine=engine, routing=routing)
+        return self.siblings[(engine, routing)]
 
-    def respond(message: str, history: list[dict], k: int, retriever: str, method: str,
-                routing: str = "", engine: str = "hf") -> Iterator[tuple]:
+    def respond(self, message: str, history: list[dict], k: int, retriever: str, method: str,
+                routing: str = "", engine: str = "") -> Iterator[tuple]:
+        """Stream one answer into the chat: yields (chat messages, citation rows, question box)."""
         try:
-            message = check_question(message, base.max_question_chars)
-            pipe = pipeline_for(method, routing or "", engine or base.engine)
+            message = check_question(message, self.base.max_question_chars)
         except QuestionError as exc:
             raise gr.Error(str(exc)) from exc
+        pipe = self.pipeline_for(method, routing or "", engine or self.base.engine)
         history = list(history or [])
         query = retrieval_query(user_questions(history), message)
         told = reader_history(history)
@@ -222,25 +237,35 @@ def build_ui(pipeline) -> gr.Blocks:
                 else:
                     history[-1]["content"] = (value.text or "(no answer)") + answer_footer(value, query)
                     yield history, citation_rows(value.citations) if value.citations else rows, ""
-        except QuestionError as exc:
+        except user_errors() as exc:
             raise gr.Error(str(exc)) from exc
 
-    def add_documents(files: list | None, progress=gr.Progress()) -> tuple[str, None]:
+    def add_documents(self, files: list | None, progress=gr.Progress()) -> tuple[str, None]:
+        """Index uploaded files into the collection, one progress step per file; returns the
+        report (Markdown) and None to empty the file input."""
         if not files:
             raise gr.Error(f"Choose one or more files to add (supported: {' '.join(UPLOAD_TYPES)}).")
         paths = [Path(f if isinstance(f, str) else f.name) for f in files]
-        lines = []
+        collection, lines = self.pipeline.collection, []
         for i, path in enumerate(paths):
             progress((i, len(paths)), desc=f"indexing {path.name}", unit="files")
-            result = pipeline.collection.add_paths([path], progress=False)
+            try:
+                result = collection.add_paths([path], progress=False)
+            except user_errors() as exc:
+                raise gr.Error(f"{path.name}: {exc}") from exc
             lines.append(f"- **{md_text(path.name)}**: {md_text(result.summary())}")
             lines += [f"  - ⚠️ {md_text(str(issue))}" for issue in result.errors]
         progress((len(paths), len(paths)), desc="done", unit="files")
-        stats = pipeline.collection.stats()
+        stats = collection.stats()
         lines.append(f"\nThe collection now holds {stats['documents']} documents "
                      f"({stats['chunks']} passages).")
         return "\n".join(lines), None
 
+
+def build_ui(pipeline) -> gr.Blocks:
+    """The chat UI over one pipeline (which loads its index and reader on first question)."""
+    handlers = ChatHandlers(pipeline)
+    base = pipeline.config.reader
     methods = available_methods(base)
     method_value = base.method if base.method in methods else methods[0]
     with gr.Blocks(title="rearqa") as demo:
@@ -283,14 +308,14 @@ def build_ui(pipeline) -> gr.Blocks:
         for trigger, api in ((box.submit, {"api_name": "respond"}),
                              (send.click, {"api_visibility": "undocumented"})):
             trigger(lambda: READING_HTML, None, view, api_visibility="private") \
-                .then(respond, inputs, outputs, **api) \
+                .then(handlers.respond, inputs, outputs, concurrency_id="reader", **api) \
                 .then(citations_html, table, view, api_visibility="private")
         clear.click(lambda: ([], [], "", citations_html([])), None, [*outputs, view],
                     api_visibility="private")
         for control in (method, engine):
             control.change(lambda m, e: settings_note(m, e, base), [method, engine], note,
                            api_visibility="private")
-        add.click(add_documents, files, [added, files], api_name="add_documents")
+        add.click(handlers.add_documents, files, [added, files], api_name="add_documents")
     return demo
 
 
