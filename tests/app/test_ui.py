@@ -229,3 +229,21 @@ def test_chat_follow_up_over_http_searches_with_the_first_question(served):
                                        api_name="/respond")
     assert table["data"][0][1] == "Jupiter"
     assert "searched for “What is the largest planet? What is it made of?”" in text_of(history[-1]["content"])
+
+
+def test_build_ui_mounts_in_a_fastapi_app(tmp_path):
+    """The HTTP API mounts the chat with gr.mount_gradio_app; building it opens no model or index."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rearqa.app.ui import build_ui
+
+    pipe = Pipeline(PipelineConfig(retriever=RetrieverConfig(collection="unused")), home=tmp_path)
+    demo = build_ui(pipe)
+    assert isinstance(demo, gr.Blocks) and pipe._collection is None and not pipe._readers
+    app = gr.mount_gradio_app(FastAPI(), demo, path="/ui")
+    with TestClient(app) as client:
+        assert client.get("/ui/").status_code == 200
+        names = [d.get("api_name") for d in client.get("/ui/config").json()["dependencies"]]
+    assert "respond" in names and "add_documents" in names
