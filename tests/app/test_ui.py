@@ -7,6 +7,7 @@ from rearqa.config import PipelineConfig
 from rearqa.pipeline import Pipeline
 from rearqa.reader.config import ReaderConfig
 from rearqa.retriever.config import RetrieverConfig
+from rearqa.app.conversation import FOOTER_SEPARATOR
 from rearqa.app.ui import answer_footer, citation_rows
 from rearqa.types import Answer, Citation, Passage
 
@@ -247,3 +248,66 @@ def test_build_ui_mounts_in_a_fastapi_app(tmp_path):
         assert client.get("/ui/").status_code == 200
         names = [d.get("api_name") for d in client.get("/ui/config").json()["dependencies"]]
     assert "respond" in names and "add_documents" in names
+
+
+class ScriptedPipeline:
+    """Stands in for Pipeline.stream: records what it was asked, plays back a REAR-like answer."""
+
+    def __init__(self, answer: Answer):
+        self.config = PipelineConfig()
+        self.answer = answer
+        self.calls = []
+
+    def stream(self, question, k=None, *, method=None, retriever=None, history=None, query=None):
+        self.calls.append({"question": question, "query": query, "history": history, "k": k})
+        yield "passages", [c.passage for c in self.answer.citations]
+        for piece in self.answer.text.split(" "):
+            yield "token", piece + " "
+        yield "answer", self.answer
+
+
+def run_respond(pipe, message, history):
+    import copy
+
+    from rearqa.app.ui import ChatHandlers
+
+    # Gradio serialises each step before asking for the next; the handler reuses its list.
+    return [copy.deepcopy(step) for step in ChatHandlers(pipe).respond(message, history, 2, "dense", "rag")]
+
+
+def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations():
+    judged = [Citation(Passage("j", "Jupiter is a gas giant.", title="Jupiter", score=0.5), 1.5,
+                       "relevant", "gas"),
+              Citation(Passage("h", "Hamlet is a play.", title="Hamlet", score=0.1), -2.0,
+                       "irrelevant", "a play")]
+    pipe = ScriptedPipeline(Answer("What is it made of?", "Mostly gas", judged, method="rear"))
+    earlier = [{"role": "user", "content": "What is the largest planet?"},
+               {"role": "assistant", "content": "Jupiter" + FOOTER_SEPARATOR + "_Sources: [1] Jupiter_"}]
+    steps = run_respond(pipe, "What is it made of?", earlier)
+    call = pipe.calls[0]
+    assert call["query"] == "What is the largest planet? What is it made of?"
+    assert call["question"] == "What is it made of?" and call["k"] == 2
+    assert call["history"] == [{"role": "user", "content": "What is the largest planet?"},
+                               {"role": "assistant", "content": "Jupiter"}]
+    chat, rows, box = steps[-1]
+    assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant"] and box == ""
+    assert chat[-1]["content"].startswith("Mostly gas" + FOOTER_SEPARATOR)
+    assert "Sources: [1] Jupiter, [2] Hamlet" in chat[-1]["content"]
+    assert [r[3:6] for r in rows] == [[1.5, "relevant", "gas"], [-2.0, "irrelevant", "a play"]]
+    partial = [s[0][-1]["content"] for s in steps[2:-1]]  # the streamed pieces, before the footer
+    assert partial[0] == "Mostly " and all(FOOTER_SEPARATOR not in t for t in partial)
+
+
+def test_respond_marks_withheld_and_own_knowledge_answers():
+    withheld = ScriptedPipeline(Answer("q", "", [], method="rear", abstained=True))
+    chat = run_respond(withheld, "Who won the 2031 Tour de France?", [])[-1][0]
+    assert "Answer withheld" in chat[-1]["content"] and chat[-1]["content"].startswith("(no answer)")
+    own = ScriptedPipeline(Answer("q", "Paris", [], method="rear", from_own_knowledge=True))
+    assert "own knowledge" in run_respond(own, "What is the capital of France?", [])[-1][0][-1]["content"]
+
+
+def test_respond_refuses_an_empty_question_before_showing_anything():
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="question is empty"):
+        run_respond(ScriptedPipeline(Answer("q", "a")), "   ", [])
