@@ -88,10 +88,10 @@ def md_text(text: str) -> str:
 
 def settings_note(method: str, engine: str, config: ReaderConfig) -> str:
     """Markdown under the settings: what is unavailable and why, what routing applies to."""
-    lines = [f"⚠️ **{md_text(m)}** unavailable: {md_text(problem)}"
-             for m in READER_METHODS if (problem := method_problem(m, config))]
-    if (problem := engine_problem(engine)):
-        lines.append(f"⚠️ **engine {md_text(engine)}**: {md_text(problem)}")
+    lines = [f"⚠️ **engine {md_text(engine)}**: {md_text(problem)}"] \
+        if (problem := engine_problem(engine)) else []
+    lines += [f"⚠️ **{md_text(m)}** unavailable: {md_text(problem)}"
+              for m in READER_METHODS if (problem := method_problem(m, config))]
     if method != "rear":
         lines.append("Routing applies to the rear method only.")
     return "\n\n".join(lines)
