@@ -311,3 +311,16 @@ def test_respond_refuses_an_empty_question_before_showing_anything():
 
     with pytest.raises(gr.Error, match="question is empty"):
         run_respond(ScriptedPipeline(Answer("q", "a")), "   ", [])
+
+
+def test_respond_shows_markup_in_answers_and_titles_as_text():
+    copied = Citation(Passage("m", "t", title="<i>Notes</i>"))
+    pipe = ScriptedPipeline(Answer("q", "It reads <b>x</b> & more", [copied]))
+    answer = run_respond(pipe, "What does the note read?", [])[-1][0][-1]["content"]
+    assert answer.startswith("It reads &lt;b&gt;x&lt;/b&gt; &amp; more" + FOOTER_SEPARATOR)
+    assert "[1] &lt;i&gt;Notes&lt;/i&gt;" in answer
+    from rearqa.app.conversation import reader_history
+
+    told = reader_history([{"role": "user", "content": "What does the note read?"},
+                           {"role": "assistant", "content": answer}])
+    assert told[-1]["content"] == "It reads <b>x</b> & more"  # the reader gets the text back

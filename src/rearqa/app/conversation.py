@@ -18,6 +18,7 @@ a list of typed parts.
 """
 from __future__ import annotations
 
+import html
 import re
 
 REFERRING_WORDS = frozenset({
@@ -70,8 +71,9 @@ def retrieval_query(previous_questions: list[str], question: str) -> str:
 
 
 def turns(history: list[dict]) -> list[tuple[str, str]]:
-    """(question, answer text) pairs of a chat history; the answer loses the UI footer, and a
-    question still waiting for its answer is left out."""
+    """(question, answer text) pairs of a chat history; the answer loses the UI footer and the
+    escaping the UI gave it (markup in answers is shown as text), and a question still waiting
+    for its answer is left out."""
     pairs: list[tuple[str, str]] = []
     question: str | None = None
     for message in history or []:
@@ -79,7 +81,7 @@ def turns(history: list[dict]) -> list[tuple[str, str]]:
         if role == "user":
             question = text
         elif role == "assistant" and question is not None:
-            pairs.append((question, text.split(FOOTER_SEPARATOR, 1)[0].strip()))
+            pairs.append((question, html.unescape(text.split(FOOTER_SEPARATOR, 1)[0].strip())))
             question = None
     return pairs
 

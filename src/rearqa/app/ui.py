@@ -35,11 +35,12 @@ from rearqa.reader import QuestionError, check_question  # noqa: E402
 from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
                                   resolve_checkpoint)
 from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
+from rearqa.retriever.base import RETRIEVERS  # noqa: E402
+from rearqa.retriever.loaders import LOADERS  # noqa: E402
 from rearqa.types import Answer, Citation, Passage  # noqa: E402
 
 CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
                     "passage", "id"]
-RETRIEVERS = ["dense", "bm25", "hybrid"]
 # Engines offered in the settings: every registered one, plus vllm, which says it is missing
 # until rearqa.reader.engines registers it.
 ENGINE_CHOICES = list(dict.fromkeys([*ENGINES, "hf", "vllm"]))
@@ -48,7 +49,7 @@ ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliab
 # What a method needs beyond the base model: each check raises ConfigError naming what is missing.
 METHOD_REQUIREMENTS = {"rear": resolve_checkpoint, "rag-ft": resolve_adapter,
                        "closed-book-ft": resolve_adapter}
-UPLOAD_TYPES = [".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl", ".ndjson"]
+UPLOAD_TYPES = sorted(LOADERS)  # the file suffixes the collection has loaders for
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -173,11 +174,11 @@ def answer_footer(answer: Answer, query: str | None = None) -> str:
     elif answer.from_own_knowledge:
         note = "ℹ️ **From the model's own knowledge**: no passages were used."
     else:
-        titles = ", ".join(f"[{i}] {c.passage.title or c.passage.id}"
+        titles = ", ".join(f"[{i}] {md_text(c.passage.title or c.passage.id)}"
                            for i, c in enumerate(answer.citations, start=1))
         note = f"_Sources: {titles}_" if titles else ""
     if query and query != answer.question:
-        note += f"\n\n_Follow-up: searched for “{query}”_"
+        note += f"\n\n_Follow-up: searched for “{md_text(query)}”_"
     return f"{FOOTER_SEPARATOR}{note}" if note else ""
 
 
@@ -231,11 +232,12 @@ class ChatHandlers:
                 if kind == "passages":
                     rows = citation_rows(value)
                     yield history, rows, ""
-                elif kind == "token":
-                    history[-1]["content"] += value
+                elif kind == "token":  # the model may copy markup from a passage: show it as text
+                    history[-1]["content"] += md_text(value)
                     yield history, gr.skip(), ""
                 else:
-                    history[-1]["content"] = (value.text or "(no answer)") + answer_footer(value, query)
+                    history[-1]["content"] = md_text(value.text or "(no answer)") \
+                        + answer_footer(value, query)
                     yield history, citation_rows(value.citations) if value.citations else rows, ""
         except user_errors() as exc:
             raise gr.Error(str(exc)) from exc
@@ -286,7 +288,7 @@ def build_ui(pipeline) -> gr.Blocks:
             with gr.Column(scale=1):
                 with gr.Accordion("Settings", open=True):
                     k = gr.Slider(1, 20, value=pipeline.config.k, step=1, label="k (passages)")
-                    retriever = gr.Dropdown(RETRIEVERS, value=pipeline.config.retriever.kind,
+                    retriever = gr.Dropdown(list(RETRIEVERS), value=pipeline.config.retriever.kind,
                                             label="Retriever")
                     method = gr.Dropdown(methods, value=method_value, label="Reader method",
                                          elem_id="method")
