@@ -229,7 +229,8 @@ def test_chat_follow_up_over_http_searches_with_the_first_question(served):
     history, table, _ = client.predict("What is it made of?", history, 1, "dense", "rag",
                                        api_name="/respond")
     assert table["data"][0][1] == "Jupiter"
-    assert "searched for “What is the largest planet? What is it made of?”" in text_of(history[-1]["content"])
+    reply = text_of(history[-1]["content"])
+    assert "searched for “What is the largest planet? What is it made of?”" in reply
 
 
 def test_build_ui_mounts_in_a_fastapi_app(tmp_path):

@@ -146,9 +146,9 @@ def citations_html(rows: list[list]) -> str:
     if not rows:
         return '<p class="citations-empty">No passages for this answer.</p>'
     top = max((float(r[2]) for r in rows), default=0.0)
+    head = "".join(f"<th {_CELL}>{h}</th>" for h in ("#", "source", "relevance", "judgment", "passage"))
     out = ['<table class="citations" style="border-collapse:collapse;width:100%">',
-           "<thead><tr>" + "".join(f'<th {_CELL}>{h}</th>' for h in
-                                   ("#", "source", "relevance", "judgment", "passage")) + "</tr></thead><tbody>"]
+           f"<thead><tr>{head}</tr></thead><tbody>"]
     for number, title, score, relevance, judgment, answer, text, pid in rows:
         value, label = relevance_bar(relevance, float(score), top)
         said = f"<br><small>answer: {html.escape(str(answer))}</small>" if answer else ""
