@@ -69,8 +69,9 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def mini_pipeline(scratch_home):
+    # 20 new tokens: long enough for the page to show partial answers while they stream.
     config = PipelineConfig(retriever=RetrieverConfig(collection="mini"),
-                            reader=ReaderConfig(max_new_tokens=12), k=2)
+                            reader=ReaderConfig(max_new_tokens=20), k=2)
     pipe = Pipeline(config, home=scratch_home)
     pipe.collection.add_paths([MINI_CORPUS], progress=False)
     return pipe
