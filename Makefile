@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install prepare run test bench clean
+.PHONY: help install prepare browser run test bench clean
 
 help:
 	@echo "make run     start the chat UI on http://$(HOST):$(PORT) (installs and prepares first)"
@@ -54,7 +54,12 @@ prepare: install
 run: prepare
 	$(VENV)/bin/rearqa ui --host $(HOST) --port $(PORT)
 
-test: prepare
+# The browser test (tests/app/test_browser.py) drives Debian's chromium through Playwright;
+# Playwright's own browser download cannot reach its servers here. Needs root (CI runs as root).
+browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: prepare browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The long benchmarks of docs/benchmarks.md (about an hour on 2 cores; each writes JSON + a table).

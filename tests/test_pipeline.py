@@ -63,6 +63,21 @@ def test_stream_yields_passages_then_text_then_the_answer(pipe):
     assert answer.text and answer.citations[0].passage.title == "Paris"
 
 
+def test_stream_retrieves_with_the_query_and_answers_the_question(pipe):
+    events = list(pipe.stream("What is it made of?", k=1, query="What is the largest planet?",
+                              history=[{"role": "user", "content": "What is the largest planet?"},
+                                       {"role": "assistant", "content": "Jupiter"}]))
+    assert [p.title for p in events[0][1]] == ["Jupiter"]
+    assert events[-1][1].question == "What is it made of?"
+
+
+def test_with_reader_shares_the_collection_and_keeps_other_settings(pipe):
+    sibling = pipe.with_reader(routing="path_reliability")
+    assert sibling.collection is pipe.collection and sibling.home == pipe.home
+    assert sibling.config.reader.routing == "path_reliability" and sibling.config.k == pipe.config.k
+    assert pipe.config.reader.routing == ""  # the original is untouched
+
+
 @pytest.mark.parametrize("question", ["", "   ", "x" * 5000])
 def test_bad_questions_get_a_clear_error(pipe, question):
     with pytest.raises(QuestionError):

@@ -40,6 +40,15 @@ class Pipeline:
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> "Pipeline":
         return cls(PipelineConfig.from_yaml(path), **kwargs)
 
+    def with_reader(self, **changes: Any) -> "Pipeline":
+        """A pipeline with other reader settings (e.g. engine, routing) over this same
+        collection object, so documents added through either are searched by both."""
+        config = dataclasses.replace(self.config,
+                                     reader=dataclasses.replace(self.config.reader, **changes))
+        sibling = Pipeline(config, home=self.home)
+        sibling._collection = self.collection
+        return sibling
+
     # -- components, opened on first use ------------------------------------------------------
     @property
     def collection(self):
@@ -109,11 +118,17 @@ class Pipeline:
 
     def stream(self, question: str, k: int | None = None, *, filters: dict | None = None,
                method: str | None = None, retriever: str | None = None,
-               history: list[dict] | None = None) -> Iterator[tuple[str, Any]]:
-        """Yield ("passages", list[Passage]), then ("token", str) pieces, then ("answer", Answer)."""
+               history: list[dict] | None = None, query: str | None = None
+               ) -> Iterator[tuple[str, Any]]:
+        """Yield ("passages", list[Passage]), then ("token", str) pieces, then ("answer", Answer).
+
+        `history`: earlier chat messages ({"role", "content"}) for readers that use them.
+        `query`: the retrieval query when it differs from the question (a chat follow-up
+        searched together with the turn it refers to); default the question itself."""
         method = method or self.config.reader.method
         question = check_question(question, self.config.reader.max_question_chars)
-        passages = [] if method in CLOSED_BOOK_METHODS else self.retrieve(question, k, filters=filters,
+        query = question if query is None else query
+        passages = [] if method in CLOSED_BOOK_METHODS else self.retrieve(query, k, filters=filters,
                                                                     retriever=retriever)
         yield "passages", passages
         reader = self.reader_for(method)

@@ -7,6 +7,7 @@ from rearqa.config import PipelineConfig
 from rearqa.pipeline import Pipeline
 from rearqa.reader.config import ReaderConfig
 from rearqa.retriever.config import RetrieverConfig
+from rearqa.app.conversation import FOOTER_SEPARATOR
 from rearqa.app.ui import answer_footer, citation_rows
 from rearqa.types import Answer, Citation, Passage
 
@@ -79,3 +80,248 @@ def test_chat_shows_markup_in_documents_as_text(served):
     _, table, _ = client.predict("Which page talks about script tags and bold markup?", [], 1, "bm25",
                                  "rag", api_name="/respond")
     assert table["data"][0][6] == "This page talks about <script>alert('x')</script> tags and <b>bold</b> markup in web pages."
+
+
+# -- conversation: what a follow-up retrieves with, what the reader is told ----------------------
+def test_a_follow_up_is_retrieved_with_the_question_it_refers_to():
+    from rearqa.app.conversation import retrieval_query
+
+    first = "What is the largest planet?"
+    assert retrieval_query([], "What is it made of?") == "What is it made of?"  # nothing to refer to
+    assert retrieval_query([first], "What is it made of?") == f"{first} What is it made of?"
+    assert retrieval_query([first], "And Saturn?") == f"{first} And Saturn?"  # two words
+    assert retrieval_query([first], "Who wrote Hamlet?") == "Who wrote Hamlet?"  # stands alone
+
+
+def test_chained_follow_ups_keep_the_latest_standalone_question():
+    from rearqa.app.conversation import anchor_question, is_follow_up, retrieval_query
+
+    asked = ["Who wrote Hamlet?", "When did he write it?", "Which mountain is the highest on Earth?",
+             "How tall is it?"]
+    assert [is_follow_up(q) for q in asked] == [False, True, False, True]
+    assert anchor_question(asked) == "Which mountain is the highest on Earth?"
+    assert anchor_question(["Why?", "How?"]) == "Why?"  # the first question always anchors
+    assert retrieval_query(asked, "Is it in Nepal?") == \
+        "Which mountain is the highest on Earth? Is it in Nepal?"
+    # Whole words only: "itinerary" and "these" in "theses" are not referring words.
+    assert not is_follow_up("Which itinerary covers the theses of Luther?")
+
+
+def test_reader_history_is_the_last_turns_without_the_ui_footer():
+    from rearqa.app.conversation import reader_history, user_questions
+
+    cited = Answer("Who wrote Hamlet?", "Shakespeare", [Citation(Passage("h", "t", title="Hamlet"))])
+    chat = [{"role": "user", "content": "Who painted the Mona Lisa?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Leonardo" + answer_footer(
+                Answer("Who painted the Mona Lisa?", "Leonardo"))}]},  # Gradio 6 content parts
+            {"role": "user", "content": "Who wrote Hamlet?"},
+            {"role": "assistant", "content": "Shakespeare" + answer_footer(cited)},
+            {"role": "user", "content": "Where was he born?"}]  # not answered yet: left out
+    assert reader_history(chat, max_turns=1) == [
+        {"role": "user", "content": "Who wrote Hamlet?"}, {"role": "assistant", "content": "Shakespeare"}]
+    assert [m["content"] for m in reader_history(chat)] == [
+        "Who painted the Mona Lisa?", "Leonardo", "Who wrote Hamlet?", "Shakespeare"]
+    assert reader_history(chat, max_turns=0) == []
+    assert user_questions(chat)[-1] == "Where was he born?"
+
+
+def test_footer_shows_the_query_a_follow_up_searched_with():
+    answer = Answer("What is it made of?", "gas", [Citation(Passage("j", "t", title="Jupiter"))])
+    footer = answer_footer(answer, "What is the largest planet? What is it made of?")
+    assert "searched for “What is the largest planet? What is it made of?”" in footer
+    assert "searched for" not in answer_footer(answer, "What is it made of?")
+
+
+# -- citation view: escaping and relevance bars ----------------------------------------------------
+def test_citation_view_escapes_every_document_value():
+    from rearqa.app.ui import citations_html
+
+    evil = "<script>alert(1)</script><b>x</b>"
+    cited = Citation(Passage('"><img src=x onerror=alert(1)>', f"note {evil} & more", title=evil,
+                             score=0.5), relevance=1.0, judgment="<i>relevant</i>", answer=evil)
+    page = citations_html(citation_rows([cited]))
+    for tag in ("<script", "<b>", "<img", "<i>"):
+        assert tag not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in page
+    assert "note &lt;script&gt;" in page and "&amp; more" in page
+    assert 'data-passage-id="&quot;&gt;&lt;img' in page  # attribute values are quoted safely
+
+
+def test_citation_view_without_passages_says_so():
+    from rearqa.app.ui import citations_html
+
+    assert "No passages" in citations_html([])
+
+
+def test_relevance_bar_is_the_readers_probability_or_the_relative_retrieval_score():
+    import math
+
+    from rearqa.app.ui import relevance_bar
+
+    assert relevance_bar(0.0, 0.3, 0.6)[0] == 0.5
+    assert math.isclose(relevance_bar(2.0, 0.3, 0.6)[0], 1 / (1 + math.exp(-2.0)))
+    assert relevance_bar(-1000.0, 0.3, 0.6)[0] == 0.0  # no overflow for a very low logit
+    assert relevance_bar(1000.0, 0.3, 0.6)[0] == 1.0
+    value, label = relevance_bar("", 0.3, 0.6)  # no reader judgment (rag): relative to the top
+    assert value == 0.5 and "not judged" in label
+    assert relevance_bar(None, -0.2, 0.6)[0] == 0.0  # negative cosine clips at 0
+    assert relevance_bar(None, 0.4, 0.0)[0] == 0.0  # no positive top score: empty bar
+
+
+def test_citation_view_bars_follow_the_rows():
+    import re
+
+    from rearqa.app.ui import citations_html
+
+    rows = citation_rows([Passage("a", "t", score=0.8), Passage("b", "t", score=0.2)])
+    values = [float(v) for v in re.findall(r'aria-valuenow="([0-9.]+)"', citations_html(rows))]
+    assert values == [1.0, 0.25]
+
+
+# -- settings --------------------------------------------------------------------------------------
+def test_reader_methods_offered_are_those_whose_files_exist(tmp_path):
+    from rearqa.app.ui import available_methods, method_problem
+    from rearqa.reader.config import READER_METHODS
+
+    missing = ReaderConfig(checkpoint=str(tmp_path / "none"))
+    assert available_methods(missing) == ["closed-book", "rag"]
+    assert "rear_config.json" in method_problem("rear", missing)
+    (tmp_path / "rear").mkdir()
+    (tmp_path / "rear" / "rear_config.json").write_text("{}")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    present = ReaderConfig(checkpoint=str(tmp_path / "rear"), adapter=str(tmp_path / "lora"))
+    assert available_methods(present) == list(READER_METHODS)
+
+
+def test_an_unregistered_engine_says_so_and_names_the_registered_ones():
+    from rearqa.app.ui import ENGINE_CHOICES, engine_problem, settings_note
+    from rearqa.reader.engines import ENGINES
+
+    assert "vllm" in ENGINE_CHOICES and "hf" in ENGINE_CHOICES
+    assert engine_problem("hf") is None
+    if "vllm" not in ENGINES:
+        assert "not available" in engine_problem("vllm") and "'hf'" in engine_problem("vllm")
+        assert "engine vllm" in settings_note("rag", "vllm", ReaderConfig())
+    assert "Routing applies to the rear method only" in settings_note("rag", "hf", ReaderConfig())
+
+
+@pytest.mark.slow
+def test_chat_refuses_an_engine_that_is_not_installed_with_a_clear_message(served):
+    from gradio_client import Client
+
+    from rearqa.reader.engines import ENGINES
+
+    if "vllm" in ENGINES:
+        pytest.skip("the vllm engine is registered in this installation")
+    client = Client(served, verbose=False)
+    with pytest.raises(Exception, match="'vllm' engine is not available"):
+        client.predict("Who wrote Hamlet?", [], 1, "dense", "rag", "", "vllm", api_name="/respond")
+
+
+@pytest.mark.slow
+def test_chat_follow_up_over_http_searches_with_the_first_question(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+    history, _, _ = client.predict("What is the largest planet?", [], 1, "dense", "rag",
+                                   api_name="/respond")
+    history, table, _ = client.predict("What is it made of?", history, 1, "dense", "rag",
+                                       api_name="/respond")
+    assert table["data"][0][1] == "Jupiter"
+    reply = text_of(history[-1]["content"])
+    assert "searched for “What is the largest planet? What is it made of?”" in reply
+
+
+def test_build_ui_mounts_in_a_fastapi_app(tmp_path):
+    """The HTTP API mounts the chat with gr.mount_gradio_app; building it opens no model or index."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rearqa.app.ui import build_ui
+
+    pipe = Pipeline(PipelineConfig(retriever=RetrieverConfig(collection="unused")), home=tmp_path)
+    demo = build_ui(pipe)
+    assert isinstance(demo, gr.Blocks) and pipe._collection is None and not pipe._readers
+    app = gr.mount_gradio_app(FastAPI(), demo, path="/ui")
+    with TestClient(app) as client:
+        assert client.get("/ui/").status_code == 200
+        names = [d.get("api_name") for d in client.get("/ui/config").json()["dependencies"]]
+    assert "respond" in names and "add_documents" in names
+
+
+class ScriptedPipeline:
+    """Stands in for Pipeline.stream: records what it was asked, plays back a REAR-like answer."""
+
+    def __init__(self, answer: Answer):
+        self.config = PipelineConfig()
+        self.answer = answer
+        self.calls = []
+
+    def stream(self, question, k=None, *, method=None, retriever=None, history=None, query=None):
+        self.calls.append({"question": question, "query": query, "history": history, "k": k})
+        yield "passages", [c.passage for c in self.answer.citations]
+        for piece in self.answer.text.split(" "):
+            yield "token", piece + " "
+        yield "answer", self.answer
+
+
+def run_respond(pipe, message, history):
+    import copy
+
+    from rearqa.app.ui import ChatHandlers
+
+    # Gradio serialises each step before asking for the next; the handler reuses its list.
+    return [copy.deepcopy(step) for step in ChatHandlers(pipe).respond(message, history, 2, "dense", "rag")]
+
+
+def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations():
+    judged = [Citation(Passage("j", "Jupiter is a gas giant.", title="Jupiter", score=0.5), 1.5,
+                       "relevant", "gas"),
+              Citation(Passage("h", "Hamlet is a play.", title="Hamlet", score=0.1), -2.0,
+                       "irrelevant", "a play")]
+    pipe = ScriptedPipeline(Answer("What is it made of?", "Mostly gas", judged, method="rear"))
+    earlier = [{"role": "user", "content": "What is the largest planet?"},
+               {"role": "assistant", "content": "Jupiter" + FOOTER_SEPARATOR + "_Sources: [1] Jupiter_"}]
+    steps = run_respond(pipe, "What is it made of?", earlier)
+    call = pipe.calls[0]
+    assert call["query"] == "What is the largest planet? What is it made of?"
+    assert call["question"] == "What is it made of?" and call["k"] == 2
+    assert call["history"] == [{"role": "user", "content": "What is the largest planet?"},
+                               {"role": "assistant", "content": "Jupiter"}]
+    chat, rows, box = steps[-1]
+    assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant"] and box == ""
+    assert chat[-1]["content"].startswith("Mostly gas" + FOOTER_SEPARATOR)
+    assert "Sources: [1] Jupiter, [2] Hamlet" in chat[-1]["content"]
+    assert [r[3:6] for r in rows] == [[1.5, "relevant", "gas"], [-2.0, "irrelevant", "a play"]]
+    partial = [s[0][-1]["content"] for s in steps[2:-1]]  # the streamed pieces, before the footer
+    assert partial[0] == "Mostly " and all(FOOTER_SEPARATOR not in t for t in partial)
+
+
+def test_respond_marks_withheld_and_own_knowledge_answers():
+    withheld = ScriptedPipeline(Answer("q", "", [], method="rear", abstained=True))
+    chat = run_respond(withheld, "Who won the 2031 Tour de France?", [])[-1][0]
+    assert "Answer withheld" in chat[-1]["content"] and chat[-1]["content"].startswith("(no answer)")
+    own = ScriptedPipeline(Answer("q", "Paris", [], method="rear", from_own_knowledge=True))
+    assert "own knowledge" in run_respond(own, "What is the capital of France?", [])[-1][0][-1]["content"]
+
+
+def test_respond_refuses_an_empty_question_before_showing_anything():
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="question is empty"):
+        run_respond(ScriptedPipeline(Answer("q", "a")), "   ", [])
+
+
+def test_respond_shows_markup_in_answers_and_titles_as_text():
+    copied = Citation(Passage("m", "t", title="<i>Notes</i>"))
+    pipe = ScriptedPipeline(Answer("q", "It reads <b>x</b> & more", [copied]))
+    answer = run_respond(pipe, "What does the note read?", [])[-1][0][-1]["content"]
+    assert answer.startswith("It reads &lt;b&gt;x&lt;/b&gt; &amp; more" + FOOTER_SEPARATOR)
+    assert "[1] &lt;i&gt;Notes&lt;/i&gt;" in answer
+    from rearqa.app.conversation import reader_history
+
+    told = reader_history([{"role": "user", "content": "What does the note read?"},
+                           {"role": "assistant", "content": answer}])
+    assert told[-1]["content"] == "It reads <b>x</b> & more"  # the reader gets the text back

@@ -1,26 +1,104 @@
-"""The Gradio chat: streamed answers with their citations, titles and retrieval scores.
+"""The Gradio chat: multi-turn, streamed answers with their citations, relevance and judgments.
 
-Passage text goes into a table of plain strings, so a document holding HTML or script shows it
-literally. The server binds to 127.0.0.1 unless told otherwise and never opens a share tunnel.
+`build_ui(pipeline)` returns the `gr.Blocks` (the HTTP app mounts it; `launch` serves it alone
+for `rearqa ui`). What it shows:
+- the chat, streamed token by token; follow-ups are retrieved together with the question they
+  refer to (the rule is in `rearqa.app.conversation`) and the reader gets the recent turns;
+- under each answer a note of where it came from: its sources, the model's own knowledge
+  (Answer.from_own_knowledge) or a withheld answer (Answer.abstained);
+- a citation view with a relevance bar per passage and the reader's judgment, rendered as HTML
+  in which every piece of document text is escaped (a document holding `<script>` shows it
+  literally), plus the same rows as a plain table;
+- document upload into the collection, with progress per file;
+- settings: k, retriever, reader method (those whose model files are present), REAR routing,
+  and the engine (hf, vllm; an engine that is not installed says so when chosen).
+
+The server binds to 127.0.0.1 unless told otherwise and never opens a share tunnel.
 """
 from __future__ import annotations
 
+import dataclasses
+import html
+import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from rearqa.reader import QuestionError  # noqa: E402
+from rearqa.app.conversation import (FOOTER_SEPARATOR, reader_history, retrieval_query,  # noqa: E402
+                                     user_questions)
+from rearqa.config_errors import ConfigError  # noqa: E402
+from rearqa.reader import QuestionError, check_question  # noqa: E402
+from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
+                                  resolve_checkpoint)
+from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
+from rearqa.retriever.base import RETRIEVERS  # noqa: E402
+from rearqa.retriever.loaders import LOADERS  # noqa: E402
 from rearqa.types import Answer, Citation, Passage  # noqa: E402
 
 CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
                     "passage", "id"]
-RETRIEVERS = ["dense", "bm25", "hybrid"]
-METHODS = ["rag", "closed-book"]
+# Engines offered in the settings: every registered one, plus vllm, which says it is missing
+# until rearqa.reader.engines registers it.
+ENGINE_CHOICES = list(dict.fromkeys([*ENGINES, "hf", "vllm"]))
+ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliability"),
+                   ("knowledge consistency", "knowledge_consistency")]
+# What a method needs beyond the base model: each check raises ConfigError naming what is missing.
+METHOD_REQUIREMENTS = {"rear": resolve_checkpoint, "rag-ft": resolve_adapter,
+                       "closed-book-ft": resolve_adapter}
+UPLOAD_TYPES = sorted(LOADERS)  # the file suffixes the collection has loaders for
 
 
+# -- settings ------------------------------------------------------------------------------------
+def method_problem(method: str, config: ReaderConfig) -> str | None:
+    """Why `method` cannot run with `config` (a missing checkpoint or adapter), or None."""
+    check = METHOD_REQUIREMENTS.get(method)
+    if check is None:
+        return None
+    try:
+        check(dataclasses.replace(config, method=method))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def available_methods(config: ReaderConfig) -> list[str]:
+    """The reader methods of READER_METHODS whose files are present."""
+    return [m for m in READER_METHODS if method_problem(m, config) is None]
+
+
+def engine_problem(engine: str) -> str | None:
+    """Why the reader engine `engine` cannot be used here, or None."""
+    if engine not in ENGINES:
+        return (f"The {engine!r} engine is not available in this installation: the registered "
+                f"engines are {list(ENGINES)}. Choose one of those.")
+    try:
+        get_engine_class(engine)
+    except ImportError as exc:
+        return f"The {engine!r} engine is registered but cannot be imported: {exc}"
+    return None
+
+
+def md_text(text: str) -> str:
+    """Text for a Markdown component, shown as typed (markup escaped)."""
+    return html.escape(text, quote=False)
+
+
+def settings_note(method: str, engine: str, config: ReaderConfig) -> str:
+    """Markdown under the settings: what is unavailable and why, what routing applies to."""
+    lines = [f"⚠️ **engine {md_text(engine)}**: {md_text(problem)}"] \
+        if (problem := engine_problem(engine)) else []
+    lines += [f"⚠️ **{md_text(m)}** unavailable: {md_text(problem)}"
+              for m in READER_METHODS if (problem := method_problem(m, config))]
+    if method != "rear":
+        lines.append("Routing applies to the rear method only.")
+    return "\n\n".join(lines)
+
+
+# -- citations -----------------------------------------------------------------------------------
 def citation_rows(items: list[Passage] | list[Citation]) -> list[list]:
     """One table row per passage; the reader's judgment columns stay empty until it has one."""
     rows = []
@@ -33,61 +111,213 @@ def citation_rows(items: list[Passage] | list[Citation]) -> list[list]:
     return rows
 
 
-def answer_footer(answer: Answer) -> str:
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def relevance_bar(relevance: float | str | None, score: float, top_score: float) -> tuple[float, str]:
+    """(bar fill in [0, 1], label) for one passage.
+
+    With a reader relevance logit (REAR's rank head) the bar is its probability, sigmoid(logit).
+    Without one (rag) it is the retrieval score relative to the best in the list, clipped at 0,
+    and the label says the reader did not judge it."""
+    if relevance not in (None, ""):
+        value = sigmoid(float(relevance))
+        return value, f"relevance {value:.2f} (logit {float(relevance):+.2f})"
+    value = min(1.0, max(0.0, score) / top_score) if top_score > 0 else 0.0
+    return value, f"retrieval {score:.3f} ({value:.0%} of the top; not judged by this reader)"
+
+
+_CELL = 'style="padding:4px 8px;vertical-align:top;border-top:1px solid #8884"'
+
+
+def _bar_html(value: float, label: str) -> str:
+    return (f'<div role="meter" aria-valuemin="0" aria-valuemax="1" aria-valuenow="{value:.3f}" '
+            f'aria-label="{html.escape(label)}" class="relevance-bar" '
+            'style="width:120px;height:10px;background:#8883;border-radius:5px;overflow:hidden">'
+            f'<div style="width:{100 * value:.1f}%;height:100%;background:#2f7de1"></div></div>'
+            f'<small>{html.escape(label)}</small>')
+
+
+def citations_html(rows: list[list]) -> str:
+    """The citation view: one HTML row per citation row (citation_rows), with a relevance bar.
+    Every value taken from a document or the reader is escaped, so markup shows as text."""
+    rows = [r for r in rows or [] if any(str(cell).strip() for cell in r)]  # the table's blank row
+    if not rows:
+        return '<p class="citations-empty">No passages for this answer.</p>'
+    top = max((float(r[2]) for r in rows), default=0.0)
+    head = "".join(f"<th {_CELL}>{h}</th>" for h in ("#", "source", "relevance", "judgment", "passage"))
+    out = ['<table class="citations" style="border-collapse:collapse;width:100%">',
+           f"<thead><tr>{head}</tr></thead><tbody>"]
+    for number, title, score, relevance, judgment, answer, text, pid in rows:
+        value, label = relevance_bar(relevance, float(score), top)
+        said = f"<br><small>answer: {html.escape(str(answer))}</small>" if answer else ""
+        out.append(
+            f'<tr class="citation" data-passage-id="{html.escape(str(pid))}">'
+            f"<td {_CELL}>{int(number)}</td>"
+            f'<td {_CELL}><span class="citation-title">{html.escape(str(title))}</span>'
+            f"<br><small>{html.escape(str(pid))}</small></td>"
+            f"<td {_CELL}>{_bar_html(value, label)}</td>"
+            f"<td {_CELL}>{html.escape(str(judgment or 'not judged'))}{said}</td>"
+            f'<td {_CELL} class="citation-text">{html.escape(str(text))}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+READING_HTML = '<p class="citations-pending">Retrieving and reading…</p>'
+
+
+def answer_footer(answer: Answer, query: str | None = None) -> str:
+    """Where the answer came from, after FOOTER_SEPARATOR (conversation strips it again)."""
     if answer.abstained:
-        return "\n\n_No passage was judged relevant: the answer was withheld._"
-    if answer.from_own_knowledge:
-        return "\n\n_Answered from the model's own knowledge (no passages used)._"
-    titles = ", ".join(f"[{i}] {c.passage.title or c.passage.id}"
-                       for i, c in enumerate(answer.citations, start=1))
-    return f"\n\n_Sources: {titles}_" if titles else ""
+        note = "⚠️ **Answer withheld**: no passage was judged relevant, so the answer was withheld."
+    elif answer.from_own_knowledge:
+        note = "ℹ️ **From the model's own knowledge**: no passages were used."
+    else:
+        titles = ", ".join(f"[{i}] {md_text(c.passage.title or c.passage.id)}"
+                           for i, c in enumerate(answer.citations, start=1))
+        note = f"_Sources: {titles}_" if titles else ""
+    if query and query != answer.question:
+        note += f"\n\n_Follow-up: searched for “{md_text(query)}”_"
+    return f"{FOOTER_SEPARATOR}{note}" if note else ""
+
+
+# -- the app -------------------------------------------------------------------------------------
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: shown as a message, not a traceback."""
+    from rearqa.retriever import RetrieverError
+
+    return QuestionError, ConfigError, RetrieverError
+
+
+class ChatHandlers:
+    """What the UI's events do, over one pipeline (which opens its index and reader lazily)."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.base = pipeline.config.reader
+        self.siblings: dict[tuple[str, str], object] = {}  # (engine, routing) -> pipeline
+
+    def pipeline_for(self, method: str, routing: str, engine: str):
+        """The pipeline with these reader settings; one per (engine, routing), sharing the
+        collection. Routing only changes the rear reader, so other methods ignore it."""
+        base = self.base
+        if (problem := engine_problem(engine)) or (problem := method_problem(method, base)):
+            raise gr.Error(problem)
+        routing = routing if method == "rear" else base.routing
+        if (engine, routing) == (base.engine, base.routing):
+            return self.pipeline
+        if (engine, routing) not in self.siblings:
+            self.siblings[(engine, routing)] = self.pipeline.with_reader(engine=engine, routing=routing)
+        return self.siblings[(engine, routing)]
+
+    def respond(self, message: str, history: list[dict], k: int, retriever: str, method: str,
+                routing: str = "", engine: str = "") -> Iterator[tuple]:
+        """Stream one answer into the chat: yields (chat messages, citation rows, question box)."""
+        try:
+            message = check_question(message, self.base.max_question_chars)
+        except QuestionError as exc:
+            raise gr.Error(str(exc)) from exc
+        pipe = self.pipeline_for(method, routing or "", engine or self.base.engine)
+        history = list(history or [])
+        query = retrieval_query(user_questions(history), message)
+        told = reader_history(history)
+        history.append({"role": "user", "content": message})
+        yield history, [], ""  # show the question, empty the previous answer's citations
+        history.append({"role": "assistant", "content": ""})
+        rows: list[list] = []
+        try:
+            for kind, value in pipe.stream(message, k=int(k), retriever=retriever, method=method,
+                                           history=told, query=query):
+                if kind == "passages":
+                    rows = citation_rows(value)
+                    yield history, rows, ""
+                elif kind == "token":  # the model may copy markup from a passage: show it as text
+                    history[-1]["content"] += md_text(value)
+                    yield history, gr.skip(), ""
+                else:
+                    history[-1]["content"] = md_text(value.text or "(no answer)") \
+                        + answer_footer(value, query)
+                    yield history, citation_rows(value.citations) if value.citations else rows, ""
+        except user_errors() as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def add_documents(self, files: list | None, progress=gr.Progress()) -> tuple[str, None]:
+        """Index uploaded files into the collection, one progress step per file; returns the
+        report (Markdown) and None to empty the file input."""
+        if not files:
+            raise gr.Error(f"Choose one or more files to add (supported: {' '.join(UPLOAD_TYPES)}).")
+        paths = [Path(f if isinstance(f, str) else f.name) for f in files]
+        collection, lines = self.pipeline.collection, []
+        for i, path in enumerate(paths):
+            progress((i, len(paths)), desc=f"indexing {path.name}", unit="files")
+            try:
+                result = collection.add_paths([path], progress=False)
+            except user_errors() as exc:
+                raise gr.Error(f"{path.name}: {exc}") from exc
+            lines.append(f"- **{md_text(path.name)}**: {md_text(result.summary())}")
+            lines += [f"  - ⚠️ {md_text(str(issue))}" for issue in result.errors]
+        progress((len(paths), len(paths)), desc="done", unit="files")
+        stats = collection.stats()
+        lines.append(f"\nThe collection now holds {stats['documents']} documents "
+                     f"({stats['chunks']} passages).")
+        return "\n".join(lines), None
 
 
 def build_ui(pipeline) -> gr.Blocks:
     """The chat UI over one pipeline (which loads its index and reader on first question)."""
-
-    def respond(message: str, history: list[dict], k: int, retriever: str, method: str
-                ) -> Iterator[tuple[list[dict], list[list], str]]:
-        history = list(history or [])
-        history.append({"role": "user", "content": message})
-        history.append({"role": "assistant", "content": ""})
-        rows: list[list] = []
-        try:
-            for kind, value in pipeline.stream(message, k=int(k), retriever=retriever, method=method):
-                if kind == "passages":
-                    rows = citation_rows(value)
-                    yield history, rows, ""
-                elif kind == "token":
-                    history[-1]["content"] += value
-                    yield history, rows, ""
-                else:
-                    history[-1]["content"] = (value.text or "(no answer)") + answer_footer(value)
-                    yield history, citation_rows(value.citations) if value.citations else rows, ""
-        except QuestionError as exc:
-            history.pop()  # no assistant turn for a question that was refused
-            history.pop()
-            raise gr.Error(str(exc)) from exc
-
+    handlers = ChatHandlers(pipeline)
+    base = pipeline.config.reader
+    methods = available_methods(base)
+    method_value = base.method if base.method in methods else methods[0]
     with gr.Blocks(title="rearqa") as demo:
-        gr.Markdown("## rearqa\nAsk a question; answers cite the passages they were given.")
+        gr.Markdown("## rearqa\nAsk a question, then follow up (\"when was it written?\"); "
+                    "answers cite the passages they were given.")
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chat")
                 box = gr.Textbox(label="Question", placeholder="Who wrote Hamlet?", elem_id="question")
                 with gr.Row():
                     send = gr.Button("Ask", variant="primary", elem_id="ask")
-                    clear = gr.Button("Clear")
+                    clear = gr.Button("New conversation", elem_id="clear")
+                gr.Markdown("### Citations")
+                view = gr.HTML(citations_html([]), elem_id="citation-view")
+                with gr.Accordion("Citations as a table", open=False):
+                    table = gr.Dataframe(headers=CITATION_HEADERS, label="Citations", wrap=True,
+                                         type="array", interactive=False, elem_id="citations")
             with gr.Column(scale=1):
-                k = gr.Slider(1, 20, value=pipeline.config.k, step=1, label="k (passages)")
-                retriever = gr.Dropdown(RETRIEVERS, value=pipeline.config.retriever.kind, label="Retriever")
-                method = gr.Dropdown(METHODS, value=pipeline.config.reader.method, label="Reader method")
-        citations = gr.Dataframe(headers=CITATION_HEADERS, label="Citations", wrap=True,
-                                 interactive=False, elem_id="citations")
-        inputs = [box, chatbot, k, retriever, method]
-        outputs = [chatbot, citations, box]
-        box.submit(respond, inputs, outputs)
-        send.click(respond, inputs, outputs)
-        clear.click(lambda: ([], [], ""), None, outputs)
+                with gr.Accordion("Settings", open=True):
+                    k = gr.Slider(1, 20, value=pipeline.config.k, step=1, label="k (passages)")
+                    retriever = gr.Dropdown(list(RETRIEVERS), value=pipeline.config.retriever.kind,
+                                            label="Retriever")
+                    method = gr.Dropdown(methods, value=method_value, label="Reader method",
+                                         elem_id="method")
+                    routing = gr.Dropdown(ROUTING_CHOICES, value=base.routing, label="Routing (rear)",
+                                          elem_id="routing")
+                    engine = gr.Dropdown(ENGINE_CHOICES, value=base.engine, label="Engine",
+                                         elem_id="engine")
+                    note = gr.Markdown(settings_note(method_value, base.engine, base),
+                                       elem_id="settings-note")
+                with gr.Accordion("Add documents", open=True):
+                    files = gr.File(label="Documents", file_count="multiple", file_types=UPLOAD_TYPES,
+                                    elem_id="upload")
+                    add = gr.Button("Add to index", elem_id="add-docs")
+                    added = gr.Markdown(elem_id="upload-status")
+        inputs = [box, chatbot, k, retriever, method, routing, engine]
+        outputs = [chatbot, table, box]
+        # The view is rendered from the table once the answer is complete (REAR's judgments
+        # only exist then); /respond itself keeps the (chat, table, box) outputs API clients use.
+        for trigger, api in ((box.submit, {"api_name": "respond"}),
+                             (send.click, {"api_visibility": "undocumented"})):
+            trigger(lambda: READING_HTML, None, view, api_visibility="private") \
+                .then(handlers.respond, inputs, outputs, concurrency_id="reader", **api) \
+                .then(citations_html, table, view, api_visibility="private")
+        clear.click(lambda: ([], [], "", citations_html([])), None, [*outputs, view],
+                    api_visibility="private")
+        for control in (method, engine):
+            control.change(lambda m, e: settings_note(m, e, base), [method, engine], note,
+                           api_visibility="private")
+        add.click(handlers.add_documents, files, [added, files], api_name="add_documents")
     return demo
 
 
