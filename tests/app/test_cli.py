@@ -91,3 +91,23 @@ def test_ask_on_the_embedded_default(prepared_home):
     citations = [line for line in out[1:] if line.startswith("[")]
     assert len(citations) == 5  # ... then the default k=5 citations, best first
     assert any("Hamlet" in line or "Shakespeare" in line for line in citations)
+
+
+@pytest.mark.slow
+def test_eval_rear_takes_routing_and_fallback(cli_config, tmp_path):
+    home, config = cli_config
+    rearqa("index", "add", DATA / "mini_corpus.jsonl", "--config", config, "--home", home)
+    out = tmp_path / "rear"
+    rearqa("eval", "--dataset", DATA / "mini_questions.jsonl", "--k", "2", "--limit", "1",
+           "--method", "rear", "--routing", "path_reliability", "--fallback", "abstain",
+           "--out", out, "--config", config, "--home", home)
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline_config"]["reader"]["routing"] == "path_reliability"
+    assert report["pipeline_config"]["reader"]["fallback"] == "abstain"
+    row = report["rows"][0]
+    assert len(row["citations"]) == 2
+    assert all(c["judgment"] in ("relevant", "irrelevant") for c in row["citations"])
+    bad = rearqa("eval", "--dataset", DATA / "mini_questions.jsonl", "--method", "rear",
+                 "--routing", "best", "--out", tmp_path / "bad", "--config", config,
+                 "--home", home, check=False)
+    assert bad.returncode == 2 and "routing" in bad.stderr

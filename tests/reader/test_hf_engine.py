@@ -50,3 +50,17 @@ def test_stream_yields_the_same_text_as_generate(reader):
     question = "Who painted the Mona Lisa?"
     streamed = "".join(reader.stream(question, [], method="closed-book")).strip()
     assert streamed == reader.read_batch([question], [[]], method="closed-book")[0].text
+
+
+def test_generation_stops_at_the_tokenizers_eos_even_if_the_config_names_another(reader):
+    """Fine-tuned readers end answers with the tokenizer's eos; a generation config written by
+    another transformers version named a different one on the GPU machine (docs/rear.md)."""
+    engine = reader.engine
+    eos = engine.tokenizer.eos_token_id
+    saved = engine.model.generation_config.eos_token_id
+    try:
+        engine.model.generation_config.eos_token_id = 0  # <|endoftext|>, not <|im_end|>
+        assert eos in engine._eos_ids() and 0 in engine._eos_ids()
+        assert engine._generation_kwargs(4)["eos_token_id"] == sorted({0, eos})
+    finally:
+        engine.model.generation_config.eos_token_id = saved
