@@ -82,3 +82,26 @@ def test_compute_rear_loss_parts_and_config():
     assert parts["loss"].item() == pytest.approx(parts["lm"].item() + parts["rank"].item())
     with pytest.raises(ConfigError, match="loss.beta=-1"):
         RearLossConfig(beta=-1)
+
+
+def test_lm_loss_at_labels_equals_the_full_logits_loss():
+    """The memory-saving LM loss (output layer on labelled positions only) is the same loss,
+    with the same gradients."""
+    from rearqa.training.losses import lm_loss_at_labels
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 5, generator=gen, requires_grad=True)
+    head = torch.nn.Linear(5, 11, bias=False)
+    labels = torch.full((3, 7), -100)
+    labels[0, 4:6] = torch.tensor([3, 9])
+    labels[2, 6] = 1  # row 1 has no labelled token
+    full = lm_loss(head(hidden), labels)
+    full.backward()
+    expected = hidden.grad.clone()
+    hidden.grad = None
+    sliced = lm_loss_at_labels(hidden, head, labels)
+    sliced.backward()
+    assert sliced.item() == pytest.approx(full.item(), rel=1e-6)
+    torch.testing.assert_close(hidden.grad, expected)
+    none = lm_loss_at_labels(hidden, head, torch.full((3, 7), -100))
+    assert none.item() == 0.0 and none.requires_grad

@@ -350,11 +350,12 @@ class ChatLMTask:
         return {k: v.to(device) for k, v in batch.items()}
 
     def losses(self, batch: dict, stage: str) -> dict:
-        from rearqa.training.losses import lm_loss
+        from rearqa.training.losses import lm_loss_at_labels
 
-        logits = self.model(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).logits
-        lm = lm_loss(logits, batch["labels"])
+        lm_model = self.model.get_base_model()  # the causal LM with the LoRA layers in it
+        hidden = lm_model.get_decoder()(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).last_hidden_state
+        lm = lm_loss_at_labels(hidden, lm_model.get_output_embeddings(), batch["labels"])
         return {"loss": lm, "lm": lm, "rank": torch.zeros(())}
 
     def save_model(self, path: Path) -> None:
