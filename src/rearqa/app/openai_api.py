@@ -1,0 +1,121 @@
+"""OpenAI-compatible chat over the pipeline: POST /v1/chat/completions and GET /v1/models.
+
+The last message is the question (it must be the user's); earlier user and assistant turns are
+passed to the reader as conversation history (the last `MAX_HISTORY` of them; system messages
+are dropped, the reader keeps its own). Retrieval uses the question alone. `model` is `rearqa`
+(the configured reader method) or `rearqa/<method>`. Replies carry two extra fields, `citations`
+and `answer` (the full POST /ask JSON); a stream ends with a chunk holding them, then
+`data: [DONE]`. Streamed deltas are the raw generated text; `answer.text` is the cleaned answer.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from rearqa.app.schemas import ChatCompletionOut, ChatRequest, ModelList
+from rearqa.reader.config import READER_METHODS
+from rearqa.types import Answer
+
+if TYPE_CHECKING:
+    from rearqa.app.server import ServerState
+
+MODEL = "rearqa"
+ALWAYS_SERVED = ("rag", "closed-book")  # methods that need no trained checkpoint
+MAX_HISTORY = 6  # earlier messages kept as context (three exchanges)
+
+
+def method_of(model: str, method: str | None) -> str | None:
+    """The reader method a `model` name asks for (None: the configured one)."""
+    if model == MODEL:
+        return method
+    name, _, wanted = model.partition("/")
+    if name != MODEL or wanted not in READER_METHODS:
+        raise HTTPException(404, f"model {model!r} is not served here; use {MODEL!r} or "
+                                 f"{MODEL}/<method> with a method of {list(READER_METHODS)} (GET /v1/models)")
+    if method is not None and method != wanted:
+        raise HTTPException(422, f"model {model!r} asks for method {wanted!r} but method={method!r} was given")
+    return wanted
+
+
+def split_messages(request: ChatRequest, max_chars: int) -> tuple[str, list[dict]]:
+    """(question, history) from the messages; 422 when the last one is not a user question."""
+    *earlier, last = request.messages
+    if last.role != "user" or not last.text().strip():
+        raise HTTPException(422, "the last message must be the user's question (role 'user', non-empty text)")
+    history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]
+    history = history[-MAX_HISTORY:]
+    for i, turn in enumerate(history):
+        if len(turn["content"]) > max_chars:
+            raise HTTPException(422, f"history message {i} is {len(turn['content'])} characters long; "
+                                     f"the limit is {max_chars}")
+    return last.text(), history
+
+
+def completion(answer: Answer, model: str, completion_id: str, created: int) -> dict:
+    body = answer.to_dict()
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": "stop", "logprobs": None}],
+            "citations": body["citations"], "answer": body}
+
+
+def chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None,
+          **extra: Any) -> bytes:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+def openai_router(state: "ServerState") -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    max_chars = state.pipeline.config.reader.max_question_chars
+
+    @router.get("/models", response_model=ModelList)
+    async def models() -> dict:
+        """`rearqa` (the configured method) and `rearqa/<method>` for the methods served."""
+        methods = dict.fromkeys([*ALWAYS_SERVED, state.pipeline.config.reader.method])
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "rearqa"}
+                                           for name in [MODEL, *(f"{MODEL}/{m}" for m in methods)]]}
+
+    @router.post("/chat/completions", response_model=ChatCompletionOut,
+                 responses={200: {"content": {"text/event-stream": {}}},
+                            404: {"description": "unknown model"}})
+    async def chat(body: ChatRequest):
+        """OpenAI chat completion (stream true/false) answered from the collection, with citations."""
+        method = method_of(body.model, body.method)
+        question, history = split_messages(body, max_chars)
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not history and not body.stream:
+            answer = await state.run(state.pipeline.ask, question, body.k, filters=body.filters,
+                                     method=method, retriever=body.retriever)
+            return completion(answer, body.model, completion_id, created)
+        _, ticket, events = await state.open_stream(question, body, method, history)
+        if not body.stream:
+            answer = None
+            async for kind, value in state.events_after(events, ticket):
+                answer = value if kind == "answer" else answer
+            return completion(answer, body.model, completion_id, created)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield chunk(completion_id, created, body.model, {"role": "assistant", "content": ""})
+            async for kind, value in state.events_after(events, ticket):
+                if kind == "token":
+                    yield chunk(completion_id, created, body.model, {"content": value})
+                else:
+                    full = value.to_dict()
+                    yield chunk(completion_id, created, body.model, {}, "stop",
+                                citations=full["citations"], answer=full)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(ticket.release))
+
+    return router

@@ -1,0 +1,181 @@
+"""Request and response bodies of the HTTP API (pydantic), and so of its OpenAPI schema.
+
+The answer bodies mirror `Answer.to_dict()` (the same JSON `rearqa ask --json` prints), so a
+client sees one shape whichever way it asks. The question's length limit is the pipeline's
+`reader.max_question_chars`, so the request model is built per app (`ask_request_model`).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from rearqa.reader.config import READER_METHODS
+from rearqa.retriever.base import RETRIEVERS
+
+MAX_K = 50  # passages per question; more only slows the reader down
+Scalar = str | int | float | bool
+RetrieverName = Literal[tuple(RETRIEVERS)]  # type: ignore[valid-type]
+MethodName = Literal[READER_METHODS]  # type: ignore[valid-type]
+
+
+class AskOptions(BaseModel):
+    """How to answer: the pipeline's configured values where a field is left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
+    retriever: RetrieverName | None = Field(None, description="dense | bm25 | hybrid (default: config).")
+    method: MethodName | None = Field(None, description="Reader method (default: config reader.method).")
+    filters: dict[str, Scalar | list[Scalar]] | None = Field(
+        None, description='Metadata filters, e.g. {"tags": "geo"} or {"title": ["Paris", "Hamlet"]}.')
+
+
+def question_field(max_chars: int) -> Any:
+    return Field(..., min_length=1, max_length=max_chars, pattern=r"\S",
+                 description=f"The question: not blank, at most {max_chars} characters.",
+                 examples=["Who wrote Hamlet?"])
+
+
+def ask_request_model(max_chars: int) -> type[AskOptions]:
+    """The POST /ask body for a pipeline whose questions may be `max_chars` long."""
+    return create_model("AskRequest", __base__=AskOptions, question=(str, question_field(max_chars)))
+
+
+class PassageOut(BaseModel):
+    id: str = Field(description="Stable chunk id (DELETE /documents/{id} accepts it).")
+    text: str = Field(description="The chunk text, verbatim (plain text, never HTML).")
+    title: str
+    score: float = Field(description="Retrieval score; higher is better.")
+    source: str = Field(description="Where the chunk came from (file path or corpus name).")
+    metadata: dict[str, Any]
+
+
+class CitationOut(BaseModel):
+    passage: PassageOut
+    relevance: float | None = Field(description="Reader's relevance logit (REAR); null for plain RAG.")
+    judgment: str | None = Field(description="relevant | irrelevant (REAR); null for plain RAG.")
+    answer: str | None = Field(description="The answer from this passage alone (REAR); null for plain RAG.")
+
+
+class AnswerOut(BaseModel):
+    question: str
+    text: str = Field(description="The answer; empty when the reader abstained.")
+    method: str
+    abstained: bool
+    from_own_knowledge: bool
+    citations: list[CitationOut]
+
+
+class DocumentOut(BaseModel):
+    id: str = Field(description="Document id (DELETE /documents/{id} deletes all its chunks).")
+    title: str
+    source: str
+    chunks: int
+    metadata: dict[str, Any]
+    added_at: float = Field(description="Unix time it was stored.")
+
+
+class DocumentPage(BaseModel):
+    documents: list[DocumentOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class UploadOut(BaseModel):
+    filename: str
+    ids: list[str] = Field(description="Ids of the documents the file holds now.")
+    count: int = Field(description="Chunks the file holds now.")
+    added: int
+    updated: int
+    unchanged: int
+    skipped_duplicates: int
+    chunks_added: int
+    chunks_deleted: int
+    errors: list[str] = Field(description="Lines or parts of the file that were skipped, and why.")
+
+
+class DeleteOut(BaseModel):
+    id: str
+    chunks_deleted: int
+
+
+class QueueOut(BaseModel):
+    in_flight: int
+    waiting: int
+    max_in_flight: int
+    max_waiting: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ready", "loading", "error"]
+    model: str
+    method: str
+    collection: str
+    documents: int | None = Field(description="null until the collection is open.")
+    chunks: int | None
+    queue: QueueOut
+    error: str | None = None
+
+
+# -- OpenAI-compatible chat -----------------------------------------------------------------------
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class ChatRequest(AskOptions):
+    """OpenAI's chat completion body; sampling fields (temperature, top_p, ...) are accepted and
+    ignored (the reader decodes greedily). k, retriever, method and filters are rearqa extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field("rearqa", description="rearqa, or rearqa/<method> (GET /v1/models).")
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=64)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatChoiceMessage
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+
+
+class ChatCompletionOut(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    citations: list[CitationOut] = Field(description="rearqa extra: the passages behind the answer.")
+    answer: AnswerOut = Field(description="rearqa extra: the full answer (abstained, method, ...).")
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "rearqa"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]

@@ -1,0 +1,425 @@
+"""The HTTP API (`rearqa serve`): questions, streamed answers, documents, health, and an
+OpenAI-compatible chat endpoint, over one `Pipeline`.
+
+    POST /ask               question -> Answer JSON (the shape of `rearqa ask --json`)
+    POST /ask/stream        server-sent events: passages, token..., answer (or error)
+    POST /documents         multipart file upload -> ids and chunk count, once committed
+    GET  /documents         a page of stored documents
+    DELETE /documents/{id}  a document (or one chunk) by id
+    GET  /health            ready | loading | error, model, collection size, queue
+    POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
+    /docs, /openapi.json    the schema
+
+Reader work runs in worker threads behind a bounded queue (admission.py), so the event loop
+stays free and an overloaded server answers 429 at once instead of hanging. User errors (a bad
+question, filter, file or method) are 4xx with the message that names them; anything else stays
+a 500 with its traceback in the log. The app binds wherever uvicorn is told (`rearqa serve`
+defaults to 127.0.0.1).
+"""
+# No `from __future__ import annotations`: the /ask body model is built per app (its question
+# length limit is the pipeline's), and FastAPI needs the route annotations as real objects.
+import logging
+import os
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from rearqa.app.admission import QueueFull, RequestQueue, Ticket
+from rearqa.app.schemas import (AnswerOut, AskOptions, DeleteOut, DocumentPage, HealthOut, UploadOut,
+                                ask_request_model)
+from rearqa.config import PipelineConfig
+from rearqa.config_errors import ConfigError
+from rearqa.reader import QuestionError
+from rearqa.retriever import FilterError, QueryError, UnsupportedFileError
+
+log = logging.getLogger(__name__)
+
+UPLOAD_DIR = "uploads"  # inside the collection folder; uploaded files are kept as their source
+MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing and form fields allowed beyond the file
+_UPLOAD_NAME = re.compile(r"^\w[\w .-]{0,127}$")  # a bare file name: no separators, no leading dot
+
+
+@dataclass
+class ServerConfig:
+    """Settings of the HTTP server (the pipeline keeps its own)."""
+
+    token: str | None = None  # bearer token every route but /health and the docs requires; None = open
+    max_in_flight: int = 1  # requests using the reader at once (the hf engine generates one at a time)
+    max_queue: int = 8  # requests waiting behind them; more are refused with 429 + Retry-After
+    max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted document upload
+    warm: bool = True  # open the collection and load the reader at start (health: loading -> ready)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8
+                                       or self.token != self.token.strip()):
+            raise ConfigError(f"token of {len(str(self.token))} characters: give at least 8 characters "
+                              "with no surrounding spaces (e.g. `openssl rand -hex 32`), or no token")
+        for name in ("max_in_flight", "max_upload_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive integer")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError(f"max_queue={self.max_queue!r}: must be 0 or a positive integer")
+
+
+class EngineUnavailable(Exception):
+    """The collection or reader failed to load at start; /health has the reason."""
+
+
+class ServerState:
+    """The pipeline and what the routes share: queue, warm-up state, upload lock."""
+
+    def __init__(self, pipeline, config: ServerConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.queue = RequestQueue(config.max_in_flight, config.max_queue)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.write_lock = threading.Lock()  # one upload or delete at a time (file + docstore)
+        if config.warm:
+            threading.Thread(target=self._warm, name="rearqa-warm-up", daemon=True).start()
+        else:
+            self.ready.set()  # components open lazily on first use
+
+    def _warm(self) -> None:
+        try:
+            self.pipeline.collection  # noqa: B018 (opens, or builds the default collection)
+            self.pipeline.reader  # noqa: B018
+        except BaseException as exc:  # kept for /health and EngineUnavailable; logged in full here
+            log.exception("warm-up failed")
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def _when_ready(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        self.ready.wait()
+        if self.error is not None:
+            raise EngineUnavailable(f"the server could not load its components: {self.error}")
+        return fn(*args, **kwargs)
+
+    async def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in a worker thread, once admitted by the queue."""
+        async with self.queue.admit():
+            return await run_in_threadpool(self._when_ready, fn, *args, **kwargs)
+
+    async def open_stream(self, question: str, options: AskOptions, method: str | None,
+                          history: list[dict] | None = None) -> tuple[list, Ticket, Iterator]:
+        """Admit, retrieve (errors surface here, before any response is sent), and return the
+        passages with the ticket and the rest of `Pipeline.stream` (see `events_after`)."""
+        ticket = self.queue.admit()
+        try:
+            await ticket.start()
+            events = self.pipeline.stream(question, options.k, filters=options.filters, method=method,
+                                          retriever=options.retriever, history=history)
+            _, passages = await run_in_threadpool(self._when_ready, next, events)
+        except BaseException:
+            ticket.release()
+            raise
+        return passages, ticket, events
+
+    async def events_after(self, events: Iterator, ticket: Ticket) -> AsyncIterator[tuple[str, Any]]:
+        """The ("token", str) ... ("answer", Answer) events, each pulled in a worker thread."""
+        try:
+            while (item := await run_in_threadpool(next, events, None)) is not None:
+                yield item
+        finally:
+            events.close()
+            ticket.release()
+
+
+# -- auth ---------------------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="rearqa serve --token / REARQA_API_TOKEN")
+
+
+def token_check(token: str) -> Callable:
+    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+# -- errors -------------------------------------------------------------------------------------
+def _status(code: int) -> Callable:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+    return handler
+
+
+async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+
+# Only errors a request can cause are mapped; everything else stays a 500.
+USER_ERRORS: dict[type[Exception], int] = {QuestionError: 422, FilterError: 422, QueryError: 422,
+                                           ConfigError: 422, UnsupportedFileError: 415, EngineUnavailable: 503}
+
+
+class UploadLimit:
+    """Refuse a POST /documents body over the upload limit (plus multipart framing) as soon as
+    its Content-Length, or the bytes received so far, show it: nothing large is spooled."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"upload over the limit of {self.max_bytes - MULTIPART_SLACK} bytes")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/documents":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response = JSONResponse({"detail": self._too_large().detail}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise self._too_large()  # FastAPI passes an HTTPException from body parsing through
+            return message
+
+        await self.app(scope, counted, send)
+
+
+# -- the app ------------------------------------------------------------------------------------
+def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
+               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
+    """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline."""
+    from rearqa.app.openai_api import openai_router
+    from rearqa.pipeline import Pipeline
+
+    pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
+                else source() if callable(source) and not hasattr(source, "ask") else source)
+    config = ServerConfig(token=token, max_in_flight=max_in_flight, max_queue=max_queue,
+                          max_upload_bytes=max_upload_bytes, warm=warm)
+    state = ServerState(pipeline, config)
+    app = FastAPI(title="rearqa", version="0.1.0",
+                  description="Relevance-aware retrieval-augmented question answering with citations.")
+    app.state.rearqa = state
+    for error, code in USER_ERRORS.items():
+        app.add_exception_handler(error, _status(code))
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK)
+    guarded = [Depends(token_check(token))] if token is not None else []
+    app.include_router(health_router(state))
+    app.include_router(ask_router(state), dependencies=guarded)
+    app.include_router(documents_router(state), dependencies=guarded)
+    app.include_router(openai_router(state), dependencies=guarded)
+    return app
+
+
+def model_name(pipeline) -> str:
+    from rearqa import assets
+
+    configured = pipeline.config.reader.model
+    return Path(configured).name if configured else assets.reader_model_dir(pipeline.home).name
+
+
+def health_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def health() -> JSONResponse:
+        """ready (200) once the collection and reader are loaded; loading or error (503) before."""
+        pipe, queue = state.pipeline, state.queue
+        status = "loading" if not state.ready.is_set() else "error" if state.error else "ready"
+        counts = (None, None)
+        if status == "ready":
+            store = (await run_in_threadpool(lambda: pipe.collection)).docstore
+            counts = await run_in_threadpool(lambda: (store.count_documents(), store.count_chunks()))
+        body = HealthOut(status=status, model=model_name(pipe), method=pipe.config.reader.method,
+                         collection=pipe.config.retriever.collection, documents=counts[0], chunks=counts[1],
+                         queue={"in_flight": queue.in_flight, "waiting": queue.waiting,
+                                "max_in_flight": queue.max_in_flight, "max_waiting": queue.max_waiting},
+                         error=str(state.error) if state.error else None)
+        return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
+
+    return router
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {_json(data)}\n\n".encode()
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, ensure_ascii=False)
+
+
+def ask_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["ask"])
+    AskRequest = ask_request_model(state.pipeline.config.reader.max_question_chars)
+
+    @router.post("/ask", response_model=AnswerOut)
+    async def ask(body: AskRequest) -> dict:  # type: ignore[valid-type]
+        """Answer one question with its citations."""
+        answer = await state.run(state.pipeline.ask, body.question, body.k, filters=body.filters,
+                                 method=body.method, retriever=body.retriever)
+        return answer.to_dict()
+
+    @router.post("/ask/stream", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}},
+                                  "description": "events: passages, token (repeated), answer; or error"}})
+    async def ask_stream(body: AskRequest) -> StreamingResponse:  # type: ignore[valid-type]
+        """The answer as server-sent events: `passages` (retrieved), `token` ({"text"}) pieces as
+        they are generated, then `answer` (the POST /ask JSON; its text is authoritative)."""
+        passages, ticket, events = await state.open_stream(body.question, body, body.method)
+
+        async def body_events() -> AsyncIterator[bytes]:
+            yield sse("passages", [p.to_dict() for p in passages])
+            try:
+                async for kind, value in state.events_after(events, ticket):
+                    yield sse("token", {"text": value}) if kind == "token" else sse("answer", value.to_dict())
+            except tuple(USER_ERRORS) as exc:
+                yield sse("error", {"detail": str(exc)})
+            except Exception:
+                yield sse("error", {"detail": "internal error; see the server log"})
+                raise
+
+        return StreamingResponse(body_events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(ticket.release))
+
+    return router
+
+
+# -- documents ----------------------------------------------------------------------------------
+def upload_name(filename: str | None) -> str:
+    """The uploaded file's name if it is a plain, supported file name; 400 / 415 otherwise."""
+    from rearqa.retriever import LOADERS
+
+    name = filename or ""
+    if not _UPLOAD_NAME.fullmatch(name) or ".." in name:
+        raise HTTPException(400, f"file name {name!r}: send a bare file name (letters, digits, '_', '-', "
+                                 "'.', spaces; no folders, no leading dot), e.g. notes.md")
+    if Path(name).suffix.lower() not in LOADERS:
+        raise HTTPException(415, f"file name {name!r}: unsupported type; supported suffixes are {sorted(LOADERS)}")
+    return name
+
+
+def store_upload(state: ServerState, name: str, data: bytes, tags: list[str] | None) -> dict:
+    """Write the file durably under <collection>/uploads, ingest it (upsert by file name), and
+    describe what the collection now holds of it. Runs in a worker thread."""
+    collection = state.pipeline.collection
+    folder = (collection.path / UPLOAD_DIR).resolve()
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    with state.write_lock:
+        existed = path.exists()
+        tmp = folder / f".{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        result = collection.add_paths([path], tags=tags, progress=False)  # returns once committed
+        docs = collection.docstore.document_listing(0, 1_000_000, source=str(path))
+        if not docs and not existed:
+            path.unlink()  # nothing of it was stored: keep no orphan file
+    errors = [f"{name}:{e.line}: {e.message}" if e.line is not None else f"{name}: {e.message}"
+              for e in result.errors]
+    if not docs and errors:
+        raise HTTPException(422, {"message": f"{name}: nothing could be indexed", "errors": errors})
+    return {"filename": name, "ids": [d["id"] for d in docs], "count": sum(d["chunks"] for d in docs),
+            "added": result.added, "updated": result.updated, "unchanged": result.unchanged,
+            "skipped_duplicates": result.skipped_duplicates, "chunks_added": result.chunks_added,
+            "chunks_deleted": result.chunks_deleted, "errors": errors}
+
+
+def delete_document(state: ServerState, doc_id: str) -> int:
+    """Delete a document or chunk; an uploaded file left with no documents is removed too."""
+    collection = state.pipeline.collection
+    with state.write_lock:
+        doc = collection.docstore.document(doc_id)
+        deleted = collection.delete(ids=[doc_id])
+        if doc is not None and Path(doc.source).parent == (collection.path / UPLOAD_DIR).resolve():
+            if not collection.docstore.documents_of_source(doc.source):
+                Path(doc.source).unlink(missing_ok=True)
+    return deleted
+
+
+def documents_router(state: ServerState) -> APIRouter:
+    router = APIRouter(prefix="/documents", tags=["documents"])
+    limit_bytes = state.config.max_upload_bytes
+
+    @router.post("", status_code=201, response_model=UploadOut,
+                 responses={400: {"description": "bad file name"}, 413: {"description": "file too large"},
+                            415: {"description": "unsupported file type"}})
+    async def upload(file: Annotated[UploadFile, File(description="A .jsonl .txt .md .html or .pdf file.")],
+                     tags: Annotated[list[str] | None, Form(description="Tags stored with every chunk.")] = None
+                     ) -> dict:
+        """Add a file to the collection (re-uploading a name replaces that file's documents). The
+        reply comes once the docstore and index are committed to disk."""
+        name = upload_name(file.filename)
+        data = await file.read(limit_bytes + 1)
+        if len(data) > limit_bytes:
+            raise HTTPException(413, f"{name}: over the upload limit of {limit_bytes} bytes")
+        return await state.run(store_upload, state, name, data, tags)
+
+    @router.get("", response_model=DocumentPage)
+    async def list_documents(offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+        """Stored documents in the order they were added."""
+        def page() -> dict:
+            store = state.pipeline.collection.docstore
+            return {"documents": store.document_listing(offset, limit), "total": store.count_documents(),
+                    "offset": offset, "limit": limit}
+        return await run_in_threadpool(state._when_ready, page)
+
+    @router.delete("/{doc_id:path}", response_model=DeleteOut,
+                   responses={404: {"description": "no document or chunk has this id"}})
+    async def delete(doc_id: str) -> dict:
+        """Delete a document (all its chunks) or a single chunk by id."""
+        deleted = await state.run(delete_document, state, doc_id)
+        if not deleted:
+            raise HTTPException(404, f"no document or chunk has id {doc_id!r}; GET /documents lists them")
+        return {"id": doc_id, "chunks_deleted": deleted}
+
+    return router
+
+
+# -- web chat hook (issue 4, web chat part) -------------------------------------------------------
+def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
+    """HOOK: serve the Gradio chat of `rearqa.app.ui.build_ui(pipeline)` under `path`.
+
+    The chat is not behind the API's bearer token (browsers send none), so it is refused when
+    a token is set rather than left open beside a guarded API."""
+    import gradio as gr
+
+    from rearqa.app import ui
+
+    state = getattr(app.state, "rearqa", None)
+    if state is not None and state.config.token is not None:
+        raise ConfigError("the web chat cannot be mounted on a token-protected API: it would be open "
+                          "to anyone; serve it separately with `rearqa ui`, or drop --token")
+    build = getattr(ui, "build_ui", None)
+    if build is None:
+        raise ConfigError("rearqa.app.ui has no build_ui(pipeline) to mount")
+    return gr.mount_gradio_app(app, build(pipeline), path=path, footer_links=[])
+
+
+def serve(pipeline, host: str = "127.0.0.1", port: int = 8000, chat: bool = False, **settings: Any) -> None:
+    """Run the API with uvicorn until interrupted (`settings`: create_app's keywords)."""
+    import uvicorn
+
+    app = create_app(pipeline, **settings)
+    if chat:
+        mount_ui(app, app.state.rearqa.pipeline)
+    log.info("rearqa API on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")
