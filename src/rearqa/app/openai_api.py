@@ -7,55 +7,57 @@ are dropped, the reader keeps its own). Retrieval uses the question alone. `mode
 and `answer` (the full POST /ask JSON); a stream ends with a chunk holding them, then
 `data: [DONE]`. Streamed deltas are the raw generated text; `answer.text` is the cleaned answer.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the request model is built per app (ServerState).
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from rearqa.app.schemas import ChatCompletionOut, ChatRequest, ModelList
-from rearqa.reader.config import READER_METHODS
+from rearqa.app.server import ServerState, unprocessable
+from rearqa.reader import QuestionError, check_question
 from rearqa.types import Answer
 
-if TYPE_CHECKING:
-    from rearqa.app.server import ServerState
-
 MODEL = "rearqa"
-ALWAYS_SERVED = ("rag", "closed-book")  # methods that need no trained checkpoint
 MAX_HISTORY = 6  # earlier messages kept as context (three exchanges)
 
 
-def method_of(model: str, method: str | None) -> str | None:
+def method_of(model: str, method: str | None, served: tuple[str, ...]) -> str | None:
     """The reader method a `model` name asks for (None: the configured one)."""
     if model == MODEL:
         return method
     name, _, wanted = model.partition("/")
-    if name != MODEL or wanted not in READER_METHODS:
+    if name != MODEL or wanted not in served:
         raise HTTPException(404, f"model {model!r} is not served here; use {MODEL!r} or "
-                                 f"{MODEL}/<method> with a method of {list(READER_METHODS)} (GET /v1/models)")
+                                 f"{MODEL}/<method> with a method of {list(served)} (GET /v1/models)")
     if method is not None and method != wanted:
-        raise HTTPException(422, f"model {model!r} asks for method {wanted!r} but method={method!r} was given")
+        raise unprocessable(["body", "method"], f"model {model!r} asks for method {wanted!r} but "
+                                                f"method={method!r} was given")
     return wanted
 
 
 def split_messages(request: ChatRequest, max_chars: int) -> tuple[str, list[dict]]:
     """(question, history) from the messages; 422 when the last one is not a user question."""
     *earlier, last = request.messages
-    if last.role != "user" or not last.text().strip():
-        raise HTTPException(422, "the last message must be the user's question (role 'user', non-empty text)")
+    if last.role != "user":
+        raise unprocessable(["body", "messages"], f"the last message is the {last.role!r}'s; it must be "
+                                                  "the user's question (role 'user')")
+    try:
+        question = check_question(last.text(), max_chars)
+    except QuestionError as exc:
+        raise unprocessable(["body", "messages"], f"the last message: {exc}") from None
     history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]
     history = history[-MAX_HISTORY:]
-    for i, turn in enumerate(history):
+    for turn in history:
         if len(turn["content"]) > max_chars:
-            raise HTTPException(422, f"history message {i} is {len(turn['content'])} characters long; "
-                                     f"the limit is {max_chars}")
-    return last.text(), history
+            raise unprocessable(["body", "messages"], f"an earlier message is {len(turn['content'])} "
+                                                      f"characters long; the limit is {max_chars}")
+    return question, history
 
 
 def completion(answer: Answer, model: str, completion_id: str, created: int) -> dict:
@@ -73,23 +75,24 @@ def chunk(completion_id: str, created: int, model: str, delta: dict, finish: str
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
-def openai_router(state: "ServerState") -> APIRouter:
+def openai_router(state: ServerState) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
     max_chars = state.pipeline.config.reader.max_question_chars
+    _, ChatRequestModel = state.request_models
 
     @router.get("/models", response_model=ModelList)
     async def models() -> dict:
         """`rearqa` (the configured method) and `rearqa/<method>` for the methods served."""
-        methods = dict.fromkeys([*ALWAYS_SERVED, state.pipeline.config.reader.method])
+        methods = state.methods
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "rearqa"}
                                            for name in [MODEL, *(f"{MODEL}/{m}" for m in methods)]]}
 
     @router.post("/chat/completions", response_model=ChatCompletionOut,
                  responses={200: {"content": {"text/event-stream": {}}},
                             404: {"description": "unknown model"}})
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequestModel):  # type: ignore[valid-type]
         """OpenAI chat completion (stream true/false) answered from the collection, with citations."""
-        method = method_of(body.model, body.method)
+        method = method_of(body.model, body.method, state.methods)
         question, history = split_messages(body, max_chars)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not history and not body.stream:

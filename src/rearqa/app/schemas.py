@@ -17,6 +17,7 @@ MAX_K = 50  # passages per question; more only slows the reader down
 Scalar = str | int | float | bool
 RetrieverName = Literal[tuple(RETRIEVERS)]  # type: ignore[valid-type]
 MethodName = Literal[READER_METHODS]  # type: ignore[valid-type]
+ALWAYS_SERVED = ("rag", "closed-book")  # reader methods that need no trained checkpoint or adapter
 
 
 class AskOptions(BaseModel):
@@ -37,9 +38,19 @@ def question_field(max_chars: int) -> Any:
                  examples=["Who wrote Hamlet?"])
 
 
-def ask_request_model(max_chars: int) -> type[AskOptions]:
-    """The POST /ask body for a pipeline whose questions may be `max_chars` long."""
-    return create_model("AskRequest", __base__=AskOptions, question=(str, question_field(max_chars)))
+def served_methods(configured: str) -> tuple[str, ...]:
+    """Reader methods a server offers: those needing no trained checkpoint, and the configured one."""
+    return tuple(dict.fromkeys([*ALWAYS_SERVED, configured]))
+
+
+def request_models(max_chars: int, methods: tuple[str, ...]) -> tuple[type["AskOptions"], type["ChatRequest"]]:
+    """The POST /ask and /v1/chat/completions bodies of a pipeline whose questions may be
+    `max_chars` long and that serves `methods` (so the schema promises only what works)."""
+    method = (Literal[methods] | None,  # type: ignore[valid-type]
+              Field(None, description=f"Reader method: {' | '.join(methods)} (default: config reader.method)."))
+    ask = create_model("AskRequest", __base__=AskOptions, question=(str, question_field(max_chars)), method=method)
+    chat = create_model("ChatRequest", __base__=ChatRequest, method=method)
+    return ask, chat
 
 
 class PassageOut(BaseModel):

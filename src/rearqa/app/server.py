@@ -37,11 +37,11 @@ from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.admission import QueueFull, RequestQueue, Ticket
 from rearqa.app.schemas import (AnswerOut, AskOptions, DeleteOut, DocumentPage, HealthOut, UploadOut,
-                                ask_request_model)
+                                request_models, served_methods)
 from rearqa.config import PipelineConfig
 from rearqa.config_errors import ConfigError
 from rearqa.reader import QuestionError
-from rearqa.retriever import FilterError, QueryError, UnsupportedFileError
+from rearqa.retriever import FilterError, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class ServerState:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.write_lock = threading.Lock()  # one upload or delete at a time (file + docstore)
+        self.methods = served_methods(pipeline.config.reader.method)
+        self.request_models = request_models(pipeline.config.reader.max_question_chars, self.methods)
         if config.warm:
             threading.Thread(target=self._warm, name="rearqa-warm-up", daemon=True).start()
         else:
@@ -150,20 +152,29 @@ def token_check(token: str) -> Callable:
     return check
 
 
-# -- errors -------------------------------------------------------------------------------------
-def _status(code: int) -> Callable:
+# -- errors ----------------------------------------------------------------------------------------
+def unprocessable(loc: list[str], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": message}])
+
+
+def _user_error(loc: list[str]) -> Callable:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse({"detail": unprocessable(loc, str(exc)).detail}, status_code=422)
     return handler
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
 
-# Only errors a request can cause are mapped; everything else stays a 500.
-USER_ERRORS: dict[type[Exception], int] = {QuestionError: 422, FilterError: 422, QueryError: 422,
-                                           ConfigError: 422, UnsupportedFileError: 415, EngineUnavailable: 503}
+# Only errors a request can cause are mapped (to the field at fault); everything else stays a 500.
+USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "question"],
+                                                 FilterError: ["body", "filters"], QueryError: ["body"]}
 
 
 class UploadLimit:
@@ -211,15 +222,21 @@ def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_
     app = FastAPI(title="rearqa", version="0.1.0",
                   description="Relevance-aware retrieval-augmented question answering with citations.")
     app.state.rearqa = state
-    for error, code in USER_ERRORS.items():
-        app.add_exception_handler(error, _status(code))
+    for error, loc in USER_ERRORS.items():
+        app.add_exception_handler(error, _user_error(loc))
+    app.add_exception_handler(EngineUnavailable, _unavailable)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK)
     guarded = [Depends(token_check(token))] if token is not None else []
+    responses: dict[int | str, dict] = {
+        400: {"description": "The body could not be parsed (not JSON, or not multipart for uploads)."},
+        429: {"description": "The queue is full: retry after the Retry-After header's seconds."},
+        503: {"description": "The collection or reader failed to load (see GET /health)."}}
+    if token is not None:
+        responses[401] = {"description": "Missing or wrong bearer token."}
     app.include_router(health_router(state))
-    app.include_router(ask_router(state), dependencies=guarded)
-    app.include_router(documents_router(state), dependencies=guarded)
-    app.include_router(openai_router(state), dependencies=guarded)
+    for router in (ask_router(state), documents_router(state), openai_router(state)):
+        app.include_router(router, dependencies=guarded, responses=responses)
     return app
 
 
@@ -264,7 +281,7 @@ def _json(data: Any) -> str:
 
 def ask_router(state: ServerState) -> APIRouter:
     router = APIRouter(tags=["ask"])
-    AskRequest = ask_request_model(state.pipeline.config.reader.max_question_chars)
+    AskRequest, _ = state.request_models
 
     @router.post("/ask", response_model=AnswerOut)
     async def ask(body: AskRequest) -> dict:  # type: ignore[valid-type]
@@ -286,7 +303,7 @@ def ask_router(state: ServerState) -> APIRouter:
             try:
                 async for kind, value in state.events_after(events, ticket):
                     yield sse("token", {"text": value}) if kind == "token" else sse("answer", value.to_dict())
-            except tuple(USER_ERRORS) as exc:
+            except (*USER_ERRORS, EngineUnavailable) as exc:
                 yield sse("error", {"detail": str(exc)})
             except Exception:
                 yield sse("error", {"detail": "internal error; see the server log"})
@@ -335,7 +352,7 @@ def store_upload(state: ServerState, name: str, data: bytes, tags: list[str] | N
     errors = [f"{name}:{e.line}: {e.message}" if e.line is not None else f"{name}: {e.message}"
               for e in result.errors]
     if not docs and errors:
-        raise HTTPException(422, {"message": f"{name}: nothing could be indexed", "errors": errors})
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body", "file"], "msg": e} for e in errors])
     return {"filename": name, "ids": [d["id"] for d in docs], "count": sum(d["chunks"] for d in docs),
             "added": result.added, "updated": result.updated, "unchanged": result.unchanged,
             "skipped_duplicates": result.skipped_duplicates, "chunks_added": result.chunks_added,
