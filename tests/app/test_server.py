@@ -315,6 +315,7 @@ def test_fuzz_the_openapi_schema(fuzz_schema, one_thread):
     as the schema says (scripts/reliability/fuzz.py runs a thousand and more)."""
     from hypothesis import HealthCheck, given, settings, strategies as st
     from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     cases = st.one_of(fuzz_schema.as_strategy(GenerationMode.POSITIVE),
                       fuzz_schema.as_strategy(GenerationMode.NEGATIVE))
@@ -323,6 +324,9 @@ def test_fuzz_the_openapi_schema(fuzz_schema, one_thread):
     @settings(max_examples=30, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def check(case):
-        case.call_and_validate(headers=AUTH)
+        # An upload's suffix and the chat's last-message-is-the-user's rule are beyond the
+        # schema: schema-valid requests breaking them get a 4xx on purpose.
+        semantic = (case.method, case.path) in {("POST", "/documents"), ("POST", "/v1/chat/completions")}
+        case.call_and_validate(headers=AUTH, excluded_checks=[positive_data_acceptance] if semantic else [])
 
     check()

@@ -32,8 +32,14 @@ class AskOptions(BaseModel):
         None, description='Metadata filters, e.g. {"tags": "geo"} or {"title": ["Paris", "Hamlet"]}.')
 
 
+# "Has a character that is not whitespace", with whitespace spelled out as Python's str.isspace()
+# (what check_question strips): `\S` differs between regex engines (U+0085 is whitespace to
+# Python and Rust, not to ECMA-262, the dialect of OpenAPI patterns).
+NOT_BLANK = r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
 def question_field(max_chars: int) -> Any:
-    return Field(..., min_length=1, max_length=max_chars, pattern=r"\S",
+    return Field(..., min_length=1, max_length=max_chars, pattern=NOT_BLANK,
                  description=f"The question: not blank, at most {max_chars} characters.",
                  examples=["Who wrote Hamlet?"])
 
