@@ -4,10 +4,16 @@ One app per module (the reader loads once, on the first question); tests marked 
 ones that run the real SmolLM2 reader.
 """
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from rearqa.app.server import create_app
@@ -294,6 +300,48 @@ def test_openai_chat_uses_earlier_turns_as_history(client, one_thread):
     body = client.post("/v1/chat/completions", json=request).json()
     assert body["answer"]["method"] == "closed-book" and body["answer"]["question"] == "What is my name?"
     assert "ada" in body["choices"][0]["message"]["content"].lower()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_rearqa_serve_runs_uvicorn_on_loopback(pipe, scratch_home, tmp_path):
+    """The `serve` command as a user starts it: token from the environment, ready on /health,
+    answers streamed over a real socket, stopped by SIGTERM."""
+    import httpx
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"k": 1, "retriever": {"collection": "api"}, "reader": {"max_new_tokens": 8}}))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "rearqa.app.cli", "serve", "--port", str(port),
+                               "--config", str(config), "--home", str(scratch_home)],
+                              env={**os.environ, "REARQA_API_TOKEN": TOKEN, "REARQA_LOG": "WARNING"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{base}/health").json()["status"] == "ready":
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.5)
+        assert httpx.get(f"{base}/documents").status_code == 401
+        with httpx.stream("POST", f"{base}/ask/stream", json={"question": "Who wrote Hamlet?"},
+                          headers=AUTH, timeout=120) as response:
+            events = sse_events(response.read().decode())
+        assert events[0][0] == "passages" and events[-1][0] == "answer"
+        assert events[-1][1]["citations"][0]["passage"]["id"] == "hamlet"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,8 @@ def openai_router(state: ServerState) -> APIRouter:
             yield chunk(completion_id, created, body.model, {"role": "assistant", "content": ""})
             async for kind, value in state.events_after(events, ticket):
                 if kind == "token":
-                    yield chunk(completion_id, created, body.model, {"content": value})
+                    if value:  # the streamer also releases empty pieces
+                        yield chunk(completion_id, created, body.model, {"content": value})
                 else:
                     full = value.to_dict()
                     yield chunk(completion_id, created, body.model, {}, "stop",

@@ -302,7 +302,10 @@ def ask_router(state: ServerState) -> APIRouter:
             yield sse("passages", [p.to_dict() for p in passages])
             try:
                 async for kind, value in state.events_after(events, ticket):
-                    yield sse("token", {"text": value}) if kind == "token" else sse("answer", value.to_dict())
+                    if kind == "answer":
+                        yield sse("answer", value.to_dict())
+                    elif value:  # the streamer also releases empty pieces
+                        yield sse("token", {"text": value})
             except (*USER_ERRORS, EngineUnavailable) as exc:
                 yield sse("error", {"detail": str(exc)})
             except Exception:
