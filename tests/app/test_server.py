@@ -119,7 +119,17 @@ def test_oversize_uploads_are_413(client):
     # ... and just over the file limit (body within the multipart slack): refused by the route
     edge = client.post("/documents", files={"file": ("edge.txt", b"a" * (UPLOAD_LIMIT + 1), "text/plain")})
     assert edge.status_code == 413 and "upload limit" in edge.json()["detail"]
-    assert "big.txt" not in json.dumps(client.get("/documents").json())
+    # ... and without a Content-Length (chunked): refused once the bytes received pass the limit
+    def chunked():
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="chunked.txt"\r\n\r\n'
+        yield from (b"a" * 1024 for _ in range(2 * UPLOAD_LIMIT // 1024))
+        yield b"\r\n--x--\r\n"
+
+    streamed = client.post("/documents", content=chunked(),
+                           headers={"content-type": "multipart/form-data; boundary=x"})
+    assert streamed.status_code == 413 and streamed.request.headers["transfer-encoding"] == "chunked"
+    listed = json.dumps(client.get("/documents").json())
+    assert "big.txt" not in listed and "chunked.txt" not in listed
 
 
 def test_a_file_with_no_text_is_422_and_leaves_nothing(client, pipe):
