@@ -95,12 +95,26 @@ def test_bad_questions_are_422_naming_the_field(client, body, where):
     assert where in [str(part) for error in response.json()["detail"] for part in error["loc"]]
 
 
-def test_a_bad_filter_is_422_with_the_retrievers_message(client):
+@pytest.mark.parametrize("raw", [
+    '{"question": "\\ud800 who?"}',  # a lone surrogate: legal JSON, not text
+    '{"question": "who?", "filters": {"tags": "\\ud800"}}',
+    '{"question": "who?", "filters": {"tags": []}}',
+    '{"question": "who?", "filters": {"t\u00e4gs": "x"}}',
+    '{"question": "who?", "filters": {"year": 1e999}}',
+])
+def test_malformed_text_and_filters_are_422_not_500(client, raw):
+    response = client.post("/ask", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+def test_unknown_query_parameters_are_refused(client):
+    assert client.get("/documents", params={"lmit": 5}).status_code == 422
+
+
+def test_a_bad_filter_is_422_naming_the_filter(client):
     response = client.post("/ask", json={"question": "Who wrote Hamlet?", "filters": {"bad key!": "x"}})
     assert response.status_code == 422
-    assert response.json()["detail"] == [{"type": "value_error", "loc": ["body", "filters"],
-                                          "msg": "filter key 'bad key!': use a metadata key of letters, "
-                                                 "digits, '_', '-' or '.'"}]
+    assert response.json()["detail"][0]["loc"][:3] == ["body", "filters", "bad key!"]
 
 
 @pytest.mark.parametrize("name, status", [

@@ -6,15 +6,26 @@ client sees one shape whichever way it asks. The question's length limit is the 
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, create_model
 
 from rearqa.reader.config import READER_METHODS
 from rearqa.retriever.base import RETRIEVERS
+from rearqa.retriever.filters import KEY_PATTERN, SQL_INT_MAX, SQL_INT_MIN
 
 MAX_K = 50  # passages per question; more only slows the reader down
-Scalar = str | int | float | bool
+SqlInt = Annotated[int, Field(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
+Scalar = str | SqlInt | Annotated[float, Field(allow_inf_nan=False)] | bool
+# Filter keys and values as rearqa.retriever.filters accepts them; the schema is written out
+# because pydantic states key patterns as patternProperties, which leave other keys allowed.
+_SCALAR_SCHEMA = [{"type": "string"}, {"type": "integer", "minimum": SQL_INT_MIN, "maximum": SQL_INT_MAX},
+                  {"type": "number"}, {"type": "boolean"}]
+Filters = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=KEY_PATTERN)], Scalar | Annotated[list[Scalar], Field(min_length=1)]],
+    WithJsonSchema({"type": "object", "propertyNames": {"pattern": KEY_PATTERN},
+                    "additionalProperties": {"anyOf": [*_SCALAR_SCHEMA, {"type": "array", "minItems": 1,
+                                                                         "items": {"anyOf": _SCALAR_SCHEMA}}]}})]
 RetrieverName = Literal[tuple(RETRIEVERS)]  # type: ignore[valid-type]
 MethodName = Literal[READER_METHODS]  # type: ignore[valid-type]
 ALWAYS_SERVED = ("rag", "closed-book")  # reader methods that need no trained checkpoint or adapter
@@ -28,7 +39,7 @@ class AskOptions(BaseModel):
     k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
     retriever: RetrieverName | None = Field(None, description="dense | bm25 | hybrid (default: config).")
     method: MethodName | None = Field(None, description="Reader method (default: config reader.method).")
-    filters: dict[str, Scalar | list[Scalar]] | None = Field(
+    filters: Filters | None = Field(
         None, description='Metadata filters, e.g. {"tags": "geo"} or {"title": ["Paris", "Hamlet"]}.')
 
 
@@ -91,6 +102,15 @@ class DocumentOut(BaseModel):
     chunks: int
     metadata: dict[str, Any]
     added_at: float = Field(description="Unix time it was stored.")
+
+
+class PageQuery(BaseModel):
+    """GET /documents parameters; an unknown one (a typo such as `lmit`) is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(0, ge=0, le=SQL_INT_MAX, description="Documents to skip.")
+    limit: int = Field(50, ge=1, le=500, description="Documents to return.")
 
 
 class DocumentPage(BaseModel):

@@ -18,6 +18,7 @@ defaults to 127.0.0.1).
 """
 # No `from __future__ import annotations`: the /ask body model is built per app (its question
 # length limit is the pipeline's), and FastAPI needs the route annotations as real objects.
+import json
 import logging
 import os
 import re
@@ -30,14 +31,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.admission import QueueFull, RequestQueue, Ticket
-from rearqa.app.schemas import (AnswerOut, AskOptions, DeleteOut, DocumentPage, HealthOut, UploadOut,
-                                request_models, served_methods)
+from rearqa.app.schemas import (AnswerOut, AskOptions, DeleteOut, DocumentPage, HealthOut, PageQuery,
+                                UploadOut, request_models, served_methods)
 from rearqa.config import PipelineConfig
 from rearqa.config_errors import ConfigError
 from rearqa.reader import QuestionError
@@ -164,6 +167,23 @@ def _user_error(loc: list[str]) -> Callable:
     return handler
 
 
+class _AsciiJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422, rendered as ASCII JSON: the echoed input may hold a lone surrogate
+    (JSON allows "\\ud800") or an infinite number (1e999), which the default rendering turns
+    into a 500; an input that cannot be written as JSON is left out of its error."""
+    errors = jsonable_encoder(exc.errors())
+    try:
+        return _AsciiJSONResponse({"detail": errors}, status_code=422)
+    except ValueError:
+        return _AsciiJSONResponse({"detail": [{k: v for k, v in e.items() if k not in ("input", "ctx")}
+                                              for e in errors]}, status_code=422)
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503)
 
@@ -224,6 +244,7 @@ def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_
     app.state.rearqa = state
     for error, loc in USER_ERRORS.items():
         app.add_exception_handler(error, _user_error(loc))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(EngineUnavailable, _unavailable)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK)
@@ -270,13 +291,7 @@ def health_router(state: ServerState) -> APIRouter:
 
 
 def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {_json(data)}\n\n".encode()
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, ensure_ascii=False)
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 def ask_router(state: ServerState) -> APIRouter:
@@ -393,13 +408,12 @@ def documents_router(state: ServerState) -> APIRouter:
         return await state.run(store_upload, state, name, data, tags)
 
     @router.get("", response_model=DocumentPage)
-    async def list_documents(offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+    async def list_documents(query: Annotated[PageQuery, Query()]) -> dict:
         """Stored documents in the order they were added."""
         def page() -> dict:
             store = state.pipeline.collection.docstore
-            return {"documents": store.document_listing(offset, limit), "total": store.count_documents(),
-                    "offset": offset, "limit": limit}
+            return {"documents": store.document_listing(query.offset, query.limit),
+                    "total": store.count_documents(), "offset": query.offset, "limit": query.limit}
         return await run_in_threadpool(state._when_ready, page)
 
     @router.delete("/{doc_id:path}", response_model=DeleteOut,
