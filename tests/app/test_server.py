@@ -83,6 +83,8 @@ def test_token_is_required_when_configured(app, client):
     ({"question": ""}, "question"),
     ({"question": "x" * 2001}, "question"),
     ({"question": "q", "k": 0}, "k"),
+    ({"question": "q", "k": True}, "k"),
+    ({"question": "q", "k": "2"}, "k"),
     ({"question": "q", "retriever": "grep"}, "retriever"),
     ({"question": "q", "method": "magic"}, "method"),
     ({"question": "q", "method": "rear"}, "method"),  # no trained checkpoint configured: not offered

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema, create_model
 
 from rearqa.reader.config import READER_METHODS
 from rearqa.retriever.base import RETRIEVERS
 from rearqa.retriever.filters import KEY_PATTERN, SQL_INT_MAX, SQL_INT_MIN
 
 MAX_K = 50  # passages per question; more only slows the reader down
-SqlInt = Annotated[int, Field(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
+StrictInt = Annotated[int, Strict()]  # JSON true is not 1
+SqlInt = Annotated[int, Strict(), Field(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
 Scalar = str | SqlInt | Annotated[float, Field(allow_inf_nan=False)] | bool
 # Filter keys and values as rearqa.retriever.filters accepts them; the schema is written out
 # because pydantic states key patterns as patternProperties, which leave other keys allowed.
@@ -36,7 +37,7 @@ class AskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
+    k: StrictInt | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
     retriever: RetrieverName | None = Field(None, description="dense | bm25 | hybrid (default: config).")
     method: MethodName | None = Field(None, description="Reader method (default: config reader.method).")
     filters: Filters | None = Field(
@@ -181,7 +182,7 @@ class ChatRequest(AskOptions):
     model: str = Field("rearqa", description="rearqa, or rearqa/<method> (GET /v1/models).")
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=64)
     stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+    n: StrictInt = Field(1, ge=1, le=1, description="Only one choice is generated.")
 
 
 class ChatChoiceMessage(BaseModel):

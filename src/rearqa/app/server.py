@@ -5,7 +5,7 @@ OpenAI-compatible chat endpoint, over one `Pipeline`.
     POST /ask/stream        server-sent events: passages, token..., answer (or error)
     POST /documents         multipart file upload -> ids and chunk count, once committed
     GET  /documents         a page of stored documents
-    DELETE /documents/{id}  a document (or one chunk) by id
+    DELETE /documents/{id}  a document (or one chunk) by id       (these three: documents_api.py)
     GET  /health            ready | loading | error, model, collection size, queue
     POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
     /docs, /openapi.json    the schema
