@@ -165,6 +165,17 @@ def test_documents_are_paginated_and_unknown_ids_are_404(client):
     assert client.delete("/documents/no-such-doc").status_code == 404
 
 
+@pytest.mark.parametrize("settings, match", [({"token": "short"}, "at least 8 characters"),
+                                             ({"max_in_flight": 0}, "max_in_flight=0"),
+                                             ({"max_queue": -1}, "max_queue=-1"),
+                                             ({"max_upload_bytes": 0}, "max_upload_bytes=0")])
+def test_bad_server_settings_are_refused_by_name(pipe, settings, match):
+    from rearqa.config_errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        create_app(pipe, warm=False, **settings)
+
+
 class GatedPipeline:
     """The pipeline with `ask` held at a gate: a test decides when the reader may go on."""
 
