@@ -8,15 +8,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema, create_model
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema,
+                      create_model, field_validator)
 
 from rearqa.reader.config import READER_METHODS
 from rearqa.retriever.base import RETRIEVERS
 from rearqa.retriever.filters import KEY_PATTERN, SQL_INT_MAX, SQL_INT_MIN
 
 MAX_K = 50  # passages per question; more only slows the reader down
-StrictInt = Annotated[int, Strict()]  # JSON true is not 1
-SqlInt = Annotated[int, Strict(), Field(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: a number with no fraction (2 and 2.0), never true or "2"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+SqlInt = Annotated[JsonInt, Field(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
 Scalar = str | SqlInt | Annotated[float, Field(allow_inf_nan=False)] | bool
 # Filter keys and values as rearqa.retriever.filters accepts them; the schema is written out
 # because pydantic states key patterns as patternProperties, which leave other keys allowed.
@@ -37,11 +47,13 @@ class AskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: StrictInt | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to retrieve (default: config k).")
     retriever: RetrieverName | None = Field(None, description="dense | bm25 | hybrid (default: config).")
     method: MethodName | None = Field(None, description="Reader method (default: config reader.method).")
     filters: Filters | None = Field(
         None, description='Metadata filters, e.g. {"tags": "geo"} or {"title": ["Paris", "Hamlet"]}.')
+
+    _k_is_a_json_integer = field_validator("k", mode="before")(lambda v: v if v is None else _json_integer(v))
 
 
 # "Has a character that is not whitespace", with whitespace spelled out as Python's str.isspace()
@@ -182,7 +194,9 @@ class ChatRequest(AskOptions):
     model: str = Field("rearqa", description="rearqa, or rearqa/<method> (GET /v1/models).")
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=64)
     stream: bool = False
-    n: StrictInt = Field(1, ge=1, le=1, description="Only one choice is generated.")
+    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+
+    _n_is_a_json_integer = field_validator("n", mode="before")(_json_integer)
 
 
 class ChatChoiceMessage(BaseModel):
