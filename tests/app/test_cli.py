@@ -9,7 +9,7 @@ import yaml
 
 DATA = Path(__file__).parents[1] / "data"
 COMMANDS = [[], ["data", "prepare"], ["index", "add"], ["index", "delete"], ["index", "stats"],
-            ["index", "rebuild"], ["ask"], ["eval"], ["compare"], ["ui"]]
+            ["index", "rebuild"], ["ask"], ["eval"], ["compare"], ["ui"], ["serve"]]
 
 
 def rearqa(*args, check=True):

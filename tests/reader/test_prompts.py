@@ -31,7 +31,8 @@ def test_unknown_prompt_lists_valid_names():
 
 
 @pytest.mark.parametrize("bad, match", [("", "empty"), ("   \n", "empty"), (None, "must be text"),
-                                         ("x" * 2001, "2001 characters long; the limit is 2000")])
+                                         ("x" * 2001, "2001 characters long; the limit is 2000"),
+                                         ("who \ud800?", "not valid Unicode at position 4")])
 def test_bad_questions_are_refused_clearly(bad, match):
     with pytest.raises(QuestionError, match=match):
         check_question(bad, 2000)

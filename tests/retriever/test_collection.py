@@ -53,6 +53,16 @@ def test_filters_restrict_results_before_the_top_k_cut(filled, kind):
     assert len(search("the", k=2, filters={"source": "synthetic"})) <= 2
 
 
+@pytest.mark.parametrize("filters, match", [({"year": 2**63}, "fit in 64 bits"),
+                                             ({"tags": ["ok", "\udcff"]}, "not valid Unicode")])
+def test_filter_values_sqlite_cannot_take_are_refused(filters, match):
+    from rearqa.retriever.filters import normalize_filters
+
+    with pytest.raises(FilterError, match=match):
+        normalize_filters(filters)
+    assert normalize_filters({"year": 2**63 - 1}) == {"year": (2**63 - 1,)}
+
+
 def test_bad_filters_name_the_problem(filled):
     with pytest.raises(FilterError, match="filter key 'bad key'"):
         filled.retriever().search(HAMLET, filters={"bad key": 1})

@@ -1,4 +1,5 @@
-"""The `rearqa` command line: data preparation, indexing, asking, evaluation and the chat UI.
+"""The `rearqa` command line: data preparation, indexing, asking, evaluation, the chat UI and the
+HTTP API.
 
 User errors (a bad question, a missing file, a bad setting, a corrupt index) print one clear
 `error:` line and exit with status 2; anything unexpected keeps its traceback.
@@ -183,6 +184,24 @@ def ui(host: Annotated[str, typer.Option(help="Interface to bind (loopback by de
 
     pipe = _pipeline(config, home, collection)
     launch(pipe, host=host, port=port)
+
+
+# -- serve --------------------------------------------------------------------------------------
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port.")] = 8000,
+          token: Annotated[Optional[str], typer.Option(
+              envvar="REARQA_API_TOKEN", show_default=False,
+              help="Bearer token required on every route but /health and the docs (default: none).")] = None,
+          max_queue: Annotated[int, typer.Option(help="Requests that may wait for the reader; more get 429.")] = 8,
+          max_upload_mb: Annotated[float, typer.Option(help="Largest document upload, in MiB.")] = 20.0,
+          config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
+    """Start the HTTP API (FastAPI; docs at /docs, OpenAI-compatible chat at /v1)."""
+    from rearqa.app.server import serve as run_server
+
+    pipe = _pipeline(config, home, collection)
+    run_server(pipe, host=host, port=port, token=token or None, max_queue=max_queue,
+               max_upload_bytes=int(max_upload_mb * 1024 * 1024))
 
 
 def main() -> None:

@@ -24,6 +24,11 @@ class QuestionError(ValueError):
 def check_question(question: object, max_chars: int) -> str:
     if not isinstance(question, str):
         raise QuestionError(f"question must be text, got {type(question).__name__}")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: from JSON "\ud800" or undecodable argv bytes
+        raise QuestionError(f"question has a character that is not valid Unicode at position {exc.start} "
+                            f"({question[exc.start]!r}); send UTF-8 text") from None
     question = question.strip()
     if not question:
         raise QuestionError("question is empty: type a question, e.g. 'Who wrote Hamlet?'")

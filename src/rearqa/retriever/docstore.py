@@ -97,7 +97,9 @@ class Docstore:
                                        timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a committed write survives a power loss (one fsync per transaction; every
+            # add/delete is one transaction), so an acknowledged upload is never rolled back.
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('version', '0')",
                              (SCHEMA_VERSION,))
@@ -171,6 +173,18 @@ class Docstore:
     def document_with_hash(self, content_hash: str) -> StoredDocument | None:
         found = self._documents("content_hash = ? LIMIT 1", (content_hash,))
         return found[0] if found else None
+
+    def document_listing(self, offset: int = 0, limit: int = 100,
+                         source: str | None = None) -> list[dict[str, Any]]:
+        """A page of documents in insertion order: id, title, source, chunk count, metadata."""
+        where, params = ("WHERE d.source = ?", [source]) if source is not None else ("", [])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT d.doc_key, d.title, d.source, COUNT(c.vector_id), d.metadata, d.added_at "
+                f"FROM documents d LEFT JOIN chunks c ON c.doc_id = d.doc_id {where} "
+                f"GROUP BY d.doc_id ORDER BY d.doc_id LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+        return [{"id": key, "title": title, "source": src, "chunks": chunks, "metadata": json.loads(meta),
+                 "added_at": added} for key, title, src, chunks, meta, added in rows]
 
     def live_vector_ids(self) -> np.ndarray:
         """Sorted int64 ids of every stored chunk."""

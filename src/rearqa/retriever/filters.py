@@ -20,8 +20,20 @@ from typing import Any
 from rearqa.retriever.errors import FilterError
 
 COLUMN_KEYS = {"source": "c.source", "title": "c.title", "id": "c.chunk_id"}
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # also the HTTP API's schema for filter keys
+_KEY = re.compile(KEY_PATTERN)
 Scalar = str | int | float | bool
+
+
+SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalize_filters(filters: Mapping[str, Any] | None) -> dict[str, tuple[Scalar, ...]]:
@@ -41,6 +53,10 @@ def normalize_filters(filters: Mapping[str, Any] | None) -> dict[str, tuple[Scal
             if v is None or not isinstance(v, (str, int, float, bool)):
                 raise FilterError(f"filter {key}={v!r}: values must be strings, numbers or booleans "
                                   "(or a list of them)")
+            if isinstance(v, int) and not isinstance(v, bool) and not SQL_INT_MIN <= v <= SQL_INT_MAX:
+                raise FilterError(f"filter {key}={v}: integers must fit in 64 bits (SQLite's range)")
+            if isinstance(v, str) and not _is_unicode(v):
+                raise FilterError(f"filter {key}={v!r}: the value is not valid Unicode text (a lone surrogate)")
         if key == "source":  # a relative or ~ path given by a user also matches its stored form
             values += tuple(str(Path(v).expanduser().resolve()) for v in values if isinstance(v, str))
         out[key] = tuple(dict.fromkeys(values))

@@ -1,0 +1,329 @@
+"""The HTTP API (`rearqa serve`): questions, streamed answers, documents, health, and an
+OpenAI-compatible chat endpoint, over one `Pipeline`.
+
+    POST /ask               question -> Answer JSON (the shape of `rearqa ask --json`)
+    POST /ask/stream        server-sent events: passages, token..., answer (or error)
+    POST /documents         multipart file upload -> ids and chunk count, once committed
+    GET  /documents         a page of stored documents
+    DELETE /documents/{id}  a document (or one chunk) by id       (these three: documents_api.py)
+    GET  /health            ready | loading | error, model, collection size, queue
+    POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
+    /docs, /openapi.json    the schema
+
+Reader work runs in worker threads behind a bounded queue (admission.py), so the event loop
+stays free and an overloaded server answers 429 at once instead of hanging. User errors (a bad
+question, filter, file or method) are 4xx with the message that names them; anything else stays
+a 500 with its traceback in the log. The app binds wherever uvicorn is told (`rearqa serve`
+defaults to 127.0.0.1).
+"""
+# No `from __future__ import annotations`: the /ask body model is built per app (its question
+# length limit is the pipeline's), and FastAPI needs the route annotations as real objects.
+import json
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from rearqa.app.admission import QueueFull, RequestQueue, Ticket
+from rearqa.app.schemas import AnswerOut, AskOptions, HealthOut, request_models, served_methods
+from rearqa.config import PipelineConfig
+from rearqa.config_errors import ConfigError
+from rearqa.reader import QuestionError
+from rearqa.retriever import FilterError, QueryError
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class ServerConfig:
+    """Settings of the HTTP server (the pipeline keeps its own)."""
+
+    token: str | None = None  # bearer token every route but /health and the docs requires; None = open
+    max_in_flight: int = 1  # requests using the reader at once (the hf engine generates one at a time)
+    max_queue: int = 8  # requests waiting behind them; more are refused with 429 + Retry-After
+    max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted document upload
+    warm: bool = True  # open the collection and load the reader at start (health: loading -> ready)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8
+                                       or self.token != self.token.strip()):
+            raise ConfigError(f"token of {len(str(self.token))} characters: give at least 8 characters "
+                              "with no surrounding spaces (e.g. `openssl rand -hex 32`), or no token")
+        for name in ("max_in_flight", "max_upload_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive integer")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError(f"max_queue={self.max_queue!r}: must be 0 or a positive integer")
+
+
+class EngineUnavailable(Exception):
+    """The collection or reader failed to load at start; /health has the reason."""
+
+
+class ServerState:
+    """The pipeline and what the routes share: queue, warm-up state, upload lock."""
+
+    def __init__(self, pipeline, config: ServerConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.queue = RequestQueue(config.max_in_flight, config.max_queue)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.write_lock = threading.Lock()  # one upload or delete at a time (file + docstore)
+        self.methods = served_methods(pipeline.config.reader.method)
+        self.request_models = request_models(pipeline.config.reader.max_question_chars, self.methods)
+        if config.warm:
+            threading.Thread(target=self._warm, name="rearqa-warm-up", daemon=True).start()
+        else:
+            self.ready.set()  # components open lazily on first use
+
+    def _warm(self) -> None:
+        try:
+            self.pipeline.collection  # noqa: B018 (opens, or builds the default collection)
+            self.pipeline.reader  # noqa: B018
+        except Exception as exc:  # kept for /health and EngineUnavailable; logged in full here
+            log.exception("warm-up failed")
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def _when_ready(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        self.ready.wait()
+        if self.error is not None:
+            raise EngineUnavailable(f"the server could not load its components: {self.error}")
+        return fn(*args, **kwargs)
+
+    async def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in a worker thread, once admitted by the queue."""
+        async with self.queue.admit():
+            return await run_in_threadpool(self._when_ready, fn, *args, **kwargs)
+
+    async def open_stream(self, question: str, options: AskOptions, method: str | None,
+                          history: list[dict] | None = None) -> tuple[list, Ticket, Iterator]:
+        """Admit, retrieve (errors surface here, before any response is sent), and return the
+        passages with the ticket and the rest of `Pipeline.stream` (see `events_after`)."""
+        ticket = self.queue.admit()
+        try:
+            await ticket.start()
+            events = self.pipeline.stream(question, options.k, filters=options.filters, method=method,
+                                          retriever=options.retriever, history=history)
+            _, passages = await run_in_threadpool(self._when_ready, next, events)
+        except BaseException:
+            ticket.release()
+            raise
+        return passages, ticket, events
+
+    async def events_after(self, events: Iterator, ticket: Ticket) -> AsyncIterator[tuple[str, Any]]:
+        """The ("token", str) ... ("answer", Answer) events, each pulled in a worker thread."""
+        try:
+            while (item := await run_in_threadpool(next, events, None)) is not None:
+                yield item
+        finally:
+            events.close()
+            ticket.release()
+
+
+# -- auth ---------------------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="rearqa serve --token / REARQA_API_TOKEN")
+
+
+def token_check(token: str) -> Callable:
+    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+# -- errors ----------------------------------------------------------------------------------------
+def unprocessable(loc: list[str], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": message}])
+
+
+def _user_error(loc: list[str]) -> Callable:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": unprocessable(loc, str(exc)).detail}, status_code=422)
+    return handler
+
+
+class _AsciiJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422, rendered as ASCII JSON: the echoed input may hold a lone surrogate
+    (JSON allows "\\ud800") or an infinite number (1e999), which the default rendering turns
+    into a 500; an input that cannot be written as JSON is left out of its error."""
+    errors = jsonable_encoder(exc.errors())
+    try:
+        return _AsciiJSONResponse({"detail": errors}, status_code=422)
+    except ValueError:
+        return _AsciiJSONResponse({"detail": [{k: v for k, v in e.items() if k not in ("input", "ctx")}
+                                              for e in errors]}, status_code=422)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+
+# Only errors a request can cause are mapped (to the field at fault); everything else stays a 500.
+USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "question"],
+                                                 FilterError: ["body", "filters"], QueryError: ["body"]}
+
+
+# -- the app ------------------------------------------------------------------------------------
+def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
+               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
+    """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline."""
+    from rearqa.app.documents_api import MULTIPART_SLACK, UploadLimit, documents_router
+    from rearqa.app.openai_api import openai_router
+    from rearqa.pipeline import Pipeline
+
+    pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
+                else source() if callable(source) and not hasattr(source, "ask") else source)
+    config = ServerConfig(token=token, max_in_flight=max_in_flight, max_queue=max_queue,
+                          max_upload_bytes=max_upload_bytes, warm=warm)
+    state = ServerState(pipeline, config)
+    app = FastAPI(title="rearqa", version="0.1.0",
+                  description="Relevance-aware retrieval-augmented question answering with citations.")
+    app.state.rearqa = state
+    for error, loc in USER_ERRORS.items():
+        app.add_exception_handler(error, _user_error(loc))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(EngineUnavailable, _unavailable)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK)
+    guarded = [Depends(token_check(token))] if token is not None else []
+    responses: dict[int | str, dict] = {
+        400: {"description": "The body could not be parsed (not JSON, or not multipart for uploads)."},
+        429: {"description": "The queue is full: retry after the Retry-After header's seconds."},
+        503: {"description": "The collection or reader failed to load (see GET /health)."}}
+    if token is not None:
+        responses[401] = {"description": "Missing or wrong bearer token."}
+    app.include_router(health_router(state))
+    for router in (ask_router(state), documents_router(state), openai_router(state)):
+        app.include_router(router, dependencies=guarded, responses=responses)
+    return app
+
+
+def model_name(pipeline) -> str:
+    from rearqa import assets
+
+    configured = pipeline.config.reader.model
+    return Path(configured).name if configured else assets.reader_model_dir(pipeline.home).name
+
+
+def health_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def health() -> JSONResponse:
+        """ready (200) once the collection and reader are loaded; loading or error (503) before."""
+        pipe, queue = state.pipeline, state.queue
+        status = "loading" if not state.ready.is_set() else "error" if state.error else "ready"
+        counts = (None, None)
+        if status == "ready":
+            store = (await run_in_threadpool(lambda: pipe.collection)).docstore
+            counts = await run_in_threadpool(lambda: (store.count_documents(), store.count_chunks()))
+        body = HealthOut(status=status, model=model_name(pipe), method=pipe.config.reader.method,
+                         collection=pipe.config.retriever.collection, documents=counts[0], chunks=counts[1],
+                         queue={"in_flight": queue.in_flight, "waiting": queue.waiting,
+                                "max_in_flight": queue.max_in_flight, "max_waiting": queue.max_waiting},
+                         error=str(state.error) if state.error else None)
+        return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
+
+    return router
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def ask_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["ask"])
+    AskRequest, _ = state.request_models
+
+    @router.post("/ask", response_model=AnswerOut)
+    async def ask(body: AskRequest) -> dict:  # type: ignore[valid-type]
+        """Answer one question with its citations."""
+        answer = await state.run(state.pipeline.ask, body.question, body.k, filters=body.filters,
+                                 method=body.method, retriever=body.retriever)
+        return answer.to_dict()
+
+    @router.post("/ask/stream", response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}},
+                                  "description": "events: passages, token (repeated), answer; or error"}})
+    async def ask_stream(body: AskRequest) -> StreamingResponse:  # type: ignore[valid-type]
+        """The answer as server-sent events: `passages` (retrieved), `token` ({"text"}) pieces as
+        they are generated, then `answer` (the POST /ask JSON; its text is authoritative)."""
+        passages, ticket, events = await state.open_stream(body.question, body, body.method)
+
+        async def body_events() -> AsyncIterator[bytes]:
+            yield sse("passages", [p.to_dict() for p in passages])
+            try:
+                async for kind, value in state.events_after(events, ticket):
+                    if kind == "answer":
+                        yield sse("answer", value.to_dict())
+                    elif value:  # the streamer also releases empty pieces
+                        yield sse("token", {"text": value})
+            except (*USER_ERRORS, EngineUnavailable) as exc:
+                yield sse("error", {"detail": str(exc)})
+            except Exception:
+                yield sse("error", {"detail": "internal error; see the server log"})
+                raise
+
+        return StreamingResponse(body_events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(ticket.release))
+
+    return router
+
+
+# -- web chat hook (issue 4, web chat part) -------------------------------------------------------
+def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
+    """HOOK: serve the Gradio chat of `rearqa.app.ui.build_ui(pipeline)` under `path`.
+
+    The chat is not behind the API's bearer token (browsers send none), so it is refused when
+    a token is set rather than left open beside a guarded API."""
+    import gradio as gr
+
+    from rearqa.app import ui
+
+    state = getattr(app.state, "rearqa", None)
+    if state is not None and state.config.token is not None:
+        raise ConfigError("the web chat cannot be mounted on a token-protected API: it would be open "
+                          "to anyone; serve it separately with `rearqa ui`, or drop --token")
+    build = getattr(ui, "build_ui", None)
+    if build is None:
+        raise ConfigError("rearqa.app.ui has no build_ui(pipeline) to mount")
+    return gr.mount_gradio_app(app, build(pipeline), path=path, footer_links=[])
+
+
+def serve(pipeline, host: str = "127.0.0.1", port: int = 8000, chat: bool = False, **settings: Any) -> None:
+    """Run the API with uvicorn until interrupted (`settings`: create_app's keywords)."""
+    import uvicorn
+
+    app = create_app(pipeline, **settings)
+    if chat:
+        mount_ui(app, app.state.rearqa.pipeline)
+    log.info("rearqa API on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")
