@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.rearqa-installed
 HOST ?= 127.0.0.1
-PORT ?= 7860
+PORT ?= 8000
 PYTEST_ARGS ?=
 # pip lists every local find-links folder it skips; the noise hides real errors. (The braces keep
 # pip's own exit status: with pipefail a failed install still stops make.)
@@ -52,7 +52,7 @@ prepare: install
 	$(VENV)/bin/rearqa data prepare
 
 run: prepare
-	$(VENV)/bin/rearqa ui --host $(HOST) --port $(PORT)
+	$(VENV)/bin/rearqa serve --engine vllm --host $(HOST) --port $(PORT)
 
 # The browser test (tests/app/test_browser.py) drives Debian's chromium through Playwright;
 # Playwright's own browser download cannot reach its servers here. Needs root (CI runs as root).

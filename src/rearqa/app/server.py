@@ -30,7 +30,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -315,7 +315,13 @@ def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
     build = getattr(ui, "build_ui", None)
     if build is None:
         raise ConfigError("rearqa.app.ui has no build_ui(pipeline) to mount")
-    return gr.mount_gradio_app(app, build(pipeline), path=path, footer_links=[])
+    app = gr.mount_gradio_app(app, build(pipeline), path=path, footer_links=[])
+
+    @app.get("/", include_in_schema=False)
+    def _chat_home() -> RedirectResponse:  # the site's front page is the chat
+        return RedirectResponse(path + "/")
+
+    return app
 
 
 def serve(pipeline, host: str = "127.0.0.1", port: int = 8000, chat: bool = False, **settings: Any) -> None:
