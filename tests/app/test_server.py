@@ -229,7 +229,10 @@ def test_the_chat_ui_hook_mounts_the_gradio_blocks(pipe):
 
     app = create_app(pipe, warm=False)
     mount_ui(app, pipe)
-    assert TestClient(app).get("/chat/").status_code == 200
+    client = TestClient(app)
+    assert client.get("/chat/").status_code == 200
+    front = client.get("/", follow_redirects=False)  # the front page is the chat
+    assert front.status_code == 307 and front.headers["location"] == "/chat/"
     with pytest.raises(ConfigError, match="token"):
         mount_ui(create_app(pipe, token=TOKEN, warm=False), pipe)
 
