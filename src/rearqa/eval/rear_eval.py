@@ -455,13 +455,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
+    from rearqa.eval import script_setup
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    script_setup()
     args = parse_args(argv)
     snapshot = Snapshot(args.snapshot)
     if args.choose_threshold:

@@ -133,14 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     import json
-    import os
 
+    from rearqa.eval import script_setup
     from rearqa.eval.bundle import Snapshot
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    script_setup()
     args = parse_args(argv)
     snapshot = Snapshot(args.snapshot)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ its engine from the same `reader.engine` setting (rearqa.reader.rear.reader.REAR
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from rearqa.registry import resolve
@@ -22,3 +24,16 @@ def get_engine_class(name: str) -> type:
 
 def build_engine(name: str, **kwargs: Any):
     return get_engine_class(name)(**kwargs)
+
+
+def checkpoint_dir(model_dir: str | Path) -> Path:
+    """`model_dir` as a Path once it holds a transformers checkpoint (config.json), with the hub
+    switched off for whatever loads it; a clear error otherwise."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
+            "for the bundled model, or point reader.model at a transformers checkpoint")
+    return model_dir

@@ -5,7 +5,6 @@ Prompts are left-padded so a batch of questions decodes in one `generate` call; 
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,11 @@ class HFEngine:
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
-                "for the bundled model, or point reader.model at a transformers checkpoint")
+        from rearqa.reader.engines import checkpoint_dir
+
+        model_dir = checkpoint_dir(model_dir)
         if threads:
             torch.set_num_threads(threads)
         self.model_dir = model_dir

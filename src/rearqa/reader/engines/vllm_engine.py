@@ -92,15 +92,11 @@ class VllmEngine:
         when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
         kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
         (default: a new temp file)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoTokenizer
 
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
-                "for the bundled model, or point reader.model at a transformers checkpoint")
+        from rearqa.reader.engines import checkpoint_dir
+
+        model_dir = checkpoint_dir(model_dir)
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.suppressed_words = self._suppressed_words(model_dir)
