@@ -195,8 +195,12 @@ def test_baseline_rag_greedy_texts_identical(plain_checkpoint, vllm_engine):
 def test_stream_yields_the_generated_text(vllm_engine):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     pieces = list(vllm_engine.stream(messages, MAX_NEW_TOKENS))
-    assert len(pieces) > 1
-    assert "".join(pieces).strip() == vllm_engine.generate([messages], MAX_NEW_TOKENS)[0]
+    answer = vllm_engine.generate([messages], MAX_NEW_TOKENS)[0]
+    assert "".join(pieces).strip() == answer
+    # One piece per decoding step: more than one whenever the answer is more than one token
+    # (the trained REAR checkpoint, when present, answers "Paris" in one).
+    tokens = len(vllm_engine.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert len(pieces) >= min(2, tokens)
 
 
 @pytest.mark.slow
