@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=200, help="questions for throughput")
     parser.add_argument("--ttft-questions", type=int, default=20, help="chat questions for TTFT")
     parser.add_argument("--k", type=int, default=3, help="passages per question")
-    parser.add_argument("--snapshot", default="/work/main/build/bundle",
+    parser.add_argument("--snapshot", default="build/bundle",
                         help="retrieval snapshot directory (python -m rearqa.eval.bundle)")
     parser.add_argument("--split", default="nq-test")
     parser.add_argument("--checkpoint", default="", help="REAR checkpoint; '' = the default one")
