@@ -13,13 +13,15 @@ it opens its index and repairs what the crash left). Then, on disk, while the re
   - every acknowledged document is stored whole (all its chunks) and the batch in flight is
     either wholly stored or wholly absent; no other document exists;
   - every acknowledged document is found first by BM25 for its unique token and by dense search
-    for its own text.
+    for its own indexed text (title + text: the stored vector itself, so any miss is a missing
+    or wrong vector).
 Trials run on the same data, one after another. Exit 1 when any check fails.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sqlite3
 import sys
 import tempfile
@@ -41,7 +43,7 @@ def batch_records(trial: int, n: int, size: int) -> list[dict]:
     records = []
     for i in range(size):
         key = f"t{trial}b{n}d{i}"
-        words = " ".join(WORDS[(i * 7 + n * 3 + j * (trial + 2)) % len(WORDS)] for j in range(12))
+        words = " ".join(random.Random(key).choices(WORDS, k=12))
         records.append({"id": key, "title": f"Record {key}",
                         "text": f"Record {key} carries the token zq{key}x. It mentions {words}."})
     return records
@@ -141,10 +143,11 @@ def consistency(state: dict, acked: list[str], in_flight: list[str]) -> dict[str
 def searchable(collection_dir: Path, acked: list[str], records: dict[str, dict]) -> dict:
     """Top-1 hits of BM25 (unique token) and dense (own text) for every acknowledged document."""
     from rearqa.retriever import Collection, RetrieverConfig
+    from rearqa.retriever.chunking import indexed_text
 
     with Collection(collection_dir, RetrieverConfig()) as col:
         tokens = [f"zq{key}x" for key in acked]
-        texts = [records[key]["text"] for key in acked]
+        texts = [indexed_text(records[key]["title"], records[key]["text"], col.config.embed_title) for key in acked]
         bm25 = col.retriever("bm25").search_batch(tokens, 1)
         dense = col.retriever("dense").search_batch(texts, 1)
     doc_of = lambda hits: hits[0].id.split("@")[0].split("#")[0] if hits else None  # noqa: E731
