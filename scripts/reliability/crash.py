@@ -183,7 +183,8 @@ def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], rec
             "kill_fraction_of_upload": round(fraction, 2), "killed_after_s": kill["killed_after_s"],
             "typical_upload_s": kill["typical_upload_s"], "in_flight_batch": kill["in_flight"]["batch"]
             if kill["in_flight"] else None, "in_flight_stored_after_restart": in_flight_stored,
-            "on_disk_right_after_kill": drift, "restart_s": restart_s, "documents_after_restart": len(state["documents"]),
+            "on_disk_right_after_kill": drift, "restart_s": restart_s,
+            "documents_after_restart": len(state["documents"]),
             "chunks_after_restart": len(state["vector_ids"]), "checks": checks, **found,
             "acked_after": acked + (in_flight if in_flight_stored else [])}
 
@@ -215,7 +216,8 @@ def main() -> int:
                 for name, passed in result["checks"].items():
                     print(f"  {'PASS' if passed else 'FAIL'}  {name}")
     passed = all(all(t["checks"].values()) for t in trials)
-    print(f"{len(trials)} kills, {len(acked)} documents acknowledged or kept; {'all checks passed' if passed else 'FAILED'}")
+    verdict = "all checks passed" if passed else "FAILED"
+    print(f"{len(trials)} kills, {len(acked)} documents acknowledged or kept; {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {**vars(args), "out": str(args.out)}, "passed": passed,
                                     "trials": trials}, indent=1))

@@ -147,7 +147,8 @@ def main() -> int:
     for row in names:
         print(f"{row['name']!r:<22} {row['status']:>6}  {row['stored_as'] or '-'}")
     statuses = sorted({r["status"] for r in auth})
-    print(f"auth: {len(auth)} requests over {len(auth) // 2} operations without / with a wrong token: statuses {statuses}")
+    print(f"auth: {len(auth)} requests over {len(auth) // 2} operations without / with a wrong token: "
+          f"statuses {statuses}")
     for name, passed in checks.items():
         print(f"{'PASS' if passed else 'FAIL'}  {name}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

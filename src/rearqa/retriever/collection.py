@@ -9,8 +9,9 @@ only then is the transaction committed, so an interrupted write leaves either th
 an index newer than the docstore. On open, the version, the vector count and (flat indexes) the
 id sets are checked against the docstore; a flat index is reconciled (vectors of rolled-back
 chunks dropped, chunks without a vector embedded), other kinds are rebuilt, with a warning.
-BM25 state is rebuilt in memory when the docstore changes. Opening is cheap: nothing is checked or loaded until a retriever, add or delete needs it, so a
-mismatched collection can still be inspected (`stats`) and rebuilt (`rebuild`).
+BM25 state is rebuilt in memory when the docstore changes. Opening is cheap: nothing is checked
+or loaded until a retriever, add or delete needs it, so a mismatched collection can still be
+inspected (`stats`) and rebuilt (`rebuild`).
 """
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ class Collection:
         if index.mmapped:
             index = DenseIndex.load(self.path, mmap=False)
         passages = self.docstore.passages(missing.tolist())
-        texts = [indexed_text(passages[i].title, passages[i].text, self.config.embed_title) for i in missing.tolist()]
+        texts = [indexed_text(passages[i].title, passages[i].text, self.config.embed_title)
+                 for i in missing.tolist()]
         index.remove(stray)
         index.add(missing, self._embed(texts, False, index))
         index.save(self.path, version)
