@@ -71,7 +71,7 @@ RELIABILITY := scripts/reliability
 reliability: prepare
 	status=0; \
 	$(PY) $(RELIABILITY)/load.py --clients 32 --seconds 60 --out docs/results/reliability-load.json || status=1; \
-	$(PY) $(RELIABILITY)/crash.py --trials 5 --out docs/results/reliability-crash.json || status=1; \
+	$(PY) $(RELIABILITY)/crash.py --trials 5 --save-kills 2 --out docs/results/reliability-crash.json || status=1; \
 	$(PY) $(RELIABILITY)/fuzz.py --examples 1200 --out docs/results/reliability-fuzz.json || status=1; \
 	$(PY) $(RELIABILITY)/security.py --out docs/results/reliability-security.json || status=1; \
 	exit $$status

@@ -1,6 +1,6 @@
 """Crash test of document ingest: kill -9 `rearqa serve` while an upload is in flight, restart, check.
 
-    .venv/bin/python scripts/reliability/crash.py --trials 5 --out docs/results/reliability-crash.json
+    .venv/bin/python scripts/reliability/crash.py --trials 5 --save-kills 2 --out docs/results/reliability-crash.json
 
 A real server over a scratch data home takes uploads back to back, each a JSONL file of
 `--batch` (at most 100) documents, every document holding a unique token. The 201 reply is the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sqlite3
 import sys
@@ -84,9 +85,10 @@ class Uploader:
                 n += 1
 
 
-def kill_mid_upload(server: LiveServer, uploader: Uploader, min_acks: int, fraction: float) -> dict:
+def kill_mid_upload(server: LiveServer, uploader: Uploader, min_acks: int, fraction: float | None) -> dict:
     """Let `min_acks` uploads be acknowledged, then SIGKILL `fraction` of a typical upload's time
-    into the next one. Returns when and what was in flight."""
+    into the next one, or (fraction None) as soon as the next upload has replaced the index file:
+    before its sidecar and its SQLite commit. Returns when and what was in flight."""
     thread = threading.Thread(target=uploader.run, daemon=True)
     thread.start()
     while len(uploader.acked) < min_acks:
@@ -94,10 +96,16 @@ def kill_mid_upload(server: LiveServer, uploader: Uploader, min_acks: int, fract
             raise RuntimeError(f"uploads stopped early: {uploader.failure}")
         time.sleep(0.05)
     typical = sorted(a["seconds"] for a in uploader.acked)[len(uploader.acked) // 2]
-    while uploader.in_flight is None:
-        time.sleep(0.001)
-    target = uploader.in_flight["sent_at"] + fraction * typical
-    time.sleep(max(0.0, target - time.monotonic()))
+    if fraction is None:
+        index_file = server.home / "indexes" / server.collection / "dense.faiss"
+        saved = os.stat(index_file).st_ino  # os.replace of a new index changes the inode
+        while os.stat(index_file).st_ino == saved:
+            time.sleep(0.0002)
+    else:
+        while uploader.in_flight is None:
+            time.sleep(0.001)
+        target = uploader.in_flight["sent_at"] + fraction * typical
+        time.sleep(max(0.0, target - time.monotonic()))
     in_flight = uploader.in_flight
     killed_after = time.monotonic() - in_flight["sent_at"] if in_flight else None
     server.kill()
@@ -158,7 +166,8 @@ def searchable(collection_dir: Path, acked: list[str], records: dict[str, dict])
 
 def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], records: dict) -> dict:
     uploader = Uploader(server, trial, args.batch)
-    fraction = (trial + 0.5) / args.trials  # kill early, midway, late into an upload
+    # kill early, midway, late into an upload; the last --save-kills trials at the index save
+    fraction = (trial + 0.5) / args.timed if trial < args.timed else None
     kill = kill_mid_upload(server, uploader, args.min_acks + trial, fraction)
     for n in range(len(uploader.acked) + 1):
         records.update({r["id"]: r for r in batch_records(trial, n, args.batch)})
@@ -180,7 +189,8 @@ def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], rec
     checks["every acknowledged document found by BM25"] = not found["bm25_missed"]
     checks["every acknowledged document found by dense search"] = not found["dense_missed"]
     return {"trial": trial, "acknowledged_batches": len(uploader.acked), "acknowledged_documents_total": len(acked),
-            "kill_fraction_of_upload": round(fraction, 2), "killed_after_s": kill["killed_after_s"],
+            "kill_fraction_of_upload": round(fraction, 2) if fraction is not None else "at index save",
+            "killed_after_s": kill["killed_after_s"],
             "typical_upload_s": kill["typical_upload_s"], "in_flight_batch": kill["in_flight"]["batch"]
             if kill["in_flight"] else None, "in_flight_stored_after_restart": in_flight_stored,
             "on_disk_right_after_kill": drift, "restart_s": restart_s,
@@ -191,7 +201,9 @@ def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], rec
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=5, help="kills at a fraction of an upload's time")
+    parser.add_argument("--save-kills", type=int, default=2,
+                        help="further kills right after an upload replaced the index file")
     parser.add_argument("--batch", type=int, default=100, help="documents per upload (at most 100)")
     parser.add_argument("--min-acks", type=int, default=5, help="acknowledged uploads before the first kill")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "reliability-crash.json")
@@ -204,12 +216,13 @@ def main() -> int:
         home = scratch_home(Path(tmp))
         with LiveServer(home, collection="crash", log_path=home / "server.log") as server:
             server.start()
-            for trial in range(args.trials):
+            args.timed = args.trials
+            for trial in range(args.trials + args.save_kills):
                 result = run_trial(server, trial, args, acked, records)
                 acked = result.pop("acked_after")
                 trials.append(result)
                 print(f"trial {trial}: {result['acknowledged_batches']} batches acknowledged, killed "
-                      f"{result['killed_after_s']:.2f} s into batch {result['in_flight_batch']} "
+                      f"{result['killed_after_s'] or 0:.2f} s into batch {result['in_flight_batch']} "
                       f"(typical {result['typical_upload_s']:.2f} s; stored after restart: "
                       f"{result['in_flight_stored_after_restart']}); right after the kill: "
                       f"{result['on_disk_right_after_kill']}; restart {result['restart_s']:.0f} s")
