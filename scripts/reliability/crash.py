@@ -6,8 +6,10 @@ A real server over a scratch data home takes uploads back to back, each a JSONL 
 `--batch` (at most 100) documents, every document holding a unique token. The 201 reply is the
 acknowledgement (POST /documents answers once the docstore is committed). After at least 5 more
 acknowledgements in a trial the server is killed with SIGKILL part-way through the next upload
-(at a different point of it each trial), restarted on the same data, and asked one question (so
-it opens its index and repairs what the crash left). Then, on disk, while the restarted server idles:
+(at a different point of it each trial; in the last --save-kills trials right after that upload
+replaced the index file, before its sidecar and SQLite commit), restarted on the same data, and
+asked one question (so it opens its index and repairs what the crash left). Then, on disk, while
+the restarted server idles:
   - the FAISS index holds exactly the docstore's chunk vector ids, its sidecar's count and
     version match, and the index count equals the docstore count;
   - every acknowledged document is stored whole (all its chunks) and the batch in flight is
