@@ -24,12 +24,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install prepare browser run test bench clean
+.PHONY: help install prepare browser run test bench reliability clean
 
 help:
-	@echo "make run     start the chat UI on http://$(HOST):$(PORT) (installs and prepares first)"
+	@echo "make run     serve the web chat + HTTP API on http://$(HOST):$(PORT), vLLM engine (installs and prepares first)"
 	@echo "make test    run the test suite (installs and prepares first)"
 	@echo "make bench   run the benchmark scripts of docs/benchmarks.md (about an hour)"
+	@echo "make reliability  load, crash, fuzz and security checks of docs/reliability.md (about 10 minutes)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,17 @@ bench: prepare
 	$(PY) -m rearqa.eval.benchmarks.retrieval --datasets nq-test tqa-test --fusions rrf:1:1 score:1:0.25 --out runs/bench/retrieval-test.json
 	$(PY) -m rearqa.eval.benchmarks.index --n 1000000 --queries 1000 --threads 2 --out runs/bench/index.json
 	bash scripts/bench_reader.sh
+
+# The reliability checks of docs/reliability.md (not part of `make test`; each prints a table,
+# writes JSON to docs/results/ and exits 1 on a failed requirement). All four run; any failure fails.
+RELIABILITY := scripts/reliability
+reliability: prepare
+	status=0; \
+	$(PY) $(RELIABILITY)/load.py --clients 32 --seconds 60 --out docs/results/reliability-load.json || status=1; \
+	$(PY) $(RELIABILITY)/crash.py --trials 5 --save-kills 2 --out docs/results/reliability-crash.json || status=1; \
+	$(PY) $(RELIABILITY)/fuzz.py --examples 1200 --out docs/results/reliability-fuzz.json || status=1; \
+	$(PY) $(RELIABILITY)/security.py --out docs/results/reliability-security.json || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -2,11 +2,13 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from rearqa.config_errors import ConfigError
 from rearqa.retriever import (Collection, CorruptIndexError, FilterError, IndexBuildError,
                               IndexMismatchError, QueryError, RearqaRetriever, RetrieverConfig)
+from rearqa.retriever.dense import DenseIndex
 from rearqa.types import Passage
 
 HAMLET = "Who wrote Hamlet?"
@@ -152,7 +154,7 @@ def test_missing_or_stale_index_is_rebuilt_from_the_docstore(filled, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rearqa.retriever"):
         assert Collection(path, RetrieverConfig()).retriever().search(HAMLET, 1)[0].id == "hamlet"
-    assert "rebuilding it from the docstore" in caplog.text
+    assert "reconciling it with the docstore: dropping 0 vectors" in caplog.text
     sidecar = path / "dense.json"  # index file and sidecar disagree: also rebuilt, not an error
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "count": 99}))
     caplog.clear()
@@ -194,3 +196,50 @@ def test_unreadable_docstore_is_a_corrupt_index_error(tmp_path):
     (tmp_path / "broken" / "docstore.sqlite").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(CorruptIndexError, match=r"docstore.sqlite: cannot open the docstore"):
         Collection(tmp_path / "broken", RetrieverConfig())
+
+
+class _Crash(Exception):
+    """Stands in for a kill between the index save and the docstore commit."""
+
+
+def _crash_after_index_save(monkeypatch, restore_sidecar: bool = False) -> None:
+    """The next write saves its index (and, with `restore_sidecar`, puts the old sidecar back, as a
+    kill between the two files would leave it), then dies before SQLite commits."""
+    real_save = DenseIndex.save
+
+    def save(self, directory, docstore_version):
+        before = (directory / "dense.json").read_text()
+        real_save(self, directory, docstore_version)
+        if restore_sidecar:
+            (directory / "dense.json").write_text(before)
+        raise _Crash
+
+    monkeypatch.setattr(DenseIndex, "save", save)
+
+
+@pytest.mark.parametrize("restore_sidecar", [False, True])
+def test_an_index_saved_before_a_lost_commit_is_reconciled_on_open(filled, monkeypatch, caplog, restore_sidecar):
+    path = filled.path
+    _crash_after_index_save(monkeypatch, restore_sidecar)
+    # a replace of one chunk by one, and (unless the sidecar is the old one: then the vector count
+    # is unchanged and only the id sets show the drift) a new document; both rolled back
+    records = [{"id": "hamlet", "title": "Hamlet", "text": "Hamlet is a sandwich shop in Leeds."}]
+    if not restore_sidecar:
+        records.append({"id": "zebra", "text": "Zebras are striped horses of the African savanna."})
+    with pytest.raises(_Crash):
+        filled.add_records(records, source="synthetic", progress=False)
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="rearqa.retriever"):
+        col = Collection(path, RetrieverConfig())
+        index, _ = col.dense_state()
+    assert "reconciling it with the docstore" in caplog.text
+    assert np.array_equal(np.sort(index.ids()), col.docstore.live_vector_ids())
+    assert index.ntotal == col.docstore.count_chunks() == 6
+    top = col.retriever().search(HAMLET, 1)[0]
+    assert top.id == "hamlet" and "Shakespeare" in top.text
+    assert all(p.id != "zebra" for p in col.retriever().search("striped horses of the savanna", 6))
+    col.add_records([{"id": "zebra", "text": "Zebras are striped horses of the African savanna."}],
+                    source="more", progress=False)  # the rolled-back vector ids are taken again
+    assert col.retriever().search("striped horses of the savanna", 1)[0].id == "zebra"
+    reopened, _ = Collection(path, RetrieverConfig()).dense_state()
+    assert np.array_equal(np.sort(reopened.ids()), col.docstore.live_vector_ids())

@@ -6,10 +6,12 @@
 
 Writes are one SQLite transaction each; the index is updated in memory, saved atomically, and
 only then is the transaction committed, so an interrupted write leaves either the old state or
-an index newer than the docstore, which the version check catches (the index is then rebuilt
-from the docstore, with a warning). BM25 state is rebuilt in memory when the docstore changes.
-Opening is cheap: nothing is checked or loaded until a retriever, add or delete needs it, so a
-mismatched collection can still be inspected (`stats`) and rebuilt (`rebuild`).
+an index newer than the docstore. On open, the version, the vector count and (flat indexes) the
+id sets are checked against the docstore; a flat index is reconciled (vectors of rolled-back
+chunks dropped, chunks without a vector embedded), other kinds are rebuilt, with a warning.
+BM25 state is rebuilt in memory when the docstore changes. Opening is cheap: nothing is checked
+or loaded until a retriever, add or delete needs it, so a mismatched collection can still be
+inspected (`stats`) and rebuilt (`rebuild`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -128,8 +131,11 @@ class Collection:
         self.check()
         if (self.path / INDEX_FILE).exists() and (self.path / SIDECAR_FILE).exists():
             index = DenseIndex.load(self.path, mmap=self.config.mmap)
-            if index.meta.docstore_version == version and index.in_sync:
+            stray, missing = self._id_drift(index)
+            if index.meta.docstore_version == version and index.in_sync and not len(stray) + len(missing):
                 return index
+            if index.family == "flat":
+                return self._reconcile(index, stray, missing, version)
             log.warning("%s (%d vectors) reflects docstore version %d with %d vectors but the docstore is "
                         "at version %d (an interrupted write?); rebuilding it from the docstore",
                         self.path / INDEX_FILE, index.ntotal, index.meta.docstore_version, index.meta.count,
@@ -140,6 +146,36 @@ class Collection:
         else:
             return DenseIndex.create(self._new_meta())
         return self._build_dense(progress=True)
+
+    def _id_drift(self, index: DenseIndex) -> tuple[np.ndarray, np.ndarray]:
+        """(ids in a flat index but not in the docstore, docstore ids missing from the index).
+
+        A write saves the index before its SQLite commit, so a crash in between leaves vectors
+        of rolled-back chunks (or lacks vectors of chunks whose removal was rolled back). The
+        version and count checks catch most of it, but not a crash between the index file and
+        its sidecar after a replace of as many chunks as it added; the id sets always tell.
+        HNSW (tombstones) and IVF (no id map) are left to those checks and a full rebuild."""
+        if index.family != "flat" or not isinstance(index.index, faiss.IndexIDMap2):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        held, live = np.sort(index.ids()), self.docstore.live_vector_ids()
+        return np.setdiff1d(held, live, assume_unique=True), np.setdiff1d(live, held, assume_unique=True)
+
+    def _reconcile(self, index: DenseIndex, stray: np.ndarray, missing: np.ndarray, version: int) -> DenseIndex:
+        """Bring a flat index back to the docstore: drop stray vectors, embed missing chunks."""
+        log.warning("%s (%d vectors) reflects docstore version %d with %d vectors but the docstore is at "
+                    "version %d (an interrupted write?); reconciling it with the docstore: dropping %d "
+                    "vectors of chunks it does not hold, embedding %d chunks without one",
+                    self.path / INDEX_FILE, index.ntotal, index.meta.docstore_version, index.meta.count,
+                    version, len(stray), len(missing))
+        if index.mmapped:
+            index = DenseIndex.load(self.path, mmap=False)
+        passages = self.docstore.passages(missing.tolist())
+        texts = [indexed_text(passages[i].title, passages[i].text, self.config.embed_title)
+                 for i in missing.tolist()]
+        index.remove(stray)
+        index.add(missing, self._embed(texts, False, index))
+        index.save(self.path, version)
+        return index
 
     def _writable_dense(self) -> DenseIndex:
         index, _ = self.dense_state()
