@@ -201,6 +201,7 @@ def test_a_full_queue_is_429_with_retry_after_at_once(pipe):
         assert gated.entered.wait(30)
         refused = client.post("/ask", json={"question": "two"})  # returns at once, no hang
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["connection"] == "close"  # no stale keep-alive after the wait
         assert "busy" in refused.json()["detail"]
         assert client.get("/health").json()["queue"]["in_flight"] == 1
         gated.release.set()

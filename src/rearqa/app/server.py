@@ -182,7 +182,10 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+    # Connection: close, so a client that waits Retry-After does not come back on a keep-alive
+    # connection the server has closed meanwhile (make reliability saw that ReadError).
+    return JSONResponse({"detail": str(exc)}, status_code=429,
+                        headers={"Retry-After": str(exc.retry_after), "Connection": "close"})
 
 
 # Only errors a request can cause are mapped (to the field at fault); everything else stays a 500.
@@ -324,6 +327,9 @@ def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
     return app
 
 
+KEEP_ALIVE_S = 75
+
+
 def serve(pipeline, host: str = "127.0.0.1", port: int = 8000, chat: bool = False, **settings: Any) -> None:
     """Run the API with uvicorn until interrupted (`settings`: create_app's keywords)."""
     import uvicorn
@@ -332,4 +338,5 @@ def serve(pipeline, host: str = "127.0.0.1", port: int = 8000, chat: bool = Fals
     if chat:
         mount_ui(app, app.state.rearqa.pipeline)
     log.info("rearqa API on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # Keep idle connections longer than the Retry-After times the queue hands out (uvicorn: 5 s).
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
