@@ -84,3 +84,40 @@ def test_add_lora_twice_or_bad_rank_is_refused():
     tok = tiny_tokenizer()
     with pytest.raises(ValueError, match="r=0"):
         add_lora(RearModel.from_base(tiny_llama(len(tok)), tok), r=0)
+
+
+@pytest.mark.parametrize("head", ["linear", "lowrank_attn"])
+def test_lm_loss_and_rank_equal_the_full_logits_path(head):
+    """Training's memory-saving path (output layer at labelled and score positions only) gives
+    the loss and the gradients that forward's full (B, T, V) logits give."""
+    tok = tiny_tokenizer()
+    model = RearModel.from_base(tiny_llama(len(tok), tied=False), tok, RearConfig(head=head))
+    add_lora(model, r=4, alpha=8, dropout=0.0)
+    model.train()
+    inputs = [build_rear_input(model.tokenizer, p, "who wrote hamlet ?", j, "shakespeare",
+                               use_chat_template=False)
+              for p, j in [("hamlet is a tragedy", "relevant"), ("paris is a city", "irrelevant")]]
+    b = collate_rear_inputs(inputs, model.tokenizer.pad_token_id, "right")
+    mask = b["passage_mask"] if head != "linear" else None
+    grades, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(fast: bool):
+        model.zero_grad(set_to_none=True)
+        if fast:
+            lm, rank = model.lm_loss_and_rank(b["input_ids"], b["attention_mask"], b["labels"], mask)
+            parts = compute_rear_loss(None, b["labels"], rank, grades, groups, lm=lm)
+        else:
+            out = model(b["input_ids"], b["attention_mask"], mask)
+            parts = compute_rear_loss(out.lm_logits, b["labels"], out.rank_logits, grades, groups)
+        parts["loss"].backward()
+        return parts, [p.grad.clone() if p.grad is not None else None for p in params]
+
+    full, full_grads = loss_and_grads(False)
+    fast, fast_grads = loss_and_grads(True)
+    for key in ("loss", "lm", "rank"):
+        assert fast[key].item() == pytest.approx(full[key].item(), rel=1e-5, abs=1e-6)
+    for a, g in zip(full_grads, fast_grads):
+        assert (a is None) == (g is None)
+        if a is not None:
+            torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-6)

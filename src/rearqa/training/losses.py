@@ -33,15 +33,18 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (target != -100).sum().clamp(min=1)
 
 
-def lm_loss_at_labels(hidden: torch.Tensor, head: torch.nn.Module,
-                      labels: torch.Tensor) -> torch.Tensor:
+def lm_loss_at_labels(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                      suppressed: list[int] | None = None) -> torch.Tensor:
     """`lm_loss` from the final hidden states (B, T, D): the output layer runs on the labelled
     positions only, so a step holds (answer tokens, V) logits instead of (B, T, V). Same value
-    as lm_loss(head(hidden), labels); for rag-ft (answers ~5 of ~400 tokens) ~80x less memory.
+    as lm_loss(head(hidden), labels) (with the `suppressed` token columns at -inf, as REAR masks
+    its control tokens); for rag-ft (answers ~5 of ~400 tokens) ~80x less memory.
     """
     target = labels[:, 1:]
     keep = target != -100
     logits = head(hidden[:, :-1][keep]).float()  # (N, V)
+    if suppressed:
+        logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
     total = F.cross_entropy(logits, target[keep], reduction="sum")
     return total / keep.sum().clamp(min=1)
 
@@ -132,12 +135,14 @@ class RearLossConfig:
             raise ConfigError(f"loss.fine={self.fine!r}: must be true or false")
 
 
-def compute_rear_loss(lm_logits: torch.Tensor, labels: torch.Tensor, rank_logits: torch.Tensor,
+def compute_rear_loss(lm_logits: torch.Tensor | None, labels: torch.Tensor, rank_logits: torch.Tensor,
                       rank_labels: torch.Tensor, group_ids: torch.Tensor | None = None,
-                      config: RearLossConfig | None = None) -> dict[str, torch.Tensor]:
-    """The full objective and its parts: {"loss", "lm", "rank"}."""
+                      config: RearLossConfig | None = None,
+                      lm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The full objective and its parts: {"loss", "lm", "rank"}. `lm`: the LM loss when the
+    caller computed it already (RearModel.lm_loss_and_rank), else it is lm_loss(lm_logits)."""
     config = config or RearLossConfig()
-    lm = lm_loss(lm_logits, labels)
+    lm = lm_loss(lm_logits, labels) if lm is None else lm
     if config.fine:
         rank = bi_granularity(rank_logits, rank_labels, group_ids, config.minor_diff,
                               config.bce_weight, config.pos_threshold, config.neg_weight)

@@ -301,11 +301,12 @@ class RearTask:
 
         c = self.config
         passage_mask = batch["passage_mask"] if self.model.rank_head is not None else None
-        out = self.model(batch["input_ids"], batch["attention_mask"], passage_mask)
+        lm, rank = self.model.lm_loss_and_rank(batch["input_ids"], batch["attention_mask"],
+                                               batch["labels"], passage_mask)
         loss_config = RearLossConfig(beta=c.beta, fine=stage == "main", bce_weight=c.bce_weight,
                                      minor_diff=c.minor_diff, neg_weight=c.neg_weight)
-        return compute_rear_loss(out.lm_logits, batch["labels"], out.rank_logits, batch["grades"],
-                                 batch["group_ids"], loss_config)
+        return compute_rear_loss(None, batch["labels"], rank, batch["grades"], batch["group_ids"],
+                                 loss_config, lm=lm)
 
     def save_model(self, path: Path) -> None:
         self.model.save_pretrained(path)

@@ -286,6 +286,21 @@ class RearModel(nn.Module):
                                                 device=logits.device), float("-inf"))
         return RearOutput(logits, rank, positions)
 
+    def lm_loss_and_rank(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         labels: torch.Tensor, passage_mask: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's (LM loss, (B,) rank logits) from one forward pass, with the output layer
+        applied at the labelled positions and the score positions only: the same values as
+        `forward` + `lm_loss`, without its (B, T, V) logits (tens of GiB for a 128-row batch)."""
+        from rearqa.training.losses import lm_loss_at_labels
+
+        positions = find_score_positions(input_ids, attention_mask, self.token_ids.generate_score)
+        hidden = self._hidden(input_ids, attention_mask)  # (B, T, D)
+        rank = self._rank(hidden, positions, attention_mask, passage_mask, None)
+        lm = lm_loss_at_labels(hidden, self.causal_lm.get_output_embeddings(), labels,
+                               self.suppressed_token_ids())
+        return lm, rank
+
     @torch.inference_mode()
     def score_texts(self, question: str, passages: list[str]) -> torch.Tensor:
         """Relevance logits of k passage texts for one question, (k,), in one batch."""
