@@ -37,3 +37,13 @@ def checkpoint_dir(model_dir: str | Path) -> Path:
             f"reader model directory {model_dir} has no config.json; run `rearqa data prepare` "
             "for the bundled model, or point reader.model at a transformers checkpoint")
     return model_dir
+
+
+def eos_token_ids(tokenizer, configured: int | list[int] | None) -> set[int]:
+    """The ids generation stops at: the tokenizer's eos and the generation config's `configured`
+    eos_token_id (an id, a list of ids or None). Both count: a fine-tuned reader ends its answers
+    with the tokenizer's eos (SmolLM2: <|im_end|>), and a generation config written by another
+    transformers version may name a different one (seen on the GPU machine: fine-tuned answers
+    ran on past <|im_end|> into "user" turns)."""
+    ids = set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return {i for i in ids | {tokenizer.eos_token_id} if i is not None}

@@ -50,14 +50,9 @@ class HFEngine:
                     eos_token_id=self._eos_ids())
 
     def _eos_ids(self) -> list[int]:
-        """Stop at the tokenizer's eos (SmolLM2: <|im_end|>) as well as the generation config's:
-        a fine-tuned reader ends its answers with the tokenizer's eos, and a generation config
-        written by another transformers version may name a different one (seen on the GPU
-        machine: fine-tuned answers ran on past <|im_end|> into "user" turns)."""
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-        ids.append(self.tokenizer.eos_token_id)
-        return sorted({i for i in ids if i is not None})
+        from rearqa.reader.engines import eos_token_ids
+
+        return sorted(eos_token_ids(self.tokenizer, self.model.generation_config.eos_token_id))
 
     @torch.inference_mode()
     def generate(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[str]:

@@ -43,6 +43,7 @@ import torch
 
 from rearqa.reader.baseline import first_line
 from rearqa.reader.config import ReaderConfig, resolve_checkpoint, resolve_device
+from rearqa.reader.engines import eos_token_ids
 from rearqa.reader.rear.heads import find_score_positions, positions_from_mask
 from rearqa.reader.rear.inputs import RearInput, build_rear_input, collate_rear_inputs
 from rearqa.reader.rear.model import RearModel
@@ -413,9 +414,8 @@ class _StopTable:
         rows = lm.get_output_embeddings().weight.shape[0]
         texts = tokenizer.batch_decode([[i] for i in range(min(rows, len(tokenizer)))])
         texts += [""] * (rows - len(texts))  # padded output rows no token maps to
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        eos = eos_token_ids(tokenizer, getattr(getattr(lm, "generation_config", None),
+                                               "eos_token_id", None))
         table = lambda values: torch.tensor(values, dtype=torch.bool, device=device)  # noqa: E731
         self.eos = table([i in eos for i in range(rows)])
         self.newline = table(["\n" in t for t in texts])

@@ -210,11 +210,10 @@ def stop_index(tokens: list[int], token_text, eos: set[int]) -> int | None:
 
 def _eos_ids(model_dir: Path, tokenizer) -> set[int]:
     """The ids RearReader stops at: the tokenizer's eos and the generation config's."""
-    eos = {tokenizer.eos_token_id}
+    from rearqa.reader.engines import eos_token_ids
+
     file = model_dir / "generation_config.json"
     source = json.loads(file.read_text()) if file.is_file() else json.loads(
         (model_dir / "config.json").read_text())
-    value = source.get("eos_token_id")
-    eos |= set(value if isinstance(value, list) else [value])
-    return {i for i in eos if i is not None}
+    return eos_token_ids(tokenizer, source.get("eos_token_id"))
 
