@@ -217,3 +217,37 @@ def test_rear_eval_runs_methods_rank_metrics_and_threshold_choice(tmp_path, one_
     assert metrics["groups"]["other"]["imputed_share"] == {"dense cosine": 0.0, "BM25": pytest.approx(1 / 3)}
     closed = [json.loads(line) for line in (out / "closed-book" / "rows.jsonl").read_text().splitlines()]
     assert all(r["passages_read"] == 0 for r in closed)
+
+
+def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_path, one_thread):
+    import json
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.eval import select
+
+    _tiny_snapshot(tmp_path / "snap")
+    _tiny_models(tmp_path)
+    shutil.copytree(tmp_path / "rear", tmp_path / "rear2")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), lora).save_pretrained(
+        tmp_path / "adapter")
+    common = ["--snapshot", str(tmp_path / "snap"), "--splits", "nq-dev-select",
+              "--base-model", str(tmp_path / "base"), "--batch-size", "2", "--max-new-tokens", "3",
+              "--device", "cpu", "--out", str(tmp_path / "out")]
+    select.main([*common, "--rear", str(tmp_path / "rear"), str(tmp_path / "rear2"), "--rear-k", "3",
+                 "--grid-size", "5", "--rag-ft", str(tmp_path / "adapter"), "--rag-ft-k", "1", "2"])
+    result = json.loads((tmp_path / "out" / "selection.json").read_text())
+    rear = result["rear"]
+    assert [row["checkpoint"] for row in rear["table"]] == [str(tmp_path / "rear"), str(tmp_path / "rear2")]
+    chosen = rear["chosen"]
+    meta = json.loads((tmp_path / chosen["checkpoint"] / "rear_config.json").read_text())
+    assert meta["config"]["routing"]["threshold"] == chosen["threshold"]
+    assert meta["routing_selection"]["splits"] == ["nq-dev-select"]
+    rag = result["rag-ft"]
+    assert [(row["k"], row["n"]) for row in rag["table"]] == [(1, 4), (2, 4)]
+    assert rag["chosen"] in rag["table"]
+    with pytest.raises(SystemExit):  # settings are never chosen on test questions
+        select.parse_args(["--snapshot", "s", "--splits", "nq-test", "--out", "o"])

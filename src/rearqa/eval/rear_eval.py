@@ -75,6 +75,14 @@ def snapshot_dataset(snapshot: Snapshot, split: str, limit: int | None) -> QADat
                      answerable_ids=frozenset(r["id"] for r in rows if r.get("answerable")))
 
 
+def ranked_examples(snapshot: Snapshot, split: str, limit: int | None, retriever: str,
+                    k: int) -> tuple[list[QAExample], list[list]]:
+    """The first `limit` questions of `split` and each one's top-k `retriever` passages."""
+    rows = {r["id"]: r for r in snapshot.split(split)}
+    examples = snapshot_dataset(snapshot, split, limit).examples
+    return examples, [snapshot.ranked(rows[e.id], retriever, k) for e in examples]
+
+
 def _device_and_dtype(args) -> tuple[str, str]:
     from rearqa.reader.config import resolve_device
 
@@ -384,15 +392,13 @@ def select_routing(examples: list[QAExample], passages: list[list], readings: li
 
 def choose_routing(args, snapshot: Snapshot) -> dict[str, Any]:
     """Answer every passage under both judgments, replay routing on a threshold grid, pick."""
-    dataset = snapshot_dataset(snapshot, args.split, args.limit)
+    examples, passages = ranked_examples(snapshot, args.split, args.limit, args.retriever, args.k)
     reader, weights = load_reader("rear", args)
-    rows = {r["id"]: r for r in snapshot.split(args.split)}
-    passages = [snapshot.ranked(rows[e.id], args.retriever, args.k) for e in dataset.examples]
-    readings = read_both_judgments(reader, [e.question for e in dataset.examples], passages)
-    selection = select_routing(dataset.examples, passages, readings, reader.routing,
+    readings = read_both_judgments(reader, [e.question for e in examples], passages)
+    selection = select_routing(examples, passages, readings, reader.routing,
                                grid_size=args.grid_size)
     selection.update(split=args.split, k=args.k, retriever=args.retriever, snapshot=str(snapshot.dir),
-                     n_questions=len(dataset.examples), weights=weights,
+                     n_questions=len(examples), weights=weights,
                      time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(selection, args.out / "threshold_selection.json")

@@ -76,8 +76,8 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
     """Per checkpoint: every dev-select passage read under both judgments once, routing and
     threshold replayed on a grid (rear_eval.select_routing); the best checkpoint's choice is
     written into it."""
-    from rearqa.eval.rear_eval import (_free_memory, load_reader, read_both_judgments,
-                                       select_routing, snapshot_dataset,
+    from rearqa.eval.rear_eval import (_free_memory, load_reader, ranked_examples,
+                                       read_both_judgments, select_routing,
                                        write_selection_to_checkpoint)
 
     table, selections = [], []
@@ -87,10 +87,10 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
         reader, weights = load_reader("rear", run_args)
         examples, passages = [], []
         for split in args.splits:
-            rows = {r["id"]: r for r in snapshot.split(split)}
-            dataset = snapshot_dataset(snapshot, split, args.limit)
-            examples += dataset.examples
-            passages += [snapshot.ranked(rows[e.id], "dense", args.rear_k) for e in dataset.examples]
+            split_examples, split_passages = ranked_examples(snapshot, split, args.limit, "dense",
+                                                             args.rear_k)
+            examples += split_examples
+            passages += split_passages
         readings = read_both_judgments(reader, [e.question for e in examples], passages)
         selection = select_routing(examples, passages, readings, reader.routing,
                                    grid_size=args.grid_size)
