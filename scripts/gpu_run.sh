@@ -11,20 +11,11 @@
 # TOKEN_BUDGET: REAR's training tokens (computed here beforehand: same data order, seed 0);
 # RAG_SAVE / CB_SAVE: half of the baselines' step counts for that budget (their mid checkpoint).
 # Progress lines go to /tmp/runs/progress; scripts/gpu_pack.sh packs what is finished into $OUT.
-# A CPU rehearsal of the same script, tiny: GPU_ENV=: CFG=tiny.yaml BUNDLE=build/bundle
+# A CPU rehearsal of the same script, tiny: GPU_ENV=/dev/null CFG=tiny.yaml BUNDLE=build/bundle
 #   SEL_LIMIT=4 EXTRA="--limit 4 --batch-size 2 --device cpu" R=/tmp/rehearsal bash scripts/gpu_run.sh ...
 set -uo pipefail
-source ${GPU_ENV:-scripts/gpu_env.sh}
-set +e  # gpu_env.sh sets -e; a failing step must not end its chain unmarked
+source scripts/gpu_common.sh
 budget=$1 rag_save=$2 cb_save=$3
-R=${R:-/tmp/runs} CFG=${CFG:-configs/train/gpu.yaml} BUNDLE=${BUNDLE:-/tmp/bundle} EXTRA=${EXTRA:-}
-mkdir -p "$R/test"
-SEL="--snapshot $BUNDLE --splits nq-dev-select tqa-dev-select --limit ${SEL_LIMIT:-500} --batch-size 64 $EXTRA"
-TESTS=("nq-test" "tqa-test --limit 3000" "squad-test --limit 1000 --calibration-split none")
-mark() { echo "$(date +%T) $*" >> "$R/progress"; }
-train() { python3 -m rearqa.app.train_cmd "$@" -c $CFG --quiet; }
-ev() { python3 -m rearqa.eval.rear_eval --snapshot $BUNDLE --batch-size 64 "$@" $EXTRA; }
-chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'][sys.argv[3]])" "$@"; }
 
 chain_rear() {
   train rear --out $R/rear-s0 --seed 0 > $R/train-rear.log 2>&1 || { mark "rear: training FAILED"; return; }
@@ -44,30 +35,8 @@ chain_rear() {
   done
 }
 
-chain_base() {  # method save_every
-  local m=$1 save=$2 flag=--adapter-$1
-  for s in 0 1 2; do
-    train $m --out $R/$m-s$s --seed $s --token-budget $budget --save-every $save \
-        > $R/train-$m-s$s.log 2>&1 &
-  done
-  wait
-  mark "$m: trained"
-  local step; step=$(printf 'step-%07d' $save)
-  local ks="1"; [ $m = rag-ft ] && ks="1 3 5"
-  python3 -m rearqa.eval.select $SEL --out $R/select-$m --$m $R/$m-s0/final \
-      $R/$m-s0/checkpoints/$step/model --rag-ft-k $ks > $R/select-$m.log 2>&1 || { mark "$m: select FAILED"; return; }
-  local ad k rel
-  ad=$(chosen $R/select-$m/selection.json $m adapter); k=$(chosen $R/select-$m/selection.json $m k)
-  rel=${ad#$R/$m-s0/}
-  mark "$m: chose $rel k=$k"
-  for t in "${TESTS[@]}"; do
-    set -- $t
-    for s in 0 1 2; do
-      ev --split $t --methods $m $flag $R/$m-s$s/$rel --k $k --out $R/test/$1/$m-s$s \
-          > $R/test-$m-s$s-$1.log 2>&1 || mark "$m: test $1 seed $s FAILED"
-    done
-    mark "$m: test $1 done"
-  done
+chain_base() {  # method save_every: 3 seeds side by side (scripts/gpu_baselines.sh)
+  PARALLEL=1 bash scripts/gpu_baselines.sh $1 $2 $budget 0 1 2 > $R/base-$1.log 2>&1
 }
 
 chain_untuned() {

@@ -1,0 +1,16 @@
+# Sourced by scripts/gpu_run.sh and scripts/gpu_baselines.sh: the GPU machine's environment
+# (scripts/gpu_env.sh, or GPU_ENV for a CPU rehearsal) and the run's shared settings and helpers.
+# Overrides for a tiny CPU rehearsal: R, CFG, BUNDLE, SEL_LIMIT, EXTRA (see gpu_run.sh's header).
+export GPU_ENV=${GPU_ENV:-scripts/gpu_env.sh}
+source $GPU_ENV
+set +e  # gpu_env.sh sets -e; a failing step must not end its chain unmarked
+# Exported: gpu_run.sh runs gpu_baselines.sh as a child, which sources this file again.
+export R=${R:-/tmp/runs} CFG=${CFG:-configs/train/gpu.yaml} BUNDLE=${BUNDLE:-/tmp/bundle}
+export EXTRA=${EXTRA:-} SEL_LIMIT=${SEL_LIMIT:-500}
+mkdir -p "$R/test"
+SEL="--snapshot $BUNDLE --splits nq-dev-select tqa-dev-select --limit $SEL_LIMIT --batch-size 64 $EXTRA"
+TESTS=("nq-test" "tqa-test --limit 3000" "squad-test --limit 1000 --calibration-split none")
+mark() { echo "$(date +%T) $*" >> "$R/progress"; }
+train() { python3 -m rearqa.app.train_cmd "$@" -c $CFG --quiet; }
+ev() { python3 -m rearqa.eval.rear_eval --snapshot $BUNDLE --batch-size 64 "$@" $EXTRA; }
+chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'][sys.argv[3]])" "$@"; }
