@@ -15,11 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 
 from rearqa.app.schemas import ChatCompletionOut, ChatRequest, ModelList
-from rearqa.app.server import ServerState, unprocessable
+from rearqa.app.server import ServerState, event_stream, unprocessable
 from rearqa.reader import QuestionError, check_question
 from rearqa.types import Answer
 
@@ -118,8 +116,6 @@ def openai_router(state: ServerState) -> APIRouter:
                                 citations=full["citations"], answer=full)
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(chunks(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(ticket.release))
+        return event_stream(chunks(), ticket)
 
     return router

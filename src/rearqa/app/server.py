@@ -257,6 +257,13 @@ def health_router(state: ServerState) -> APIRouter:
     return router
 
 
+def event_stream(body: AsyncIterator[bytes], ticket: Ticket) -> StreamingResponse:
+    """A server-sent-event response, unbuffered; its queue ticket is released when it ends."""
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(ticket.release))
+
+
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
@@ -294,31 +301,26 @@ def ask_router(state: ServerState) -> APIRouter:
                 yield sse("error", {"detail": "internal error; see the server log"})
                 raise
 
-        return StreamingResponse(body_events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(ticket.release))
+        return event_stream(body_events(), ticket)
 
     return router
 
 
-# -- web chat hook (issue 4, web chat part) -------------------------------------------------------
+# -- the web chat ---------------------------------------------------------------------------------
 def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
-    """HOOK: serve the Gradio chat of `rearqa.app.ui.build_ui(pipeline)` under `path`.
+    """Serve the Gradio chat of `rearqa.app.ui.build_ui(pipeline)` under `path`.
 
     The chat is not behind the API's bearer token (browsers send none), so it is refused when
     a token is set rather than left open beside a guarded API."""
     import gradio as gr
 
-    from rearqa.app import ui
+    from rearqa.app.ui import build_ui
 
     state = getattr(app.state, "rearqa", None)
     if state is not None and state.config.token is not None:
         raise ConfigError("the web chat cannot be mounted on a token-protected API: it would be open "
                           "to anyone; serve it separately with `rearqa ui`, or drop --token")
-    build = getattr(ui, "build_ui", None)
-    if build is None:
-        raise ConfigError("rearqa.app.ui has no build_ui(pipeline) to mount")
-    app = gr.mount_gradio_app(app, build(pipeline), path=path, footer_links=[])
+    app = gr.mount_gradio_app(app, build_ui(pipeline), path=path, footer_links=[])
 
     @app.get("/", include_in_schema=False)
     def _chat_home() -> RedirectResponse:  # the site's front page is the chat
