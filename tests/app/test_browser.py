@@ -203,11 +203,3 @@ def test_chat_in_the_browser(page, mini_pipeline, artifacts, tmp_path):
     assert page.locator("#citation-view script").count() == 0
     assert page.dialogs == []
 
-    # 5. Choosing an engine that is not installed says so in the settings.
-    from rearqa.reader.engines import ENGINES
-
-    if "vllm" not in ENGINES:
-        page.locator("#engine input").click()
-        page.get_by_role("option", name="vllm").click()
-        page.locator("#settings-note").get_by_text("engine is not available").wait_for(timeout=TIMEOUT_MS)
-        page.screenshot(path=str(artifacts / "6-engine-missing.png"), full_page=True)

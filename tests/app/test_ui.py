@@ -198,11 +198,10 @@ def test_an_unregistered_engine_says_so_and_names_the_registered_ones():
     from rearqa.app.ui import ENGINE_CHOICES, engine_problem, settings_note
     from rearqa.reader.engines import ENGINES
 
-    assert "vllm" in ENGINE_CHOICES and "hf" in ENGINE_CHOICES
+    assert ENGINE_CHOICES == list(ENGINES) and {"hf", "vllm"} <= set(ENGINE_CHOICES)
     assert engine_problem("hf") is None
-    if "vllm" not in ENGINES:
-        assert "not available" in engine_problem("vllm") and "'hf'" in engine_problem("vllm")
-        assert "engine vllm" in settings_note("rag", "vllm", ReaderConfig())
+    assert "not available" in engine_problem("tpu") and "'hf'" in engine_problem("tpu")
+    assert "engine tpu" in settings_note("rag", "tpu", ReaderConfig())
     assert "Routing applies to the rear method only" in settings_note("rag", "hf", ReaderConfig())
 
 
@@ -210,13 +209,9 @@ def test_an_unregistered_engine_says_so_and_names_the_registered_ones():
 def test_chat_refuses_an_engine_that_is_not_installed_with_a_clear_message(served):
     from gradio_client import Client
 
-    from rearqa.reader.engines import ENGINES
-
-    if "vllm" in ENGINES:
-        pytest.skip("the vllm engine is registered in this installation")
-    client = Client(served, verbose=False)
-    with pytest.raises(Exception, match="'vllm' engine is not available"):
-        client.predict("Who wrote Hamlet?", [], 1, "dense", "rag", "", "vllm", api_name="/respond")
+    client = Client(served, verbose=False)  # the settings offer only the registered engines
+    with pytest.raises(Exception, match=r"tpu is not in the list of choices: \['hf', 'vllm'\]"):
+        client.predict("Who wrote Hamlet?", [], 1, "dense", "rag", "", "tpu", api_name="/respond")
 
 
 @pytest.mark.slow

@@ -41,9 +41,8 @@ from rearqa.types import Answer, Citation, Passage  # noqa: E402
 
 CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
                     "passage", "id"]
-# Engines offered in the settings: every registered one, plus vllm, which says it is missing
-# until rearqa.reader.engines registers it.
-ENGINE_CHOICES = list(dict.fromkeys([*ENGINES, "hf", "vllm"]))
+# Engines offered in the settings: the registered ones (one whose package is missing says so).
+ENGINE_CHOICES = list(ENGINES)
 ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliability"),
                    ("knowledge consistency", "knowledge_consistency")]
 # What a method needs beyond the base model: each check raises ConfigError naming what is missing.
