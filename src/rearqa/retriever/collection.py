@@ -188,12 +188,16 @@ class Collection:
         with self.lock:
             version = self.docstore.version()
             if self._bm25 is None or self._bm25[0] != version:
-                ids, texts = [], []
-                for rows in self.docstore.iter_chunks():
-                    ids += [r[0] for r in rows]
-                    texts += [indexed_text(title, text, self.config.embed_title) for _, title, text in rows]
-                self._bm25 = (version, BM25Index(np.array(ids, dtype=np.int64), texts))
+                self._bm25 = (version, BM25Index(*self._all_chunk_texts()))
             return self._bm25[1]
+
+    def _all_chunk_texts(self) -> tuple[np.ndarray, list[str]]:
+        """Every stored chunk's vector id and the text it is indexed under (dense and BM25)."""
+        ids, texts = [], []
+        for rows in self.docstore.iter_chunks():
+            ids += [r[0] for r in rows]
+            texts += [indexed_text(title, text, self.config.embed_title) for _, title, text in rows]
+        return np.array(ids, dtype=np.int64), texts
 
     def _embed(self, texts: list[str], progress: bool, index: DenseIndex) -> np.ndarray:
         embedder = self.embedder()
@@ -310,12 +314,9 @@ class Collection:
             self.check()  # raises the chunking mismatch with its instructions
         version = self.docstore.version()
         index = DenseIndex.create(self._new_meta())
-        ids, texts = [], []
-        for rows in self.docstore.iter_chunks():
-            ids += [r[0] for r in rows]
-            texts += [indexed_text(title, text, cfg.embed_title) for _, title, text in rows]
+        ids, texts = self._all_chunk_texts()
         log.info("rebuilding %s from %d chunks", self.path / INDEX_FILE, len(ids))
-        index.add(np.array(ids, dtype=np.int64), self._embed(texts, progress, index))
+        index.add(ids, self._embed(texts, progress, index))
         index.save(self.path, version)
         return index
 
