@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from rearqa.reader.config import ReaderConfig, default_checkpoint_dir
-from rearqa.types import Passage
 
 DATA = Path(__file__).parent.parent / "data" / "rear_judgments.jsonl"
 BAR = 0.8
@@ -29,18 +28,10 @@ def _rows() -> list[dict]:
     return [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
 
 
-def _passage(p: dict) -> Passage:
-    return Passage(id=p["id"], text=p["text"], title=p.get("title", ""))
-
-
 def judgments_right(reader) -> tuple[int, list[tuple[float, float]]]:
-    rows = _rows()
-    readings = reader.read([r["question"] for r in rows],
-                           [[_passage(r["positive"]), _passage(r["negative"])] for r in rows],
-                           closed_book=False)
-    t = reader.routing.threshold
-    scores = [(rd.scores[0], rd.scores[1]) for rd in readings]
-    return sum((pos > t) + (neg <= t) for pos, neg in scores), scores
+    from rearqa.eval.rear_eval import pair_judgments
+
+    return pair_judgments(reader, _rows())
 
 
 @pytest.fixture(scope="module")

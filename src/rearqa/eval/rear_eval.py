@@ -317,6 +317,26 @@ def rank_head_metrics(report_dirs: dict[str, Path], snapshot: Snapshot, split: s
     return result
 
 
+# --- fixed-pair judgments ---------------------------------------------------------------------
+
+def pair_judgments(reader, rows: list[dict]) -> tuple[int, list[tuple[float, float]]]:
+    """Judgments right on questions each given one answer-containing passage ("positive") and
+    one hard negative ("negative"), {"id", "title", "text"} each: a judgment is right when the
+    positive scores above the reader's threshold and the negative at or below it. Returns
+    (right, of 2 * len(rows); the (positive, negative) scores)."""
+    from rearqa.types import Passage
+
+    def passage(p: dict) -> Passage:
+        return Passage(id=p["id"], text=p["text"], title=p.get("title", ""))
+
+    readings = reader.read([r["question"] for r in rows],
+                           [[passage(r["positive"]), passage(r["negative"])] for r in rows],
+                           closed_book=False)
+    t = reader.routing.threshold
+    scores = [(rd.scores[0], rd.scores[1]) for rd in readings]
+    return sum((pos > t) + (neg <= t) for pos, neg in scores), scores
+
+
 # --- threshold and routing selection on dev-select --------------------------------------------
 
 def read_both_judgments(reader, questions: list[str], passages: list[list], chunk: int = 64) -> list[dict]:
