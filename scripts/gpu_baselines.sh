@@ -27,11 +27,12 @@ fi
 ad=$(chosen $R/select-$m/selection.json $m adapter); k=$(chosen $R/select-$m/selection.json $m k)
 rel=${ad#$R/$m-s$first/}
 mark "$m: chose $rel k=$k"
-for t in "${TESTS[@]}"; do
+for t in "${TESTS[@]}"; do  # the seeds side by side, one test set after another
   set -- $t
   for s in "${seeds[@]}"; do
     ev --split $t --methods $m --adapter-$m $R/$m-s$s/$rel --k $k --out $R/test/$1/$m-s$s \
-        > $R/test-$m-s$s-$1.log 2>&1 || mark "$m: test $1 seed $s FAILED"
+        > $R/test-$m-s$s-$1.log 2>&1 || mark "$m: test $1 seed $s FAILED" &
   done
+  wait
   mark "$m: test $1 done"
 done

@@ -8,9 +8,21 @@ set +e  # gpu_env.sh sets -e; a failing step must not end its chain unmarked
 export R=${R:-/tmp/runs} CFG=${CFG:-configs/train/gpu.yaml} BUNDLE=${BUNDLE:-/tmp/bundle}
 export EXTRA=${EXTRA:-} SEL_LIMIT=${SEL_LIMIT:-500}
 mkdir -p "$R/test"
+# Many processes share the GPU and 16 cores: no oversubscribed CPU thread pools, less
+# fragmentation of each process's cached GPU memory.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# Micro-batches per method (an optimiser step is 16 groups / 128 examples for all three):
+# rag-ft's 128 prompts of ~370 tokens would need > 80 GiB of activations in one micro-batch.
+declare -A MICRO=([rear]="" [rag-ft]="--batch 2 --grad-accum 8" [closed-book-ft]="--batch 8 --grad-accum 2")
 SEL="--snapshot $BUNDLE --splits nq-dev-select tqa-dev-select --limit $SEL_LIMIT --batch-size 64 $EXTRA"
 TESTS=("nq-test" "tqa-test --limit 3000" "squad-test --limit 1000 --calibration-split none")
 mark() { echo "$(date +%T) $*" >> "$R/progress"; }
-train() { python3 -m rearqa.app.train_cmd "$@" -c $CFG --quiet; }
+train() { python3 -m rearqa.app.train_cmd "$@" ${MICRO[$1]} -c $CFG --quiet; }
 ev() { python3 -m rearqa.eval.rear_eval --snapshot $BUNDLE --batch-size 64 "$@" $EXTRA; }
+gpu_watch() {  # GPU memory in use and utilisation every 15 s into $R/gpu_mem.log, until killed
+  while sleep 15; do
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null \
+        | sed "s/^/$(date +%T) /" >> "$R/gpu_mem.log"
+  done
+}
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'][sys.argv[3]])" "$@"; }

@@ -10,6 +10,9 @@ grep -h "Error\|error" $R/*.log 2>/dev/null | tail -n 5
 cd $R || exit 0
 tar czf $OUT/train.tgz progress driver.log *.log */train_log.jsonl */summary.json */data_stats.json */train_config.json \
     */plan.json 2>/dev/null
-tar czf $OUT/evals.tgz --exclude=rows.jsonl select-* test speed 2>/dev/null
+tar czf $OUT/select.tgz --exclude=rows.jsonl select-* speed gpu_mem.log 2>/dev/null
+for d in test/*; do  # one file per test set: each must stay under 16 MiB
+  [ -d "$d" ] && tar czf $OUT/evals-${d#test/}.tgz --exclude=rows.jsonl "$d"
+done
 [ -d rear-chosen ] && tar czf $OUT/rear.tgz rear-chosen
 ls -la $OUT

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole REAR experiment on one H200 (device tool), as four chains that share the GPU:
-#   rear      train (configs/train/gpu.yaml) -> choose checkpoint/routing/threshold on dev-select
+# The whole REAR experiment on one H200 (device tool), as four chains that share the GPU
+# (GPU memory and utilisation every 15 s in $R/gpu_mem.log):
+#   rear      train both rank heads (configs/train/gpu.yaml) -> choose head/checkpoint/routing/
+#             threshold on dev-select
 #             -> test runs (k=20; rank-head metrics)
 #   rag-ft    3 seeds for REAR's token count -> choose steps and k on seed 0's dev-select -> test
 #   cb-ft     closed-book-ft, the same
@@ -17,22 +19,34 @@ set -uo pipefail
 source scripts/gpu_common.sh
 budget=$1 rag_save=$2 cb_save=$3
 
-chain_rear() {
-  train rear --out $R/rear-s0 --seed 0 > $R/train-rear.log 2>&1 || { mark "rear: training FAILED"; return; }
+chain_rear() {  # both rank heads train side by side; each is chosen on dev-select, then the better
+  train rear --out $R/rear-s0 --seed 0 > $R/train-rear.log 2>&1 & a=$!
+  train rear --out $R/rear-lowrank-s0 --seed 0 --head lowrank_attn > $R/train-rear-lowrank.log 2>&1 & b=$!
+  wait $a || { mark "rear: training FAILED"; return; }
+  wait $b || mark "rear lowrank_attn: training FAILED"
   mark "rear: trained"
   touch $R/rear-trained
   python3 -m rearqa.eval.select $SEL --out $R/select-rear --rear $R/rear-s0/final \
-      $R/rear-s0/checkpoints/$(printf step-%07d ${REAR_SAVE:-150})/model > $R/select-rear.log 2>&1 || { mark "rear: select FAILED"; return; }
-  ck=$(chosen $R/select-rear/selection.json rear checkpoint)
+      $R/rear-s0/checkpoints/$(printf step-%07d ${REAR_SAVE:-150})/model > $R/select-rear.log 2>&1 & a=$!
+  [ -d $R/rear-lowrank-s0/final ] && python3 -m rearqa.eval.select $SEL --out $R/select-rear-lowrank \
+      --rear $R/rear-lowrank-s0/final > $R/select-rear-lowrank.log 2>&1
+  wait $a || { mark "rear: select FAILED"; return; }
+  ck=$(python3 - $R/select-rear/selection.json $R/select-rear-lowrank/selection.json <<'PY'
+import json, sys, os
+rows = [json.load(open(p))["rear"]["chosen"] for p in sys.argv[1:] if os.path.isfile(p)]
+print(max(rows, key=lambda r: (r["em"], r["f1"]))["checkpoint"])
+PY
+)
   mark "rear: chose $ck"
   python3 -c "from rearqa.reader.rear.checkpoint import compact_checkpoint as c; print(c('$ck'))" >> $R/select-rear.log 2>&1
   rm -rf $R/rear-chosen && cp -r "$ck" $R/rear-chosen
-  for t in "${TESTS[@]}"; do
+  for t in "${TESTS[@]}"; do  # the three test sets side by side
     set -- $t
-    ev --split $t --methods rear --checkpoint $R/rear-chosen --k 20 --out $R/test/$1/rear \
-        > $R/test-rear-$1.log 2>&1 || mark "rear: test $1 FAILED"
-    mark "rear: test $1 done"
+    { ev --split $t --methods rear --checkpoint $R/rear-chosen --k 20 --out $R/test/$1/rear \
+          > $R/test-rear-$1.log 2>&1 || mark "rear: test $1 FAILED"
+      mark "rear: test $1 done"; } &
   done
+  wait
 }
 
 chain_base() {  # method save_every: 3 seeds side by side (scripts/gpu_baselines.sh)
@@ -51,6 +65,7 @@ chain_untuned() {
 
 mark "start (budget $budget)"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader >> $R/progress
+gpu_watch & watcher=$!
 chain_rear & p1=$!
 chain_base rag-ft $rag_save & p2=$!
 chain_base closed-book-ft $cb_save & p3=$!
@@ -64,4 +79,5 @@ for k in 5 20; do
       --adapter-rag-ft $R/rag-ft-s0/$rel --calibration-split none --out $R/speed/k$k > $R/speed-k$k.log 2>&1
   mark "speed k=$k done"
 done
+kill $watcher
 mark "all done"

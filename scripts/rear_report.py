@@ -52,6 +52,40 @@ def method_table(root: Path) -> tuple[list[dict], dict]:
     return rows, pairs
 
 
+def seed_means(root: Path) -> dict:
+    """REAR minus each multi-seed baseline's per-question EM averaged over its seeds (runs named
+    `<method>-s<N>/<method>`), paired bootstrap over questions; and the seeds' own EM spread."""
+    import re
+    import statistics
+
+    from rearqa.eval.bootstrap import paired_bootstrap
+
+    out = {}
+    for split in SPLITS:
+        found = runs(root / "test" / split)
+        if "rear/rear" not in found:
+            continue
+        rear = {r["id"]: r for r in json.loads((found["rear/rear"] / "report.json").read_text())["rows"]}
+        by_method: dict[str, list[Path]] = {}
+        for name, path in found.items():
+            m = re.fullmatch(r"(.+)-s\d+/\1", name)
+            if m:
+                by_method.setdefault(m.group(1), []).append(path)
+        for method, paths in by_method.items():
+            seeds = [{r["id"]: r for r in json.loads((p / "report.json").read_text())["rows"]}
+                     for p in paths]
+            ids = [q for q in rear if all(q in s for s in seeds)]
+            for group in GROUPS:
+                chosen = [q for q in ids if group == "all" or rear[q].get("answerable")]
+                mean = [statistics.fmean(s[q]["em"] for s in seeds) for q in chosen]
+                res = paired_bootstrap(mean, [rear[q]["em"] for q in chosen], 10000, 0)
+                per_seed = [statistics.fmean(s[q]["em"] for q in chosen) for s in seeds]
+                out[f"{split} rear - {method} mean of {len(seeds)} seeds ({group})"] = {
+                    "n": res["n"], "diff": res["diff"], "low": res["low"], "high": res["high"],
+                    "baseline_seed_em": per_seed, "rear_em": res["mean_b"]}
+    return out
+
+
 def auc_table(root: Path) -> list[dict]:
     out = []
     for split in SPLITS:
@@ -96,11 +130,12 @@ def train_curve(root: Path, out: Path) -> dict:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
     rows, pairs = method_table(root)
+    seeded = seed_means(root)
     aucs = auc_table(root)
     curve = train_curve(root, Path("docs/figures/rear-train.png"))
     Path("docs/results").mkdir(parents=True, exist_ok=True)
     Path("docs/results/rear-test.json").write_text(json.dumps(
-        {"methods": rows, "paired_em": pairs, "rank_auc": aucs, "training": curve}, indent=1) + "\n")
+        {"methods": rows, "paired_em": pairs, "paired_em_seed_mean": seeded, "rank_auc": aucs, "training": curve}, indent=1) + "\n")
     print("| set | run | group | n | EM | F1 | contained | words |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['split']} | {r['run']} | {r['group']} | {r['n']} | {r['em']:.3f} | {r['f1']:.3f} "
@@ -108,6 +143,10 @@ def main() -> None:
     print("\n| paired EM difference | n | diff | 95% CI |\n|---|---|---|---|")
     for name, p in pairs.items():
         print(f"| {name} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] |")
+    print("\n| REAR minus the seeds' mean | n | diff | 95% CI | seeds' EM |\n|---|---|---|---|---|")
+    for name, p in seeded.items():
+        em = ", ".join(f"{v:.3f}" for v in p["baseline_seed_em"])
+        print(f"| {name} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {em} |")
     print("\n| set | questions | scorer | pooled AUC [95% CI] | per-question AUC (n) | ECE |\n|---|---|---|---|---|---|")
     for a in aucs:
         p, q = a["pooled"], a["per_question"]

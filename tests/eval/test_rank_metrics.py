@@ -242,6 +242,9 @@ def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_
     result = json.loads((tmp_path / "out" / "selection.json").read_text())
     rear = result["rear"]
     assert [row["checkpoint"] for row in rear["table"]] == [str(tmp_path / "rear"), str(tmp_path / "rear2")]
+    assert all(row["head"] == "linear" for row in rear["table"])
+    for row in rear["table"]:  # the relevance AUC on dev-select is reported beside each candidate
+        assert row["relevance_auc"] is None or 0.0 <= row["relevance_auc"] <= 1.0
     chosen = rear["chosen"]
     meta = json.loads((tmp_path / chosen["checkpoint"] / "rear_config.json").read_text())
     assert meta["config"]["routing"]["threshold"] == chosen["threshold"]

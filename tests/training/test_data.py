@@ -205,3 +205,17 @@ def test_train_config_validates_and_loads_yaml(tmp_path):
         TrainConfig(lora_dropout=1.5)
     with pytest.raises(ConfigError, match="valid settings"):
         TrainConfig.from_yaml(None, learning_rate=1e-4)
+
+
+def test_unanswered_share_keeps_a_seeded_share_of_groups_without_a_positive(snapshot):
+    everything = build_groups(snapshot, ["nq-dev-train"])
+    assert [g.id for g in everything] == ["q0", "q1", "q2"]  # q1: no passage holds "Lima"
+    assert [g.id for g in build_groups(snapshot, ["nq-dev-train"], unanswered_share=0.0)] == ["q0", "q2"]
+    kept = {seed: "q1" in [g.id for g in build_groups(snapshot, ["nq-dev-train"], seed=seed,
+                                                      unanswered_share=0.5)]
+            for seed in range(20)}
+    assert 0 < sum(kept.values()) < 20  # a coin per (seed, question), not all or nothing
+    assert kept == {seed: "q1" in [g.id for g in build_groups(
+        snapshot, ["nq-dev-train"], seed=seed, unanswered_share=0.5)] for seed in range(20)}
+    with pytest.raises(ConfigError, match="unanswered_share"):
+        TrainConfig(unanswered_share=1.5)

@@ -177,6 +177,19 @@ def test_baselines_stop_at_the_rear_token_budget(world, rear_run, method):
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_token_count_ahead_of_training_equals_the_runs_log(world, rear_run):
+    """`train rear --count-tokens`: the baselines' budget, computed without training, is the
+    count the finished run logged (and its step-2 record), so the baselines can train beside it."""
+    from rearqa.training.train import rear_token_count
+
+    cfg, _ = rear_run
+    records = {r["step"]: r["tokens"] for r in log(cfg.out)}
+    assert rear_token_count(cfg, [2, cfg.total_steps]) == {2: records[2],
+                                                            cfg.total_steps: records[cfg.total_steps]}
+    with pytest.raises(ConfigError, match="rear run"):
+        rear_token_count(config(world, "unused", method="rag-ft"))
+
+
 def test_unfinished_rear_log_is_not_a_budget(world):
     cfg = config(world, "rear-partial")
     train(cfg, stop_after_steps=1, echo=lambda *_: None)

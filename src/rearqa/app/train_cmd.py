@@ -44,6 +44,8 @@ TimeOpt = Annotated[Optional[float], typer.Option("--time-limit", help="End this
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 BudgetFromOpt = Annotated[Optional[str], typer.Option("--token-budget-from", help="A finished REAR run's train_log.jsonl: train for as many tokens.")]
 BudgetOpt = Annotated[Optional[int], typer.Option("--token-budget", help="Stop once this many training tokens are seen.")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Groups per micro-batch (baselines: x group_size examples).")]
+AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
 
 
 def _yaml_method(path: Path | None) -> str | None:
@@ -78,12 +80,29 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
          base_model: BaseOpt = None, steps: StepsOpt = None, warmup_steps: WarmupOpt = None,
          max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
          threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
-         time_limit: TimeOpt = None, quiet: QuietOpt = False) -> None:
+         time_limit: TimeOpt = None, quiet: QuietOpt = False, batch: BatchOpt = None,
+         grad_accum: AccumOpt = None,
+         head: Annotated[Optional[str], typer.Option(
+             help="Rank head: linear (vLLM-servable) | lowrank_attn.")] = None,
+         count_tokens: Annotated[Optional[list[int]], typer.Option(
+             "--count-tokens", help="Train nothing: print the tokens the run will have seen "
+             "after step N (repeatable; 0 = the last step), the baselines' --token-budget.")] = None,
+         ) -> None:
     """REAR: LM loss + bi-granularity rank loss over passage groups, after a pointwise warm-up."""
-    _run("rear", config, stop_after, time_limit, quiet, snapshot=snapshot, out=out,
-         base_model=base_model, steps=steps, warmup_stage_steps=warmup_steps,
-         max_questions=max_questions, seed=seed, device=device, threads=threads,
-         save_every=save_every)
+    settings = dict(snapshot=snapshot, out=out, base_model=base_model, steps=steps,
+                    warmup_stage_steps=warmup_steps, max_questions=max_questions, seed=seed,
+                    device=device, threads=threads, save_every=save_every, batch=batch,
+                    grad_accum=grad_accum, rear_head=head)
+    if count_tokens:
+        from rearqa.training.config import TrainConfig
+        from rearqa.training.train import rear_token_count
+
+        cfg = TrainConfig.from_yaml(config, method="rear", **settings)
+        steps_wanted = [n or cfg.total_steps for n in count_tokens]
+        for step, tokens in rear_token_count(cfg, steps_wanted).items():
+            typer.echo(f"step {step}: {tokens} tokens")
+        return
+    _run("rear", config, stop_after, time_limit, quiet, **settings)
 
 
 def _baseline(method: str):
@@ -93,11 +112,13 @@ def _baseline(method: str):
                 max_questions: QuestionsOpt = None, seed: SeedOpt = None,
                 device: DeviceOpt = None, threads: ThreadsOpt = None, save_every: SaveOpt = None,
                 stop_after: StopOpt = None, time_limit: TimeOpt = None,
-                quiet: QuietOpt = False) -> None:
+                quiet: QuietOpt = False, batch: BatchOpt = None,
+                grad_accum: AccumOpt = None) -> None:
         _run(method, config, stop_after, time_limit, quiet, snapshot=snapshot, out=out,
              base_model=base_model, token_budget_from=token_budget_from,
              token_budget=token_budget, steps=steps, max_questions=max_questions, seed=seed,
-             device=device, threads=threads, save_every=save_every)
+             device=device, threads=threads, save_every=save_every, batch=batch,
+             grad_accum=grad_accum)
     return command
 
 

@@ -72,6 +72,19 @@ def select_baseline(method: str, adapters: list[Path], ks: list[int], args,
     return {"chosen": chosen, "table": table, "objective": "pooled EM, then F1"}
 
 
+def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
+    """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
+    beside the choice, which stays by exact match); None when one label is missing."""
+    from rearqa.eval.metrics import passages_with_answer
+    from rearqa.eval.rank_metrics import roc_auc
+
+    scores, labels = [], []
+    for example, ps, reading in zip(examples, passages, readings):
+        scores += list(reading["scores"])
+        labels += passages_with_answer([p.text for p in ps], example.answers)
+    return roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
+
+
 def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
     """Per checkpoint: every dev-select passage read under both judgments once, routing and
     threshold replayed on a grid (rear_eval.select_routing); the best checkpoint's choice is
@@ -98,7 +111,9 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
                          weights=weights)
         selections.append(selection)
         table.append({"checkpoint": str(checkpoint), **{key: selection["chosen"][key] for key in
-                      ("routing", "threshold", "em", "f1", "fallback_share")}})
+                      ("routing", "threshold", "em", "f1", "fallback_share")},
+                      "head": reader.model.config.head,
+                      "relevance_auc": relevance_auc(examples, passages, readings)})
         log.info("rear %s: %s", checkpoint, table[-1])
         del reader
         _free_memory()

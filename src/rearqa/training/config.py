@@ -65,6 +65,7 @@ class TrainConfig:
     group_size: int = 8  # passages per question in a REAR group
     agree_top: int = 5  # a positive gains 0.2 for each retriever ranking it in this top
     noise_ratio: float = 1.0  # noise-resistant examples per positive one (at least one per group)
+    unanswered_share: float = 1.0  # rear: share of no-positive questions kept (all-negative groups)
     rag_k: int = 3  # rag-ft: dense top-k passages in the prompt
     prompt: str = "short"  # rag-ft / closed-book-ft chat prompt (rearqa.reader.prompts)
     max_passage_words: int = 150  # words per passage, as the readers cut them (rear and rag-ft)
@@ -153,7 +154,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_stage_steps + train.steps is 0: nothing to train")
 
     def _check_floats(self) -> None:
-        bounds = {"noise_ratio": (0, None), "lora_alpha": (0, None), "lora_dropout": (0, 1),
+        bounds = {"noise_ratio": (0, None), "unanswered_share": (0, None),
+                  "lora_alpha": (0, None), "lora_dropout": (0, 1),
                   "lr": (0, None), "warmup_ratio": (0, 1), "weight_decay": (0, None),
                   "max_grad_norm": (0, None), "beta": (0, None), "bce_weight": (0, None),
                   "minor_diff": (0, None), "neg_weight": (0, None)}
@@ -164,6 +166,8 @@ class TrainConfig:
             if not ok:
                 span = f">= {low}" + (f" and < {high}" if high is not None else "")
                 raise ConfigError(f"train.{name}={value!r}: must be a finite number {span}")
+        if self.unanswered_share > 1:
+            raise ConfigError(f"train.unanswered_share={self.unanswered_share}: a share, 0 to 1")
         if self.lr == 0:
             raise ConfigError("train.lr=0: nothing would be learned; e.g. lr: 2.0e-4")
 

@@ -17,7 +17,8 @@ of them noise-resistant. For each `*-dev-train` question of a snapshot (rearqa.e
                  group, the rest hard negatives -- the highest-ranked non-containing passages,
                  taken alternately from the dense and the BM25 ranking -- then seeded shuffle.
                  Too few negatives: more positives fill the group. Questions with no positive
-                 keep an all-negative group (the rank head must learn to say "none").
+                 keep an all-negative group (the rank head must learn to say "none"); with
+                 `unanswered_share` < 1 only that seeded share of them does.
 
 The answer target is ONE alias per question: the gold alias that the most candidate passages
 contain, ties broken by how often it appears verbatim (case included), then by the dataset's
@@ -219,19 +220,33 @@ def _make_group(split: str, row: dict, matcher: _AnswerMatcher, group_size: int,
                       len(labelled), len(positives))
 
 
+def keeps_unanswered(question_id: str, share: float, seed: int) -> bool:
+    """Whether a question with no answer-containing candidate keeps its all-negative group: a
+    seeded coin of probability `share` per question id (1 keeps all, 0 none)."""
+    if share >= 1:
+        return True
+    return share > 0 and random.Random(f"{seed}:unanswered:{question_id}").random() < share
+
+
 def build_groups(snapshot, splits: list[str], group_size: int = 8, depth: int = 20, seed: int = 0,
-                 max_questions: int | None = None, agree_top: int = 5) -> list[TrainGroup]:
+                 max_questions: int | None = None, agree_top: int = 5,
+                 unanswered_share: float = 1.0) -> list[TrainGroup]:
     """REAR training groups for the questions of `splits` (each must end in `-dev-train`).
 
     `snapshot` is a `rearqa.eval.bundle.Snapshot`; `max_questions` caps each split (first N in
     file order). Deterministic in `seed`: a group's order depends only on (seed, question id).
+    `unanswered_share` of the questions whose candidates hold no answer keep their all-negative
+    group (`keeps_unanswered`); the others are left out, so that most rank-loss terms compare a
+    positive with a negative instead of only pushing scores down.
     """
     if group_size < 2:
         raise ConfigError(f"group_size={group_size}: a group needs at least 2 passages")
     rows = _train_rows(snapshot, splits, max_questions)
     matcher = _AnswerMatcher(snapshot.passages)
-    return [_make_group(split, row, matcher, group_size, depth, agree_top, seed)
-            for split, row in rows]
+    groups = [_make_group(split, row, matcher, group_size, depth, agree_top, seed)
+              for split, row in rows]
+    return [g for g in groups
+            if g.candidate_positives or keeps_unanswered(g.id, unanswered_share, seed)]
 
 
 # ---------------------------------------------------------------------------- generation examples

@@ -134,6 +134,39 @@ def budget_from_log(path: str | Path) -> int:
     return int(last["tokens"])
 
 
+def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dict[int, int]:
+    """Training tokens a rear run of `config` will have seen after each of `steps` (default:
+    its last step), computed from the data and the tokenizer alone (no model), in the run's own
+    data order: the budget that the baselines (rag-ft, closed-book-ft) are given so they can
+    train side by side with it."""
+    from transformers import AutoTokenizer
+
+    from rearqa.eval.bundle import Snapshot
+    from rearqa.reader.rear.tokens import add_rear_tokens
+    from rearqa.training.data import build_groups, rear_inputs
+
+    if config.method != "rear":
+        raise ConfigError("rear_token_count counts a rear run's tokens")
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir())
+    add_rear_tokens(tokenizer)
+    groups = build_groups(Snapshot(config.snapshot), config.splits, config.group_size,
+                          config.depth, config.seed, config.max_questions or None,
+                          config.agree_top, config.unanswered_share)
+    lengths = [sum(len(x.input_ids) for x in rear_inputs(
+        g, tokenizer, use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
+        max_passage_words=config.max_passage_words, max_passage_tokens=config.max_passage_tokens,
+        max_question_tokens=config.max_question_tokens,
+        max_answer_tokens=config.max_answer_tokens)) for g in groups]
+    order, per_step = DataOrder(len(groups), config.seed), config.batch * config.grad_accum
+    wanted = sorted(set(steps or [config.total_steps]))
+    counts, tokens = {}, 0
+    for step in range(1, wanted[-1] + 1):
+        tokens += sum(lengths[i] for i in order.take((step - 1) * per_step, per_step))
+        if step in wanted:
+            counts[step] = tokens
+    return counts
+
+
 # ---------------------------------------------------------------------------- pickle-free state
 
 def _save_json(path: Path, data: dict) -> None:
@@ -274,7 +307,8 @@ class RearTask:
 
         self.config = config
         self.groups = build_groups(snapshot, config.splits, config.group_size, config.depth,
-                                   config.seed, config.max_questions or None, config.agree_top)
+                                   config.seed, config.max_questions or None, config.agree_top,
+                                   config.unanswered_share)
         self.stats = group_stats(self.groups, config.noise_ratio)
         rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template)
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
