@@ -8,7 +8,7 @@
 #   cb-ft     closed-book-ft, the same
 #   untuned   closed-book and rag (k=5), test runs (after REAR's training, to leave it the GPU)
 # then a speed run (REAR vs rag-ft, same k/batch/max_new_tokens, nothing else on the GPU).
-# Usage (repo root, after the .gpu/c1 call, see docs/rear.md):
+# Usage (repo root, after the calls that carry .gpu/p1, p2 and p3, see docs/rear.md):
 #   setsid bash scripts/gpu_run.sh TOKEN_BUDGET RAG_SAVE CB_SAVE > /tmp/runs/driver.log 2>&1 &
 # TOKEN_BUDGET: REAR's training tokens (computed here beforehand: same data order, seed 0);
 # RAG_SAVE / CB_SAVE: half of the baselines' step counts for that budget (their mid checkpoint).

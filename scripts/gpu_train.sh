@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train REAR and its two baselines side by side on one GPU (device tool), then pack what comes
-# back. Usage (repo root, after the .gpu/c1 call): bash scripts/gpu_train.sh REAR_TOKENS SEEDS...
+# back. Usage (repo root, after the .gpu/p1-p3 calls): bash scripts/gpu_train.sh REAR_TOKENS SEEDS...
 # REAR_TOKENS: the baselines' token budget (a REAR run's token count, see docs/rear.md).
 set -uo pipefail
 source scripts/gpu_env.sh
