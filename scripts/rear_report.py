@@ -1,10 +1,11 @@
 """Tables of the REAR GPU run (scripts/gpu_run.sh) for docs/rear.md, from the runs it brought back.
 
-    python scripts/rear_report.py runs/gpu          # prints markdown, writes docs/results/rear-test.json
+    python scripts/rear_report.py runs/gpu3 run2    # prints markdown, writes docs/results/rear-test-run2.json
 
 <root>/test/<split>/<run>/<method>/report.json are the evaluation runs, <root>/test/<split>/rear/
 rank_metrics.json REAR's rank-head metrics, <root>/train/<run>/train_log.jsonl the training logs
-(a curve is drawn to docs/figures/rear-train.png). Paired bootstrap differences are REAR minus
+(a curve is drawn to docs/figures/rear-train-<name>.png, REAR's reliability and risk-coverage plots
+are copied beside it). Paired bootstrap differences are REAR minus
 each other run, on the questions both answered (all, and the answerable part).
 """
 from __future__ import annotations
@@ -128,13 +129,22 @@ def train_curve(root: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
+    import shutil
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu3")
+    name = sys.argv[2] if len(sys.argv) > 2 else "run2"
     rows, pairs = method_table(root)
     seeded = seed_means(root)
     aucs = auc_table(root)
-    curve = train_curve(root, Path("docs/figures/rear-train.png"))
+    figures = Path("docs/figures")
+    curve = train_curve(root, figures / f"rear-train-{name}.png")
+    for split, short in (("nq-test", "nq"), ("tqa-test", "tqa")):
+        for plot in ("reliability", "risk_coverage"):
+            found = root / "test" / split / "rear" / f"{plot}.png"
+            if found.is_file():
+                shutil.copy(found, figures / f"rear-{plot.replace('_', '-')}-{short}-{name}.png")
     Path("docs/results").mkdir(parents=True, exist_ok=True)
-    Path("docs/results/rear-test.json").write_text(json.dumps(
+    Path(f"docs/results/rear-test-{name}.json").write_text(json.dumps(
         {"methods": rows, "paired_em": pairs, "paired_em_seed_mean": seeded, "rank_auc": aucs, "training": curve}, indent=1) + "\n")
     print("| set | run | group | n | EM | F1 | contained | words |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
