@@ -25,4 +25,8 @@ gpu_watch() {  # GPU memory in use and utilisation every 15 s into $R/gpu_mem.lo
         | sed "s/^/$(date +%T) /" >> "$R/gpu_mem.log"
   done
 }
+keep_rear() {  # the chosen REAR checkpoint $1: bf16 adapter, copied to $R/rear-chosen for the tests
+  python3 -c "from rearqa.reader.rear.checkpoint import compact_checkpoint as c; print(c('$1'))" >> $R/select-rear.log 2>&1
+  rm -rf $R/rear-chosen && cp -r "$1" $R/rear-chosen
+}
 chosen() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'][sys.argv[3]])" "$@"; }

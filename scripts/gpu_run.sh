@@ -38,8 +38,7 @@ print(max(rows, key=lambda r: (r["em"], r["f1"]))["checkpoint"])
 PY
 )
   mark "rear: chose $ck"
-  python3 -c "from rearqa.reader.rear.checkpoint import compact_checkpoint as c; print(c('$ck'))" >> $R/select-rear.log 2>&1
-  rm -rf $R/rear-chosen && cp -r "$ck" $R/rear-chosen
+  keep_rear "$ck"
   for t in "${TESTS[@]}"; do  # the three test sets side by side
     set -- $t
     { ev --split $t --methods rear --checkpoint $R/rear-chosen --k 20 --out $R/test/$1/rear \

@@ -15,8 +15,7 @@ train rag-ft --out $R/rag-ft-s0 --seed 0 --token-budget $budget > $R/train-rag-f
 wait $a && mark "rear: trained" || mark "rear: training FAILED"
 python3 -m rearqa.eval.select $SEL --out $R/select-rear --rear $R/rear-s0/final \
     > $R/select-rear.log 2>&1 && mark "rear: chose" || mark "rear: select FAILED"
-python3 -c "from rearqa.reader.rear.checkpoint import compact_checkpoint as c; print(c('$R/rear-s0/final'))" >> $R/select-rear.log 2>&1
-rm -rf $R/rear-chosen && cp -r $R/rear-s0/final $R/rear-chosen
+keep_rear $R/rear-s0/final
 wait $b && mark "rag-ft: trained" || mark "rag-ft: training FAILED"
 jobs_=()
 for t in "${TESTS[@]:0:2}"; do  # NQ and TriviaQA, both methods, side by side

@@ -151,12 +151,12 @@ def main() -> None:
         print(f"| {r['split']} | {r['run']} | {r['group']} | {r['n']} | {r['em']:.3f} | {r['f1']:.3f} "
               f"| {r['contained']:.3f} | {r['length']:.1f} |")
     print("\n| paired EM difference | n | diff | 95% CI |\n|---|---|---|---|")
-    for name, p in pairs.items():
-        print(f"| {name} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] |")
+    for label, p in pairs.items():
+        print(f"| {label} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] |")
     print("\n| REAR minus the seeds' mean | n | diff | 95% CI | seeds' EM |\n|---|---|---|---|---|")
-    for name, p in seeded.items():
+    for label, p in seeded.items():
         em = ", ".join(f"{v:.3f}" for v in p["baseline_seed_em"])
-        print(f"| {name} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {em} |")
+        print(f"| {label} | {p['n']} | {p['diff']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | {em} |")
     print("\n| set | questions | scorer | pooled AUC [95% CI] | per-question AUC (n) | ECE |\n|---|---|---|---|---|---|")
     for a in aucs:
         p, q = a["pooled"], a["per_question"]

@@ -134,6 +134,23 @@ def budget_from_log(path: str | Path) -> int:
     return int(last["tokens"])
 
 
+def rear_groups(config: TrainConfig, snapshot) -> list:
+    """The REAR training groups of `config` (rearqa.training.data.build_groups)."""
+    from rearqa.training.data import build_groups
+
+    return build_groups(snapshot, config.splits, config.group_size, config.depth, config.seed,
+                        config.max_questions or None, config.agree_top, config.unanswered_share)
+
+
+def rear_input_options(config: TrainConfig) -> dict:
+    """How `config` turns a group into REAR inputs (rear_inputs / rear_batch keywords)."""
+    return dict(use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
+                max_passage_words=config.max_passage_words,
+                max_passage_tokens=config.max_passage_tokens,
+                max_question_tokens=config.max_question_tokens,
+                max_answer_tokens=config.max_answer_tokens)
+
+
 def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dict[int, int]:
     """Training tokens a rear run of `config` will have seen after each of `steps` (default:
     its last step), computed from the data and the tokenizer alone (no model), in the run's own
@@ -143,20 +160,15 @@ def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dic
 
     from rearqa.eval.bundle import Snapshot
     from rearqa.reader.rear.tokens import add_rear_tokens
-    from rearqa.training.data import build_groups, rear_inputs
+    from rearqa.training.data import rear_inputs
 
     if config.method != "rear":
         raise ConfigError("rear_token_count counts a rear run's tokens")
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir())
     add_rear_tokens(tokenizer)
-    groups = build_groups(Snapshot(config.snapshot), config.splits, config.group_size,
-                          config.depth, config.seed, config.max_questions or None,
-                          config.agree_top, config.unanswered_share)
-    lengths = [sum(len(x.input_ids) for x in rear_inputs(
-        g, tokenizer, use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
-        max_passage_words=config.max_passage_words, max_passage_tokens=config.max_passage_tokens,
-        max_question_tokens=config.max_question_tokens,
-        max_answer_tokens=config.max_answer_tokens)) for g in groups]
+    groups = rear_groups(config, Snapshot(config.snapshot))
+    lengths = [sum(len(x.input_ids) for x in rear_inputs(g, tokenizer, **rear_input_options(config)))
+               for g in groups]
     order, per_step = DataOrder(len(groups), config.seed), config.batch * config.grad_accum
     wanted = sorted(set(steps or [config.total_steps]))
     counts, tokens = {}, 0
@@ -303,12 +315,10 @@ class RearTask:
     def __init__(self, config: TrainConfig, snapshot, tokenizer, lm, device: torch.device) -> None:
         from rearqa.reader.rear import RearConfig, RearModel, add_lora
         from rearqa.reader.rear.lora import no_decay_parameter_names
-        from rearqa.training.data import build_groups, group_stats
+        from rearqa.training.data import group_stats
 
         self.config = config
-        self.groups = build_groups(snapshot, config.splits, config.group_size, config.depth,
-                                   config.seed, config.max_questions or None, config.agree_top,
-                                   config.unanswered_share)
+        self.groups = rear_groups(config, snapshot)
         self.stats = group_stats(self.groups, config.noise_ratio)
         rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template)
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
@@ -321,13 +331,8 @@ class RearTask:
     def batch(self, indices: list[int], device: torch.device) -> dict:
         from rearqa.training.data import rear_batch
 
-        c = self.config
         batch = rear_batch([self.groups[i] for i in indices], self.tokenizer,
-                           use_chat_template=c.chat_template, noise_ratio=c.noise_ratio,
-                           max_passage_words=c.max_passage_words,
-                           max_passage_tokens=c.max_passage_tokens,
-                           max_question_tokens=c.max_question_tokens,
-                           max_answer_tokens=c.max_answer_tokens)
+                           **rear_input_options(self.config))
         return {k: v.to(device) for k, v in batch.items()}
 
     def losses(self, batch: dict, stage: str) -> dict:
