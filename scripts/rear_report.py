@@ -107,6 +107,26 @@ def auc_table(root: Path) -> list[dict]:
     return out
 
 
+def rank_windows(run: Path, records: list[dict], window: int = 10) -> dict:
+    """A REAR run's rank loss per stage, mean of its first and last `window` steps, beside the
+    BCE of a constant prediction at the positives' base rate (from data_stats.json)."""
+    import math
+
+    out = {}
+    for stage in ("warmup", "main"):
+        losses = [r["rank"] for r in records if r["stage"] == stage]
+        if losses:
+            out[f"{stage}_rank_first{window}"] = sum(losses[:window]) / len(losses[:window])
+            out[f"{stage}_rank_last{window}"] = sum(losses[-window:]) / len(losses[-window:])
+    stats = run / "data_stats.json"
+    if out and stats.is_file():
+        data = json.loads(stats.read_text())
+        p = data["mean_positives_per_group"] * data["questions"] / data["passages"]
+        out["positive_rate"] = p
+        out["base_rate_bce"] = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    return out
+
+
 def train_curve(root: Path, out: Path) -> dict:
     fig, ax = new_figure(7, 4)
     summary = {}
@@ -120,7 +140,7 @@ def train_curve(root: Path, out: Path) -> dict:
             ax.plot(steps, [r["rank"] for r in records], label=f"{log.parent.name} rank", lw=0.8)
         summary[log.parent.name] = {"steps": records[-1]["step"], "tokens": records[-1]["tokens"],
                                     "seconds": records[-1]["seconds"], "last_lm": records[-1]["lm"],
-                                    "last_rank": records[-1]["rank"]}
+                                    "last_rank": records[-1]["rank"], **rank_windows(log.parent, records)}
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     out.parent.mkdir(parents=True, exist_ok=True)

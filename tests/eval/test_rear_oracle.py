@@ -23,3 +23,12 @@ def test_picks_follow_relevance_dense_order_and_labels():
                                 "first answer-containing (label oracle)": "from b"}
     row["retrieved_has_answer"] = [False, False, False]  # no label: the dense top-1
     assert load().pick(row)["first answer-containing (label oracle)"] == "from a"
+
+
+def test_passage_hits_count_the_trusted_passage():
+    rows = [{"retrieved_ids": ["a", "b", "c", "d"], "retrieved_has_answer": [False, False, True, False],
+             "citations": [{"id": p, "relevance": r} for p, r in zip("abcd", (0.0, 1.0, 0.5, 2.0))]},
+            {"retrieved_ids": ["a", "b"], "retrieved_has_answer": [True, False],
+             "citations": [{"id": "a", "relevance": 3.0}, {"id": "b", "relevance": 1.0}]}]
+    assert load().passage_hits(rows) == {"highest relevance": 0.5, "dense top-1": 0.5,
+                                         "any of the dense top-3": 1.0}
