@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rearqa import assets, data_prep
-from rearqa.eval.normalize import contains_answer, normalize_answer
+from rearqa import assets, data_prep, files
+from rearqa.normalize import contains_answer, normalize_answer
 
 
 # ---------------------------------------------------------------------------- topic parsing
@@ -220,7 +220,7 @@ class FakeSteps:
     def first(self, home: Path, progress: bool) -> assets.StepResult:
         self.runs.append("first")
         path = home / "a.txt"
-        data_prep.atomic_write_text(path, "hello\n")
+        files.atomic_write_text(path, "hello\n")
         return assets.StepResult([path], {"source": "1.0"}, {"n": 1})
 
     def second(self, home: Path, progress: bool) -> assets.StepResult:
@@ -228,7 +228,7 @@ class FakeSteps:
         if self.fail_second:
             raise RuntimeError("interrupted")
         path = home / "b.txt"
-        data_prep.atomic_write_text(path, (home / "a.txt").read_text().upper())
+        files.atomic_write_text(path, (home / "a.txt").read_text().upper())
         return assets.StepResult([path])
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rearqa import data_prep
+from rearqa import data_prep, files
+from rearqa.environment import offline_hub
 from rearqa.data_prep import AssetError, download_wheel  # noqa: F401  (public here)
 
 log = logging.getLogger("rearqa.assets")  # also when run as python -m rearqa.assets
@@ -145,21 +146,6 @@ class Step:
     needs: tuple[str, ...] = ()
 
 
-@contextmanager
-def _offline_hub() -> Iterator[None]:
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def prepare_reader(home: Path, progress: bool) -> StepResult:
     """Dequantize the SmolLM2 GGUF once and save it as a plain transformers checkpoint.
 
@@ -175,7 +161,7 @@ def prepare_reader(home: Path, progress: bool) -> StepResult:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _offline_hub():
+    with offline_hub():
         log.info("loading %s (dequantizing, ~15 s)", gguf)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
@@ -316,7 +302,7 @@ def _record_step(step: Step, result: StepResult, seconds: float, manifest: dict,
     for dependent in steps:  # their outputs were built from the old ones: run them again
         if step.name in dependent.needs:
             manifest["steps"].pop(dependent.name, None)
-    data_prep.atomic_write_text(manifest_file(home), json.dumps(manifest, indent=1) + "\n")
+    files.atomic_write_text(manifest_file(home), json.dumps(manifest, indent=1) + "\n")
 
 
 def is_prepared(home: Path | None = None) -> bool:

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rearqa.eval.normalize import normalize_answer
+from rearqa.files import atomic_write_lines, atomic_write_text
+from rearqa.normalize import normalize_answer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ DEV_SELECT_BUCKETS = 10  # 1 in 10 dev questions (by id hash) goes to the "-sele
 
 ANSWERABLE_RULE = (
     "A question is answerable when some gold answer, normalised with "
-    "rearqa.eval.normalize.normalize_answer, occurs as a contiguous run of whole tokens in the "
+    "rearqa.normalize.normalize_answer, occurs as a contiguous run of whole tokens in the "
     "normalised `text` (not the title) of at least one corpus passage."
 )
 
@@ -123,30 +123,6 @@ def open_inner_zip(wheel: Path, member: str) -> zipfile.ZipFile:
     """A zip stored inside the wheel's zip (the anserini jar), read into memory."""
     with zipfile.ZipFile(wheel) as outer:
         return zipfile.ZipFile(io.BytesIO(zip_member(outer, member, wheel.name)))
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and os.replace, so a reader
-    (or an interrupted run) never sees a half-written file."""
-    atomic_write_lines(path, [text])
-
-
-def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are shared data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: Path, records: Iterable[str]) -> None:

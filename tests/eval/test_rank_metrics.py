@@ -171,7 +171,7 @@ def _tiny_models(tmp_path):
     import torch
 
     from rearqa.reader.rear import RearConfig, RearModel
-    from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+    from rearqa.testing import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
     base = tiny_llama(len(tok), seed=3)

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rearqa.reader.rear import RearConfig, RearModel, RoutingConfig, add_lora
-from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import tiny_llama, tiny_tokenizer
 
 QUESTION = "who wrote hamlet ?"
 PASSAGES = ["hamlet is a tragedy written by shakespeare .", "paris is the capital of france"]

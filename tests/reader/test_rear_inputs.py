@@ -4,7 +4,7 @@ import torch
 
 from rearqa.reader.rear import (REAR_TOKENS, add_rear_tokens, build_rear_input,
                                 collate_rear_inputs, rear_token_ids)
-from rearqa.reader.rear.testing import tiny_tokenizer
+from rearqa.testing import tiny_tokenizer
 
 PASSAGE = "hamlet is a tragedy written by shakespeare ."
 QUESTION = "who wrote hamlet ?"

@@ -5,8 +5,8 @@ import torch
 from rearqa.reader.rear import (RearConfig, RearModel, add_lora, build_rear_input,
                                 collate_rear_inputs, trainable_parameter_counts)
 from rearqa.reader.rear.lora import no_decay_parameter_names
-from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
-from rearqa.training.losses import compute_rear_loss
+from rearqa.testing import tiny_llama, tiny_tokenizer
+from rearqa.training.losses import compute_rear_loss, rear_lm_loss_and_rank
 
 D = 16  # hidden size of tiny_llama
 # LoRA r=4 on q,o (16->16), k,v (16->8), gate,up (16->32), down (32->16), 2 layers:
@@ -105,7 +105,7 @@ def test_lm_loss_and_rank_equal_the_full_logits_path(head):
     def loss_and_grads(fast: bool):
         model.zero_grad(set_to_none=True)
         if fast:
-            lm, rank = model.lm_loss_and_rank(b["input_ids"], b["attention_mask"], b["labels"], mask)
+            lm, rank = rear_lm_loss_and_rank(model, b["input_ids"], b["attention_mask"], b["labels"], mask)
             parts = compute_rear_loss(None, b["labels"], rank, grades, groups, lm=lm)
         else:
             out = model(b["input_ids"], b["attention_mask"], mask)

@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM
 from rearqa.config_errors import ConfigError
 from rearqa.reader.rear import (RearConfig, RearModel, RoutingConfig, build_rear_input,
                                 collate_rear_inputs)
-from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import tiny_llama, tiny_tokenizer
 
 PASSAGES = ["hamlet is a tragedy written by shakespeare .", "paris is the capital of france",
             "the band was born in london in the year"]
@@ -81,7 +81,7 @@ def test_linear_head_is_the_served_logit_difference(tied):
     assert not logits[:, ids.rank_ref].any()  # the zero row contributes logit 0
     two = torch.log_softmax(logits[:, [ids.rank_score, ids.rank_ref]], dim=-1)  # allowed_token_ids
     torch.testing.assert_close(scores, two[:, 0] - two[:, 1], atol=1e-5, rtol=1e-5)
-    hidden = model._hidden(b["input_ids"], b["attention_mask"])[:, -1]
+    hidden = model.hidden_states(b["input_ids"], b["attention_mask"])[:, -1]
     w = model.causal_lm.get_output_embeddings().weight[ids.rank_score]
     torch.testing.assert_close(scores, hidden @ w)  # h . w
 

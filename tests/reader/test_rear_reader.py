@@ -14,7 +14,7 @@ from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_checkpoi
 from rearqa.reader.rear import (RearConfig, RearModel, RoutingConfig, answer_confidence,
                                 build_rear_input, collate_rear_inputs, token_logprobs)
 from rearqa.reader.rear.reader import RearReader, passage_text
-from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import tiny_llama, tiny_tokenizer
 from rearqa.types import Passage
 
 TEXTS = ["hamlet is a tragedy written by shakespeare .", "paris is the capital of france",

@@ -5,7 +5,7 @@ import pytest
 
 from rearqa.config_errors import ConfigError
 from rearqa.eval.bundle import Snapshot, write_jsonl_gz
-from rearqa.reader.rear.testing import tiny_tokenizer
+from rearqa.testing import tiny_tokenizer
 from rearqa.training.config import TrainConfig
 from rearqa.training.data import (build_groups, choose_target, closed_book_examples,
                                   encode_chat_example, generation_examples, grade, group_stats,

@@ -11,7 +11,7 @@ import torch
 
 from rearqa.config_errors import ConfigError
 from rearqa.eval.bundle import write_jsonl_gz
-from rearqa.reader.rear.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import tiny_llama, tiny_tokenizer
 from rearqa.training.config import ConfigMismatchError, TrainConfig
 from rearqa.training.train import (DataOrder, build_task, lr_factor, make_optimizer, plan_budget,
                                    stages, train)

@@ -15,10 +15,10 @@ from typing import Annotated, Optional
 
 import typer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from rearqa.environment import set_offline_defaults
+
+set_offline_defaults()
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(help="rearqa: relevance-aware retrieval-augmented question answering.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -12,16 +12,15 @@ limit how long one command may run.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from rearqa.environment import set_offline_defaults
+
+set_offline_defaults()
 
 train_app = typer.Typer(help="Train the REAR reader, or the rag-ft / closed-book-ft baselines.",
                         no_args_is_help=True, pretty_exceptions_enable=False)
@@ -50,7 +49,7 @@ AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-bat
 
 def _yaml_method(path: Path | None) -> str | None:
     """The `method` a YAML file names, if any (so a command cannot silently override it)."""
-    from rearqa.config import read_yaml
+    from rearqa.config_base import read_yaml
 
     if path is None or not path.is_file():
         return None

@@ -1,6 +1,5 @@
 """Evaluation of rearqa pipelines on open-domain QA sets.
 
-- `normalize`: SQuAD/DPR answer normalisation and matching, answer types;
 - `metrics`: exact match, token F1, answer-contained, length, answer-recall@k, registry;
 - `datasets`: JSONL question files, named data sets, the answerable subset;
 - `bootstrap`: bootstrap and paired-bootstrap confidence intervals;
@@ -15,8 +14,8 @@ def script_setup() -> None:
     import logging
     import os
 
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
-                        ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(name, value)
+    from rearqa.environment import set_offline_defaults
+
+    set_offline_defaults()
     logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # assets is light to import (no torch); its QA_DATASETS is the one list of prepared data sets.
 from rearqa import assets, data_prep
-from rearqa.eval.normalize import answer_type, normalize_answer
+from rearqa.normalize import answer_type, normalize_answer
 
 # Names resolved through rearqa.assets (qa_file / answerable_ids); anything else is a JSONL path.
 DATASET_NAMES = assets.QA_DATASETS

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from rearqa.eval.normalize import contains_answer, normalize_tokens
+from rearqa.normalize import contains_answer, normalize_tokens
 
 AnswerMetric = Callable[[str, Sequence[str]], float]
 

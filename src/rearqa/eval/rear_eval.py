@@ -61,7 +61,7 @@ class SnapshotRunConfig:
     weights: dict[str, Any] = field(default_factory=dict)  # checkpoint / adapter / base model
 
     def to_dict(self) -> dict[str, Any]:
-        from rearqa.config import to_dict
+        from rearqa.config_base import to_dict
 
         return to_dict(self)
 
@@ -378,7 +378,8 @@ def select_routing(examples: list[QAExample], passages: list[list], readings: li
     import numpy as np
 
     from rearqa.eval.metrics import exact_match, passages_with_answer, token_f1
-    from rearqa.reader.rear.routing import ROUTING_METHODS, choose_threshold
+    from rearqa.reader.rear.config import ROUTING_METHODS
+    from rearqa.reader.rear.routing import choose_threshold
 
     scores = np.concatenate([r["scores"] for r in readings if r["scores"]])
     candidates = np.unique(np.concatenate([[scores.min() - 1.0],
@@ -429,7 +430,7 @@ def choose_routing(args, snapshot: Snapshot) -> dict[str, Any]:
 
 def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any]) -> Path:
     """Store the chosen threshold and routing method in the checkpoint's rear_config.json."""
-    from rearqa.data_prep import atomic_write_text
+    from rearqa.files import atomic_write_text
     from rearqa.reader.rear.checkpoint import CONFIG_FILE, read_meta
 
     meta = read_meta(checkpoint)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rearqa.data_prep import atomic_write_text
+from rearqa.files import atomic_write_text
 from rearqa.eval.bootstrap import bootstrap_ci
 
 ANSWER_METRICS = ("em", "f1", "contained", "length")
@@ -114,7 +114,7 @@ def report_markdown(report: dict[str, Any], n_example_rows: int = 10) -> str:
              "", *_table(header, body), "",
              "95% bootstrap intervals of the means:", "", *_table(["group", *CI_METRICS], ci_body),
              "", "Groups: `numeric` = every gold answer is a number or date "
-             "(`rearqa.eval.normalize.answer_type`); `answerable` = a normalised gold answer occurs "
+             "(`rearqa.normalize.answer_type`); `answerable` = a normalised gold answer occurs "
              "as whole words in some corpus passage. Many such matches are spurious (a bare year "
              "in an unrelated article): check the per-question rows in report.json.", ""]
     if report.get("load_errors"):

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rearqa.config_errors import ConfigError
+from rearqa.environment import repo_root
+from rearqa.reader.engines import ENGINES
+from rearqa.reader.rear.config import FALLBACKS as REAR_FALLBACKS
+from rearqa.reader.rear.config import ROUTING_METHODS
+
 # method -> "module:Class". Classes with a `from_config(config, base_model_dir)` classmethod are
 # built with it; BaselineReader's own constructor already has that shape (rearqa.reader.build_reader).
 READERS: dict[str, str] = {
@@ -21,13 +27,12 @@ READERS: dict[str, str] = {
 READER_METHODS = tuple(READERS)
 # Methods that read no passages: the pipeline and the eval runner retrieve none for them.
 CLOSED_BOOK_METHODS = ("closed-book", "closed-book-ft")
-# The method used when none is asked for. checkpoints/rear-smollm2 exists but its relevance
-# judgments are near chance (docs/rear.md: 33/60 right on the fixed dev-select pairs, test AUC .65
-# below dense cosine's .77), so REAR is opt-in (`--method rear`) until a checkpoint passes.
+# The method used when none is asked for; docs/rear.md says why it is not (yet) rear.
 DEFAULT_METHOD = "rag"
 DTYPES = ("float32", "bfloat16")
-ROUTINGS = ("", "path_reliability", "knowledge_consistency")
-FALLBACKS = ("", "closed_book", "abstain")
+# "" = what the REAR checkpoint stores; the names themselves have one home (reader/rear/config.py).
+ROUTINGS = ("", *ROUTING_METHODS)
+FALLBACKS = ("", *REAR_FALLBACKS)
 DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 
 
@@ -49,13 +54,9 @@ class ReaderConfig:
     checkpoint: str = ""  # REAR checkpoint dir (method rear); "" = <repo>/checkpoints/rear-smollm2
     adapter: str = ""  # PEFT LoRA adapter dir over the base model (methods rag-ft, closed-book-ft)
     routing: str = ""  # REAR routing: path_reliability | knowledge_consistency; "" = the checkpoint's
-    fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain; "" = the checkpoint's
+    fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain | best_passage; "" = the checkpoint's
 
     def __post_init__(self) -> None:
-        from rearqa.config_errors import ConfigError
-
-        from rearqa.reader.engines import ENGINES
-
         for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
                               ("routing", ROUTINGS), ("fallback", FALLBACKS)):
             if getattr(self, name) not in allowed:
@@ -74,15 +75,11 @@ class ReaderConfig:
 
 def default_checkpoint_dir() -> Path:
     """`<repo>/checkpoints/rear-smollm2`, found from the package location (src layout)."""
-    import rearqa
-
-    return Path(rearqa.__file__).resolve().parents[2] / "checkpoints" / DEFAULT_CHECKPOINT_NAME
+    return repo_root() / "checkpoints" / DEFAULT_CHECKPOINT_NAME
 
 
 def resolve_checkpoint(config: ReaderConfig) -> Path:
     """The REAR checkpoint directory `config` names; a clear error when it does not exist."""
-    from rearqa.config_errors import ConfigError
-
     path = Path(config.checkpoint).expanduser() if config.checkpoint else default_checkpoint_dir()
     if not (path / "rear_config.json").is_file():
         where = (f"reader.checkpoint={config.checkpoint!r}" if config.checkpoint
@@ -95,8 +92,6 @@ def resolve_checkpoint(config: ReaderConfig) -> Path:
 
 def resolve_adapter(config: ReaderConfig) -> Path:
     """The LoRA adapter directory for rag-ft / closed-book-ft; a clear error when missing."""
-    from rearqa.config_errors import ConfigError
-
     if not config.adapter:
         raise ConfigError(f"reader.method={config.method!r} needs reader.adapter: the directory a "
                           "PEFT LoRA adapter was saved to (adapter_config.json)")

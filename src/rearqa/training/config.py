@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rearqa.config_errors import ConfigError
+from rearqa.reader.rear.config import HEAD_TYPES
 
 METHODS = ("rear", "rag-ft", "closed-book-ft")
 BASELINES = ("rag-ft", "closed-book-ft")
@@ -127,8 +128,8 @@ class TrainConfig:
             raise ConfigError(f"train.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"train.device={self.device!r}: use auto, cpu, cuda or cuda:N")
-        if self.rear_head not in ("linear", "lowrank_attn"):
-            raise ConfigError(f"train.rear_head={self.rear_head!r}: choose linear or lowrank_attn")
+        if self.rear_head not in HEAD_TYPES:
+            raise ConfigError(f"train.rear_head={self.rear_head!r}: choose one of {list(HEAD_TYPES)}")
         if self.token_budget and self.token_budget_from:
             raise ConfigError("train.token_budget and train.token_budget_from are both set: "
                               "give one (a number, or a REAR run's train_log.jsonl)")
@@ -190,7 +191,7 @@ class TrainConfig:
         return reader_model_dir()
 
     def to_dict(self) -> dict[str, Any]:
-        from rearqa.config import to_dict
+        from rearqa.config_base import to_dict
 
         return to_dict(self)
 
@@ -200,7 +201,7 @@ class TrainConfig:
 
         Overrides whose value is None are ignored (unset command-line options).
         """
-        from rearqa.config import from_dict, read_yaml
+        from rearqa.config_base import from_dict, read_yaml
 
         data: dict[str, Any] = {}
         where = "train"

@@ -6,7 +6,7 @@ of them noise-resistant. For each `*-dev-train` question of a snapshot (rearqa.e
 
     candidates   dense top-`depth` and BM25 top-`depth`, with each passage's rank in both
     coarse label has_answer = the passage text contains a normalised gold answer (DPR has_answer,
-                 `rearqa.eval.normalize`, whole-token match)
+                 `rearqa.normalize`, whole-token match)
     fine label   grade = 0.6 + 0.2 * [dense rank <= agree_top] + 0.2 * [BM25 rank <= agree_top]
                  for a positive, 0.0 for a negative. Among positives the passages both retrievers
                  put near the top come first, which demotes spurious matches (a bare year or a
@@ -51,7 +51,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rearqa.config_errors import ConfigError
-from rearqa.eval.normalize import normalize_answer
+from rearqa.normalize import normalize_answer
 from rearqa.training.config import check_train_splits
 
 POSITIVE_BASE = 0.6  # grade of a positive that no retriever ranks in its top `agree_top`

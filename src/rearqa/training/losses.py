@@ -140,7 +140,7 @@ def compute_rear_loss(lm_logits: torch.Tensor | None, labels: torch.Tensor, rank
                       config: RearLossConfig | None = None,
                       lm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The full objective and its parts: {"loss", "lm", "rank"}. `lm`: the LM loss when the
-    caller computed it already (RearModel.lm_loss_and_rank), else it is lm_loss(lm_logits)."""
+    caller computed it already (rear_lm_loss_and_rank), else it is lm_loss(lm_logits)."""
     config = config or RearLossConfig()
     lm = lm_loss(lm_logits, labels) if lm is None else lm
     if config.fine:
@@ -149,3 +149,17 @@ def compute_rear_loss(lm_logits: torch.Tensor | None, labels: torch.Tensor, rank
     else:
         rank = pointwise_bce(rank_logits, rank_labels, config.pos_threshold, config.neg_weight)
     return {"loss": rear_loss(lm, rank, config.beta), "lm": lm, "rank": rank}
+
+
+def rear_lm_loss_and_rank(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: torch.Tensor, passage_mask: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A RearModel's (LM loss, (B,) rank logits) from one forward pass, with the output layer
+    applied at the labelled positions and the score positions only: the same values as
+    `model.forward` + `lm_loss`, without its (B, T, V) logits (tens of GiB for a 128-row batch)."""
+    positions = model.score_positions(input_ids, attention_mask)
+    hidden = model.hidden_states(input_ids, attention_mask)  # (B, T, D)
+    rank = model.rank_logits(hidden, positions, attention_mask, passage_mask)
+    lm = lm_loss_at_labels(hidden, model.causal_lm.get_output_embeddings(), labels,
+                           model.suppressed_token_ids())
+    return lm, rank

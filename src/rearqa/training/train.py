@@ -336,12 +336,12 @@ class RearTask:
         return {k: v.to(device) for k, v in batch.items()}
 
     def losses(self, batch: dict, stage: str) -> dict:
-        from rearqa.training.losses import RearLossConfig, compute_rear_loss
+        from rearqa.training.losses import RearLossConfig, compute_rear_loss, rear_lm_loss_and_rank
 
         c = self.config
         passage_mask = batch["passage_mask"] if self.model.rank_head is not None else None
-        lm, rank = self.model.lm_loss_and_rank(batch["input_ids"], batch["attention_mask"],
-                                               batch["labels"], passage_mask)
+        lm, rank = rear_lm_loss_and_rank(self.model, batch["input_ids"], batch["attention_mask"],
+                                         batch["labels"], passage_mask)
         loss_config = RearLossConfig(beta=c.beta, fine=stage == "main", bce_weight=c.bce_weight,
                                      minor_diff=c.minor_diff, neg_weight=c.neg_weight)
         return compute_rear_loss(None, batch["labels"], rank, batch["grades"], batch["group_ids"],

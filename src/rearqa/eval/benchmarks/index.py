@@ -44,7 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rearqa.data_prep import atomic_write_text
+from rearqa.files import atomic_write_text
 
 PROG = "rearqa.eval.benchmarks.index"
 MINILM_DIM = 384

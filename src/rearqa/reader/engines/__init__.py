@@ -6,10 +6,10 @@ its engine from the same `reader.engine` setting (rearqa.reader.rear.reader.REAR
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from rearqa.environment import set_offline_defaults
 from rearqa.registry import resolve
 
 ENGINES: dict[str, str] = {
@@ -29,8 +29,7 @@ def build_engine(name: str, **kwargs: Any):
 def checkpoint_dir(model_dir: str | Path) -> Path:
     """`model_dir` as a Path once it holds a transformers checkpoint (config.json), with the hub
     switched off for whatever loads it; a clear error otherwise."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    set_offline_defaults()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(

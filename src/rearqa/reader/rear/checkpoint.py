@@ -29,7 +29,7 @@ ADAPTER_DIR = "adapter"
 
 
 def _write_common(model, path: Path, kind: str) -> None:
-    from rearqa.config import to_dict
+    from rearqa.config_base import to_dict
 
     if model.rank_head is not None:
         from safetensors.torch import save_file
@@ -88,7 +88,7 @@ def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: t
               is_trainable: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rearqa.config import from_dict
+    from rearqa.config_base import from_dict
     from rearqa.reader.rear.model import RearConfig
 
     path = Path(path)

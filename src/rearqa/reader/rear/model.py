@@ -25,7 +25,7 @@ fight the rank loss over the same row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,46 +34,13 @@ from torch import nn
 from rearqa.reader.rear.heads import (LowRankAttentionPooling, find_score_positions,
                                       positions_from_mask)
 from rearqa.reader.rear.inputs import build_rear_input, collate_rear_inputs
-from rearqa.reader.rear.routing import RoutingConfig
+from rearqa.reader.rear.config import RearConfig
 from rearqa.reader.rear.tokens import REAR_TOKENS, RearTokenIds, add_rear_tokens
 
-HEAD_TYPES = ("linear", "lowrank_attn")
 # Config attributes that transform logits after the output layer: the served logit difference
 # would no longer be the head's h . w, so the linear head refuses such models.
 _POST_HEAD_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
                                "output_multiplier_scale")
-
-
-@dataclass
-class RearConfig:
-    """The REAR head, prompt format and routing; saved with every checkpoint."""
-
-    head: str = "linear"  # linear (an output-vocabulary row, vLLM-servable) | lowrank_attn (hf only)
-    lowrank_heads: int = 4  # attention heads of the lowrank_attn pooling
-    lowrank_rank: int = 8  # rank r of each head's factorised key map W_j = A_j B_j
-    lowrank_key_dim: int = 64  # width of each head's keys and context vector
-    lowrank_use_score_state: bool = True  # also feed h at <GENERATE_SCORE> to the final linear map
-    use_chat_template: bool = False  # prompt format the model is trained and served with
-    routing: RoutingConfig = field(default_factory=RoutingConfig)  # threshold, gamma, fallback
-
-    def __post_init__(self) -> None:
-        from rearqa.config_errors import ConfigError
-
-        if self.head not in HEAD_TYPES:
-            raise ConfigError(f"rear.head={self.head!r}: choose one of {list(HEAD_TYPES)}")
-        for name in ("lowrank_heads", "lowrank_rank", "lowrank_key_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"rear.{name}={value!r}: must be a positive integer")
-        for name in ("lowrank_use_score_state", "use_chat_template"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"rear.{name}={getattr(self, name)!r}: must be true or false")
-        if isinstance(self.routing, dict):
-            from rearqa.config import from_dict
-
-            self.routing = from_dict(RoutingConfig, self.routing, "rear.routing")
-        if not isinstance(self.routing, RoutingConfig):
-            raise ConfigError(f"rear.routing={self.routing!r}: must be a RoutingConfig or a mapping")
 
 
 @dataclass
@@ -239,15 +206,21 @@ class RearModel(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
 
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final post-norm hidden states, (B, T, D); positions count attended tokens only."""
         decoder = self.causal_lm.get_decoder()
         out = decoder(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=positions_from_mask(attention_mask), use_cache=False)
         return out.last_hidden_state
 
-    def _rank(self, hidden: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
-              passage_mask: torch.Tensor | None, score_logits: torch.Tensor | None) -> torch.Tensor:
+    def rank_logits(self, hidden: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
+                    passage_mask: torch.Tensor | None = None,
+                    score_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) relevance logits from final hidden states (B, T, D) read at `positions` (B,).
+
+        `score_logits`: the output layer's logits at those positions when the caller has them
+        (saves a second output-layer pass for the linear head); `passage_mask`: the tokens the
+        lowrank_attn head pools (default: the whole prompt before <GENERATE_SCORE>)."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h_s = hidden[rows, positions]  # (B, D)
         if self.rank_head is None:
@@ -260,6 +233,10 @@ class RearModel(nn.Module):
             passage_mask = attention_mask.bool() & before
         return self.rank_head(hidden, passage_mask.to(hidden.device), h_s).float()
 
+    def score_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) index of each row's last attended <GENERATE_SCORE>."""
+        return find_score_positions(input_ids, attention_mask, self.token_ids.generate_score)
+
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               passage_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) prompts, left or right padded -> (B,) relevance logits, in one forward pass.
@@ -267,39 +244,24 @@ class RearModel(nn.Module):
         Each row's score is read at its last attended <GENERATE_SCORE>, wherever padding put it.
         Runs under the caller's grad mode (wrap in torch.inference_mode() to serve).
         """
-        positions = find_score_positions(input_ids, attention_mask, self.token_ids.generate_score)
-        hidden = self._hidden(input_ids, attention_mask)
-        return self._rank(hidden, positions, attention_mask, passage_mask, None)
+        positions = self.score_positions(input_ids, attention_mask)
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return self.rank_logits(hidden, positions, attention_mask, passage_mask, None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 passage_mask: torch.Tensor | None = None,
                 mask_control_tokens: bool = True) -> RearOutput:
         """LM logits and rank logits from ONE forward pass (training)."""
-        positions = find_score_positions(input_ids, attention_mask, self.token_ids.generate_score)
-        hidden = self._hidden(input_ids, attention_mask)  # (B, T, D)
+        positions = self.score_positions(input_ids, attention_mask)
+        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, D)
         logits = self.causal_lm.get_output_embeddings()(hidden)  # (B, T, V)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        rank = self._rank(hidden, positions, attention_mask, passage_mask, logits[rows, positions])
+        rank = self.rank_logits(hidden, positions, attention_mask, passage_mask, logits[rows, positions])
         if mask_control_tokens:
             # In place: the output layer's backward does not need its output.
             logits.index_fill_(-1, torch.tensor(self.suppressed_token_ids(),
                                                 device=logits.device), float("-inf"))
         return RearOutput(logits, rank, positions)
-
-    def lm_loss_and_rank(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         labels: torch.Tensor, passage_mask: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training's (LM loss, (B,) rank logits) from one forward pass, with the output layer
-        applied at the labelled positions and the score positions only: the same values as
-        `forward` + `lm_loss`, without its (B, T, V) logits (tens of GiB for a 128-row batch)."""
-        from rearqa.training.losses import lm_loss_at_labels
-
-        positions = find_score_positions(input_ids, attention_mask, self.token_ids.generate_score)
-        hidden = self._hidden(input_ids, attention_mask)  # (B, T, D)
-        rank = self._rank(hidden, positions, attention_mask, passage_mask, None)
-        lm = lm_loss_at_labels(hidden, self.causal_lm.get_output_embeddings(), labels,
-                               self.suppressed_token_ids())
-        return lm, rank
 
     @torch.inference_mode()
     def score_texts(self, question: str, passages: list[str]) -> torch.Tensor:

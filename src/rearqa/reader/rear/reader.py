@@ -318,7 +318,7 @@ class RearReader(RearReaderBase):
         sel = torch.tensor(rows, device=self.device)
         pool = batch["passage_mask"][sel] if self.model.rank_head is not None else None
         # _rank is RearModel's own head read-out (shared, not copied), on the selected rows.
-        scores = self.model._rank(out.last_hidden_state[sel], positions[sel], mask[sel], pool, None)
+        scores = self.model.rank_logits(out.last_hidden_state[sel], positions[sel], mask[sel], pool, None)
         return scores.tolist(), out.past_key_values
 
     def _greedy(self, cache, prompt_mask: torch.Tensor, first: torch.Tensor) -> list[str]:

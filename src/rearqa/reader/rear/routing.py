@@ -29,35 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ROUTING_METHODS = ("path_reliability", "knowledge_consistency")
-FALLBACKS = ("closed_book", "abstain", "best_passage")
-THRESHOLD_OBJECTIVES = ("f1", "accuracy", "balanced_accuracy")
-
-
-@dataclass
-class RoutingConfig:
-    """How the final answer is chosen; saved with the checkpoint because it depends on its scale."""
-
-    method: str = "knowledge_consistency"  # path_reliability | knowledge_consistency
-    threshold: float = 0.0  # a passage is judged relevant when its logit s_i > threshold
-    gamma: float = 9.0  # weight of the confidence con_i in knowledge-consistency (REAR code: 9)
-    fallback: str = "closed_book"  # when nothing clears the threshold: closed_book | abstain | best_passage
-
-    def __post_init__(self) -> None:
-        from rearqa.config_errors import ConfigError
-
-        if self.method not in ROUTING_METHODS:
-            raise ConfigError(f"routing.method={self.method!r}: choose one of {list(ROUTING_METHODS)}")
-        if self.fallback not in FALLBACKS:
-            raise ConfigError(f"routing.fallback={self.fallback!r}: choose one of {list(FALLBACKS)}")
-        for name in ("threshold", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"routing.{name}={value!r}: must be a finite number")
-        if self.gamma < 0:
-            raise ConfigError(f"routing.gamma={self.gamma!r}: must be >= 0 (0 = path reliability "
-                              "restricted to relevant passages)")
-
+from rearqa.reader.rear.config import THRESHOLD_OBJECTIVES, RoutingConfig
 
 @dataclass
 class RoutingDecision:

@@ -53,7 +53,7 @@ class VllmRearReader(RearReaderBase):
         `engine`: a VllmEngine already serving the merged checkpoint (tests share one)."""
         from transformers import AutoTokenizer
 
-        from rearqa.config import from_dict
+        from rearqa.config_base import from_dict
         from rearqa.reader.rear.model import RearConfig
 
         self._tmp: Path | None = None

@@ -1,4 +1,5 @@
-"""Tiny tokenizers and Llama models for tests of the REAR reader (STYLE rule 6: tiny configs).
+"""Tiny tokenizers and Llama models for the tests of every wing: reader, backbone transforms,
+adapters and kernels (STYLE rule 6: tiny configs).
 
 Nothing here touches the network or the real checkpoint: the tokenizer is a word-level
 `tokenizers` model over a few dozen words with a chat template, the model a 2-layer Llama.
