@@ -82,8 +82,8 @@ def timed_read(reader, questions, passages) -> tuple[float, list]:
 
 def first_token_seconds(stream) -> float:
     start = time.perf_counter()
-    for piece in stream:
-        if piece.strip():
+    for piece in stream:  # text pieces, then the Answer (counted as the first token if no text came)
+        if not isinstance(piece, str) or piece.strip():
             elapsed = time.perf_counter() - start
             for _ in stream:  # drain, so the engine is idle for the next question
                 pass

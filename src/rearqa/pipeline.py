@@ -89,8 +89,15 @@ class Pipeline:
 
     def retrieve_batch(self, questions: list[str], k: int | None = None, *,
                        filters: dict | None = None, retriever: str | None = None) -> list[list[Passage]]:
+        return self._search(self._checked(questions), k, filters, retriever)
+
+    def _checked(self, questions: list[str]) -> list[str]:
+        """The questions as they enter: checked once here, stripped (QuestionError otherwise)."""
         limit = self.config.reader.max_question_chars
-        questions = [check_question(q, limit) for q in questions]
+        return [check_question(q, limit) for q in questions]
+
+    def _search(self, questions: list[str], k: int | None, filters: dict | None,
+                retriever: str | None) -> list[list[Passage]]:
         search = self.collection.retriever(retriever or self.config.retriever.kind)
         return search.search_batch(questions, k or self.config.k, filters=filters)
 
@@ -108,13 +115,10 @@ class Pipeline:
                   method: str | None = None, retriever: str | None = None) -> list[Answer]:
         """Answer many questions; generation is batched (reader.batch_size)."""
         method = method or self.config.reader.method
-        if method in CLOSED_BOOK_METHODS:
-            limit = self.config.reader.max_question_chars
-            questions = [check_question(q, limit) for q in questions]
-            passages: list[list[Passage]] = [[] for _ in questions]
-        else:
-            passages = self.retrieve_batch(questions, k, filters=filters, retriever=retriever)
-        return self.read_batch([q.strip() for q in questions], passages, method)
+        questions = self._checked(questions)
+        passages: list[list[Passage]] = ([[] for _ in questions] if method in CLOSED_BOOK_METHODS
+                                         else self._search(questions, k, filters, retriever))
+        return self.read_batch(questions, passages, method)
 
     def stream(self, question: str, k: int | None = None, *, filters: dict | None = None,
                method: str | None = None, retriever: str | None = None,
@@ -126,14 +130,10 @@ class Pipeline:
         `query`: the retrieval query when it differs from the question (a chat follow-up
         searched together with the turn it refers to); default the question itself."""
         method = method or self.config.reader.method
-        question = check_question(question, self.config.reader.max_question_chars)
-        query = question if query is None else query
-        passages = [] if method in CLOSED_BOOK_METHODS else self.retrieve(query, k, filters=filters,
-                                                                    retriever=retriever)
+        question = self._checked([question])[0]
+        query = question if query is None else self._checked([query])[0]
+        passages = [] if method in CLOSED_BOOK_METHODS else self._search([query], k, filters,
+                                                                        retriever)[0]
         yield "passages", passages
-        reader = self.reader_for(method)
-        pieces = []
-        for piece in reader.stream(question, passages, method, history):
-            pieces.append(piece)
-            yield "token", piece
-        yield "answer", reader.make_answer(question, "".join(pieces).strip(), passages, method)
+        for item in self.reader_for(method).stream(question, passages, method, history):
+            yield ("answer", item) if isinstance(item, Answer) else ("token", item)

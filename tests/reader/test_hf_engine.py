@@ -48,8 +48,10 @@ def test_batched_generation_equals_one_at_a_time(reader):
 
 def test_stream_yields_the_same_text_as_generate(reader):
     question = "Who painted the Mona Lisa?"
-    streamed = "".join(reader.stream(question, [], method="closed-book")).strip()
+    *pieces, answer = reader.stream(question, [], method="closed-book")
+    streamed = "".join(pieces).strip()
     assert streamed == reader.read_batch([question], [[]], method="closed-book")[0].text
+    assert answer.text == streamed
 
 
 def test_generation_stops_at_the_tokenizers_eos_even_if_the_config_names_another(reader):

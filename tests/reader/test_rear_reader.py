@@ -9,11 +9,12 @@ import torch
 
 from rearqa.config_errors import ConfigError
 from rearqa.reader import build_reader, get_reader_class
-from rearqa.reader.baseline import first_line
+from rearqa.reader.base import first_line
 from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_checkpoint
 from rearqa.reader.rear import (RearConfig, RearModel, RoutingConfig, answer_confidence,
                                 build_rear_input, collate_rear_inputs, token_logprobs)
-from rearqa.reader.rear.reader import RearReader, passage_text
+from rearqa.reader.rear.prompting import passage_text
+from rearqa.reader.rear.reader import RearReader
 from rearqa.testing import tiny_llama, tiny_tokenizer
 from rearqa.types import Passage
 
@@ -80,14 +81,14 @@ def test_answers_match_generate_under_each_judgment():
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_batched_prompts_equal_build_rear_input(chat):
-    from rearqa.reader.rear.reader import MAX_PASSAGE_TOKENS, MAX_QUESTION_TOKENS, _PromptBuilder
+    from rearqa.reader.rear.prompting import MAX_PASSAGE_TOKENS, MAX_QUESTION_TOKENS, PromptBuilder
 
     tok = tiny_tokenizer()
     model = RearModel.from_base(tiny_llama(len(tok)), tok, RearConfig(use_chat_template=chat))
     texts = [*TEXTS, "", "the city " * 150]  # empty (closed-book row) and cut to 200 tokens
     questions = [QUESTIONS[0], "who " * 80]  # the second cut to 64 tokens
     rows = [0, 1, 0, 1, 0, 1]
-    built = _PromptBuilder(model.tokenizer, chat).build(texts, questions, rows)
+    built = PromptBuilder(model.tokenizer, chat).build(texts, questions, rows)
     for text, qi, got in zip(texts, rows, built):
         want = build_rear_input(model.tokenizer, text, questions[qi], use_chat_template=chat,
                                 max_passage_tokens=MAX_PASSAGE_TOKENS,
@@ -213,13 +214,14 @@ def test_routing_and_fallback_override_the_checkpoint():
     assert make_reader(model).routing == model.config.routing
 
 
-def test_stream_then_make_answer():
+def test_stream_yields_the_pieces_then_what_read_returns():
     reader = make_reader(make_model())
     expected = reader.read_batch(QUESTIONS[:1], PASSAGES[:1])[0]
-    pieces = list(reader.stream(QUESTIONS[0], PASSAGES[0]))
+    *pieces, answer = list(reader.stream(QUESTIONS[0], PASSAGES[0]))
+    assert all(isinstance(p, str) for p in pieces)
     assert "".join(pieces) == expected.text
-    answer = reader.make_answer(QUESTIONS[0], "".join(pieces), PASSAGES[0], "rear")
     assert answer.to_dict() == expected.to_dict()
+    assert not hasattr(reader, "_last")  # nothing parked on the reader between calls
 
 
 def test_batch_size_does_not_change_answers():

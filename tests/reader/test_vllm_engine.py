@@ -123,7 +123,7 @@ def readers(plain_checkpoint, vllm_engine):
 def test_engines_are_registered():
     from rearqa.reader.engines import get_engine_class
     from rearqa.reader.engines.vllm_engine import VllmEngine
-    from rearqa.reader.rear.reader import REAR_ENGINES
+    from rearqa.reader.rear.config import REAR_ENGINES
     from rearqa.registry import resolve
 
     assert get_engine_class("vllm") is VllmEngine
@@ -222,21 +222,21 @@ def test_failed_start_shows_the_log_tail(plain_checkpoint, tmp_path):
 @pytest.mark.slow
 def test_stop_rule_is_rear_readers(reader_dir):
     """vLLM stops at the first newline; `stop_index` must then stop exactly where RearReader's
-    decode loop (`_StopTable`) does, including rows that start with blank lines."""
+    decode loop (`StopTable`) does, including rows that start with blank lines."""
     import random
     from types import SimpleNamespace
 
     import torch
     from transformers import AutoTokenizer
 
-    from rearqa.reader.rear.reader import _StopTable
+    from rearqa.reader.rear.prompting import StopTable
     from rearqa.reader.rear.vllm_reader import stop_index
 
     tokenizer = AutoTokenizer.from_pretrained(reader_dir)
     eos = {tokenizer.eos_token_id}
     lm = SimpleNamespace(get_output_embeddings=lambda: SimpleNamespace(
         weight=torch.empty(len(tokenizer), 0)), generation_config=SimpleNamespace(eos_token_id=None))
-    table = _StopTable(tokenizer, lm, torch.device("cpu"))
+    table = StopTable(tokenizer, lm, torch.device("cpu"))
     words = tokenizer(["Paris", " is", ".", "\n", "\n\n", " \n", ".\n", "\nThe", " ", "  "],
                       add_special_tokens=False)["input_ids"]
     pool = sorted({t for w in words for t in w} | eos)

@@ -3,18 +3,19 @@
 One reader class per family, registered by method name in `rearqa.reader.config.READERS`:
 `BaselineReader` (closed-book, standard RAG), `FinetunedReader` (the same prompts over a LoRA
 fine-tuned base: rag-ft, closed-book-ft) and `RearReader` (rank head, judgment tokens, routing).
-All share the `read_batch` / `stream` / `make_answer` seam. The REAR and fine-tuned readers are
-imported lazily (they pull in torch and peft).
+All offer the `Reader` seam of `rearqa.reader.base` (read_batch; stream yields the text pieces, then
+the Answer). The REAR and fine-tuned readers are imported lazily (they pull in torch and peft).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from rearqa.reader.baseline import BaselineReader, QuestionError, check_question
+from rearqa.reader.base import QuestionError, Reader, check_question
+from rearqa.reader.baseline import BaselineReader
 from rearqa.reader.config import READERS, ReaderConfig
 from rearqa.registry import load, resolve
 
-__all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "ReaderConfig",
+__all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "Reader", "ReaderConfig",
            "RearReader", "build_reader", "check_question", "get_reader_class"]
 
 _LAZY = {"RearReader": READERS["rear"], "FinetunedReader": READERS["rag-ft"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from rearqa.reader.base import StreamItem, first_line, stream_then_answer
 from rearqa.reader.config import READER_METHODS, ReaderConfig
 from rearqa.reader.engines import build_engine
 from rearqa.reader.prompts import build_messages, get_prompt
@@ -15,32 +16,6 @@ from rearqa.types import Answer, Citation, Passage
 
 
 BASELINE_METHODS = ("closed-book", "rag")
-
-
-class QuestionError(ValueError):
-    """A question that cannot be answered as given (empty, too long, not text)."""
-
-
-def check_question(question: object, max_chars: int) -> str:
-    if not isinstance(question, str):
-        raise QuestionError(f"question must be text, got {type(question).__name__}")
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate: from JSON "\ud800" or undecodable argv bytes
-        raise QuestionError(f"question has a character that is not valid Unicode at position {exc.start} "
-                            f"({question[exc.start]!r}); send UTF-8 text") from None
-    question = question.strip()
-    if not question:
-        raise QuestionError("question is empty: type a question, e.g. 'Who wrote Hamlet?'")
-    if len(question) > max_chars:
-        raise QuestionError(f"question is {len(question)} characters long; the limit is {max_chars} "
-                            "(reader.max_question_chars). Shorten it.")
-    return question
-
-
-def first_line(text: str) -> str:
-    """The answer proper: small chat models often add a second paragraph or a list after it."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 class BaselineReader:
@@ -86,7 +61,10 @@ class BaselineReader:
         return answers
 
     def stream(self, question: str, passages: list[Passage], method: str | None = None,
-               history: list[dict] | None = None) -> Iterator[str]:
-        """Yield answer text pieces for one question (build the Answer with `make_answer`)."""
+               history: list[dict] | None = None) -> Iterator[StreamItem]:
+        """Yield the answer's text pieces for one question as the engine makes them, then its Answer."""
+        method = self._method(method)
         messages = self.messages(question, passages, method, history)
-        yield from self.engine.stream(messages, self.config.max_new_tokens)
+        pieces = self.engine.stream(messages, self.config.max_new_tokens)
+        yield from stream_then_answer(pieces, lambda text: self.make_answer(question, text, passages,
+                                                                            method))

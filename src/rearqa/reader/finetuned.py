@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rearqa.reader.base import StreamItem
 from rearqa.reader.baseline import BaselineReader
 from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_device
 from rearqa.reader.engines.hf import HFEngine
@@ -97,10 +98,7 @@ class FinetunedReader:
         return [self._relabel(a, method) for a in answers]
 
     def stream(self, question: str, passages: list[Passage], method: str | None = None,
-               history: list[dict] | None = None) -> Iterator[str]:
-        yield from self.base.stream(question, passages, PROMPT_METHOD[self._method(method)], history)
-
-    def make_answer(self, question: str, text: str, passages: list[Passage], method: str) -> Answer:
+               history: list[dict] | None = None) -> Iterator[StreamItem]:
         method = self._method(method)
-        return self._relabel(self.base.make_answer(question, text, passages, PROMPT_METHOD[method]),
-                             method)
+        for item in self.base.stream(question, passages, PROMPT_METHOD[method], history):
+            yield self._relabel(item, method) if isinstance(item, Answer) else item

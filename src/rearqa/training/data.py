@@ -114,7 +114,7 @@ class ChatExample:
 
 def passage_input_text(title: str, text: str, max_words: int = 150) -> str:
     """The title line, then the text cut to `max_words` words: exactly what the REAR reader
-    shows at inference (`rearqa.reader.rear.reader.passage_text`, max_passage_words=150), so
+    shows at inference (`rearqa.reader.rear.prompting.passage_text`, max_passage_words=150), so
     the model is trained on what it will read."""
     cut = " ".join(text.split()[:max_words])
     return f"{title}\n{cut}" if title else cut

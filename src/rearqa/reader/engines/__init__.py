@@ -2,7 +2,7 @@
 
 An engine turns chat messages into text. `hf` runs transformers (training, research, any custom
 attention); `vllm` runs an in-process vLLM (serving and batch throughput). The REAR reader picks
-its engine from the same `reader.engine` setting (rearqa.reader.rear.reader.REAR_ENGINES).
+its engine from the same `reader.engine` setting (rearqa.reader.rear.config.REAR_ENGINES).
 """
 from __future__ import annotations
 

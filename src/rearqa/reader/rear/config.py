@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 from rearqa.config_base import ConfigError, from_dict
 
+# reader.engine -> the REAR reader class that runs on it (lazy: vLLM is imported only when asked).
+REAR_ENGINES: dict[str, str] = {
+    "hf": "rearqa.reader.rear.reader:RearReader",
+    "vllm": "rearqa.reader.rear.vllm_reader:VllmRearReader",
+}
 # Rank heads: linear (an output-vocabulary row, vLLM-servable) | lowrank_attn (attention pooling, hf only).
 HEAD_TYPES = ("linear", "lowrank_attn")
 ROUTING_METHODS = ("path_reliability", "knowledge_consistency")

@@ -5,7 +5,7 @@ linear rank head stored as the `<RANK_SCORE>` output row beside an all-zero `<RA
 stock vLLM computes it with no patching (rear/model.py). Per batch of questions, three vLLM calls:
 
     1. score     every passage prompt of every question in ONE call, the same token ids
-                 RearReader builds (`_PromptBuilder`), with max_tokens=1, logprobs=2 and
+                 RearReader builds (`PromptBuilder`), with max_tokens=1, logprobs=2 and
                  allowed_token_ids=[<RANK_SCORE>, <RANK_REF>], logprobs read after that
                  restriction (logprobs_mode="processed_logprobs"). Over two allowed logits z_s,
                  z_r the log-softmax gives lp_s - lp_r = z_s - z_r exactly (the normaliser
@@ -35,10 +35,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rearqa.reader.baseline import first_line
+from rearqa.reader.base import first_line
 from rearqa.reader.config import ReaderConfig, resolve_checkpoint
 from rearqa.reader.rear.checkpoint import read_meta
-from rearqa.reader.rear.reader import CLOSED_BOOK_ROW, Reading, RearReaderBase
+from rearqa.reader.rear.base import CLOSED_BOOK_ROW, Reading, RearReaderBase
 from rearqa.reader.rear.tokens import rear_token_ids
 from rearqa.types import Passage
 
@@ -172,7 +172,7 @@ class VllmRearReader(RearReaderBase):
         return stop_index(tokens, self._token_text, self._eos)
 
     def _token_text(self, token: int) -> str:
-        if token not in self._texts:  # as _StopTable: special tokens count as text
+        if token not in self._texts:  # as StopTable: special tokens count as text
             self._texts[token] = self.tokenizer.decode([token])
         return self._texts[token]
 
@@ -197,7 +197,7 @@ class VllmRearReader(RearReaderBase):
 
 
 def stop_index(tokens: list[int], token_text, eos: set[int]) -> int | None:
-    """Where RearReader's decode loop (`_StopTable`) stops a row, or None: at eos, at a token
+    """Where RearReader's decode loop (`StopTable`) stops a row, or None: at eos, at a token
     that ends a non-empty line, or at a newline once the row has text."""
     has_text = False
     for i, token in enumerate(tokens):
