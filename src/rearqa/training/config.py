@@ -64,7 +64,7 @@ def check_train_splits(splits: list[str]) -> None:
 class TrainConfig:
     """One training run; `out` holds its checkpoints, log and final model."""
 
-    method: str = "rear"  # rear | rag-ft | closed-book-ft
+    method: str = "rear"  # one of METHODS (the TASKS keys): rear | rag-ft | closed-book-ft
     base_model: str = ""  # transformers checkpoint dir; "" = the bundled SmolLM2-135M-Instruct
     snapshot: str = "build/bundle"  # retrieval snapshot dir (rearqa.eval.bundle)
     splits: list[str] = field(  # *-dev-train splits only
