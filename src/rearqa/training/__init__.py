@@ -1,4 +1,14 @@
-"""REAR training: losses (LM + bi-granularity rank), and later data, loops and adapters."""
+"""Training REAR and its fine-tuned baselines (rag-ft, closed-book-ft).
+
+    config       TrainConfig, and TASKS: method -> what is trained
+    data         training examples from a retrieval snapshot (groups, REAR inputs, chat examples)
+    losses       LM loss and REAR's bi-granularity rank loss
+    rear_task    RearTask, and the REAR run's token count (the baselines' budget)
+    chat_task    RagTask, ClosedBookTask
+    schedule     stages, learning-rate schedule, data order, token budget
+    checkpoint   pickle-free checkpoints;  run_files: what a run writes under `out`
+    train        the resumable loop
+"""
 
 # Exports, imported on first use so that `import rearqa.training.losses` stays light:
 #     from rearqa.training import TrainConfig, train
@@ -10,12 +20,12 @@ import importlib
 _EXPORTS = {
     "TrainConfig": "rearqa.training.config",
     "ConfigMismatchError": "rearqa.training.config",
-    "TrainGroup": "rearqa.training.data",
-    "build_groups": "rearqa.training.data",
-    "generation_examples": "rearqa.training.data",
-    "rag_examples": "rearqa.training.data",
-    "closed_book_examples": "rearqa.training.data",
-    "group_stats": "rearqa.training.data",
+    "TrainGroup": "rearqa.training.data.groups",
+    "build_groups": "rearqa.training.data.groups",
+    "generation_examples": "rearqa.training.data.rear_examples",
+    "rag_examples": "rearqa.training.data.chat_examples",
+    "closed_book_examples": "rearqa.training.data.chat_examples",
+    "group_stats": "rearqa.training.data.rear_examples",
     "train": "rearqa.training.train",
 }
 

@@ -26,8 +26,19 @@ from typing import Any
 from rearqa.config_errors import ConfigError
 from rearqa.reader.rear.config import HEAD_TYPES
 
-METHODS = ("rear", "rag-ft", "closed-book-ft")
-BASELINES = ("rag-ft", "closed-book-ft")
+# The task registry: method -> "module:Class" of what is trained (rearqa.training.train builds
+# it with rearqa.registry.resolve). METHODS is its key list, so a method cannot be valid without
+# a task behind it; these names are also the reader methods that serve the trained models
+# (rearqa.reader.config.READERS).
+TASKS: dict[str, str] = {
+    "rear": "rearqa.training.rear_task:RearTask",
+    "rag-ft": "rearqa.training.chat_task:RagTask",
+    "closed-book-ft": "rearqa.training.chat_task:ClosedBookTask",
+}
+METHODS = tuple(TASKS)
+BASELINES = ("rag-ft", "closed-book-ft")  # trained for a token budget, one LM-loss stage
+# Training precision (autocast), not the reader's weight dtype (rearqa.reader.config.DTYPES):
+# "auto" means bf16 autocast on CUDA and plain fp32 on CPU; the weights stay fp32 either way.
 DTYPES = ("auto", "float32", "bfloat16")
 TRAIN_SPLIT_SUFFIX = "-dev-train"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -53,7 +64,7 @@ def check_train_splits(splits: list[str]) -> None:
 class TrainConfig:
     """One training run; `out` holds its checkpoints, log and final model."""
 
-    method: str = "rear"  # rear | rag-ft | closed-book-ft
+    method: str = "rear"  # one of METHODS (the TASKS keys): rear | rag-ft | closed-book-ft
     base_model: str = ""  # transformers checkpoint dir; "" = the bundled SmolLM2-135M-Instruct
     snapshot: str = "build/bundle"  # retrieval snapshot dir (rearqa.eval.bundle)
     splits: list[str] = field(  # *-dev-train splits only

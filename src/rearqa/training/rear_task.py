@@ -1,0 +1,103 @@
+"""What a REAR run trains: one model that judges and answers, from groups of passages.
+
+REAR (Wang et al., 2024; shared/papers/REAR-and-RAG-toolkits.md) trains one LLM to judge and to
+answer. A step takes B question groups (rearqa.training.data) and runs ONE forward pass over
+their B x group_size REAR inputs `{passage}<BEGIN_QUERY>{question}<GENERATE_SCORE>[judgment
+answer]`: the rank logits are read at <GENERATE_SCORE> and the LM loss on the answers comes from
+the same pass (rearqa.training.losses.rear_lm_loss_and_rank). Loss = LM + beta * rank, where
+rank is pointwise BCE in the warm-up stage (REAR's stage 1) and the bi-granularity loss
+afterwards (stage 2).
+
+`rear_token_count` counts a run's training tokens from the data and the tokenizer alone: the
+budget the baselines (rearqa.training.chat_task) are given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.training.config import TrainConfig
+from rearqa.training.data import build_groups, group_stats, rear_batch, rear_inputs
+from rearqa.training.losses import RearLossConfig, compute_rear_loss, rear_lm_loss_and_rank
+from rearqa.training.schedule import MAIN_STAGE, DataOrder
+
+
+def rear_groups(config: TrainConfig, snapshot) -> list:
+    """The REAR training groups of `config` (rearqa.training.data.build_groups)."""
+    return build_groups(snapshot, config.splits, config.group_size, config.depth, config.seed,
+                        config.max_questions or None, config.agree_top, config.unanswered_share)
+
+
+def rear_input_options(config: TrainConfig) -> dict:
+    """How `config` turns a group into REAR inputs (rear_inputs / rear_batch keywords)."""
+    return dict(use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
+                max_passage_words=config.max_passage_words,
+                max_passage_tokens=config.max_passage_tokens,
+                max_question_tokens=config.max_question_tokens,
+                max_answer_tokens=config.max_answer_tokens)
+
+
+def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dict[int, int]:
+    """Training tokens a rear run of `config` will have seen after each of `steps` (default:
+    its last step), computed from the data and the tokenizer alone (no model), in the run's own
+    data order: the budget that the baselines (rag-ft, closed-book-ft) are given so they can
+    train side by side with it."""
+    from transformers import AutoTokenizer
+
+    from rearqa.eval.bundle import Snapshot
+    from rearqa.reader.rear.tokens import add_rear_tokens
+
+    if config.method != "rear":
+        raise ConfigError("rear_token_count counts a rear run's tokens")
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir())
+    add_rear_tokens(tokenizer)
+    groups = rear_groups(config, Snapshot(config.snapshot))
+    lengths = [sum(len(x.input_ids) for x in rear_inputs(g, tokenizer, **rear_input_options(config)))
+               for g in groups]
+    order, per_step = DataOrder(len(groups), config.seed), config.batch * config.grad_accum
+    wanted = sorted(set(steps or [config.total_steps]))
+    counts, tokens = {}, 0
+    for step in range(1, wanted[-1] + 1):
+        tokens += sum(lengths[i] for i in order.take((step - 1) * per_step, per_step))
+        if step in wanted:
+            counts[step] = tokens
+    return counts
+
+
+class RearTask:
+    """REAR: groups of passages per question, one forward pass for rank and LM losses."""
+
+    def __init__(self, config: TrainConfig, snapshot, tokenizer, lm, device: torch.device) -> None:
+        from rearqa.reader.rear import RearConfig, RearModel, add_lora
+        from rearqa.reader.rear.lora import no_decay_parameter_names
+
+        self.config = config
+        self.groups = rear_groups(config, snapshot)
+        self.stats = group_stats(self.groups, config.noise_ratio)
+        rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template)
+        model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
+        self.model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout).to(device)
+        self.tokenizer = tokenizer
+        self.no_decay_names = no_decay_parameter_names(self.model)
+        self.n_items, self.items_per_micro = len(self.groups), config.batch
+        self.item_ids = [g.id for g in self.groups]
+
+    def batch(self, indices: list[int], device: torch.device) -> dict:
+        batch = rear_batch([self.groups[i] for i in indices], self.tokenizer,
+                           **rear_input_options(self.config))
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def losses(self, batch: dict, stage: str) -> dict:
+        c = self.config
+        passage_mask = batch["passage_mask"] if self.model.rank_head is not None else None
+        lm, rank = rear_lm_loss_and_rank(self.model, batch["input_ids"], batch["attention_mask"],
+                                         batch["labels"], passage_mask)
+        loss_config = RearLossConfig(beta=c.beta, fine=stage == MAIN_STAGE, bce_weight=c.bce_weight,
+                                     minor_diff=c.minor_diff, neg_weight=c.neg_weight)
+        return compute_rear_loss(None, batch["labels"], rank, batch["grades"], batch["group_ids"],
+                                 loss_config, lm=lm)
+
+    def save_model(self, path: Path) -> None:
+        self.model.save_pretrained(path)
