@@ -2,6 +2,7 @@
 
 `resolve` imports the named entry on first use, so registering a heavy class (torch, peft,
 FAISS) costs nothing until it is asked for; an unknown name is an error listing the valid ones.
+An entry may also be the object itself (a test registering a class it defines, say).
 """
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import importlib
 from typing import Any
 
 
-def load(target: str) -> Any:
-    """The object at "package.module:attr"."""
+def load(target: Any) -> Any:
+    """The object at "package.module:attr" (an entry that is not a string is the object itself)."""
+    if not isinstance(target, str):
+        return target
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -15,12 +15,13 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class HFEngine:
-    """A causal LM loaded from a plain transformers checkpoint directory."""
+    """A causal LM loaded from a transformers checkpoint directory (converted backbones too)."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        from rearqa.reader.backbone.loading import load_causal_lm
         from rearqa.reader.engines import checkpoint_dir
 
         model_dir = checkpoint_dir(model_dir)
@@ -31,8 +32,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # generation appends on the right
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(model_dir, _DTYPES[dtype], trust_remote_code)
         self.model.eval()
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
 

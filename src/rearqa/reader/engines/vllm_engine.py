@@ -94,9 +94,11 @@ class VllmEngine:
         (default: a new temp file)."""
         from transformers import AutoTokenizer
 
+        from rearqa.reader.backbone.loading import check_vllm_servable
         from rearqa.reader.engines import checkpoint_dir
 
         model_dir = checkpoint_dir(model_dir)
+        check_vllm_servable(model_dir)  # before vLLM spends a minute starting on it
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.suppressed_words = self._suppressed_words(model_dir)

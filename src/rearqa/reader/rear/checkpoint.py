@@ -86,22 +86,22 @@ def read_meta(path: str | Path) -> dict:
 
 def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: torch.dtype | None,
               is_trainable: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from rearqa.config_base import from_dict
-    from rearqa.reader.rear.model import RearConfig
+    from rearqa.reader.backbone.loading import load_causal_lm
+    from rearqa.reader.rear.config import RearConfig
 
     path = Path(path)
     meta = read_meta(path)
     config = from_dict(RearConfig, meta["config"], "rear")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
     if meta["kind"] == "lora":
         base_dir = base_model_dir or meta["base_model_dir"]
         if not base_dir or not (Path(base_dir) / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a LoRA checkpoint; its base model {base_dir!r} is "
                                     "not a transformers checkpoint: pass base_model_dir=")
-        base = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+        base = load_causal_lm(base_dir, dtype)
         model = cls.from_base(base, tokenizer, config, init_new_rows=True, base_model_dir=base_dir)
         if model.base_vocab_size != meta["base_vocab_size"]:
             raise ValueError(f"base model {base_dir} has {model.base_vocab_size} base tokens, the "
@@ -110,7 +110,7 @@ def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: t
 
         model.lm = PeftModel.from_pretrained(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
     else:
-        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        lm = load_causal_lm(path, dtype)
         model = cls.from_base(lm, tokenizer, config, init_new_rows=False,
                               base_model_dir=meta["base_model_dir"])
     if model.token_ids.to_dict() != meta["token_ids"]:

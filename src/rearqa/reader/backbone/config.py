@@ -1,0 +1,34 @@
+"""The backbone wing's names, torch-free: the transform registry and what a transform can export.
+
+`TRANSFORMS` maps a transform's name to the lazy "module:Class" path of its `BackboneTransform`
+(base.py); `rearqa.registry.resolve` imports it on first use. A method registers itself here, once,
+when its folder lands (e.g. "transmla": "rearqa.reader.backbone.transmla:TransMLA").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rearqa.config_errors import ConfigError
+
+TRANSFORMS: dict[str, str] = {}
+
+# What a converted reader can be saved as, and so which engines can serve it:
+#   deepseek_v3_mla  a DeepseekV3 (MLA) checkpoint: transformers and vLLM's MLA backends
+#   llama_fewer_kv   a stock Llama checkpoint with fewer num_key_value_heads: any engine
+#   llama_pruned     a stock Llama checkpoint with pruned widths (per-layer shapes): any engine
+#   hf_only          weights in a layout only this package's modules run (transformers engine)
+EXPORT_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned", "hf_only")
+BACKBONE_FILE = "backbone.json"
+# Formats a stock vLLM loads without this package's code.
+VLLM_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned")
+
+
+@dataclass
+class TransformConfig:
+    """Settings every transform's typed config shares (each method subclasses it)."""
+
+    seed: int = 0  # seeds any sampling the transform does (calibration subsets, random init)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"backbone.seed={self.seed!r}: must be an integer")

@@ -1,0 +1,39 @@
+"""Loading a reader's causal LM by path, converted or not.
+
+A directory with a backbone.json is loaded by the transform it names (which may install its own
+attention modules); any other directory is a plain transformers checkpoint. Every place that
+loads a reader's weights (the transformers engine, REAR checkpoints, fine-tuned readers) goes
+through `load_causal_lm`, and the vLLM engine asks `check_vllm_servable` first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.reader.backbone.manifest import read_manifest
+
+
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None,
+                   trust_remote_code: bool = False) -> torch.nn.Module:
+    """The causal LM saved in `model_dir`."""
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        return AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                                    **kwargs)
+    from rearqa.reader.backbone import get_transform
+
+    return get_transform(manifest.transform).load(Path(model_dir), dtype)
+
+
+def check_vllm_servable(model_dir: str | Path) -> None:
+    """Raise ConfigError when `model_dir` holds a converted reader that stock vLLM cannot load."""
+    manifest = read_manifest(model_dir)
+    if manifest is not None and not manifest.vllm_servable:
+        raise ConfigError(f"{model_dir} holds a {manifest.transform!r} reader exported as "
+                          f"{manifest.export_format!r}, which only the transformers engine runs; "
+                          "set reader.engine: hf")
