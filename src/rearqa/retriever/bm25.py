@@ -44,4 +44,3 @@ class BM25Index:
             hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
         hits = hits[np.lexsort((self.ids[hits], -scores[hits]))]
         return [(int(self.ids[i]), float(scores[i])) for i in hits]
-
