@@ -12,7 +12,7 @@ OPQ or PCA are looked through):
   exclude it with an ID selector and widen `efSearch` (then fall back to exact scoring of the
   allowed vectors) so that k live matches still come back. `rearqa index rebuild` drops them.
 
-The index is saved as `dense.faiss` (temp file + os.replace) with a JSON sidecar `dense.json`
+The index is saved as `dense.faiss` (rearqa.files.atomic_write) with a JSON sidecar `dense.json`
 recording the embedder, dimension, chunking, spec, vector count and the docstore version it
 reflects. With `mmap` the index is opened read-only and memory-mapped; writes reopen it in RAM
 first (writing to a mapped FAISS index aborts the process). `DenseRetriever`
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import faiss
 import numpy as np
 
 from rearqa.config_errors import ConfigError
+from rearqa.files import atomic_write, atomic_write_text
 from rearqa.retriever.errors import CorruptIndexError, IndexBuildError
 
 INDEX_FILE = "dense.faiss"
@@ -64,20 +63,6 @@ class IndexMeta:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CorruptIndexError(f"{path}: unreadable index sidecar ({type(exc).__name__}: {exc}); "
                                     "run `rearqa index rebuild` to rebuild the index from the docstore") from exc
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), fsync, then os.replace onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _base(index: faiss.Index) -> faiss.Index:
@@ -147,8 +132,8 @@ class DenseIndex:
         self.meta = dataclasses.replace(self.meta, count=int(self.index.ntotal),
                                         docstore_version=docstore_version, family=self.family)
         text = json.dumps(dataclasses.asdict(self.meta), indent=2)
-        _atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, tmp))
-        _atomic_write(directory / SIDECAR_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        atomic_write_text(directory / SIDECAR_FILE, text)
 
     @property
     def ntotal(self) -> int:
@@ -281,4 +266,3 @@ class DenseIndex:
         m = top.shape[1]
         scores[rows, :m] = np.take_along_axis(sims, top, axis=1)
         labels[rows, :m] = np.asarray(allowed, dtype=np.int64)[top]
-
