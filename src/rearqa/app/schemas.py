@@ -12,7 +12,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StringConst
                       create_model, field_validator)
 
 from rearqa.reader.config import READER_METHODS
-from rearqa.retriever.base import RETRIEVERS
+from rearqa.retriever.config import RETRIEVERS
 from rearqa.retriever.filters import KEY_PATTERN, SQL_INT_MAX, SQL_INT_MIN
 
 MAX_K = 50  # passages per question; more only slows the reader down

@@ -35,7 +35,7 @@ from rearqa.reader import QuestionError, check_question  # noqa: E402
 from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
                                   resolve_checkpoint)
 from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
-from rearqa.retriever.base import RETRIEVERS  # noqa: E402
+from rearqa.retriever.config import RETRIEVERS  # noqa: E402
 from rearqa.retriever.loaders import LOADERS  # noqa: E402
 from rearqa.types import Answer, Citation, Passage  # noqa: E402
 

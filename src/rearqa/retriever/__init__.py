@@ -6,15 +6,15 @@ hybrid retrievers, and a langchain-core adapter.
     col.add_paths(["docs/"], tags=["manual"])
     passages = col.retriever("hybrid").search("how do I reset it?", k=5, filters={"tags": "manual"})
 
-Only the settings and errors are imported eagerly (`rearqa.config` imports this package);
-everything else (numpy, faiss, torch) loads on first use.
+Only the settings, the registries and the errors are imported eagerly (`rearqa.config` imports
+this package); everything else (numpy, faiss, torch) loads on first use.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from rearqa.retriever.config import RetrieverConfig
+from rearqa.retriever.config import FUSIONS, RETRIEVERS, RetrieverConfig
 from rearqa.retriever.errors import (CorruptIndexError, FilterError, IndexBuildError, IndexMismatchError,
                                      QueryError, RetrieverError, UnsupportedFileError)
 
@@ -26,13 +26,12 @@ _LAZY = {
     "register_loader": "rearqa.retriever.loaders",
     "Retriever": "rearqa.retriever.base",
     "SearchBase": "rearqa.retriever.base",
-    "RETRIEVERS": "rearqa.retriever.base",
+    "CollectionView": "rearqa.retriever.base",
     "retriever_class": "rearqa.retriever.base",
-    "DenseRetriever": "rearqa.retriever.dense",
+    "DenseRetriever": "rearqa.retriever.collection_search",
     "DenseIndex": "rearqa.retriever.dense",
-    "BM25Retriever": "rearqa.retriever.bm25",
+    "BM25Retriever": "rearqa.retriever.collection_search",
     "HybridRetriever": "rearqa.retriever.hybrid",
-    "FUSIONS": "rearqa.retriever.hybrid",
     "rrf_fuse": "rearqa.retriever.hybrid",
     "score_fuse": "rearqa.retriever.hybrid",
     "Docstore": "rearqa.retriever.docstore",
@@ -43,8 +42,8 @@ _LAZY = {
     "RearqaRetriever": "rearqa.retriever.langchain",
 }
 
-__all__ = ["CorruptIndexError", "FilterError", "IndexBuildError", "IndexMismatchError", "QueryError",
-           "RetrieverConfig", "RetrieverError", "UnsupportedFileError", *_LAZY]
+__all__ = ["CorruptIndexError", "FilterError", "FUSIONS", "IndexBuildError", "IndexMismatchError",
+           "QueryError", "RETRIEVERS", "RetrieverConfig", "RetrieverError", "UnsupportedFileError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,25 +1,35 @@
-"""The retriever seam: `search` / `search_batch` returning scored `Passage`s, and the registry
-of retriever kinds.
+"""The retriever seam: `search` / `search_batch` returning scored `Passage`s, what a retriever
+may ask of the collection it searches, and the lookup of retriever kinds.
 
 Every retriever returns passages of one type, best first, with `score` higher = better
 (cosine for dense, BM25 for bm25, the fused score for hybrid). Filters are metadata equality
 conditions (see rearqa.retriever.filters) applied before the top-k cut, so a search returns k
 passages whenever k matching passages exist.
+
+Retrievers see their collection only through `CollectionView`: `Collection` composes them (it
+builds each kind through the `RETRIEVERS` registry), and they never import it back.
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rearqa.config_errors import ConfigError
+from rearqa.registry import resolve
+from rearqa.retriever.config import RETRIEVERS, RetrieverConfig
 from rearqa.retriever.errors import QueryError
 from rearqa.retriever.filters import normalize_filters
 from rearqa.types import Passage
 
 if TYPE_CHECKING:
-    from rearqa.retriever.collection import Collection
+    import numpy as np
+
+    from rearqa.retriever.bm25 import BM25Index
+    from rearqa.retriever.dense import DenseIndex
+    from rearqa.retriever.embedder import Embedder
 
 
 @runtime_checkable
@@ -33,6 +43,45 @@ class Retriever(Protocol):
 
     def search_batch(self, queries: Sequence[str], k: int = 5,
                      filters: Mapping[str, Any] | None = None) -> list[list[Passage]]:
+        ...
+
+
+class PassageLookup(Protocol):
+    """The docstore's read side, as retrievers use it (rearqa.retriever.docstore.Docstore)."""
+
+    def filter_vector_ids(self, filters: Mapping[str, Any] | None) -> np.ndarray:
+        """Sorted int64 vector ids of the chunks matching `filters`."""
+        ...
+
+    def passages(self, vector_ids: Sequence[int]) -> dict[int, Passage]:
+        """Passages (score 0) by vector id; ids not stored are absent."""
+        ...
+
+
+class CollectionView(Protocol):
+    """What a retriever may ask of the collection it searches (rearqa.retriever.collection.Collection)."""
+
+    config: RetrieverConfig
+    path: Path  # the collection directory (named in error messages)
+    docstore: PassageLookup
+    lock: AbstractContextManager[Any]  # held around FAISS reads: writes mutate the index in place
+
+    def is_empty(self) -> bool:
+        ...
+
+    def embedder(self) -> Embedder:
+        ...
+
+    def dense_state(self) -> tuple[DenseIndex, np.ndarray | None]:
+        """The dense index matching the docstore, and its tombstone ids (None when there are none)."""
+        ...
+
+    def bm25_state(self) -> BM25Index:
+        """The BM25 index matching the docstore."""
+        ...
+
+    def retriever(self, kind: str | None = None) -> Retriever:
+        """The collection's retriever `kind` (hybrid fuses the collection's dense and bm25)."""
         ...
 
 
@@ -65,33 +114,6 @@ class SearchBase(ABC):
         ...
 
 
-class CollectionSearch(SearchBase):
-    """A retriever over one collection (dense, BM25)."""
-
-    def __init__(self, collection: "Collection") -> None:
-        self.collection = collection
-
-    @classmethod
-    def from_collection(cls, collection: "Collection") -> "CollectionSearch":
-        return cls(collection)
-
-
-# kind -> "module:Class"; each class has `from_collection(collection) -> Retriever`.
-RETRIEVERS: dict[str, str] = {
-    "dense": "rearqa.retriever.dense:DenseRetriever",
-    "bm25": "rearqa.retriever.bm25:BM25Retriever",
-    "hybrid": "rearqa.retriever.hybrid:HybridRetriever",
-}
-
-
 def retriever_class(kind: str) -> type:
-    """The retriever class registered as `kind`."""
-    try:
-        module, _, attr = RETRIEVERS[kind].partition(":")
-    except (KeyError, TypeError):
-        raise ConfigError(f"retriever {kind!r}: unknown; valid retrievers are {sorted(RETRIEVERS)}") from None
-    return getattr(importlib.import_module(module), attr)
-
-
-def build_retriever(kind: str, collection: "Collection") -> Retriever:
-    return retriever_class(kind).from_collection(collection)
+    """The retriever class registered as `kind` in `RETRIEVERS`."""
+    return resolve(RETRIEVERS, kind, "retriever", error=ConfigError)

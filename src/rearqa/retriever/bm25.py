@@ -1,21 +1,15 @@
-"""Sparse retrieval with BM25 (bm25s; English stopwords, no stemming, Lucene scoring).
+"""The sparse index: BM25 (bm25s; English stopwords, no stemming, Lucene scoring).
 
 The index is built in memory from the docstore's live chunks and rebuilt lazily when the
 docstore's version changes (about a second for 10k passages), so it is never stale and never
 stored: nothing is pickled. Filters become a bm25s weight mask, applied before the top-k cut.
-Passages sharing no term with the query (score 0) are not returned.
+Passages sharing no term with the query (score 0) are not returned. `BM25Retriever`
+(rearqa.retriever.collection_search) searches it.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
-
 import bm25s
 import numpy as np
-
-from rearqa.retriever.base import CollectionSearch
-from rearqa.types import Passage
 
 STOPWORDS = "en"
 
@@ -50,19 +44,3 @@ class BM25Index:
             hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
         hits = hits[np.lexsort((self.ids[hits], -scores[hits]))]
         return [(int(self.ids[i]), float(scores[i])) for i in hits]
-
-
-class BM25Retriever(CollectionSearch):
-    """BM25 over a collection's docstore."""
-
-    name = "bm25"
-
-    def _search_batch(self, queries: list[str], k: int, filters: Mapping[str, Any]) -> list[list[Passage]]:
-        index = self.collection.bm25_state()
-        allowed = self.collection.docstore.filter_vector_ids(filters) if filters else None
-        if allowed is not None and len(allowed) == 0:
-            return [[] for _ in queries]
-        hits = [index.search(query, k, allowed) for query in queries]
-        found = self.collection.docstore.passages([vid for row in hits for vid, _ in row])
-        return [[dataclasses.replace(found[vid], score=score) for vid, score in row if vid in found]
-                for row in hits]

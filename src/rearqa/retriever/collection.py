@@ -11,7 +11,8 @@ id sets are checked against the docstore; a flat index is reconciled (vectors of
 chunks dropped, chunks without a vector embedded), other kinds are rebuilt, with a warning.
 BM25 state is rebuilt in memory when the docstore changes. Opening is cheap: nothing is checked
 or loaded until a retriever, add or delete needs it, so a mismatched collection can still be
-inspected (`stats`) and rebuilt (`rebuild`).
+inspected (`stats`) and rebuilt (`rebuild`). The collection composes its retrievers (the kinds
+in rearqa.retriever.config.RETRIEVERS); they see it only as a `CollectionView`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from rearqa.retriever.base import Retriever, build_retriever
+from rearqa.retriever.base import Retriever, retriever_class
 from rearqa.retriever.bm25 import BM25Index
 from rearqa.retriever.chunking import indexed_text
 from rearqa.retriever.config import RetrieverConfig
@@ -74,7 +75,7 @@ class Collection:
         kind = kind or self.config.kind
         with self.lock:
             if kind not in self._retrievers:
-                self._retrievers[kind] = build_retriever(kind, self)
+                self._retrievers[kind] = retriever_class(kind).from_collection(self)
             return self._retrievers[kind]
 
     def embedder(self) -> Embedder:

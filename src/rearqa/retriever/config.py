@@ -4,6 +4,10 @@
 `rearqa.config.PipelineConfig`). The embedder, its dimension, the chunking and the FAISS index
 spec are stored with a collection; opening it with different values is refused
 (`IndexMismatchError`) rather than silently mixing incompatible vectors.
+
+The registries of retriever kinds and hybrid fusions live here as lazy "module:attr" strings
+(resolved by `rearqa.registry.resolve`), so validating a preset imports neither FAISS nor
+numpy: `rearqa.config` and the training CLI import this module.
 """
 from __future__ import annotations
 
@@ -11,8 +15,21 @@ import re
 from dataclasses import dataclass
 
 from rearqa.config_errors import ConfigError
-from rearqa.retriever.base import RETRIEVERS
-from rearqa.retriever.hybrid import FUSIONS
+
+# kind -> "module:Class"; each class has `from_collection(collection) -> Retriever`. The order is
+# the order the UI and the HTTP schema offer them in.
+RETRIEVERS: dict[str, str] = {
+    "dense": "rearqa.retriever.collection_search:DenseRetriever",
+    "bm25": "rearqa.retriever.collection_search:BM25Retriever",
+    "hybrid": "rearqa.retriever.hybrid:HybridRetriever",
+}
+
+# name -> "module:function"; each is fuse(rankings, weights, rrf_k) -> list[Passage].
+FUSIONS: dict[str, str] = {
+    "rrf": "rearqa.retriever.hybrid:rrf_fuse",
+    "score": "rearqa.retriever.hybrid:score_fuse",
+}
+
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -1,4 +1,4 @@
-"""Dense retrieval: unit vectors in a FAISS index built by `faiss.index_factory`, inner product.
+"""The dense index: unit vectors in a FAISS index built by `faiss.index_factory`, inner product.
 
 Index families (from the spec string; the IVF coarse quantizer and any pre-transform such as
 OPQ or PCA are looked through):
@@ -12,18 +12,16 @@ OPQ or PCA are looked through):
   exclude it with an ID selector and widen `efSearch` (then fall back to exact scoring of the
   allowed vectors) so that k live matches still come back. `rearqa index rebuild` drops them.
 
-The index is saved as `dense.faiss` (temp file + os.replace) with a JSON sidecar `dense.json`
+The index is saved as `dense.faiss` (rearqa.files.atomic_write) with a JSON sidecar `dense.json`
 recording the embedder, dimension, chunking, spec, vector count and the docstore version it
 reflects. With `mmap` the index is opened read-only and memory-mapped; writes reopen it in RAM
-first (writing to a mapped FAISS index aborts the process).
+first (writing to a mapped FAISS index aborts the process). `DenseRetriever`
+(rearqa.retriever.collection_search) embeds queries and searches it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,8 @@ import faiss
 import numpy as np
 
 from rearqa.config_errors import ConfigError
-from rearqa.retriever.base import CollectionSearch
-from rearqa.retriever.errors import CorruptIndexError, IndexBuildError, IndexMismatchError
-from rearqa.types import Passage
+from rearqa.files import atomic_write, atomic_write_text
+from rearqa.retriever.errors import CorruptIndexError, IndexBuildError
 
 INDEX_FILE = "dense.faiss"
 SIDECAR_FILE = "dense.json"
@@ -66,20 +63,6 @@ class IndexMeta:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CorruptIndexError(f"{path}: unreadable index sidecar ({type(exc).__name__}: {exc}); "
                                     "run `rearqa index rebuild` to rebuild the index from the docstore") from exc
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), fsync, then os.replace onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _base(index: faiss.Index) -> faiss.Index:
@@ -149,8 +132,8 @@ class DenseIndex:
         self.meta = dataclasses.replace(self.meta, count=int(self.index.ntotal),
                                         docstore_version=docstore_version, family=self.family)
         text = json.dumps(dataclasses.asdict(self.meta), indent=2)
-        _atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, tmp))
-        _atomic_write(directory / SIDECAR_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        atomic_write_text(directory / SIDECAR_FILE, text)
 
     @property
     def ntotal(self) -> int:
@@ -283,34 +266,3 @@ class DenseIndex:
         m = top.shape[1]
         scores[rows, :m] = np.take_along_axis(sims, top, axis=1)
         labels[rows, :m] = np.asarray(allowed, dtype=np.int64)[top]
-
-
-class DenseRetriever(CollectionSearch):
-    """Embeds queries and searches the collection's FAISS index."""
-
-    name = "dense"
-
-    def _search_batch(self, queries: list[str], k: int, filters: Mapping[str, Any]) -> list[list[Passage]]:
-        col, cfg = self.collection, self.collection.config
-        if col.is_empty():
-            return [[] for _ in queries]
-        vectors = col.embedder().encode(queries, cfg.embed_batch_size)  # (n, dim)
-        with col.lock:  # writes mutate the index in place; FAISS reads must not overlap them
-            index, dead = col.dense_state()
-            if vectors.shape[1] != index.meta.dim:
-                raise IndexMismatchError(f"embedder {cfg.embedder!r} makes {vectors.shape[1]}-d vectors but "
-                                         f"the index of {col.path} holds {index.meta.dim}-d ones; run "
-                                         "`rearqa index rebuild`")
-            allowed = col.docstore.filter_vector_ids(filters) if filters else None
-            scores, labels = index.search(vectors, k, allowed=allowed, exclude=None if filters else dead,
-                                          ef_search=cfg.hnsw_ef_search, nprobe=cfg.ivf_nprobe)
-        found = col.docstore.passages(labels[labels >= 0].tolist())
-        results = []
-        for row_scores, row_labels in zip(scores, labels):
-            row = []
-            for score, label in zip(row_scores, row_labels):
-                passage = found.get(int(label)) if label >= 0 else None
-                if passage is not None:  # a vector without a docstore row is a tombstone
-                    row.append(dataclasses.replace(passage, score=float(score)))
-            results.append(row[:k])
-        return results

@@ -5,6 +5,7 @@
   gets nothing from it. Scale-free, so cosine and BM25 mix without calibration.
 - `score`: weighted score fusion: each ranking's scores min-max normalised to [0, 1] (a ranking
   whose scores are all equal maps them to 1), then score(p) = sum_r w_r * norm_r(p).
+Both are registered by name in `rearqa.retriever.config.FUSIONS`.
 
 Passages are identified by `Passage.id`; ties break by best single rank, then by id, so the
 order is deterministic. On the bundled Wikipedia corpus plain RRF is worse than dense alone
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rearqa.retriever.base import Retriever, SearchBase
+from rearqa.registry import resolve
+from rearqa.retriever.base import CollectionView, Retriever, SearchBase
+from rearqa.retriever.config import FUSIONS
 from rearqa.types import Passage
-
-if TYPE_CHECKING:
-    from rearqa.retriever.collection import Collection
 
 Fusion = Callable[[Sequence[Sequence[Passage]], Sequence[float], int], list[Passage]]
 
@@ -69,9 +69,6 @@ def score_fuse(rankings: Sequence[Sequence[Passage]], weights: Sequence[float], 
     return _ordered(scores, best_rank, first)
 
 
-FUSIONS: dict[str, Fusion] = {"rrf": rrf_fuse, "score": score_fuse}
-
-
 class HybridRetriever(SearchBase):
     """Fuses the rankings of several retrievers; each is asked for `candidates` passages."""
 
@@ -81,17 +78,15 @@ class HybridRetriever(SearchBase):
                  fusion: str = "rrf", rrf_k: int = 60, candidates: int = 50) -> None:
         if len(retrievers) < 2:
             raise ValueError(f"hybrid retrieval needs at least two retrievers, got {len(retrievers)}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion={fusion!r}: choose one of {sorted(FUSIONS)}")
+        self.fuse: Fusion = resolve(FUSIONS, fusion, "fusion")  # ValueError listing the fusions
         self.retrievers = list(retrievers)
         self.weights = list(weights) if weights is not None else [1.0] * len(retrievers)
         _check([[] for _ in self.retrievers], self.weights)
-        self.fuse = FUSIONS[fusion]
         self.rrf_k = rrf_k
         self.candidates = candidates
 
     @classmethod
-    def from_collection(cls, collection: "Collection") -> "HybridRetriever":
+    def from_collection(cls, collection: CollectionView) -> HybridRetriever:
         cfg = collection.config
         return cls([collection.retriever("dense"), collection.retriever("bm25")],
                    [cfg.dense_weight, cfg.bm25_weight], cfg.fusion, cfg.rrf_k, cfg.fusion_candidates)
