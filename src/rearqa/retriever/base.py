@@ -116,4 +116,6 @@ class SearchBase(ABC):
 
 def retriever_class(kind: str) -> type:
     """The retriever class registered as `kind` in `RETRIEVERS`."""
+    if not isinstance(kind, str) or kind not in RETRIEVERS:  # this wording predates the shared resolve's; users match on it
+        raise ConfigError(f"retriever {kind!r}: unknown; valid retrievers are {sorted(RETRIEVERS)}")
     return resolve(RETRIEVERS, kind, "retriever", error=ConfigError)
