@@ -21,7 +21,8 @@ class ChatLMTask:
     """The chat prompt of `examples`, LM loss on the answer alone; a subclass per baseline."""
 
     def __init__(self, config: TrainConfig, snapshot, tokenizer, lm, device: torch.device) -> None:
-        from peft import LoraConfig, get_peft_model
+        from rearqa.reader.adapters import wrap
+        from rearqa.reader.adapters.lora.config import LoraSettings
 
         examples = self.examples(config, snapshot)
         self.encoded = [encode_chat_example(tokenizer, ex, config.max_answer_tokens)
@@ -29,10 +30,8 @@ class ChatLMTask:
         lengths = self.lengths()
         self.stats = {"questions": len(examples), "mean_tokens": sum(lengths) / max(1, len(lengths)),
                       "max_tokens": max(lengths, default=0)}
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
-        self.model = get_peft_model(lm, lora).to(device)
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+        self.model = wrap("lora", lm, lora).to(device)
         self.tokenizer = tokenizer
         self.no_decay_names: list[str] = []
         self.n_items = len(examples)

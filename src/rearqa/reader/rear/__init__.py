@@ -1,16 +1,36 @@
 """The REAR reader core: special tokens, inputs, the rank-head model, LoRA, routing.
 
-See model.py for how the rank head lives in the output layer (so a stock vLLM serves it) and
-routing.py for how the final answer is chosen.
+See model.py for how the rank head lives in the output layer (so a stock vLLM serves it),
+routing.py for how the final answer is chosen and config.py for the settings and their names.
+Names are imported on first use: `rearqa.reader.rear.config` stays torch-free for the config
+modules that read it.
 """
-from rearqa.reader.rear.inputs import RearInput, build_rear_input, collate_rear_inputs
-from rearqa.reader.rear.lora import add_lora, trainable_parameter_counts
-from rearqa.reader.rear.model import RearConfig, RearModel, RearOutput
-from rearqa.reader.rear.routing import (RoutingConfig, RoutingDecision, answer_confidence,
-                                        choose_threshold, route, token_logprobs)
-from rearqa.reader.rear.tokens import REAR_TOKENS, RearTokenIds, add_rear_tokens, rear_token_ids
+from rearqa.registry import load
 
-__all__ = ["REAR_TOKENS", "RearConfig", "RearInput", "RearModel", "RearOutput", "RearTokenIds",
-           "RoutingConfig", "RoutingDecision", "add_lora", "add_rear_tokens", "answer_confidence",
-           "build_rear_input", "choose_threshold", "collate_rear_inputs", "rear_token_ids", "route",
-           "token_logprobs", "trainable_parameter_counts"]
+_LAZY = {
+    "REAR_TOKENS": "rearqa.reader.rear.tokens:REAR_TOKENS",
+    "RearConfig": "rearqa.reader.rear.config:RearConfig",
+    "RearInput": "rearqa.reader.rear.inputs:RearInput",
+    "RearModel": "rearqa.reader.rear.model:RearModel",
+    "RearOutput": "rearqa.reader.rear.model:RearOutput",
+    "RearTokenIds": "rearqa.reader.rear.tokens:RearTokenIds",
+    "RoutingConfig": "rearqa.reader.rear.config:RoutingConfig",
+    "RoutingDecision": "rearqa.reader.rear.routing:RoutingDecision",
+    "add_lora": "rearqa.reader.rear.lora:add_lora",
+    "add_rear_tokens": "rearqa.reader.rear.tokens:add_rear_tokens",
+    "answer_confidence": "rearqa.reader.rear.routing:answer_confidence",
+    "build_rear_input": "rearqa.reader.rear.inputs:build_rear_input",
+    "choose_threshold": "rearqa.reader.rear.routing:choose_threshold",
+    "collate_rear_inputs": "rearqa.reader.rear.inputs:collate_rear_inputs",
+    "rear_token_ids": "rearqa.reader.rear.tokens:rear_token_ids",
+    "route": "rearqa.reader.rear.routing:route",
+    "token_logprobs": "rearqa.reader.rear.routing:token_logprobs",
+    "trainable_parameter_counts": "rearqa.reader.rear.lora:trainable_parameter_counts",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return load(_LAZY[name])
+    raise AttributeError(f"module 'rearqa.reader.rear' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """LoRA for the REAR model: adapters on every linear layer but the output layer, plus the new rows.
 
-`LoraConfig(target_modules="all-linear")` puts LoRA on every nn.Linear except the model's output
+The adapter itself is the adapter wing's `lora` method (rearqa.reader.adapters.lora); what is
+REAR's own is which vocabulary rows train with it. `target_modules="all-linear"` puts LoRA on every nn.Linear except the model's output
 layer (PEFT leaves `get_output_embeddings()` out of "all-linear"; tests check it). The old
 vocabulary stays frozen; the REAR rows that must learn are made trainable with PEFT's
 `trainable_token_indices`, which keeps a small (n_new, D) tensor of replacement rows per layer:
@@ -18,6 +19,8 @@ toward zero.
 """
 from __future__ import annotations
 
+from rearqa.reader.adapters import wrap
+from rearqa.reader.adapters.lora.config import LoraSettings
 from rearqa.reader.rear.model import RearModel
 
 
@@ -41,17 +44,10 @@ def add_lora(model: RearModel, r: int = 16, alpha: int = 32, dropout: float = 0.
              target: str | list[str] = "all-linear") -> RearModel:
     """Wrap `model.lm` with LoRA (in place; returns the model). Trainable afterwards: the LoRA
     matrices, the REAR rows of `trainable_token_indices`, and the lowrank_attn head if any."""
-    from peft import LoraConfig, get_peft_model
-
     if model.is_lora:
         raise ValueError("the model already has LoRA adapters")
-    if not isinstance(r, int) or r < 1 or alpha <= 0 or not 0 <= dropout < 1:
-        raise ValueError(f"LoRA r={r!r}, alpha={alpha!r}, dropout={dropout!r}: need a positive "
-                         "integer r, alpha > 0 and 0 <= dropout < 1")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
-                        trainable_token_indices=trainable_token_indices(model),
-                        task_type="CAUSAL_LM")
-    model.lm = get_peft_model(model.causal_lm, config)
+    settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target=target)
+    model.lm = wrap("lora", model.causal_lm, settings, trainable_token_indices(model))
     if model.rank_head is not None:
         model.rank_head.requires_grad_(True)
     return model
