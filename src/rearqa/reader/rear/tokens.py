@@ -82,7 +82,7 @@ def add_rear_tokens(tokenizer) -> tuple[RearTokenIds, int]:
 def rear_token_ids(tokenizer) -> RearTokenIds:
     """The ids of the REAR tokens; raises if the tokenizer lacks any of them."""
     # Per-token look-ups, not get_vocab(): this runs once per training input, and building the
-    # whole 49k-entry vocab dict each time cost ~14 ms (90% of a GPU training step).
+    # whole vocabulary dict each time was most of a GPU training step's cost.
     ids = tokenizer.convert_tokens_to_ids(list(REAR_TOKENS))
     missing = [t for t, i in zip(REAR_TOKENS, ids)
                if i is None or tokenizer.convert_ids_to_tokens(i) != t]
