@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.schemas import DeleteOut, DocumentPage, PageQuery, UploadOut
-from rearqa.app.server import ServerState
+from rearqa.app.state import ServerState
 
 UPLOAD_DIR = "uploads"  # inside the collection folder; uploaded files are kept as their source
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing and form fields allowed beyond the file
