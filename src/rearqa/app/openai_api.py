@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from rearqa.app.schemas import ChatCompletionOut, ChatRequest, ModelList
-from rearqa.app.server import ServerState, event_stream, unprocessable
+from rearqa.app.state import ServerState, event_stream, unprocessable
 from rearqa.reader import QuestionError, check_question
 from rearqa.types import Answer
 

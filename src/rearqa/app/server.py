@@ -10,8 +10,9 @@ OpenAI-compatible chat endpoint, over one `Pipeline`.
     POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
     /docs, /openapi.json    the schema
 
-Reader work runs in worker threads behind a bounded queue (admission.py), so the event loop
-stays free and an overloaded server answers 429 at once instead of hanging. User errors (a bad
+The routes share one `ServerState` (state.py); this module composes them into the app. Reader
+work runs in worker threads behind a bounded queue (admission.py), so the event loop stays free
+and an overloaded server answers 429 at once instead of hanging. User errors (a bad
 question, filter, file or method) are 4xx with the message that names them; anything else stays
 a 500 with its traceback in the log. The app binds wherever uvicorn is told (`rearqa serve`
 defaults to 127.0.0.1).
@@ -21,9 +22,7 @@ defaults to 127.0.0.1).
 import json
 import logging
 import secrets
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,107 +31,21 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from rearqa.app.admission import QueueFull, RequestQueue, Ticket
-from rearqa.app.schemas import AnswerOut, AskOptions, HealthOut, request_models, served_methods
+from rearqa import assets
+from rearqa.app.admission import QueueFull
+from rearqa.app.documents_api import MULTIPART_SLACK, UploadLimit, documents_router
+from rearqa.app.openai_api import openai_router
+from rearqa.app.schemas import AnswerOut, HealthOut
+from rearqa.app.state import EngineUnavailable, ServerConfig, ServerState, event_stream, unprocessable
 from rearqa.config import PipelineConfig
 from rearqa.config_errors import ConfigError
+from rearqa.pipeline import Pipeline
 from rearqa.reader import QuestionError
 from rearqa.retriever import FilterError, QueryError
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class ServerConfig:
-    """Settings of the HTTP server (the pipeline keeps its own)."""
-
-    token: str | None = None  # bearer token every route but /health and the docs requires; None = open
-    max_in_flight: int = 1  # requests using the reader at once (the hf engine generates one at a time)
-    max_queue: int = 8  # requests waiting behind them; more are refused with 429 + Retry-After
-    max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted document upload
-    warm: bool = True  # open the collection and load the reader at start (health: loading -> ready)
-
-    def __post_init__(self) -> None:
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8
-                                       or self.token != self.token.strip()):
-            raise ConfigError(f"token of {len(str(self.token))} characters: give at least 8 characters "
-                              "with no surrounding spaces (e.g. `openssl rand -hex 32`), or no token")
-        for name in ("max_in_flight", "max_upload_bytes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive integer")
-        if not isinstance(self.max_queue, int) or self.max_queue < 0:
-            raise ConfigError(f"max_queue={self.max_queue!r}: must be 0 or a positive integer")
-
-
-class EngineUnavailable(Exception):
-    """The collection or reader failed to load at start; /health has the reason."""
-
-
-class ServerState:
-    """The pipeline and what the routes share: queue, warm-up state, upload lock."""
-
-    def __init__(self, pipeline, config: ServerConfig) -> None:
-        self.pipeline = pipeline
-        self.config = config
-        self.queue = RequestQueue(config.max_in_flight, config.max_queue)
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.write_lock = threading.Lock()  # one upload or delete at a time (file + docstore)
-        self.methods = served_methods(pipeline.config.reader.method)
-        self.request_models = request_models(pipeline.config.reader.max_question_chars, self.methods)
-        if config.warm:
-            threading.Thread(target=self._warm, name="rearqa-warm-up", daemon=True).start()
-        else:
-            self.ready.set()  # components open lazily on first use
-
-    def _warm(self) -> None:
-        try:
-            self.pipeline.collection  # noqa: B018 (opens, or builds the default collection)
-            self.pipeline.reader  # noqa: B018
-        except Exception as exc:  # kept for /health and EngineUnavailable; logged in full here
-            log.exception("warm-up failed")
-            self.error = exc
-        finally:
-            self.ready.set()
-
-    def _when_ready(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        self.ready.wait()
-        if self.error is not None:
-            raise EngineUnavailable(f"the server could not load its components: {self.error}")
-        return fn(*args, **kwargs)
-
-    async def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """`fn(*args, **kwargs)` in a worker thread, once admitted by the queue."""
-        async with self.queue.admit():
-            return await run_in_threadpool(self._when_ready, fn, *args, **kwargs)
-
-    async def open_stream(self, question: str, options: AskOptions, method: str | None,
-                          history: list[dict] | None = None) -> tuple[list, Ticket, Iterator]:
-        """Admit, retrieve (errors surface here, before any response is sent), and return the
-        passages with the ticket and the rest of `Pipeline.stream` (see `events_after`)."""
-        ticket = self.queue.admit()
-        try:
-            await ticket.start()
-            events = self.pipeline.stream(question, options.k, filters=options.filters, method=method,
-                                          retriever=options.retriever, history=history)
-            _, passages = await run_in_threadpool(self._when_ready, next, events)
-        except BaseException:
-            ticket.release()
-            raise
-        return passages, ticket, events
-
-    async def events_after(self, events: Iterator, ticket: Ticket) -> AsyncIterator[tuple[str, Any]]:
-        """The ("token", str) ... ("answer", Answer) events, each pulled in a worker thread."""
-        try:
-            while (item := await run_in_threadpool(next, events, None)) is not None:
-                yield item
-        finally:
-            events.close()
-            ticket.release()
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -149,11 +62,6 @@ def token_check(token: str) -> Callable:
 
 
 # -- errors ----------------------------------------------------------------------------------------
-def unprocessable(loc: list[str], message: str) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
-    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": message}])
-
-
 def _user_error(loc: list[str]) -> Callable:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": unprocessable(loc, str(exc)).detail}, status_code=422)
@@ -197,9 +105,6 @@ USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "questi
 def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
                max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
     """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline."""
-    from rearqa.app.documents_api import MULTIPART_SLACK, UploadLimit, documents_router
-    from rearqa.app.openai_api import openai_router
-    from rearqa.pipeline import Pipeline
 
     pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
                 else source() if callable(source) and not hasattr(source, "ask") else source)
@@ -229,8 +134,6 @@ def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_
 
 
 def model_name(pipeline) -> str:
-    from rearqa import assets
-
     configured = pipeline.config.reader.model
     return Path(configured).name if configured else assets.reader_model_dir(pipeline.home).name
 
@@ -255,13 +158,6 @@ def health_router(state: ServerState) -> APIRouter:
         return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
 
     return router
-
-
-def event_stream(body: AsyncIterator[bytes], ticket: Ticket) -> StreamingResponse:
-    """A server-sent-event response, unbuffered; its queue ticket is released when it ends."""
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                             background=BackgroundTask(ticket.release))
 
 
 def sse(event: str, data: Any) -> bytes:
