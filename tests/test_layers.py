@@ -9,15 +9,12 @@ Every `import` / `from ... import` in src/rearqa is read with ast, the ones insi
 """
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-PACKAGE = SRC / "rearqa"
+from rearqa.testing import import_cycles, import_graph
 
 # Top down. A module belongs to the first prefix it starts with (most specific first).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -25,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("rearqa.training",)),
     ("eval", ("rearqa.eval",)),
     ("pipeline", ("rearqa.pipeline", "rearqa.config", "rearqa.assets", "rearqa.data_prep",
-                  "rearqa.asset_steps")),
+                  "rearqa.asset_steps", "rearqa.asset_paths")),
     ("reader", ("rearqa.reader",)),
     ("retriever", ("rearqa.retriever",)),
     ("kernels", ("rearqa.kernels",)),
@@ -39,14 +36,6 @@ TORCH_FREE = ["rearqa.config", "rearqa.reader.config", "rearqa.retriever.config"
               "rearqa.reader.adapters.config", "rearqa.kernels.config", "rearqa.registry"]
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-
-
 def layer_of(module: str) -> str:
     if module == "rearqa":
         return "app"  # the public facade sits on top
@@ -56,30 +45,9 @@ def layer_of(module: str) -> str:
     raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_layers.py")
 
 
-def imported_modules(module: str) -> set[str]:
-    """The rearqa modules `module` imports (a `from pkg import name` counts as pkg.name where that
-    is a module, else as pkg)."""
-    path = MODULES[module]
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
-            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in MODULES else source
-                       for a in node.names]
-        else:
-            continue
-        found |= {t for t in targets if t == "rearqa" or t.startswith("rearqa.")}
-    return {t for t in found if t != module}
+GRAPH = import_graph()
+MODULES = set(GRAPH)
 
-
-GRAPH = {m: imported_modules(m) for m in MODULES}
 
 
 def test_every_module_is_in_a_layer():
@@ -102,47 +70,12 @@ def test_no_module_imports_a_higher_layer():
     assert not wrong, "\n".join(sorted(wrong))
 
 
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph.get(v, ()):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for v in graph:
-        if v not in index:
-            visit(v)
-    return found
-
-
-def test_no_import_cycles():
-    assert _cycles(GRAPH) == []
+def test_no_importimport_cycles():
+    assert import_cycles(GRAPH) == []
 
 
 def test_the_cycle_check_finds_a_loop():
-    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
@@ -152,3 +85,12 @@ def test_config_modules_import_no_heavy_package(module):
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"{module} pulls in {out.stdout.strip()}"
+
+
+def test_only_the_environment_module_sets_the_hub_switches():
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE have one home: rearqa.environment."""
+    from rearqa.testing import PACKAGE_DIR
+
+    setters = [str(p.relative_to(PACKAGE_DIR)) for p in PACKAGE_DIR.rglob("*.py")
+               if "HF_HUB_OFFLINE" in p.read_text(encoding="utf-8")]
+    assert setters == ["environment.py"]

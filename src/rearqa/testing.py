@@ -1,10 +1,15 @@
-"""Tiny tokenizers and Llama models for the tests of every wing: reader, backbone transforms,
-adapters and kernels (STYLE rule 6: tiny configs).
+"""Test helpers for every wing (reader, backbone transforms, adapters, kernels).
 
-Nothing here touches the network or the real checkpoint: the tokenizer is a word-level
-`tokenizers` model over a few dozen words with a chat template, the model a 2-layer Llama.
+- tiny tokenizers and Llama models (STYLE rule 6: tiny configs). Nothing here touches the network
+  or the real checkpoint: the tokenizer is a word-level `tokenizers` model over a few dozen words
+  with a chat template, the model a 2-layer Llama;
+- the package's import graph read from its source with ast, for the layer checks
+  (tests/test_layers.py) and the per-package shape tests.
 """
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 WORDS = ("the a of in is was who what where when which wrote written by play tragedy hamlet "
          "shakespeare paris capital france city river london england born year music band "
@@ -49,3 +54,80 @@ def tiny_llama(vocab_size: int, tied: bool = True, hidden_size: int = 16, seed: 
             if param.dim() == 2:
                 param.normal_(std=0.3)
     return model
+
+
+# ------------------------------------------------------------------ the package's import graph
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SRC_DIR = PACKAGE_DIR.parent
+
+
+def module_name(path: Path) -> str:
+    """src/rearqa/reader/__init__.py -> rearqa.reader."""
+    parts = path.relative_to(SRC_DIR).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(module: str, modules: dict[str, Path]) -> set[str]:
+    """The rearqa modules `module` imports (a `from pkg import name` counts as pkg.name where that
+    is a module, else as pkg)."""
+    path = modules[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source
+                       for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t == "rearqa" or t.startswith("rearqa.")}
+    return {t for t in found if t != module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the rearqa modules it imports, for every module of the package; every import
+    statement counts, those inside functions and `if TYPE_CHECKING:` blocks too."""
+    modules = {module_name(p): p for p in PACKAGE_DIR.rglob("*.py")}
+    return {m: imported_modules(m, modules) for m in modules}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found

@@ -3,62 +3,25 @@ included), only the composer imports `collection`, the settings import no heavy 
 registry entry resolves, and `Collection` provides everything `CollectionView` promises."""
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
-import rearqa.retriever
 from rearqa.registry import resolve
 from rearqa.retriever.config import FUSIONS, RETRIEVERS
+from rearqa.testing import import_cycles, import_graph
 
 PACKAGE = "rearqa.retriever"
-ROOT = Path(rearqa.retriever.__file__).parent
-
-
-def _module_name(path: Path) -> str:
-    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
-
-
-def _imports(path: Path) -> set[str]:
-    """Every rearqa.retriever.* module `path` imports, anywhere in the file (lazy and
-    TYPE_CHECKING imports too). `from rearqa.retriever import X` counts as X's module when X is
-    a module, else as the package."""
-    modules = {_module_name(p) for p in ROOT.glob("*.py")}
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
-                     else node.module for alias in node.names]
-        else:
-            continue
-        found |= {name for name in names if name in modules}
-    return found - {_module_name(path)}
 
 
 def _graph() -> dict[str, set[str]]:
-    return {_module_name(p): _imports(p) for p in sorted(ROOT.glob("*.py"))}
+    """The import graph of the retriever package's own modules."""
+    return {m: {t for t in targets if t == PACKAGE or t.startswith(PACKAGE + ".")}
+            for m, targets in import_graph().items() if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 
 def test_no_import_cycle_among_retriever_modules():
-    graph = _graph()
-    done: set[str] = set()
-
-    def visit(module: str, trail: list[str]) -> None:
-        if module in trail:
-            pytest.fail("import cycle: " + " -> ".join(trail[trail.index(module):] + [module]))
-        if module in done:
-            return
-        for target in sorted(graph.get(module, ())):
-            visit(target, trail + [module])
-        done.add(module)
-
-    for module in graph:
-        visit(module, [])
+    assert import_cycles(_graph()) == []
 
 
 def test_only_the_package_reaches_the_collection():
