@@ -32,7 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rearqa.config_errors import ConfigError
-from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, QAExample, load_dataset
+from rearqa.data_prep import QAExample
+from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, load_dataset
 from rearqa.eval.metrics import passages_with_answer, recall_from_hits, score_predictions
 from rearqa.eval.report import aggregate_rows, write_json, write_report
 from rearqa.reader.config import CLOSED_BOOK_METHODS
