@@ -1,6 +1,6 @@
 """The index benchmark's settings and the names its parts share: what is run, on which vector sets.
 
-Plain Python (no faiss, no numpy), so every other part can import it.
+Plain Python (this module imports neither faiss nor numpy); every other part imports it.
 """
 from __future__ import annotations
 
