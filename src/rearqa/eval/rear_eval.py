@@ -40,7 +40,8 @@ from pathlib import Path
 
 from rearqa.eval.bundle import RANKERS, Snapshot
 from rearqa.eval.rank_metrics import write_rank_metrics
-from rearqa.eval.rear_rank_head import calibration_pairs, rank_head_metrics, rear_pairs
+from rearqa.eval.rear_rank_head import (BM25_BELOW_MIN, GROUPS, SCORERS, calibration_pairs,
+                                        rank_head_metrics, rear_pairs)
 from rearqa.eval.rear_routing import (choose_routing, pair_judgments, read_both_judgments,
                                       select_routing, write_selection_to_checkpoint)
 from rearqa.eval.rear_runs import (SnapshotRunConfig, compare_methods, free_memory, load_reader,
@@ -51,7 +52,7 @@ from rearqa.reader.config import READER_METHODS, ROUTINGS
 
 # The steps live in rear_runs (readers, method runs), rear_rank_head (rank-head metrics) and
 # rear_routing (judgments, threshold choice); their names stay importable from here.
-__all__ = ["RearEvalSettings", "SnapshotRunConfig", "calibration_pairs", "choose_routing",
+__all__ = ["BM25_BELOW_MIN", "GROUPS", "SCORERS", "RearEvalSettings", "SnapshotRunConfig", "calibration_pairs", "choose_routing",
            "compare_methods", "free_memory", "load_reader", "main", "pair_judgments",
            "parse_settings", "rank_head_metrics", "ranked_examples", "read_both_judgments",
            "reader_config", "rear_pairs", "run_method", "select_routing", "snapshot_dataset",
