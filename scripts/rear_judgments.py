@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rearqa import assets
-from rearqa.eval.rear_eval import pair_judgments
+from rearqa.eval.rear_routing import pair_judgments
 from rearqa.reader.config import ReaderConfig, default_checkpoint_dir
 from rearqa.reader.rear import RearModel
 from rearqa.reader.rear.reader import RearReader

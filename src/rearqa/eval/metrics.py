@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from rearqa.normalize import contains_answer, normalize_tokens
+from rearqa.registry import resolve
 
 AnswerMetric = Callable[[str, Sequence[str]], float]
 
@@ -87,23 +88,26 @@ def answer_recall_at_k(passage_texts: Sequence[str], answers: Sequence[str],
     return recall_from_hits(passages_with_answer(passage_texts, answers), ks)
 
 
-# Registry of answer metrics: name -> f(pred, answers) -> float. Names are the keys used in
-# per-example rows, aggregates and comparisons.
-METRICS: dict[str, AnswerMetric] = {
-    "em": exact_match,
-    "f1": token_f1,
-    "contained": answer_contained,
-    "length": lambda pred, answers: float(answer_length(pred)),
+def answer_length_metric(pred: str, answers: Sequence[str]) -> float:
+    """`answer_length` as an answer metric (the gold answers are not needed)."""
+    return float(answer_length(pred))
+
+
+# Registry of answer metrics (STYLE rule 3): name -> "module:function" of f(pred, answers) -> float.
+# Names are the keys used in per-example rows, aggregates and comparisons; the dict is in
+# alphabetical order, which is the order an unknown name's error lists them in.
+METRICS: dict[str, str] = {
+    "contained": "rearqa.eval.metrics:answer_contained",
+    "em": "rearqa.eval.metrics:exact_match",
+    "f1": "rearqa.eval.metrics:token_f1",
+    "length": "rearqa.eval.metrics:answer_length_metric",
 }
 DEFAULT_METRICS = ("em", "f1", "contained", "length")
 
 
 def get_metric(name: str) -> AnswerMetric:
     """The answer metric registered under `name`; an unknown name lists the valid ones."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; valid metrics are {sorted(METRICS)}") from None
+    return resolve(METRICS, name, "metric", error=ValueError)
 
 
 def score_predictions(preds: Sequence[str], golds: Sequence[Sequence[str]],

@@ -321,7 +321,7 @@ def rank_metrics_markdown(metrics: dict[str, Any]) -> str:
 
 def write_rank_metrics(metrics: dict[str, Any], out: Path) -> None:
     """rank_metrics.json (everything), rank_metrics.md, reliability.png, risk_coverage.png for
-    the result of `rearqa.eval.rear_eval.rank_head_metrics`."""
+    the result of `rearqa.eval.rear_rank_head.rank_head_metrics`."""
     from rearqa.eval.report import write_json
 
     out.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rearqa.files import atomic_write_text
 from rearqa.eval.bootstrap import bootstrap_ci
+from rearqa.eval.metrics import DEFAULT_METRICS
+from rearqa.files import atomic_write_text
 
-ANSWER_METRICS = ("em", "f1", "contained", "length")
+ANSWER_METRICS = DEFAULT_METRICS  # the metrics every run scores (score_predictions' default)
 CI_METRICS = ("em", "f1", "contained")  # metrics whose means get a 95% bootstrap interval
 CI_RESAMPLES = 2000  # enough for a two-decimal interval on a report table
 

@@ -32,15 +32,17 @@ import numpy as np
 from tqdm import tqdm
 
 from rearqa.config_errors import ConfigError
-from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, QAExample, load_dataset
+from rearqa.data_prep import QAExample
+from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, load_dataset
 from rearqa.eval.metrics import passages_with_answer, recall_from_hits, score_predictions
 from rearqa.eval.report import aggregate_rows, write_json, write_report
 from rearqa.reader.config import CLOSED_BOOK_METHODS
+from rearqa.retriever.base import RETRIEVERS as RETRIEVER_REGISTRY
 from rearqa.types import Answer, Passage
 
 log = logging.getLogger(__name__)
 
-RETRIEVERS = ("dense", "bm25", "hybrid")
+RETRIEVERS = tuple(RETRIEVER_REGISTRY)  # the retriever kinds, from their one home
 # Settings that may change when a run is resumed: they do not change any row already written.
 RESUMABLE_CHANGES = ("out_dir", "limit", "batch_size")
 OUTPUT_FILES = ("settings.json", "rows.jsonl", "report.json", "report.md", "recall_at_k.png")

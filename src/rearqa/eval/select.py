@@ -22,24 +22,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from rearqa.eval.rear_settings import RearEvalSettings
 from rearqa.eval.report import write_json
 
 log = logging.getLogger(__name__)
 
 
-def _eval_args(args, split: str, method: str, k: int, out: Path, **weights) -> argparse.Namespace:
-    from rearqa.eval.rear_eval import parse_args
-
-    argv = ["--snapshot", str(args.snapshot), "--split", split, "--methods", method, "--k", str(k),
-            "--batch-size", str(args.batch_size), "--out", str(out), "--device", args.device,
-            "--max-new-tokens", str(args.max_new_tokens)]
-    if args.limit:
-        argv += ["--limit", str(args.limit)]
-    if args.base_model:
-        argv += ["--base-model", str(args.base_model)]
-    for name, value in weights.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return parse_args(argv)
+def _eval_settings(args, split: str, method: str, k: int, out: Path,
+                   checkpoint: Path | None = None, adapter: Path | None = None) -> RearEvalSettings:
+    """The rear_eval settings of one candidate run (the rest: rear_eval's defaults)."""
+    return RearEvalSettings(snapshot=args.snapshot, split=split, methods=(method,), k=k,
+                            batch_size=args.batch_size, out=out, device=args.device,
+                            max_new_tokens=args.max_new_tokens, limit=args.limit or None,
+                            base_model=args.base_model or None, checkpoint=checkpoint,
+                            adapters={method: adapter} if adapter is not None else {})
 
 
 def pooled(report_dirs: list[Path]) -> dict[str, float]:
@@ -54,7 +50,7 @@ def pooled(report_dirs: list[Path]) -> dict[str, float]:
 def select_baseline(method: str, adapters: list[Path], ks: list[int], args,
                     snapshot) -> dict[str, Any]:
     """Every (adapter, k) on every split through the standard runner; the best pooled EM."""
-    from rearqa.eval.rear_eval import run_method, snapshot_dataset
+    from rearqa.eval.rear_runs import run_method, snapshot_dataset
 
     table = []
     for a, adapter in enumerate(adapters):
@@ -62,9 +58,8 @@ def select_baseline(method: str, adapters: list[Path], ks: list[int], args,
             dirs = []
             for split in args.splits:
                 out = args.out / method / f"c{a}-k{k}" / split
-                run_args = _eval_args(args, split, method, k, out,
-                                      **{f"adapter_{method.replace('-', '_')}": adapter})
-                dirs.append(run_method(method, run_args, snapshot,
+                settings = _eval_settings(args, split, method, k, out, adapter=adapter)
+                dirs.append(run_method(method, settings, snapshot,
                                        snapshot_dataset(snapshot, split, args.limit)))
             table.append({"adapter": str(adapter), "k": k, **pooled(dirs)})
             log.info("%s %s k=%d: %s", method, adapter, k, table[-1])
@@ -87,17 +82,17 @@ def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float
 
 def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
     """Per checkpoint: every dev-select passage read under both judgments once, routing and
-    threshold replayed on a grid (rear_eval.select_routing); the best checkpoint's choice is
+    threshold replayed on a grid (rear_routing.select_routing); the best checkpoint's choice is
     written into it."""
-    from rearqa.eval.rear_eval import (_free_memory, load_reader, ranked_examples,
-                                       read_both_judgments, select_routing,
-                                       write_selection_to_checkpoint)
+    from rearqa.eval.rear_routing import (read_both_judgments, select_routing,
+                                          write_selection_to_checkpoint)
+    from rearqa.eval.rear_runs import free_memory, load_reader, ranked_examples
 
     table, selections = [], []
     for checkpoint in checkpoints:
-        run_args = _eval_args(args, args.splits[0], "rear", args.rear_k, args.out / "rear",
-                              checkpoint=checkpoint)
-        reader, weights = load_reader("rear", run_args)
+        settings = _eval_settings(args, args.splits[0], "rear", args.rear_k, args.out / "rear",
+                                  checkpoint=checkpoint)
+        reader, weights = load_reader("rear", settings)
         examples, passages = [], []
         for split in args.splits:
             split_examples, split_passages = ranked_examples(snapshot, split, args.limit, "dense",
@@ -116,7 +111,7 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
                       "relevance_auc": relevance_auc(examples, passages, readings)})
         log.info("rear %s: %s", checkpoint, table[-1])
         del reader
-        _free_memory()
+        free_memory()
     best = max(range(len(table)), key=lambda i: (table[i]["em"], table[i]["f1"]))
     write_json(selections[best], args.out / "rear" / "threshold_selection.json")
     write_selection_to_checkpoint(checkpoints[best], selections[best])

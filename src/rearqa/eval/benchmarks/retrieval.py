@@ -22,9 +22,8 @@ from rearqa.config import PipelineConfig
 from rearqa.eval.bootstrap import paired_bootstrap
 from rearqa.eval.datasets import load_dataset
 from rearqa.eval.metrics import passages_with_answer
-from rearqa.retriever.hybrid import rrf_fuse, score_fuse
+from rearqa.retriever.hybrid import FUSIONS  # the hybrid retriever's fusion registry
 
-FUSE = {"rrf": rrf_fuse, "score": score_fuse}
 SWEEP = [f"{f}:1:{w}" for f in ("rrf", "score") for w in (0.1, 0.25, 0.5, 1.0)]
 
 
@@ -48,7 +47,7 @@ def run_dataset(pipeline, name: str, subset: str, limit: int | None, depth: int,
         seconds[kind] = (time.perf_counter() - start) / len(questions)
     for spec in fusions:
         fusion, w_dense, w_bm25 = spec.split(":")
-        fuse = FUSE[fusion]
+        fuse = FUSIONS[fusion]
         rankings[spec] = [fuse([d, b], [float(w_dense), float(w_bm25)], rrf_k)[:depth]
                           for d, b in zip(rankings["dense"], rankings["bm25"])]
     ranks = {variant: [first_hit([p.text for p in ps], ex.answers)
@@ -105,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     fusions = list(dict.fromkeys(args.fusions + (SWEEP if args.sweep else [])))
     for spec in fusions:
-        if len(spec.split(":")) != 3 or spec.split(":")[0] not in FUSE:
-            parser.error(f"--fusions {spec!r}: write FUSION:DENSE_WEIGHT:BM25_WEIGHT, FUSION in {sorted(FUSE)}")
+        if len(spec.split(":")) != 3 or spec.split(":")[0] not in FUSIONS:
+            parser.error(f"--fusions {spec!r}: write FUSION:DENSE_WEIGHT:BM25_WEIGHT, FUSION in {sorted(FUSIONS)}")
     config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
     pipeline = Pipeline(config)
     results = [run_dataset(pipeline, name, args.subset, args.limit, max(args.depth, *args.ks),

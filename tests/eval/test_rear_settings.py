@@ -1,0 +1,43 @@
+"""rear_eval's typed settings: the command line fills them, bad values are refused with the fix,
+and every reader method has a builder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rearqa.config_errors import ConfigError
+from rearqa.eval.rear_eval import parse_settings
+from rearqa.eval.rear_settings import READER_BUILDERS, RearEvalSettings
+from rearqa.reader.config import READER_METHODS
+from rearqa.registry import load
+
+
+def test_every_reader_method_has_a_builder():
+    assert set(READER_BUILDERS) == set(READER_METHODS)
+    for target in READER_BUILDERS.values():
+        assert callable(load(target))
+
+
+def test_command_line_fills_the_settings():
+    settings = parse_settings(["--snapshot", "snap", "--split", "nq-test", "--out", "o",
+                               "--methods", "rear", "rag-ft", "--adapter-rag-ft", "A", "--k", "5"])
+    assert settings.snapshot == Path("snap") and settings.out == Path("o")
+    assert settings.methods == ("rear", "rag-ft") and settings.k == 5
+    assert settings.adapters == {"rag-ft": Path("A")}
+    assert settings.adapter("rag-ft") == "A" and settings.adapter("closed-book-ft") == ""
+    assert settings.checkpoint is None and settings.limit is None and not settings.choose_threshold
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ("rear", "bert")}, "methods=.*choose one or more of"),
+    ({"k": 0}, "k=0: must be a positive integer"),
+    ({"limit": 0}, "limit=0"),
+    ({"retriever": "hybrid"}, "retriever='hybrid': choose one of \\['dense', 'bm25'\\]"),
+    ({"fallback": "best_passage"}, "fallback='best_passage'"),
+    ({"adapters": {"rag": "A"}}, "only \\['rag-ft', 'closed-book-ft'\\] read an adapter"),
+    ({"dtype": "float16"}, "dtype='float16'"),
+])
+def test_bad_settings_are_refused_with_the_fix(change, message):
+    with pytest.raises(ConfigError, match=message):
+        RearEvalSettings(**{"snapshot": "s", "split": "nq-test", "out": "o", **change})
