@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from rearqa.files import atomic_write
+
 FORMAT = 1
 CONFIG_FILE = "rear_config.json"
 HEAD_FILE = "rank_head.safetensors"
@@ -138,8 +140,6 @@ def compact_checkpoint(path: str | Path, dtype: torch.dtype = torch.bfloat16) ->
     for file in sorted((path / ADAPTER_DIR).glob("*.safetensors")):
         tensors = {name: (t.to(dtype) if t.dtype == torch.float32 else t).contiguous()
                    for name, t in load_file(file).items()}
-        tmp = file.with_suffix(".tmp")
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        tmp.replace(file)
+        atomic_write(file, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         size += file.stat().st_size
     return size

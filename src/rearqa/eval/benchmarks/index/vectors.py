@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +14,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rearqa.eval.benchmarks.index.config import (QUESTION_SET, SYNTHETIC_DESCRIPTION,
-                                                 IndexBenchConfig, progress)
+from rearqa.eval.benchmarks.index.config import (
+    QUESTION_SET,
+    SYNTHETIC_DESCRIPTION,
+    IndexBenchConfig,
+    progress,
+)
+from rearqa.files import atomic_write
 
 
 @dataclass
@@ -55,10 +59,11 @@ def embed_cached(texts: Sequence[str], cache_dir: Path) -> np.ndarray:
     embedder = SentenceTransformer(str(model_dir), device="cpu")
     vectors = embedder.encode(list(texts), batch_size=64, normalize_embeddings=True,
                            convert_to_numpy=True).astype(np.float32)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-    np.save(tmp, vectors, allow_pickle=False)
-    os.replace(tmp, path)  # a killed run never leaves a truncated cache entry
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, vectors, allow_pickle=False)
+
+    atomic_write(path, write)  # a killed run never leaves a truncated cache entry
     return vectors
 
 
