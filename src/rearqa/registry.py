@@ -26,3 +26,17 @@ def resolve(registry: dict[str, str], name: str, what: str, error: type[Exceptio
         noun = what.split()[-1]
         raise error(f"unknown {what} {name!r}; valid {noun}s are {list(registry)}") from None
     return load(target)
+
+
+def lazy_attributes(package: str, table: dict[str, str]):
+    """A module `__getattr__` that imports each name of `table` on first use.
+
+    `table` maps a public name to "package.module:attr", or to "package.module" where the
+    attribute has the public name. Packages use it so that importing them stays light (no torch
+    until a name that needs it is asked for)."""
+    def __getattr__(name: str) -> Any:
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        target = table[name]
+        return load(target if ":" in target else f"{target}:{name}")
+    return __getattr__

@@ -13,7 +13,7 @@ from pathlib import Path
 from rearqa.reader.base import QuestionError, Reader, check_question
 from rearqa.reader.baseline import BaselineReader
 from rearqa.reader.config import READERS, ReaderConfig
-from rearqa.registry import load, resolve
+from rearqa.registry import lazy_attributes, resolve
 
 __all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "Reader", "ReaderConfig",
            "RearReader", "build_reader", "check_question", "get_reader_class"]
@@ -33,8 +33,4 @@ def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
     factory = getattr(cls, "from_config", cls)
     return factory(config, base_model_dir)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return load(_LAZY[name])
-    raise AttributeError(f"module 'rearqa.reader' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -11,9 +11,7 @@ this package); everything else (numpy, faiss, torch) loads on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from rearqa.registry import lazy_attributes
 from rearqa.retriever.config import FUSIONS, RETRIEVERS, RetrieverConfig
 from rearqa.retriever.errors import (CorruptIndexError, FilterError, IndexBuildError, IndexMismatchError,
                                      QueryError, RetrieverError, UnsupportedFileError)
@@ -45,8 +43,4 @@ _LAZY = {
 __all__ = ["CorruptIndexError", "FilterError", "FUSIONS", "IndexBuildError", "IndexMismatchError",
            "QueryError", "RETRIEVERS", "RetrieverConfig", "RetrieverError", "UnsupportedFileError", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rearqa.retriever' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -15,7 +15,7 @@
 #     train(TrainConfig(method="rear", snapshot="build/bundle", out="runs/rear"))
 from __future__ import annotations
 
-import importlib
+from rearqa.registry import lazy_attributes
 
 _EXPORTS = {
     "TrainConfig": "rearqa.training.config",
@@ -30,9 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'rearqa.training' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

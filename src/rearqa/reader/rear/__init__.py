@@ -5,7 +5,7 @@ routing.py for how the final answer is chosen and config.py for the settings and
 Names are imported on first use: `rearqa.reader.rear.config` stays torch-free for the config
 modules that read it.
 """
-from rearqa.registry import load
+from rearqa.registry import lazy_attributes
 
 _LAZY = {
     "REAR_TOKENS": "rearqa.reader.rear.tokens:REAR_TOKENS",
@@ -28,9 +28,4 @@ _LAZY = {
     "trainable_parameter_counts": "rearqa.reader.rear.lora:trainable_parameter_counts",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return load(_LAZY[name])
-    raise AttributeError(f"module 'rearqa.reader.rear' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
