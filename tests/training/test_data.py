@@ -219,3 +219,34 @@ def test_unanswered_share_keeps_a_seeded_share_of_groups_without_a_positive(snap
         snapshot, ["nq-dev-train"], seed=seed, unanswered_share=0.5)] for seed in range(20)}
     with pytest.raises(ConfigError, match="unanswered_share"):
         TrainConfig(unanswered_share=1.5)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "none"])
+def test_judgment_targets_of_a_training_batch(snapshot, mode):
+    """balanced: a batch whose groups hold both kinds of passage labels both judgment tokens at
+    the score position; none: it labels neither (the answers keep their loss either way)."""
+    import torch
+
+    tok = tiny_tokenizer()
+    from rearqa.reader.rear import add_rear_tokens
+
+    ids, _ = add_rear_tokens(tok)
+    groups = build_groups(snapshot, ["nq-dev-train"], group_size=6)
+    assert any(p.has_answer for p in groups[0].passages) and not all(p.has_answer for p in groups[0].passages)
+    batch = rear_batch(groups, tok, use_chat_template=False, judgment_loss=mode)
+    labels = batch["labels"]
+    judged = {int(t) for t in labels[torch.isin(labels, torch.tensor([ids.relevant, ids.irrelevant]))]}
+    assert judged == ({ids.relevant, ids.irrelevant} if mode == "balanced" else set())
+    assert (labels != -100).sum() > 0  # the answers are still learned
+    if mode == "balanced":
+        inputs = rear_inputs(groups[0], tok, use_chat_template=False, judgment_loss=mode)
+        for passage, x in zip(groups[0].passages, inputs):
+            assert x.label_mask[x.score_position + 1]
+            assert x.input_ids[x.score_position + 1] == (ids.relevant if passage.has_answer
+                                                         else ids.irrelevant)
+
+
+def test_unknown_judgment_loss_is_refused(snapshot):
+    group = build_groups(snapshot, ["nq-dev-train"], group_size=6)[0]
+    with pytest.raises(ValueError, match="judgment_loss='sometimes'"):
+        rear_inputs(group, tiny_tokenizer(), use_chat_template=False, judgment_loss="sometimes")

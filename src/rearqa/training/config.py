@@ -40,6 +40,8 @@ BASELINES = ("rag-ft", "closed-book-ft")  # trained for a token budget, one LM-l
 # Training precision (autocast), not the reader's weight dtype (rearqa.reader.config.DTYPES):
 # "auto" means bf16 autocast on CUDA and plain fp32 on CPU; the weights stay fp32 either way.
 DTYPES = ("auto", "float32", "bfloat16")
+# rear: which judgment tokens after <GENERATE_SCORE> carry LM loss (training.data.rear_inputs).
+JUDGMENT_LOSSES = ("balanced", "none", "positives")
 TRAIN_SPLIT_SUFFIX = "-dev-train"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Keys that may change between a run and its resumption: where and how often it writes, and
@@ -77,6 +79,7 @@ class TrainConfig:
     group_size: int = 8  # passages per question in a REAR group
     agree_top: int = 5  # a positive gains 0.2 for each retriever ranking it in this top
     noise_ratio: float = 1.0  # noise-resistant examples per positive one (at least one per group)
+    judgment_loss: str = "balanced"  # rear: balanced (both judgments) | none | positives (REAR's: <RELEVANT> only)
     unanswered_share: float = 1.0  # rear: share of no-positive questions kept (all-negative groups)
     rag_k: int = 3  # rag-ft: dense top-k passages in the prompt
     prompt: str = "short"  # rag-ft / closed-book-ft chat prompt (rearqa.reader.prompts)
@@ -139,6 +142,9 @@ class TrainConfig:
             raise ConfigError(f"train.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"train.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.judgment_loss not in JUDGMENT_LOSSES:
+            raise ConfigError(f"train.judgment_loss={self.judgment_loss!r}: choose one of "
+                              f"{list(JUDGMENT_LOSSES)}")
         if self.rear_head not in HEAD_TYPES:
             raise ConfigError(f"train.rear_head={self.rear_head!r}: choose one of {list(HEAD_TYPES)}")
         if self.token_budget and self.token_budget_from:

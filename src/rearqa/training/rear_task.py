@@ -33,6 +33,7 @@ def rear_groups(config: TrainConfig, snapshot) -> list:
 def rear_input_options(config: TrainConfig) -> dict:
     """How `config` turns a group into REAR inputs (rear_inputs / rear_batch keywords)."""
     return dict(use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
+                judgment_loss=config.judgment_loss,
                 max_passage_words=config.max_passage_words,
                 max_passage_tokens=config.max_passage_tokens,
                 max_question_tokens=config.max_question_tokens,

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rearqa.normalize import normalize_answer
+from rearqa.training.config import JUDGMENT_LOSSES
 from rearqa.training.data.groups import GroupPassage, TrainGroup
 
 
@@ -65,20 +66,36 @@ def generation_examples(group: TrainGroup, noise_ratio: float = 1.0) -> list[Gen
 
 def rear_inputs(group: TrainGroup, tokenizer, *, use_chat_template: bool, noise_ratio: float = 1.0,
                 max_passage_words: int = 150, max_passage_tokens: int | None = 200,
-                max_question_tokens: int | None = 64, max_answer_tokens: int | None = 15) -> list:
+                max_question_tokens: int | None = 64, max_answer_tokens: int | None = 15,
+                judgment_loss: str = "positives") -> list:
     """One `RearInput` per passage of the group, in group order: generation examples carry their
-    judgment and answer, the other passages are scoring prompts (rank loss only)."""
+    judgment and answer, the other passages are scoring prompts (rank loss only).
+
+    judgment_loss (which judgment tokens after <GENERATE_SCORE> are LM targets):
+        positives  <RELEVANT> of the positives only: REAR's recipe, and the function's default.
+                   Noise-resistant negatives mask theirs and scoring-only rows have none, so the
+                   target at the score position is always <RELEVANT>, and the LM loss pushes the
+                   hidden state the rank head reads there toward one constant.
+        balanced   every row: <RELEVANT> on positives, <IRRELEVANT> on every negative (scoring-only
+                   rows get the judgment token alone), so the judgment is a second classifier of
+                   the same state, trained on both kinds of passage
+        none       no row: the judgment is forced from the rank head at inference anyway
+    """
     from rearqa.reader.rear.inputs import build_rear_input
 
+    if judgment_loss not in JUDGMENT_LOSSES:
+        raise ValueError(f"judgment_loss={judgment_loss!r}: choose one of {list(JUDGMENT_LOSSES)}")
     by_passage = {ex.passage: ex for ex in generation_examples(group, noise_ratio)}
     inputs = []
     for i, passage in enumerate(group.passages):
         ex = by_passage.get(i)
+        judgment = ex.judgment if ex else ("irrelevant" if judgment_loss == "balanced" else None)
+        learned = judgment_loss == "balanced" or (
+            judgment_loss == "positives" and ex is not None and not ex.noise_resistant)
         inputs.append(build_rear_input(
             tokenizer, passage.input_text(max_passage_words), group.question,
-            ex.judgment if ex else None, ex.target if ex else None,
-            use_chat_template=use_chat_template,
-            noise_resistant=bool(ex and ex.noise_resistant), max_passage_tokens=max_passage_tokens,
+            judgment, ex.target if ex else None, use_chat_template=use_chat_template,
+            noise_resistant=not learned, max_passage_tokens=max_passage_tokens,
             max_question_tokens=max_question_tokens, max_answer_tokens=max_answer_tokens))
     return inputs
 
