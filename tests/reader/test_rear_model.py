@@ -174,3 +174,39 @@ def test_fresh_base_with_an_extended_tokenizer_needs_init():
     with pytest.raises(ValueError, match="init_new_rows=True"):
         RearModel.from_base(fresh, tok)
     RearModel.from_base(fresh, tok, init_new_rows=True).check_ref_row_zero()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_trained_linear_head_serves_as_its_row_and_offset(tied, tmp_path):
+    """Training's own head (fp32 weight, bias, centring) gives the same scores once exported into
+    the <RANK_SCORE> row and config.rank_offset: in memory, as a LoRA checkpoint reloaded onto its
+    base, and as the merged plain checkpoint the vLLM engine serves."""
+    from rearqa.reader.rear import add_lora
+
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok), tied=tied).save_pretrained(tmp_path / "base")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model = RearModel.from_base(base, tok, RearConfig(), base_model_dir=tmp_path / "base")
+    add_lora(model, r=2, alpha=4, dropout=0.0)
+    assert model.tied_embeddings == tied  # read through PEFT's wrappers
+    question, passages = "who wrote hamlet ?", ["hamlet is a tragedy", "paris is a city",
+                                                "the band was born in london"]
+    fresh = model.score_texts(question, passages)
+    head = model.attach_linear_head(center=torch.randn(16))
+    torch.testing.assert_close(model.score_texts(question, passages), fresh)  # attaching changes nothing
+    with torch.no_grad():  # a head that training moved
+        head.weight.copy_(torch.randn(16))
+        head.bias.fill_(-1.25)
+    trained = model.score_texts(question, passages)
+    model.save_pretrained(tmp_path / "lora")  # exports the head into the row and the offset
+    assert model.config.rank_offset != 0.0
+    model.merge_to_plain_checkpoint(tmp_path / "plain")
+    model.linear_head = None  # serving reads the row and the offset
+    torch.testing.assert_close(model.score_texts(question, passages), trained)
+    for path in ("lora", "plain"):
+        reloaded = RearModel.from_pretrained(tmp_path / path, base_model_dir=tmp_path / "base")
+        assert reloaded.linear_head is None and reloaded.config.rank_offset == model.config.rank_offset
+        torch.testing.assert_close(reloaded.score_texts(question, passages), trained)
+        reloaded.check_ref_row_zero()

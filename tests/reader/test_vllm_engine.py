@@ -79,7 +79,20 @@ def plain_checkpoint(reader_dir, tmp_path_factory) -> Path:
         with torch.no_grad():
             row = torch.randn(lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
             model.causal_lm.get_output_embeddings().weight[model.token_ids.rank_score] = 0.1 * row
+    # A head trained as its own parameters (bias, centred features) is served as its row plus
+    # rank_offset: the engines' parity below covers the offset too.
+    dim = model.causal_lm.config.hidden_size
+    head = model.attach_linear_head(center=0.05 * torch.randn(dim, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        head.bias.add_(0.7)
     return model.merge_to_plain_checkpoint(tmp_path_factory.mktemp("rear-plain"))
+
+
+def test_the_served_checkpoint_carries_a_rank_offset(plain_checkpoint):
+    import json
+
+    offset = json.loads((plain_checkpoint / "rear_config.json").read_text())["config"]["rank_offset"]
+    assert abs(offset) > 0.1
 
 
 @pytest.fixture(scope="module")

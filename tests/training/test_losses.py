@@ -105,3 +105,24 @@ def test_lm_loss_at_labels_equals_the_full_logits_loss():
     torch.testing.assert_close(hidden.grad, expected)
     none = lm_loss_at_labels(hidden, head, torch.full((3, 7), -100))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_pairs_of_two_positives_can_be_down_weighted_or_dropped():
+    scores = torch.tensor([2.0, 0.5, -1.0])
+    labels = torch.tensor([1.0, 0.6, 0.0])  # two positives (agreement grades) and a negative
+    groups = torch.tensor([0, 0, 0])
+    pairs = {(0, 1): 1.5, (0, 2): 3.0, (1, 2): 1.5}  # s_i - s_j of the ordered pairs
+    term = {p: math.log1p(math.exp(-m)) for p, m in pairs.items()}
+    assert pairwise_ranknet(scores, labels, groups).item() == pytest.approx(sum(term.values()) / 3)
+    dropped = pairwise_ranknet(scores, labels, groups, positive_pair_weight=0.0)
+    assert dropped.item() == pytest.approx((term[0, 2] + term[1, 2]) / 2)
+    half = pairwise_ranknet(scores, labels, groups, positive_pair_weight=0.5)
+    assert half.item() == pytest.approx((0.5 * term[0, 1] + term[0, 2] + term[1, 2]) / 2.5)
+
+
+def test_a_rank_only_stage_leaves_the_lm_loss_out():
+    parts = compute_rear_loss(None, torch.zeros(1), torch.tensor([0.3, -0.2]),
+                              torch.tensor([1.0, 0.0]), lm=torch.tensor(2.0),
+                              config=RearLossConfig(lm_weight=0.0, fine=False))
+    assert parts["loss"].item() == pytest.approx(parts["rank"].item())
+    assert parts["lm"].item() == 2.0  # still reported

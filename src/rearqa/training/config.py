@@ -108,6 +108,12 @@ class TrainConfig:
     bce_weight: float = 0.3  # weight of the pointwise BCE inside the bi-granularity loss
     minor_diff: float = 0.1  # smallest graded-label gap that makes a RankNet pair
     neg_weight: float = 1.0  # BCE weight of negative passages (positives weigh 1)
+    positive_pair_weight: float = 1.0  # rear: RankNet weight of a pair of two positives (0 = none)
+    warmup_rank_only: bool = False  # rear: the warm-up stage trains the rank loss alone (no LM loss)
+    # rear, linear head: its own fp32 weight and bias (RearModel.attach_linear_head) at this
+    # learning rate, no weight decay; 0 = the head is the <RANK_SCORE> token row at `lr` (REAR's)
+    head_lr: float = 0.0
+    head_center: bool = False  # rear, own head: subtract the base model's mean score-position state
 
     # -- baselines' length
     token_budget: int = 0  # baselines: stop once this many training tokens are seen (0 = use steps)
@@ -135,7 +141,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
         self._check_ints()
         self._check_floats()
-        for name in ("chat_template",):
+        for name in ("chat_template", "warmup_rank_only", "head_center"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
         if self.dtype not in DTYPES:
@@ -147,6 +153,12 @@ class TrainConfig:
                               f"{list(JUDGMENT_LOSSES)}")
         if self.rear_head not in HEAD_TYPES:
             raise ConfigError(f"train.rear_head={self.rear_head!r}: choose one of {list(HEAD_TYPES)}")
+        if (self.head_lr or self.head_center) and self.rear_head != "linear":
+            raise ConfigError(f"train.head_lr / head_center are for the linear head's own parameters, "
+                              f"not rear_head={self.rear_head!r}")
+        if self.head_center and not self.head_lr:
+            raise ConfigError("train.head_center needs the head's own parameters: set head_lr, "
+                              "e.g. head_lr: 1.0e-3")
         if self.token_budget and self.token_budget_from:
             raise ConfigError("train.token_budget and train.token_budget_from are both set: "
                               "give one (a number, or a REAR run's train_log.jsonl)")
@@ -176,7 +188,8 @@ class TrainConfig:
                   "lora_alpha": (0, None), "lora_dropout": (0, 1),
                   "lr": (0, None), "warmup_ratio": (0, 1), "weight_decay": (0, None),
                   "max_grad_norm": (0, None), "beta": (0, None), "bce_weight": (0, None),
-                  "minor_diff": (0, None), "neg_weight": (0, None)}
+                  "minor_diff": (0, None), "neg_weight": (0, None),
+                  "positive_pair_weight": (0, None), "head_lr": (0, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             ok = (not isinstance(value, bool) and isinstance(value, (int, float))

@@ -74,12 +74,15 @@ def _ordered_pairs(labels: torch.Tensor, groups: torch.Tensor, minor_diff: float
 
 
 def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
-                     group_ids: torch.Tensor | None = None, minor_diff: float = 0.1) -> torch.Tensor:
+                     group_ids: torch.Tensor | None = None, minor_diff: float = 0.1,
+                     positive_pair_weight: float = 1.0, pos_threshold: float = 0.5) -> torch.Tensor:
     """Fine loss: RankNet over ordered pairs within each question's group of passages.
 
     scores/graded_labels: (G, n) -- one row per question -- or (N,) with `group_ids` (N,).
-    Mean of log(1 + exp(-(s_i - s_j))) over all pairs with y_i - y_j > minor_diff, pooled across
-    groups; 0 with a graph when there is no such pair. NaN labels mark padding slots.
+    Weighted mean of log(1 + exp(-(s_i - s_j))) over all pairs with y_i - y_j > minor_diff, pooled
+    across groups; 0 with a graph when there is no such pair. NaN labels mark padding slots. A pair
+    of two positives (both labels >= pos_threshold: their grades differ only by how many
+    retrievers rank them high) weighs `positive_pair_weight` (0 drops it), a positive-negative 1.
     """
     if scores.dim() == 2:
         groups = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(scores)
@@ -89,8 +92,13 @@ def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
     if scores.shape != graded_labels.shape or scores.shape != group_ids.shape:
         raise ValueError(f"shapes differ: scores {tuple(scores.shape)}, labels "
                          f"{tuple(graded_labels.shape)}, groups {tuple(group_ids.shape)}")
-    scores = scores.float()
-    pairs = _ordered_pairs(graded_labels.float(), group_ids, minor_diff)  # (N, N)
+    scores, labels = scores.float(), graded_labels.float()
+    pairs = _ordered_pairs(labels, group_ids, minor_diff)  # (N, N)
+    if positive_pair_weight != 1.0:
+        both = (labels[:, None] >= pos_threshold) & (labels[None, :] >= pos_threshold)
+        weight = torch.where(both, positive_pair_weight, 1.0).to(scores)[pairs]
+        pairs_loss = F.softplus(-(scores[:, None] - scores[None, :])[pairs])
+        return (pairs_loss * weight).sum() / weight.sum().clamp(min=1e-12)
     if not pairs.any():
         return scores.sum() * 0.0
     margin = scores[:, None] - scores[None, :]  # (N, N): s_i - s_j
@@ -100,9 +108,10 @@ def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
 def bi_granularity(scores: torch.Tensor, graded_labels: torch.Tensor,
                    group_ids: torch.Tensor | None = None, minor_diff: float = 0.1,
                    bce_weight: float = 0.3, pos_threshold: float = 0.5,
-                   neg_weight: float = 1.0) -> torch.Tensor:
+                   neg_weight: float = 1.0, positive_pair_weight: float = 1.0) -> torch.Tensor:
     """L_rank = 0.5 * pairwise_ranknet + bce_weight * pointwise_bce."""
-    fine = pairwise_ranknet(scores, graded_labels, group_ids, minor_diff)
+    fine = pairwise_ranknet(scores, graded_labels, group_ids, minor_diff, positive_pair_weight,
+                            pos_threshold)
     coarse = pointwise_bce(scores, graded_labels, pos_threshold, neg_weight)
     return 0.5 * fine + bce_weight * coarse
 
@@ -122,11 +131,14 @@ class RearLossConfig:
     minor_diff: float = 0.1  # smallest graded-label gap that makes an ordered RankNet pair
     pos_threshold: float = 0.5  # graded label at or above which a passage counts as relevant
     neg_weight: float = 1.0  # BCE weight of the negatives (positives weigh 1)
+    positive_pair_weight: float = 1.0  # RankNet weight of a pair of two positives (0 = no such pairs)
+    lm_weight: float = 1.0  # weight of the LM loss (0 = a rank-only stage)
 
     def __post_init__(self) -> None:
         from rearqa.config_errors import ConfigError
 
-        for name in ("beta", "bce_weight", "minor_diff", "pos_threshold", "neg_weight"):
+        for name in ("beta", "bce_weight", "minor_diff", "pos_threshold", "neg_weight",
+                     "positive_pair_weight", "lm_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value) or value < 0:
@@ -145,10 +157,11 @@ def compute_rear_loss(lm_logits: torch.Tensor | None, labels: torch.Tensor, rank
     lm = lm_loss(lm_logits, labels) if lm is None else lm
     if config.fine:
         rank = bi_granularity(rank_logits, rank_labels, group_ids, config.minor_diff,
-                              config.bce_weight, config.pos_threshold, config.neg_weight)
+                              config.bce_weight, config.pos_threshold, config.neg_weight,
+                              config.positive_pair_weight)
     else:
         rank = pointwise_bce(rank_logits, rank_labels, config.pos_threshold, config.neg_weight)
-    return {"loss": rear_loss(lm, rank, config.beta), "lm": lm, "rank": rank}
+    return {"loss": rear_loss(config.lm_weight * lm, rank, config.beta), "lm": lm, "rank": rank}
 
 
 def rear_lm_loss_and_rank(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -49,6 +49,7 @@ def _write_common(model, path: Path, kind: str) -> None:
 def save_rear(model, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    model.export_linear_head()  # a trained linear head is saved as its row and offset
     model.check_ref_row_zero()
     if model.is_lora:
         # save_embedding_layers=False: PEFT would otherwise store the whole resized embedding.
@@ -64,6 +65,7 @@ def merge_rear(model, out_dir: str | Path) -> Path:
     """Plain checkpoint: LoRA and trainable token rows merged into a copy of the model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model.export_linear_head()
     model.check_ref_row_zero()
     lm = copy.deepcopy(model.lm).merge_and_unload() if model.is_lora else model.lm
     plain = type(model)(lm, model.tokenizer, model.config, model.token_ids,

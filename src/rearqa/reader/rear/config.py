@@ -57,6 +57,9 @@ class RearConfig:
     lowrank_use_score_state: bool = True  # also feed h at <GENERATE_SCORE> to the final linear map
     use_chat_template: bool = False  # prompt format the model is trained and served with
     routing: RoutingConfig = field(default_factory=RoutingConfig)  # threshold, gamma, fallback
+    # linear head: added to the <RANK_SCORE> - <RANK_REF> logit difference, so the head's bias and
+    # centring survive in a checkpoint whose head is an output row (RearModel.export_linear_head)
+    rank_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_TYPES:
@@ -68,6 +71,9 @@ class RearConfig:
         for name in ("lowrank_use_score_state", "use_chat_template"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"rear.{name}={getattr(self, name)!r}: must be true or false")
+        if isinstance(self.rank_offset, bool) or not isinstance(self.rank_offset, (int, float)) \
+                or not math.isfinite(self.rank_offset):
+            raise ConfigError(f"rear.rank_offset={self.rank_offset!r}: must be a finite number")
         if isinstance(self.routing, dict):
             self.routing = from_dict(RoutingConfig, self.routing, "rear.routing")
         if not isinstance(self.routing, RoutingConfig):

@@ -1,8 +1,11 @@
 """Rank heads: where the relevance logit is read, and the low-rank attention pooling variant.
 
-The default head is linear and has no module here: it is the `<RANK_SCORE>` row of the output
-layer (see tokens.py and model.py), so its logit is `h_s . w` with h_s the final, post-norm hidden
-state at `<GENERATE_SCORE>`.
+The default head is linear. Served, it is the `<RANK_SCORE>` row of the output layer (see tokens.py
+and model.py), so its logit is `h_s . w + offset` with h_s the final, post-norm hidden state at
+`<GENERATE_SCORE>` and the offset stored with the checkpoint. Trained, it is `LinearRankHead`: its
+own fp32 weight and bias (own learning rate, no weight decay), optionally on centred features
+s = (h_s - mu) . w + b, written into the row and the offset at save time. A row inside PEFT's
+trainable token tensor at LoRA's learning rate started at zero and barely moved (docs/rear.md).
 
 `LowRankAttentionPooling` is the variant after Mehta, Rangwala and Ramakrishnan (2019), "Low Rank
 Factorization for Compact Multi-Head Self-Attention": each head j scores every pooled token state
@@ -23,6 +26,25 @@ import math
 
 import torch
 from torch import nn
+
+
+class LinearRankHead(nn.Module):
+    """s = (h - center) . weight + bias, in fp32 whatever the model's dtype."""
+
+    def __init__(self, dim: int, weight: torch.Tensor | None = None, bias: float = 0.0,
+                 center: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim) if weight is None else weight.detach().float().clone())
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+        self.register_buffer("center", torch.zeros(dim) if center is None else center.detach().float().clone())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)
+        return (h.float() - self.center) @ self.weight + self.bias
+
+    @torch.no_grad()
+    def as_row_and_offset(self) -> tuple[torch.Tensor, float]:
+        """The same map as an output row w and an offset: h . w + (b - mu . w)."""
+        return self.weight.detach().clone(), float(self.bias - self.center @ self.weight)
 
 
 def find_score_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor,

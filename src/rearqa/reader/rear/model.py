@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rearqa.reader.rear.heads import (LowRankAttentionPooling, find_score_positions,
-                                      positions_from_mask)
+from rearqa.reader.rear.heads import (LinearRankHead, LowRankAttentionPooling,
+                                      find_score_positions, positions_from_mask)
 from rearqa.reader.rear.inputs import build_rear_input, collate_rear_inputs
 from rearqa.reader.rear.config import RearConfig
 from rearqa.reader.rear.tokens import REAR_TOKENS, RearTokenIds, add_rear_tokens
@@ -57,9 +57,15 @@ def _unwrap(lm: nn.Module) -> nn.Module:
     return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
 
 
+def _base_weight(module: nn.Module) -> torch.Tensor:
+    """The weight under a PEFT trainable-tokens wrapper, or the module's own."""
+    adapter = getattr(module, "token_adapter", None)
+    return (adapter.base_layer if adapter is not None else module).weight
+
+
 def embeddings_tied(lm: nn.Module) -> bool:
     lm = _unwrap(lm)
-    return lm.get_input_embeddings().weight is lm.get_output_embeddings().weight
+    return _base_weight(lm.get_input_embeddings()) is _base_weight(lm.get_output_embeddings())
 
 
 class RearModel(nn.Module):
@@ -75,6 +81,9 @@ class RearModel(nn.Module):
         self.base_vocab_size = base_vocab_size  # output rows before the REAR tokens were added
         self.base_model_dir = base_model_dir  # where the base weights came from (LoRA reloads)
         self.rank_head: LowRankAttentionPooling | None = None
+        # Training's own parameters for the linear head (attach_linear_head); None when serving,
+        # where the head is the <RANK_SCORE> row plus config.rank_offset.
+        self.linear_head: LinearRankHead | None = None
         if config.head == "lowrank_attn":
             self.rank_head = LowRankAttentionPooling(
                 self.causal_lm.get_input_embeddings().weight.shape[1], config.lowrank_heads,
@@ -184,6 +193,42 @@ class RearModel(nn.Module):
         probe = torch.eye(dim, device=self.causal_lm.device, dtype=self.causal_lm.dtype)
         return (out(probe) - out(torch.zeros_like(probe[:1])))[:, token_id]  # (D,)
 
+    @torch.no_grad()
+    def set_output_row(self, token_id: int, values: torch.Tensor) -> None:
+        """Write a token's output-layer row: into PEFT's trainable token rows when the row is one
+        of them, else into the (untied or tied) output weight."""
+        out = self.causal_lm.get_output_embeddings()
+        adapter = getattr(out, "token_adapter", None)
+        if adapter is not None:
+            for name, indices in adapter.token_indices.items():
+                if token_id in indices:
+                    delta = adapter.trainable_tokens_delta[name]
+                    delta[indices.index(token_id)] = values.to(delta)
+                    return
+        weight = _base_weight(out)
+        weight[token_id] = values.to(weight)
+
+    def attach_linear_head(self, center: torch.Tensor | None = None) -> LinearRankHead:
+        """Give the linear head its own fp32 parameters for training, starting from the current
+        row and offset (scores unchanged); `center`: the feature mean to subtract (centred head)."""
+        if self.config.head != "linear":
+            raise ValueError(f"attach_linear_head is for the linear head, not {self.config.head!r}")
+        ids = self.token_ids
+        weight = (self.output_row(ids.rank_score) - self.output_row(ids.rank_ref)).float()
+        bias = self.config.rank_offset + (0.0 if center is None else float(center.float() @ weight))
+        device = self.causal_lm.get_input_embeddings().weight.device
+        self.linear_head = LinearRankHead(weight.numel(), weight, bias, center).to(device)
+        return self.linear_head
+
+    def export_linear_head(self) -> None:
+        """Write the trained linear head into the <RANK_SCORE> row and config.rank_offset, the form
+        both engines serve (vLLM reads logprob(<RANK_SCORE>) - logprob(<RANK_REF>) + offset)."""
+        if self.linear_head is None:
+            return
+        row, offset = self.linear_head.as_row_and_offset()
+        self.set_output_row(self.token_ids.rank_score, row)
+        self.config.rank_offset = offset
+
     def check_ref_row_zero(self) -> None:
         row = self.output_row(self.token_ids.rank_ref)
         if torch.count_nonzero(row):
@@ -223,11 +268,14 @@ class RearModel(nn.Module):
         lowrank_attn head pools (default: the whole prompt before <GENERATE_SCORE>)."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h_s = hidden[rows, positions]  # (B, D)
+        if self.linear_head is not None:
+            return self.linear_head(h_s)
         if self.rank_head is None:
             if score_logits is None:
                 score_logits = self.causal_lm.get_output_embeddings()(h_s)  # (B, V)
             ids = self.token_ids
-            return (score_logits[:, ids.rank_score] - score_logits[:, ids.rank_ref]).float()
+            diff = score_logits[:, ids.rank_score] - score_logits[:, ids.rank_ref]
+            return diff.float() + self.config.rank_offset
         if passage_mask is None:  # pool the whole prompt before <GENERATE_SCORE>
             before = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < positions[:, None]
             passage_mask = attention_mask.bool() & before

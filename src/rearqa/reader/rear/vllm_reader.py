@@ -9,7 +9,8 @@ stock vLLM computes it with no patching (rear/model.py). Per batch of questions,
                  allowed_token_ids=[<RANK_SCORE>, <RANK_REF>], logprobs read after that
                  restriction (logprobs_mode="processed_logprobs"). Over two allowed logits z_s,
                  z_r the log-softmax gives lp_s - lp_r = z_s - z_r exactly (the normaliser
-                 cancels), and z_s - z_r = h . w - h . 0 = the rank head's logit.
+                 cancels), and z_s - z_r = h . w - h . 0; plus the checkpoint's rank_offset
+                 (the trained head's bias and centring) that is the rank head's logit.
     2. generate  prompt + the judgment token chosen by the threshold, greedy, the six control
                  tokens banned (`bad_words`, each a single special token, so its logit is -inf
                  as in RearReader), stopped at eos or the end of the first non-empty line; the
@@ -54,7 +55,7 @@ class VllmRearReader(RearReaderBase):
         from transformers import AutoTokenizer
 
         from rearqa.config_base import from_dict
-        from rearqa.reader.rear.model import RearConfig
+        from rearqa.reader.rear.config import RearConfig
 
         self._tmp: Path | None = None
         plain = self._plain_checkpoint(checkpoint, base_model_dir)
@@ -68,6 +69,7 @@ class VllmRearReader(RearReaderBase):
         super().__init__(config, rear_config.routing, AutoTokenizer.from_pretrained(plain),
                          rear_config.use_chat_template)
         self.checkpoint_dir = plain
+        self.rank_offset = rear_config.rank_offset  # the linear head's bias and centring
         self.token_ids = rear_token_ids(self.tokenizer)
         self._eos = _eos_ids(plain, self.tokenizer)
         self._texts: dict[int, str] = {}  # token id -> its text, for the stop rule
@@ -142,7 +144,8 @@ class VllmRearReader(RearReaderBase):
         scores = []
         for out in self.engine.run(prompts, params):
             logprobs = out.outputs[0].logprobs[0]  # {token id: Logprob} of the one step
-            scores.append(logprobs[ids.rank_score].logprob - logprobs[ids.rank_ref].logprob)
+            scores.append(logprobs[ids.rank_score].logprob - logprobs[ids.rank_ref].logprob
+                          + self.rank_offset)
         return scores
 
     def generate(self, prompts: list[list[int]]) -> list[str]:
