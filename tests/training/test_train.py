@@ -218,3 +218,34 @@ def test_training_cli_imports_no_retriever_backend(world, tmp_path):
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-2000:]
     assert (tmp_path / "cli" / "final" / "rear_config.json").is_file()
     assert math.isfinite(log(tmp_path / "cli")[-1]["loss"])
+
+
+def test_own_linear_head_trains_resumes_and_ships_as_row_and_offset(world):
+    """head_lr: the head is its own fp32 weight and bias at its own learning rate (no decay),
+    centred, after a rank-only warm-up; resuming repeats the run, and the final checkpoint serves
+    the trained head as its <RANK_SCORE> row plus rank_offset."""
+    from rearqa.reader.rear import RearModel
+
+    kw = dict(head_lr=5e-2, head_center=True, warmup_rank_only=True, weight_decay=0.1)
+    task = build_task(config(world, "unused", **kw), torch.device("cpu"))
+    opt = make_optimizer(task, config(world, "unused", **kw))
+    head = [g for g in opt.param_groups if g["lr"] == 5e-2]
+    assert len(head) == 1 and head[0]["weight_decay"] == 0.0 and len(head[0]["params"]) == 2
+    assert task.model.linear_head.weight.dtype == torch.float32
+    assert float(task.model.linear_head.center.abs().sum()) > 0  # centred on the base's states
+
+    whole = config(world, "own-head", **kw)
+    final = train(whole, echo=lambda *_: None)
+    parts = config(world, "own-head-resumed", **kw)
+    train(parts, stop_after_steps=3, echo=lambda *_: None)
+    train(parts, echo=lambda *_: None)
+    assert [r["loss"] for r in log(parts.out)] == pytest.approx([r["loss"] for r in log(whole.out)],
+                                                                rel=1e-5)
+    warmup = [r for r in log(whole.out) if r["stage"] == "warmup"]
+    assert all(r["loss"] == pytest.approx(r["rank"]) for r in warmup)  # no LM loss in the warm-up
+    weights = trainable(whole.out)
+    assert float(weights["linear_head.weight"].abs().sum()) > 0  # it learned from zero
+    model = RearModel.from_pretrained(final, whole.base_model)
+    assert model.linear_head is None and model.config.rank_offset != 0.0
+    scores = model.score_texts("who wrote hamlet ?", ["hamlet is a tragedy", "paris is a city"])
+    assert torch.isfinite(scores).all()

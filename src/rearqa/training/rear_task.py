@@ -13,6 +13,7 @@ budget the baselines (rearqa.training.chat_task) are given.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from rearqa.config_errors import ConfigError
 from rearqa.training.config import TrainConfig
 from rearqa.training.data import build_groups, group_stats, rear_batch, rear_inputs
 from rearqa.training.losses import RearLossConfig, compute_rear_loss, rear_lm_loss_and_rank
-from rearqa.training.schedule import MAIN_STAGE, DataOrder
+from rearqa.training.schedule import MAIN_STAGE, WARMUP_STAGE, DataOrder
 
 
 def rear_groups(config: TrainConfig, snapshot) -> list:
@@ -81,7 +82,10 @@ class RearTask:
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
         self.model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout).to(device)
         self.tokenizer = tokenizer
-        self.no_decay_names = no_decay_parameter_names(self.model)
+        self.head_names: list[str] = []  # the linear head's own parameters (their own lr)
+        if config.head_lr:
+            self._attach_linear_head(device)
+        self.no_decay_names = no_decay_parameter_names(self.model) + self.head_names
         self.n_items, self.items_per_micro = len(self.groups), config.batch
         self.item_ids = [g.id for g in self.groups]
 
@@ -90,13 +94,39 @@ class RearTask:
                            **rear_input_options(self.config))
         return {k: v.to(device) for k, v in batch.items()}
 
+    def _attach_linear_head(self, device: torch.device) -> None:
+        """The linear head as its own fp32 parameters: weight 0 and the bias at the base-rate
+        logit of the training passages (so the first steps learn the weight, not the offset);
+        centred on the score-position states of the first groups when head_center."""
+        center = self._score_state_mean(device) if self.config.head_center else None
+        head = self.model.attach_linear_head(center)
+        labels = [p.has_answer for g in self.groups for p in g.passages]
+        share = min(max(sum(labels) / max(1, len(labels)), 1e-3), 1 - 1e-3)
+        with torch.no_grad():
+            head.bias.fill_(math.log(share / (1 - share)) + float(head.bias))
+        self.head_names = [n for n, p in self.model.named_parameters()
+                           if p.requires_grad and n.startswith("linear_head.")]
+
+    @torch.no_grad()
+    def _score_state_mean(self, device: torch.device, groups: int = 64) -> torch.Tensor:
+        """Mean final hidden state at <GENERATE_SCORE> over the rows of the first `groups` groups
+        (index order, so a resumed run recomputes the same centre)."""
+        batch = self.batch(list(range(min(groups, len(self.groups)))), device)
+        positions = self.model.score_positions(batch["input_ids"], batch["attention_mask"])
+        hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, positions].float().mean(dim=0)
+
     def losses(self, batch: dict, stage: str) -> dict:
         c = self.config
         passage_mask = batch["passage_mask"] if self.model.rank_head is not None else None
         lm, rank = rear_lm_loss_and_rank(self.model, batch["input_ids"], batch["attention_mask"],
                                          batch["labels"], passage_mask)
+        rank_only = c.warmup_rank_only and stage == WARMUP_STAGE
         loss_config = RearLossConfig(beta=c.beta, fine=stage == MAIN_STAGE, bce_weight=c.bce_weight,
-                                     minor_diff=c.minor_diff, neg_weight=c.neg_weight)
+                                     minor_diff=c.minor_diff, neg_weight=c.neg_weight,
+                                     positive_pair_weight=c.positive_pair_weight,
+                                     lm_weight=0.0 if rank_only else 1.0)
         return compute_rear_loss(None, batch["labels"], rank, batch["grades"], batch["group_ids"],
                                  loss_config, lm=lm)
 

@@ -104,14 +104,20 @@ def _check_plan(out: Path, plan: dict) -> None:
 
 
 def make_optimizer(task, config: TrainConfig):
-    """AdamW with no decay on the new token rows (stored by value), biases and norms."""
+    """AdamW with no decay on the new token rows (stored by value), biases and norms; a REAR
+    linear head of its own (task.head_names) at config.head_lr, no decay."""
     no_decay = set(task.no_decay_names)
+    head = set(getattr(task, "head_names", ()))
     params = trainable_parameters(task.model)
-    decay = [n for n, p in params.items() if n not in no_decay and p.dim() >= 2]
-    rest = [n for n in params if n not in set(decay)]
-    task.param_names = decay + rest  # optimiser index -> parameter name, for checkpoints
+    decay = [n for n, p in params.items() if n not in no_decay and n not in head and p.dim() >= 2]
+    rest = [n for n in params if n not in set(decay) and n not in head]
+    heads = [n for n in params if n in head]
+    task.param_names = decay + rest + heads  # optimiser index -> parameter name, for checkpoints
     groups = [{"params": [params[n] for n in decay], "weight_decay": config.weight_decay},
               {"params": [params[n] for n in rest], "weight_decay": 0.0}]
+    if heads:
+        groups.append({"params": [params[n] for n in heads], "weight_decay": 0.0,
+                       "lr": config.head_lr})
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
