@@ -245,6 +245,8 @@ def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_
     assert all(row["head"] == "linear" for row in rear["table"])
     for row in rear["table"]:  # the relevance AUC on dev-select is reported beside each candidate
         assert row["relevance_auc"] is None or 0.0 <= row["relevance_auc"] <= 1.0
+        for key in ("dense_auc", "trusted_hit", "dense_top1_hit"):  # the dense cosine beside it
+            assert row[key] is None or 0.0 <= row[key] <= 1.0
     chosen = rear["chosen"]
     meta = json.loads((tmp_path / chosen["checkpoint"] / "rear_config.json").read_text())
     assert meta["config"]["routing"]["threshold"] == chosen["threshold"]

@@ -67,6 +67,29 @@ def select_baseline(method: str, adapters: list[Path], ks: list[int], args,
     return {"chosen": chosen, "table": table, "objective": "pooled EM, then F1"}
 
 
+def trusted_hit_rate(examples, passages: list[list], readings: list[dict]) -> float | None:
+    """Share of questions whose highest-scored passage holds a gold answer (scripts/rear_oracle.py
+    asks the same of the test runs): what the head must beat the dense top-1 at."""
+    from rearqa.eval.metrics import passages_with_answer
+
+    hits = []
+    for example, ps, reading in zip(examples, passages, readings):
+        if ps:
+            best = max(range(len(ps)), key=lambda i: (reading["scores"][i], -i))
+            hits.append(passages_with_answer([ps[best].text], example.answers)[0])
+    return sum(hits) / len(hits) if hits else None
+
+
+def head_diagnostics(examples, passages: list[list], readings: list[dict]) -> dict[str, Any]:
+    """The rank head against the dense cosine on the same dev-select pairs: pooled AUC and how
+    often the passage it trusts most holds an answer."""
+    dense = [{"scores": [p.score for p in ps]} for ps in passages]
+    return {"relevance_auc": relevance_auc(examples, passages, readings),
+            "dense_auc": relevance_auc(examples, passages, dense),
+            "trusted_hit": trusted_hit_rate(examples, passages, readings),
+            "dense_top1_hit": trusted_hit_rate(examples, passages, dense)}
+
+
 def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
     """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
     beside the choice, which stays by exact match); None when one label is missing."""
@@ -108,7 +131,7 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
         table.append({"checkpoint": str(checkpoint), **{key: selection["chosen"][key] for key in
                       ("routing", "threshold", "em", "f1", "fallback_share")},
                       "head": reader.model.config.head,
-                      "relevance_auc": relevance_auc(examples, passages, readings)})
+                      **head_diagnostics(examples, passages, readings)})
         log.info("rear %s: %s", checkpoint, table[-1])
         del reader
         free_memory()
