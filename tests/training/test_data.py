@@ -250,3 +250,19 @@ def test_unknown_judgment_loss_is_refused(snapshot):
     group = build_groups(snapshot, ["nq-dev-train"], group_size=6)[0]
     with pytest.raises(ValueError, match="judgment_loss='sometimes'"):
         rear_inputs(group, tiny_tokenizer(), use_chat_template=False, judgment_loss="sometimes")
+
+
+def test_resampled_negatives_keep_the_positives_and_vary_the_negatives(snapshot):
+    one = build_groups(snapshot, ["nq-dev-train"], group_size=4)
+    three = build_groups(snapshot, ["nq-dev-train"], group_size=4, negative_samplings=3)
+    assert len(three) == 3 * len(one)
+    assert [g.id for g in three[:3]] == [one[0].id, f"{one[0].id}#1", f"{one[0].id}#2"]
+    assert three[0] == one[0]  # the first sampling is the hard-negative group of before
+    first, *others = three[:3]
+    positives = {p.id for p in first.passages if p.has_answer}
+    for group in others:
+        assert {p.id for p in group.passages if p.has_answer} == positives
+        assert len(group.passages) == len(first.passages)
+    negatives = [frozenset(p.id for p in g.passages if not p.has_answer) for g in three[:3]]
+    assert len(set(negatives)) > 1  # not always the same two of its negatives
+    assert build_groups(snapshot, ["nq-dev-train"], group_size=4, negative_samplings=3) == three

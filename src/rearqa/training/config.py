@@ -81,6 +81,7 @@ class TrainConfig:
     noise_ratio: float = 1.0  # noise-resistant examples per positive one (at least one per group)
     judgment_loss: str = "balanced"  # rear: balanced (both judgments) | none | positives (REAR's: <RELEVANT> only)
     unanswered_share: float = 1.0  # rear: share of no-positive questions kept (all-negative groups)
+    negative_samplings: int = 1  # rear: groups per question, the 2nd... with resampled negatives
     rag_k: int = 3  # rag-ft: dense top-k passages in the prompt
     prompt: str = "short"  # rag-ft / closed-book-ft chat prompt (rearqa.reader.prompts)
     max_passage_words: int = 150  # words per passage, as the readers cut them (rear and rag-ft)
@@ -167,7 +168,7 @@ class TrainConfig:
                               "(rag-ft, closed-book-ft); a rear run's length is its steps")
 
     def _check_ints(self) -> None:
-        positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words",
+        positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words", "negative_samplings",
                     "max_passage_tokens", "max_question_tokens", "max_answer_tokens", "lora_r",
                     "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every")
         non_negative = ("max_questions", "warmup_stage_steps", "steps", "token_budget", "seed",

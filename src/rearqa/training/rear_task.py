@@ -28,7 +28,8 @@ from rearqa.training.schedule import MAIN_STAGE, WARMUP_STAGE, DataOrder
 def rear_groups(config: TrainConfig, snapshot) -> list:
     """The REAR training groups of `config` (rearqa.training.data.build_groups)."""
     return build_groups(snapshot, config.splits, config.group_size, config.depth, config.seed,
-                        config.max_questions or None, config.agree_top, config.unanswered_share)
+                        config.max_questions or None, config.agree_top, config.unanswered_share,
+                        config.negative_samplings)
 
 
 def rear_input_options(config: TrainConfig) -> dict:

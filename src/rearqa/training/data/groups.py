@@ -173,18 +173,29 @@ def _candidates(row: dict, matcher: AnswerMatcher, depth: int, agree_top: int):
     return labelled, choose_target(row["answers"], support, texts), order
 
 
-def _make_group(split: str, row: dict, matcher: AnswerMatcher, group_size: int, depth: int,
-                agree_top: int, seed: int) -> TrainGroup:
+def _make_groups(split: str, row: dict, matcher: AnswerMatcher, group_size: int, depth: int,
+                 agree_top: int, seed: int, samplings: int = 1) -> list[TrainGroup]:
+    """The question's group, and `samplings - 1` more with other negatives (see build_groups)."""
     labelled, target, negative_order = _candidates(row, matcher, depth, agree_top)
     positives = sorted((p for p in labelled.values() if p.has_answer),
                        key=lambda p: (-p.grade, p.best_rank))
     n_pos = min(len(positives), max(1, group_size // 2))
-    negatives = [labelled[pid] for pid in negative_order[:group_size - n_pos]]
-    n_pos = min(len(positives), group_size - len(negatives))  # too few negatives: more positives
-    passages = positives[:n_pos] + negatives
-    random.Random(f"{seed}:{row['id']}").shuffle(passages)
-    return TrainGroup(row["id"], split, row["question"], list(row["answers"]), target, passages,
-                      len(labelled), len(positives))
+    groups = []
+    for variant in range(samplings):
+        if variant == 0:  # the hardest negatives
+            chosen = negative_order[:group_size - n_pos]
+        else:  # a seeded sample of all the non-containing candidates
+            rng = random.Random(f"{seed}:{row['id']}:negatives:{variant}")
+            chosen = rng.sample(negative_order, min(len(negative_order), group_size - n_pos))
+        negatives = [labelled[pid] for pid in chosen]
+        n = min(len(positives), group_size - len(negatives))  # too few negatives: more positives
+        passages = positives[:n] + negatives
+        key = row["id"] if variant == 0 else f"{row['id']}:negatives:{variant}"
+        random.Random(f"{seed}:{key}").shuffle(passages)
+        groups.append(TrainGroup(row["id"] if variant == 0 else f"{row['id']}#{variant}", split,
+                                 row["question"], list(row["answers"]), target, passages,
+                                 len(labelled), len(positives)))
+    return groups
 
 
 def keeps_unanswered(question_id: str, share: float, seed: int) -> bool:
@@ -197,7 +208,7 @@ def keeps_unanswered(question_id: str, share: float, seed: int) -> bool:
 
 def build_groups(snapshot, splits: list[str], group_size: int = 8, depth: int = 20, seed: int = 0,
                  max_questions: int | None = None, agree_top: int = 5,
-                 unanswered_share: float = 1.0) -> list[TrainGroup]:
+                 unanswered_share: float = 1.0, negative_samplings: int = 1) -> list[TrainGroup]:
     """REAR training groups for the questions of `splits` (each must end in `-dev-train`).
 
     `snapshot` is a `rearqa.eval.bundle.Snapshot`; `max_questions` caps each split (first N in
@@ -205,15 +216,26 @@ def build_groups(snapshot, splits: list[str], group_size: int = 8, depth: int = 
     `unanswered_share` of the questions whose candidates hold no answer keep their all-negative
     group (`keeps_unanswered`); the others are left out, so that most rank-loss terms compare a
     positive with a negative instead of only pushing scores down.
+
+    `negative_samplings` > 1 adds, per question, that many minus one more groups with the same
+    positives and negatives drawn at random (seeded per question and sampling) from all its
+    non-containing candidates, ids "<id>#<n>": one pass over the training items then shows each
+    question with its hardest negatives once and with resampled ones the other times, so the head
+    does not learn one fixed set of negatives per question.
     """
     if group_size < 2:
         raise ConfigError(f"group_size={group_size}: a group needs at least 2 passages")
     rows = train_rows(snapshot, splits, max_questions)
     matcher = AnswerMatcher(snapshot.passages)
-    groups = [_make_group(split, row, matcher, group_size, depth, agree_top, seed)
-              for split, row in rows]
-    return [g for g in groups
-            if g.candidate_positives or keeps_unanswered(g.id, unanswered_share, seed)]
+    if negative_samplings < 1:
+        raise ConfigError(f"negative_samplings={negative_samplings}: must be >= 1")
+    groups = []
+    for split, row in rows:
+        made = _make_groups(split, row, matcher, group_size, depth, agree_top, seed,
+                            negative_samplings)
+        if made[0].candidate_positives or keeps_unanswered(row["id"], unanswered_share, seed):
+            groups += made
+    return groups
 
 
 def question_targets(snapshot, rows: list[tuple[str, dict]], depth: int) -> list[str]:
