@@ -58,13 +58,13 @@ def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, pos_threshold: flo
     that are NaN mark padding and are skipped.
     """
     scores, labels = scores.reshape(-1).float(), labels.reshape(-1).float()
+    # Padding is weighted out rather than indexed out: boolean indexing would read the mask back
+    # to the host (a GPU sync in every training step). NaN >= threshold is False: target 0.
     valid = ~torch.isnan(labels)
-    scores, labels = scores[valid], labels[valid]
-    if scores.numel() == 0:
-        return scores.sum()
     target = (labels >= pos_threshold).float()
-    weight = torch.where(target > 0, 1.0, neg_weight).to(scores)
-    return F.binary_cross_entropy_with_logits(scores, target, weight=weight)
+    weight = torch.where(target > 0, 1.0, neg_weight).to(scores) * valid
+    total = F.binary_cross_entropy_with_logits(scores, target, weight=weight, reduction="sum")
+    return total / valid.sum().clamp(min=1)
 
 
 def _ordered_pairs(labels: torch.Tensor, groups: torch.Tensor, minor_diff: float) -> torch.Tensor:
@@ -91,10 +91,10 @@ def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
                          f"{tuple(graded_labels.shape)}, groups {tuple(group_ids.shape)}")
     scores = scores.float()
     pairs = _ordered_pairs(graded_labels.float(), group_ids, minor_diff)  # (N, N)
-    if not pairs.any():
-        return scores.sum() * 0.0
     margin = scores[:, None] - scores[None, :]  # (N, N): s_i - s_j
-    return F.softplus(-margin[pairs]).mean()  # BCEWithLogits(s_i - s_j, 1)
+    # Masked sum over the pairs, not margin[pairs]: no host read of how many pairs there are.
+    total = (F.softplus(-margin) * pairs).sum()  # BCEWithLogits(s_i - s_j, 1) per pair
+    return total / pairs.sum().clamp(min=1)
 
 
 def bi_granularity(scores: torch.Tensor, graded_labels: torch.Tensor,
