@@ -1,7 +1,8 @@
 """The fast training step on a tiny Llama (`world`, conftest.py): pre-tokenised rows collated into
 length-sorted chunks give the losses and gradients of one padded batch, as the per-step
-tokenisation did; the frozen base can be bf16 with fp32 trainable parameters.
+tokenisation did; the frozen base can be bf16 with fp32 trainable parameters; the benchmark runs.
 """
+import json
 from dataclasses import replace
 
 import pytest
@@ -160,3 +161,13 @@ def test_bf16_base_keeps_what_trains_in_fp32(world):
     assert resolve_base_dtype(tiny(world, dtype="float32"), torch.device("cuda"), None) == \
         torch.float32
 
+
+def test_benchmark_reports_throughput_on_the_cpu(world):
+    from rearqa.training.benchmark import bench_method, table
+
+    row = bench_method(tiny(world, row_chunks=2), warmup=1, steps=2)
+    assert row["tokens_per_s"] > 0 and row["padded_tokens_per_s"] >= row["tokens_per_s"]
+    for key in ("s_per_step", "padding_share", "peak_memory_gib", "mfu", "build_s", "tokenise_s",
+                "frozen_params", "trainable_params", "peak_tflops", "host_syncs_per_step"):
+        assert key in row
+    assert "tok/s" in table([row]) and json.dumps(row)
