@@ -7,14 +7,16 @@ have seen a REAR run's training-token count (rearqa.training.rear_task.rear_toke
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
 from rearqa.training.config import TrainConfig
-from rearqa.training.data import (ChatExample, chat_batch, closed_book_examples,
-                                  encode_chat_example, pad_id, rag_examples)
-from rearqa.training.losses import lm_loss_at_labels
+from rearqa.training.data import (ChatExample, closed_book_examples, encode_chat_example, pad_id,
+                                  rag_examples)
+from rearqa.training.data.token_rows import StepRows, TokenRows, collate_chunks
+from rearqa.training.losses import chunked_lm_loss
 
 
 class ChatLMTask:
@@ -25,8 +27,12 @@ class ChatLMTask:
         from rearqa.reader.adapters.lora.config import LoraSettings
 
         examples = self.examples(config, snapshot)
-        self.encoded = [encode_chat_example(tokenizer, ex, config.max_answer_tokens)
-                        for ex in examples]
+        started = time.perf_counter()  # tokenised once; a batch only collates (data.token_rows)
+        encoded = [encode_chat_example(tokenizer, ex, config.max_answer_tokens) for ex in examples]
+        self.rows = TokenRows.from_lists([ids for ids, _ in encoded], [mask for _, mask in encoded])
+        self.tokenise_seconds = time.perf_counter() - started
+        self.config = config
+        self.pad_token_id = pad_id(tokenizer)
         lengths = self.lengths()
         self.stats = {"questions": len(examples), "mean_tokens": sum(lengths) / max(1, len(lengths)),
                       "max_tokens": max(lengths, default=0)}
@@ -44,18 +50,15 @@ class ChatLMTask:
         raise NotImplementedError
 
     def lengths(self) -> list[int]:
-        return [len(ids) for ids, _ in self.encoded]
+        return self.rows.lengths
 
-    def batch(self, indices: list[int], device: torch.device) -> dict:
-        batch = chat_batch([self.encoded[i] for i in indices], pad_id(self.tokenizer))
-        return {k: v.to(device) for k, v in batch.items()}
+    def batch(self, indices: list[int], device: torch.device) -> StepRows:
+        return collate_chunks(self.rows, list(indices), self.config.row_chunks, self.pad_token_id,
+                              device)
 
-    def losses(self, batch: dict, stage: str) -> dict:
-        lm_model = self.model.get_base_model()  # the causal LM with the LoRA layers in it
-        hidden = lm_model.get_decoder()(input_ids=batch["input_ids"],
-                                        attention_mask=batch["attention_mask"]).last_hidden_state
-        lm = lm_loss_at_labels(hidden, lm_model.get_output_embeddings(), batch["labels"])
-        return {"loss": lm, "lm": lm, "rank": torch.zeros(())}
+    def losses(self, batch: StepRows, stage: str) -> dict:
+        lm = chunked_lm_loss(self.model.get_base_model(), batch)  # the LM with LoRA layers in it
+        return {"loss": lm, "lm": lm, "rank": lm.new_zeros(())}
 
     def save_model(self, path: Path) -> None:
         self.model.save_pretrained(path)

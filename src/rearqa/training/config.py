@@ -37,8 +37,10 @@ TASKS: dict[str, str] = {
 }
 METHODS = tuple(TASKS)
 BASELINES = ("rag-ft", "closed-book-ft")  # trained for a token budget, one LM-loss stage
-# Training precision (autocast), not the reader's weight dtype (rearqa.reader.config.DTYPES):
-# "auto" means bf16 autocast on CUDA and plain fp32 on CPU; the weights stay fp32 either way.
+# Training precision, not the reader's weight dtype (rearqa.reader.config.DTYPES). `dtype` is the
+# autocast dtype: "auto" means bf16 autocast on CUDA and plain fp32 on CPU. `base_dtype` is the
+# frozen base's weight dtype: "auto" means bf16 when training on CUDA under bf16 autocast, else
+# fp32. Trainable parameters (LoRA, new token rows, a head module) are fp32 either way.
 DTYPES = ("auto", "float32", "bfloat16")
 # rear: which judgment tokens after <GENERATE_SCORE> carry LM loss (training.data.rear_inputs).
 JUDGMENT_LOSSES = ("balanced", "none", "positives")
@@ -46,7 +48,9 @@ TRAIN_SPLIT_SUFFIX = "-dev-train"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Keys that may change between a run and its resumption: where and how often it writes, and
 # where it runs. Everything else changes the data, the model or the schedule.
-RESUMABLE_KEYS = ("device", "threads", "out", "save_every", "keep_checkpoints", "log_every")
+# row_chunks and compile change how a step is computed, not what (the same losses up to rounding).
+RESUMABLE_KEYS = ("device", "threads", "out", "save_every", "keep_checkpoints", "log_every",
+                  "row_chunks", "compile")
 
 
 class ConfigMismatchError(ConfigError):
@@ -123,6 +127,9 @@ class TrainConfig:
     # -- running
     seed: int = 0  # data order, LoRA init, dropout
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
+    base_dtype: str = "auto"  # frozen base: auto (bf16 under bf16 autocast on CUDA, else fp32) | ...
+    row_chunks: int = 1  # forward a micro-batch's rows in N length-sorted chunks (less padding)
+    compile: bool = False  # torch.compile the decoder (dynamic shapes: one graph for all widths)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (1 is faster on a busy machine)
     save_every: int = 200  # checkpoint every N optimiser steps (and at the end)
@@ -142,11 +149,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
         self._check_ints()
         self._check_floats()
-        for name in ("chat_template", "warmup_rank_only", "head_center"):
+        for name in ("chat_template", "warmup_rank_only", "head_center", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"train.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        for name in ("dtype", "base_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r}: choose one of {list(DTYPES)}")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"train.device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.judgment_loss not in JUDGMENT_LOSSES:
@@ -170,7 +178,8 @@ class TrainConfig:
     def _check_ints(self) -> None:
         positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words", "negative_samplings",
                     "max_passage_tokens", "max_question_tokens", "max_answer_tokens", "lora_r",
-                    "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every")
+                    "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every",
+                    "row_chunks")
         non_negative = ("max_questions", "warmup_stage_steps", "steps", "token_budget", "seed",
                         "threads")
         for name in positive + non_negative:

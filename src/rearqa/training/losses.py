@@ -49,6 +49,19 @@ def lm_loss_at_labels(hidden: torch.Tensor, head: torch.nn.Module, labels: torch
     return total / keep.sum().clamp(min=1)
 
 
+def lm_loss_sum(logits: torch.Tensor, targets: torch.Tensor,
+                suppressed: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum-and-count form of `lm_loss_at_labels`: the summed next-token CE of (N, V)
+    output-layer logits at labelled positions against their (N,) tokens, in fp32, with the
+    `suppressed` token columns at -inf. The caller gathered the positions itself and divides by
+    the count it knows on the host, so that a step split into chunks (or spread over devices)
+    still takes the mean over all its labelled tokens, never a mean of chunk means."""
+    logits = logits.float()
+    if suppressed is not None and suppressed.numel():
+        logits = logits.index_fill(-1, suppressed, float("-inf"))
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, pos_threshold: float = 0.5,
                   neg_weight: float = 1.0) -> torch.Tensor:
     """Coarse loss: BCE of each logit against the binary label (label >= pos_threshold).
@@ -58,13 +71,13 @@ def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, pos_threshold: flo
     that are NaN mark padding and are skipped.
     """
     scores, labels = scores.reshape(-1).float(), labels.reshape(-1).float()
+    # Padding is weighted out rather than indexed out: boolean indexing would read the mask back
+    # to the host (a GPU sync in every training step). NaN >= threshold is False: target 0.
     valid = ~torch.isnan(labels)
-    scores, labels = scores[valid], labels[valid]
-    if scores.numel() == 0:
-        return scores.sum()
     target = (labels >= pos_threshold).float()
-    weight = torch.where(target > 0, 1.0, neg_weight).to(scores)
-    return F.binary_cross_entropy_with_logits(scores, target, weight=weight)
+    weight = torch.where(target > 0, 1.0, neg_weight).to(scores) * valid
+    total = F.binary_cross_entropy_with_logits(scores, target, weight=weight, reduction="sum")
+    return total / valid.sum().clamp(min=1)
 
 
 def _ordered_pairs(labels: torch.Tensor, groups: torch.Tensor, minor_diff: float) -> torch.Tensor:
@@ -93,16 +106,14 @@ def pairwise_ranknet(scores: torch.Tensor, graded_labels: torch.Tensor,
         raise ValueError(f"shapes differ: scores {tuple(scores.shape)}, labels "
                          f"{tuple(graded_labels.shape)}, groups {tuple(group_ids.shape)}")
     scores, labels = scores.float(), graded_labels.float()
-    pairs = _ordered_pairs(labels, group_ids, minor_diff)  # (N, N)
+    pairs = _ordered_pairs(labels, group_ids, minor_diff).float()  # (N, N) pair weights
     if positive_pair_weight != 1.0:
         both = (labels[:, None] >= pos_threshold) & (labels[None, :] >= pos_threshold)
-        weight = torch.where(both, positive_pair_weight, 1.0).to(scores)[pairs]
-        pairs_loss = F.softplus(-(scores[:, None] - scores[None, :])[pairs])
-        return (pairs_loss * weight).sum() / weight.sum().clamp(min=1e-12)
-    if not pairs.any():
-        return scores.sum() * 0.0
+        pairs = pairs * torch.where(both, positive_pair_weight, 1.0).to(pairs)
     margin = scores[:, None] - scores[None, :]  # (N, N): s_i - s_j
-    return F.softplus(-margin[pairs]).mean()  # BCEWithLogits(s_i - s_j, 1)
+    # Masked sum over the pairs, not margin[pairs]: no host read of how many pairs there are.
+    total = (F.softplus(-margin) * pairs).sum()  # BCEWithLogits(s_i - s_j, 1) per pair
+    return total / pairs.sum().clamp(min=1e-12)  # no pairs: 0, with a graph
 
 
 def bi_granularity(scores: torch.Tensor, graded_labels: torch.Tensor,
@@ -176,3 +187,55 @@ def rear_lm_loss_and_rank(model, input_ids: torch.Tensor, attention_mask: torch.
     lm = lm_loss_at_labels(hidden, model.causal_lm.get_output_embeddings(), labels,
                            model.suppressed_token_ids())
     return lm, rank
+
+
+# ---------------------------------------------------------------------------- chunked steps
+# A micro-batch forwarded as length-sorted chunks of right-padded rows
+# (rearqa.training.data.token_rows.StepRows); the losses are taken once over all its rows.
+
+def causal_hidden(causal_lm, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final post-norm hidden states (n, T, D) of right-padded rows.
+
+    No attention mask: in a causal LM no real token attends to the pads after it, and a row's
+    positions are 0..length-1 either way, so every state the losses read is the one the masked
+    pass gives (the pads' own states differ, and are never read). Without a mask SDPA runs its
+    causal kernel, with no (n, T, T) mask built and no host read of the mask."""
+    return causal_lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def _rows_at(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (len(index), D)
+
+
+def chunked_lm_loss(causal_lm, step) -> torch.Tensor:
+    """The LM loss of a chunked micro-batch (`step`: StepRows): mean CE over all its labelled
+    tokens, the output layer run once on their gathered states."""
+    states = [_rows_at(causal_hidden(causal_lm, c.input_ids), c.lm_index) for c in step.chunks]
+    logits = causal_lm.get_output_embeddings()(torch.cat(states))  # (lm_tokens, V)
+    targets = torch.cat([c.lm_targets for c in step.chunks])
+    return lm_loss_sum(logits, targets) / max(step.lm_tokens, 1)
+
+
+def rear_chunked_lm_and_rank(model, step, suppressed: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rear_lm_loss_and_rank` over a chunked micro-batch: (LM loss, (N,) rank logits in the
+    micro-batch's row order). One output-layer pass covers the labelled positions of every chunk
+    and, for the linear head, every score position too; `suppressed` is
+    `model.suppressed_token_ids()` as a tensor on the device (built once)."""
+    lm = model.causal_lm
+    hidden = [causal_hidden(lm, c.input_ids) for c in step.chunks]  # (n_c, T_c, D) each
+    states = [_rows_at(h, c.lm_index) for h, c in zip(hidden, step.chunks)]
+    linear = model.rank_head is None
+    if linear:  # the <RANK_SCORE> row is read off the same output-layer pass
+        states += [_rows_at(h, c.score_index) for h, c in zip(hidden, step.chunks)]
+    logits = lm.get_output_embeddings()(torch.cat(states))  # (lm_tokens [+ N], V)
+    targets = torch.cat([c.lm_targets for c in step.chunks])
+    lm_loss = lm_loss_sum(logits[:step.lm_tokens], targets, suppressed) / max(step.lm_tokens, 1)
+    ranks, start = [], step.lm_tokens
+    for h, c in zip(hidden, step.chunks):
+        n = h.shape[0]
+        score_logits = logits[start:start + n] if linear else None
+        ranks.append(model.rank_logits(h, c.positions, None, c.passage_mask, score_logits))
+        start += n
+    rank = torch.cat(ranks)
+    return lm_loss, (rank.index_select(0, step.order) if step.order is not None else rank)

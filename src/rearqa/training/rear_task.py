@@ -4,9 +4,13 @@ REAR (Wang et al., 2024; shared/papers/REAR-and-RAG-toolkits.md) trains one LLM 
 answer. A step takes B question groups (rearqa.training.data) and runs ONE forward pass over
 their B x group_size REAR inputs `{passage}<BEGIN_QUERY>{question}<GENERATE_SCORE>[judgment
 answer]`: the rank logits are read at <GENERATE_SCORE> and the LM loss on the answers comes from
-the same pass (rearqa.training.losses.rear_lm_loss_and_rank). Loss = LM + beta * rank, where
-rank is pointwise BCE in the warm-up stage (REAR's stage 1) and the bi-granularity loss
-afterwards (stage 2).
+the same pass. Loss = LM + beta * rank, where rank is pointwise BCE in the warm-up stage (REAR's
+stage 1) and the bi-granularity loss afterwards (stage 2).
+
+Every group's REAR inputs are tokenised once, when the task is built (`rear_token_rows`, through
+`rear_inputs`); a micro-batch only collates them, in `row_chunks` length-sorted chunks
+(rearqa.training.data.token_rows), and the losses are taken once over all its rows
+(rearqa.training.losses.rear_chunked_lm_and_rank): the same losses as one padded batch.
 
 `rear_token_count` counts a run's training tokens from the data and the tokenizer alone: the
 budget the baselines (rearqa.training.chat_task) are given.
@@ -14,14 +18,17 @@ budget the baselines (rearqa.training.chat_task) are given.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
 
 from rearqa.config_errors import ConfigError
 from rearqa.training.config import TrainConfig
-from rearqa.training.data import build_groups, group_stats, rear_batch, rear_inputs
-from rearqa.training.losses import RearLossConfig, compute_rear_loss, rear_lm_loss_and_rank
+from rearqa.training.data import build_groups, group_stats, pad_id, rear_inputs
+from rearqa.training.data.token_rows import StepRows, TokenRows, collate_chunks, to_device
+from rearqa.training.losses import (RearLossConfig, causal_hidden, compute_rear_loss,
+                                   rear_chunked_lm_and_rank)
 from rearqa.training.schedule import MAIN_STAGE, WARMUP_STAGE, DataOrder
 
 
@@ -42,6 +49,20 @@ def rear_input_options(config: TrainConfig) -> dict:
                 max_answer_tokens=config.max_answer_tokens)
 
 
+def rear_token_rows(groups: list, tokenizer, config: TrainConfig,
+                    passage_masks: bool = True) -> TokenRows:
+    """The REAR input of every passage of every group, tokenised once, groups in order;
+    `passage_masks`: keep the passage masks (only the lowrank_attn head reads them)."""
+    parts = []
+    for group in groups:
+        inputs = rear_inputs(group, tokenizer, **rear_input_options(config))
+        parts.append(TokenRows.from_lists(
+            [x.input_ids for x in inputs], [x.label_mask for x in inputs],
+            [x.passage_mask for x in inputs] if passage_masks else None,
+            [x.score_position for x in inputs]))
+    return TokenRows.concat(parts)
+
+
 def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dict[int, int]:
     """Training tokens a rear run of `config` will have seen after each of `steps` (default:
     its last step), computed from the data and the tokenizer alone (no model), in the run's own
@@ -57,8 +78,10 @@ def rear_token_count(config: TrainConfig, steps: list[int] | None = None) -> dic
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir())
     add_rear_tokens(tokenizer)
     groups = rear_groups(config, Snapshot(config.snapshot))
-    lengths = [sum(len(x.input_ids) for x in rear_inputs(g, tokenizer, **rear_input_options(config)))
-               for g in groups]
+    rows, lengths, start = rear_token_rows(groups, tokenizer, config, passage_masks=False), [], 0
+    for group in groups:
+        lengths.append(sum(rows.lengths[start:start + len(group.passages)]))
+        start += len(group.passages)
     order, per_step = DataOrder(len(groups), config.seed), config.batch * config.grad_accum
     wanted = sorted(set(steps or [config.total_steps]))
     counts, tokens = {}, 0
@@ -83,17 +106,33 @@ class RearTask:
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
         self.model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout).to(device)
         self.tokenizer = tokenizer
-        self.head_names: list[str] = []  # the linear head's own parameters (their own lr)
-        if config.head_lr:
-            self._attach_linear_head(device)
-        self.no_decay_names = no_decay_parameter_names(self.model) + self.head_names
+        self.no_decay_names = no_decay_parameter_names(self.model)
         self.n_items, self.items_per_micro = len(self.groups), config.batch
         self.item_ids = [g.id for g in self.groups]
+        # After from_base: the REAR tokens are in the tokenizer now.
+        started = time.perf_counter()
+        self.rows = rear_token_rows(self.groups, tokenizer, config,
+                                    passage_masks=self.model.rank_head is not None)
+        self.tokenise_seconds = time.perf_counter() - started
+        starts = [0]
+        for group in self.groups:
+            starts.append(starts[-1] + len(group.passages))
+        self.group_rows = [range(a, b) for a, b in zip(starts, starts[1:])]
+        self.pad_token_id = pad_id(tokenizer)
+        self.suppressed = torch.tensor(self.model.suppressed_token_ids(), device=device)
+        self.head_names: list[str] = []  # the linear head's own parameters (extra_param_groups)
+        if config.head_lr:
+            self._attach_linear_head(device)
 
-    def batch(self, indices: list[int], device: torch.device) -> dict:
-        batch = rear_batch([self.groups[i] for i in indices], self.tokenizer,
-                           **rear_input_options(self.config))
-        return {k: v.to(device) for k, v in batch.items()}
+    def extra_param_groups(self, config: TrainConfig) -> list[dict]:
+        """The linear head's own AdamW group: its learning rate, no weight decay."""
+        if not self.head_names:
+            return []
+        return [{"names": self.head_names, "lr": config.head_lr, "weight_decay": 0.0}]
+
+    def lengths(self) -> list[int]:
+        """Tokens per group (all its passages' inputs)."""
+        return [sum(self.rows.lengths[r] for r in rows) for rows in self.group_rows]
 
     def _attach_linear_head(self, device: torch.device) -> None:
         """The linear head as its own fp32 parameters: weight 0 and the bias at the base-rate
@@ -112,23 +151,33 @@ class RearTask:
     def _score_state_mean(self, device: torch.device, groups: int = 64) -> torch.Tensor:
         """Mean final hidden state at <GENERATE_SCORE> over the rows of the first `groups` groups
         (index order, so a resumed run recomputes the same centre)."""
-        batch = self.batch(list(range(min(groups, len(self.groups)))), device)
-        positions = self.model.score_positions(batch["input_ids"], batch["attention_mask"])
-        hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, positions].float().mean(dim=0)
+        step = self.batch(list(range(min(groups, len(self.groups)))), device)
+        dtype = self.model.causal_lm.get_input_embeddings().weight.dtype
+        states = []
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            for chunk in step.chunks:
+                hidden = causal_hidden(self.model.causal_lm, chunk.input_ids)  # (n, T, D)
+                states.append(hidden.reshape(-1, hidden.shape[-1]).index_select(0, chunk.score_index))
+        return torch.cat(states).float().mean(dim=0)
 
-    def losses(self, batch: dict, stage: str) -> dict:
+    def batch(self, indices: list[int], device: torch.device) -> StepRows:
+        rows = [r for i in indices for r in self.group_rows[i]]
+        step = collate_chunks(self.rows, rows, self.config.row_chunks, self.pad_token_id, device)
+        groups = [self.groups[i] for i in indices]
+        grades = torch.tensor([p.grade for g in groups for p in g.passages], dtype=torch.float32)
+        group_ids = torch.tensor([k for k, g in enumerate(groups) for _ in g.passages])
+        step.extra = {"grades": to_device(grades, device), "group_ids": to_device(group_ids, device)}
+        return step
+
+    def losses(self, batch: StepRows, stage: str) -> dict:
         c = self.config
-        passage_mask = batch["passage_mask"] if self.model.rank_head is not None else None
-        lm, rank = rear_lm_loss_and_rank(self.model, batch["input_ids"], batch["attention_mask"],
-                                         batch["labels"], passage_mask)
+        lm, rank = rear_chunked_lm_and_rank(self.model, batch, self.suppressed)
         rank_only = c.warmup_rank_only and stage == WARMUP_STAGE
         loss_config = RearLossConfig(beta=c.beta, fine=stage == MAIN_STAGE, bce_weight=c.bce_weight,
                                      minor_diff=c.minor_diff, neg_weight=c.neg_weight,
                                      positive_pair_weight=c.positive_pair_weight,
                                      lm_weight=0.0 if rank_only else 1.0)
-        return compute_rear_loss(None, batch["labels"], rank, batch["grades"], batch["group_ids"],
+        return compute_rear_loss(None, None, rank, batch.extra["grades"], batch.extra["group_ids"],
                                  loss_config, lm=lm)
 
     def save_model(self, path: Path) -> None:

@@ -6,9 +6,14 @@ What is trained is the method's task, registered in rearqa.training.config.TASKS
 LoRA-wrapped `model`, its data `stats`, `n_items` training items (`item_ids`) taken
 `items_per_micro` per micro-batch, the parameters kept out of weight decay (`no_decay_names`),
 and makes `batch(indices, device)`, `losses(batch, stage)` -> {"loss", "lm", "rank"} and
-`save_model(path)`; a baseline's `lengths()` (tokens per item) plans its token budget. The loop
-is the same for every task: AdamW, each stage's warm-up and cosine decay
-(rearqa.training.schedule), gradient accumulation and clipping, autocast, log and checkpoints.
+`save_model(path)`; a baseline's `lengths()` (tokens per item) plans its token budget. A task
+tokenises its data when it is built; a batch is rows collated into chunks on the device, with
+their token counts known on the host (rearqa.training.data.token_rows.StepRows). A task may add
+AdamW parameter groups of its own (`extra_param_groups`, see `make_optimizer`). The loop is the
+same for every task: AdamW, each stage's warm-up and cosine decay (rearqa.training.schedule),
+gradient accumulation and clipping, autocast, log and checkpoints. A step makes no host sync
+(rearqa.training.step): the host reads the losses on the steps it logs only. Precision:
+rearqa.training.precision (the frozen base in bf16 on CUDA, what trains in fp32).
 
 REAR trains for `warmup_stage_steps + steps` steps. The baselines (rag-ft, closed-book-ft)
 train until they have seen `token_budget` training tokens (the REAR run's count). Training
@@ -40,18 +45,23 @@ from rearqa.registry import resolve
 from rearqa.training.checkpoint import (checkpoints, load_checkpoint, save_checkpoint,
                                         trainable_parameters)
 from rearqa.training.config import TASKS, ConfigMismatchError, TrainConfig, config_differences
+# resolve_device is re-exported: it lived here.
+from rearqa.training.precision import (autocast_dtype, compile_decoder, keep_trainable_fp32,
+                                       resolve_base_dtype, resolve_device)
 # rear_token_count is re-exported: `rearqa train rear --count-tokens` imports it from here.
 from rearqa.training.rear_task import rear_token_count as rear_token_count
 from rearqa.training.run_files import (CONFIG_FILE, FINAL, LOG_FILE, PLAN_FILE, STATS_FILE,
                                        SUMMARY_FILE, save_json)
 from rearqa.training.schedule import (DataOrder, budget_from_log, lr_factor, plan_budget, stage_at,
                                       stages)
+from rearqa.training.step import LOSS_KEYS, optimizer_step
 
 
 # ---------------------------------------------------------------------------- what is trained
 
 def build_task(config: TrainConfig, device: torch.device):
-    """Load the snapshot, the tokenizer and the base model (fp32), and build the method's task."""
+    """Load the snapshot, the tokenizer and the base model (in `resolve_base_dtype`), build the
+    method's task (which tokenises its data), and keep what trains in fp32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rearqa.eval.bundle import Snapshot
@@ -62,24 +72,17 @@ def build_task(config: TrainConfig, device: torch.device):
                                 "(no config.json); run `rearqa data prepare` for the bundled model")
     snapshot = Snapshot(config.snapshot)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    dtype = resolve_base_dtype(config, device, autocast_dtype(config, device))
+    lm = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     task_class = resolve(TASKS, config.method, "training method", error=ConfigError)
-    return task_class(config, snapshot, tokenizer, lm, device)
+    task = task_class(config, snapshot, tokenizer, lm, device)
+    keep_trainable_fp32(task.model)
+    if config.compile:
+        compile_decoder(lm)
+    return task
 
 
 # ---------------------------------------------------------------------------- set-up
-
-def resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype (None = plain fp32)."""
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={config.device!r} but CUDA is not available; use cpu")
-    device = torch.device(name)
-    wants_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
-    return device, (torch.bfloat16 if wants_bf16 else None)
-
 
 def _check_config(config: TrainConfig, out: Path) -> None:
     path = out / CONFIG_FILE
@@ -104,21 +107,24 @@ def _check_plan(out: Path, plan: dict) -> None:
 
 
 def make_optimizer(task, config: TrainConfig):
-    """AdamW with no decay on the new token rows (stored by value), biases and norms; a REAR
-    linear head of its own (task.head_names) at config.head_lr, no decay."""
-    no_decay = set(task.no_decay_names)
-    head = set(getattr(task, "head_names", ()))
+    """AdamW with no decay on the new token rows (stored by value), biases and norms.
+
+    A task may add groups of its own: `task.extra_param_groups(config)` -> [{"names": [...],
+    and any AdamW group setting, e.g. "lr", "weight_decay"}]; the parameters it names leave the
+    two default groups. On CUDA the fused AdamW kernel steps every parameter at once."""
     params = trainable_parameters(task.model)
-    decay = [n for n, p in params.items() if n not in no_decay and n not in head and p.dim() >= 2]
-    rest = [n for n in params if n not in set(decay) and n not in head]
-    heads = [n for n in params if n in head]
-    task.param_names = decay + rest + heads  # optimiser index -> parameter name, for checkpoints
-    groups = [{"params": [params[n] for n in decay], "weight_decay": config.weight_decay},
-              {"params": [params[n] for n in rest], "weight_decay": 0.0}]
-    if heads:
-        groups.append({"params": [params[n] for n in heads], "weight_decay": 0.0,
-                       "lr": config.head_lr})
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    extra = task.extra_param_groups(config) if hasattr(task, "extra_param_groups") else []
+    taken = {n for g in extra for n in g["names"]}
+    no_decay = set(task.no_decay_names)
+    decay = [n for n, p in params.items() if n not in taken | no_decay and p.dim() >= 2]
+    rest = [n for n in params if n not in taken and n not in set(decay)]
+    groups = [{"names": decay, "weight_decay": config.weight_decay},
+              {"names": rest, "weight_decay": 0.0}] + extra
+    task.param_names = [n for g in groups for n in g["names"]]  # optimiser index -> name
+    fused = all(p.is_cuda for p in params.values())
+    return torch.optim.AdamW(
+        [{**{k: v for k, v in g.items() if k != "names"}, "params": [params[n] for n in g["names"]]}
+         for g in groups], lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
 def _digest(ids: list[str]) -> str:
@@ -186,29 +192,6 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _optimizer_step(task, order, opt, sched, params, config, step: int, stage: str, device,
-                    autocast) -> tuple[dict, float, float, int]:
-    """One optimiser step over `grad_accum` micro-batches: (mean losses, grad norm, lr, tokens)."""
-    per_micro, accum = task.items_per_micro, config.grad_accum
-    parts = {"loss": 0.0, "lm": 0.0, "rank": 0.0}
-    tokens = 0
-    for micro in range(accum):
-        batch = task.batch(order.take((step * accum + micro) * per_micro, per_micro), device)
-        with autocast():
-            losses = task.losses(batch, stage)
-        (losses["loss"] / accum).backward()
-        for key in parts:
-            parts[key] += float(losses[key].detach()) / accum
-        tokens += int(batch["attention_mask"].sum())
-    grad_norm = (float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-                 if config.max_grad_norm > 0 else float("nan"))
-    lr = opt.param_groups[0]["lr"]
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return parts, grad_norm, lr, tokens
-
-
 def _loop(config, task, order, opt, sched, plan_stages, total, state, device, amp, out, progress,
           stop_after_steps, time_limit_s, echo) -> Path:
     """Steps until `total` (or the call's step / time limit); log, checkpoint, report throughput."""
@@ -218,28 +201,33 @@ def _loop(config, task, order, opt, sched, plan_stages, total, state, device, am
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
     started, start_step, start_tokens = time.perf_counter(), state["step"], state["tokens"]
     base_seconds, last_ckpt = state["seconds"], None
+    stopping_step = start_step + stop_after_steps if stop_after_steps is not None else None
     bar = tqdm(total=total, initial=start_step, disable=not progress, unit="step",
                desc=f"train {config.method}")
     task.model.train()
     with (out / LOG_FILE).open("a") as log:
         while state["step"] < total:
             stage = stage_at(plan_stages, state["step"])["name"]
-            parts, grad_norm, lr, tokens = _optimizer_step(task, order, opt, sched, params, config,
-                                                           state["step"], stage, device, autocast)
+            result = optimizer_step(task, order, opt, sched, params, config, state["step"], stage,
+                                    device, autocast)
+            if state["step"] + 1 in (total, stopping_step):
+                _synchronize(device)  # the seconds of the last step of a call include its work
             elapsed = time.perf_counter() - started
-            state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens,
+            state.update(step=state["step"] + 1, tokens=state["tokens"] + result.tokens,
                          seconds=base_seconds + elapsed)
+            bar.update(1)
             if state["step"] % config.log_every == 0 or state["step"] == total:
+                parts = result.read()  # the step's one host read
                 epoch = state["step"] * config.grad_accum * task.items_per_micro / task.n_items
                 log.write(json.dumps({"step": state["step"], "stage": stage,
-                                      **{k: round(v, 6) for k, v in parts.items()}, "lr": lr,
-                                      "grad_norm": round(grad_norm, 6), "tokens": state["tokens"],
+                                      **{k: round(parts[k], 6) for k in LOSS_KEYS},
+                                      "lr": result.lr, "grad_norm": round(parts["grad_norm"], 6),
+                                      "tokens": state["tokens"],
                                       "seconds": round(state["seconds"], 3),
                                       "epoch": round(epoch, 4)}) + "\n")
                 log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}",
-                            tok_s=f"{(state['tokens'] - start_tokens) / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(loss=f"{parts['loss']:.3f}",
+                                tok_s=f"{(state['tokens'] - start_tokens) / max(elapsed, 1e-9):.0f}")
             ran = state["step"] - start_step
             stopping = ((stop_after_steps is not None and ran >= stop_after_steps)
                         or (time_limit_s is not None and elapsed >= time_limit_s))
@@ -252,6 +240,11 @@ def _loop(config, task, order, opt, sched, plan_stages, total, state, device, am
     _report_throughput(config, state, start_step, start_tokens, time.perf_counter() - started,
                        total, device, echo)
     return last_ckpt or out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _report_throughput(config, state, start_step, start_tokens, elapsed, total, device, echo):

@@ -23,6 +23,7 @@ the model learns to answer despite `<IRRELEVANT>` without being taught which jud
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +67,21 @@ def _leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
+# tokenizer -> {(system, chat template, vocabulary size): frame}; weak, so it dies with the tokenizer.
+_CHAT_FRAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _chat_frame(tokenizer, system: str | None) -> tuple[list[int], list[int]]:
-    """Token ids of the chat template before and after the user message."""
+    """Token ids of the chat template before and after the user message.
+
+    Rendered once per tokenizer, system message, template and vocabulary (training builds one
+    input per passage, all with the same frame); the lists returned are fresh copies.
+    """
+    key = (system, tokenizer.chat_template, len(tokenizer))
+    frames = _CHAT_FRAMES.setdefault(tokenizer, {})
+    if key in frames:
+        before, after = frames[key]
+        return list(before), list(after)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": _USER_SLOT}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -76,7 +90,8 @@ def _chat_frame(tokenizer, system: str | None) -> tuple[list[int], list[int]]:
     before, after = rendered.split(_USER_SLOT)
     # The template text holds its own special tokens (<|im_start|> ...): parse them as such.
     encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return encode(before), encode(after)
+    frames[key] = (tuple(encode(before)), tuple(encode(after)))
+    return list(frames[key][0]), list(frames[key][1])
 
 
 def build_rear_input(tokenizer, passage_text: str, question: str, judgment: str | None = None,

@@ -1,0 +1,41 @@
+"""Training tests' shared world: a tiny snapshot whose words are all in the tiny tokenizer, and a
+tiny base checkpoint (module-scoped: each test module builds its own)."""
+import json
+
+import pytest
+
+from rearqa.eval.bundle import write_jsonl_gz
+from rearqa.testing import tiny_llama, tiny_tokenizer
+
+PASSAGES = {"p1": ("hamlet", "hamlet is a tragedy written by shakespeare ."),
+            "p2": ("paris", "paris is the capital of france ."),
+            "p3": ("london", "london is a city in england ."),
+            "p4": ("river", "the river in paris is in the city ."),
+            "p5": ("music", "the band play music in london ."),
+            "p6": ("year", "shakespeare was born in england .")}
+QUESTIONS = [("who wrote hamlet ?", "shakespeare", "p1 p2 p6 p3", "p6 p1 p5 p4"),
+             ("what is the capital of france ?", "paris", "p2 p4 p3 p1", "p3 p2 p5 p6"),
+             ("where was shakespeare born ?", "england", "p6 p1 p3 p2", "p1 p3 p6 p5"),
+             ("which city is the capital of england ?", "london", "p2 p3 p4 p5", "p3 p5 p2 p1")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A snapshot whose words are all in the tiny tokenizer, and a tiny base checkpoint."""
+    root = tmp_path_factory.mktemp("train")
+    snap = root / "snapshot"
+    snap.mkdir()
+    write_jsonl_gz(snap / "passages.jsonl.gz",
+                   [{"id": k, "title": t, "text": x} for k, (t, x) in PASSAGES.items()])
+    rows = [{"id": f"q{i}", "question": q, "answers": [a], "answer_type": "other",
+             "answerable": True,
+             "rankings": {"dense": [[p, 1 - j / 10] for j, p in enumerate(d.split())],
+                          "bm25": [[p, 9 - j] for j, p in enumerate(b.split())]}}
+            for i, (q, a, d, b) in enumerate(QUESTIONS)]
+    write_jsonl_gz(snap / "nq-dev-train.jsonl.gz", rows)
+    (snap / "meta.json").write_text(json.dumps({"splits": {"nq-dev-train": len(rows)}, "depth": 4}))
+    tok = tiny_tokenizer()
+    base = root / "base"
+    tiny_llama(len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    return root
