@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Runs 1-2. Session 4 on: scripts/gpu_unit.sh, one self-contained unit a call, with parts
+# from scripts/gpu_stage.py and the calls from scripts/gpu_plan.py; see docs/rear.md.)
 # Source this on a bare GPU machine (the `device` tool) from the repo root to run rearqa's reader
 # training and evaluation there. That machine has torch/transformers/peft but no network, no
 # FAISS and no rearqa install, and each call carries at most 64 MiB with the working tree

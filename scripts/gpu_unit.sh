@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Start of every GPU-machine call (device tool), from the repo root there:
+#   bash scripts/gpu_unit.sh [--budget S] [--id ID] UNIT [ARGS...]
+# (a) keeps each carried part .gpu/pK in /tmp/keep after checking its MANIFEST (a corrupt part
+#     is refused, with a message, and nothing of it kept); (b) once the parts holding them are
+#     kept, reassembles and checks the GGUF, the wheels and the snapshot (/tmp/staged), installs
+#     the wheels (/tmp/site) and converts the GGUF to the reader checkpoint (REARQA_HOME=
+#     /tmp/rhome, rearqa.assets.prepare_reader), each once per machine; (c) prints one STATUS line
+#     (parts kept/missing, env ready or not, what to carry next); (d) runs UNIT when the env is
+#     ready, under `timeout` (S = --budget, default 540, cut to what is left of the call), packs
+#     its results into $OUT/ID.tgz (one file, <= 15 MiB: logs, JSON, reports, bf16 adapters) and
+#     marks it in $OUT/units.json (every unit this machine ran: done | partial | timeout | failed).
+# Units (ID in brackets):
+#   status                                      nothing but (a)-(c)
+#   bench [ARGS]                    [bench]     python3 scripts/bench_train.py ARGS (@UNIT_DIR@ in
+#                                               ARGS becomes the unit's dir, also $UNIT_DIR)
+#   train-rear NAME [--set K=V]... [TRAIN ARGS] [train-rear-NAME]
+#       python3 -m rearqa.app.train_cmd rear -c $CFG --snapshot ... --out /tmp/runs/ID/train
+#       [TRAIN ARGS] (--set K=V: a copy of $CFG with key K set, e.g. --set lr=1e-4; a -c in TRAIN
+#       ARGS replaces $CFG), then the dev-select choice (python3 -m rearqa.eval.select, as
+#       scripts/gpu_run.sh), the chosen checkpoint compacted to bf16 as chosen/
+#   train-baseline METHOD NAME SEED BUDGET [--set K=V]... [TRAIN ARGS] [train-baseline-NAME]
+#       rag-ft | closed-book-ft for BUDGET tokens (0: the config's steps), micro-batches as
+#       scripts/gpu_common.sh; dev-select choice of checkpoint (and k in $RAG_KS for rag-ft)
+#   eval-test NAME                  [eval-test-NAME]  the test sets ($TESTS) with the chosen
+#       checkpoint of train-rear-NAME or train-baseline-NAME: from this machine's /tmp/runs when
+#       it ran there, else from the archive .gpu/in/train-*-NAME.tgz carried in this call or an
+#       earlier one on this machine (kept in /tmp/in; gpu_plan.py collect puts it in .gpu/in)
+#   eval-untuned                    [eval-untuned]    closed-book and rag (k = 5) on $TESTS
+# Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
+# finished step is not redone) or, when it is done, sends its archive again.
+# Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
+# ready (the unit was not run); 5 the unit ran but is not done (see units.json).
+# Settings (environment): GPU_ROOT (/tmp: keep, staged, site, rhome, runs under it), PY
+# (python3), CFG (configs/train/gpu.yaml), BASE_MODEL (a base checkpoint dir for train, select
+# and eval; default the converted SmolLM2), SEL_LIMIT (500 questions of each dev-select split),
+# SEL_SPLITS, SEL_ARGS, SELECT_MID (1: mid checkpoints are candidates too), RAG_KS ("1 3 5"),
+# TESTS ("nq-test:0 tqa-test:3000 squad-test:1000", split:limit, 0 = all), EVAL_ARGS,
+# TEST_PARALLEL (1: the test sets side by side), CALL_LIMIT (590 s from the start of this script),
+# PACK_RESERVE (25 s kept for packing), SELECT_RESERVE (150 s kept for dev-select after training).
+set -uo pipefail
+T0=$(date +%s)
+G=${GPU_ROOT:-/tmp}
+KEEP=$G/keep STAGED=$G/staged SITE=$G/site RHOME=$G/rhome RUNS=$G/runs
+export PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD/src:$SITE:$STAGED/llm" REARQA_HOME=$RHOME BUNDLE=$STAGED/bundle
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+export CFG=${CFG:-configs/train/gpu.yaml} SEL_LIMIT=${SEL_LIMIT:-500} SEL_ARGS=${SEL_ARGS:-}
+export SEL_SPLITS=${SEL_SPLITS:-nq-dev-select tqa-dev-select} SELECT_MID=${SELECT_MID:-0}
+export RAG_KS=${RAG_KS:-1 3 5} TESTS=${TESTS:-nq-test:0 tqa-test:3000 squad-test:1000}
+export EVAL_ARGS=${EVAL_ARGS:-} TEST_PARALLEL=${TEST_PARALLEL:-1} SELECT_RESERVE=${SELECT_RESERVE:-150}
+U() { $PY scripts/gpu_units.py "$@"; }
+
+# ------------------------------------------------------------------------------- unit bodies
+# Run as `bash gpu_unit.sh --body ID UNIT ARGS` under timeout; $UD is the unit's dir.
+left() { echo $(( UNIT_DEADLINE - $(date +%s) )); }
+base_args() { [ -n "${BASE_MODEL:-}" ] && echo "--base-model $(realpath "$BASE_MODEL")"; }
+
+split_sets() {  # "--set K=V" pairs into SETS, the rest into ARGS
+  SETS=() ARGS=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --set ] && [ $# -ge 2 ]; then SETS+=("$2"); shift 2; else ARGS+=("$1"); shift; fi
+  done
+}
+
+unit_config() {  # the training config: $CFG, or a copy with --set keys
+  if [ ${#SETS[@]} -gt 0 ]; then
+    U config "$CFG" "$UD/config.yaml" "${SETS[@]}" >&2 || return 1
+    echo "$UD/config.yaml"
+  else
+    echo "$CFG"
+  fi
+}
+
+train_run() {  # METHOD CONFIG EXTRA...: train into $UD/train unless final/ is there
+  local method=$1 cfg=$2; shift 2
+  [ -d "$UD/train/final" ] && { echo "train: $UD/train/final exists (trained in an earlier call)"; return 0; }
+  local tl=$(( $(left) - SELECT_RESERVE )) extra=()
+  [[ " ${ARGS[*]} " == *" --time-limit "* ]] || extra=(--time-limit $tl)
+  [ $tl -gt 20 ] || { echo "train: only $(left) s left, not enough to train: run the unit again"; return 75; }
+  echo "train: $method ($cfg) $* ${ARGS[*]} ${extra[*]}"
+  $PY -m rearqa.app.train_cmd "$method" -c "$cfg" --snapshot "$BUNDLE" --out "$UD/train" --quiet \
+      $(base_args) "$@" "${ARGS[@]}" "${extra[@]}" >> "$UD/train.log" 2>&1
+  local rc=$?
+  tail -n 4 "$UD/train.log"
+  [ $rc = 0 ] || { echo "train: FAILED (rc $rc), see train.log"; return 1; }
+  [ -d "$UD/train/final" ] || { echo "train: stopped at its time limit, checkpoint kept: run the same unit again (same machine) to resume"; return 75; }
+}
+
+candidates() {  # final (and the kept mid checkpoints with SELECT_MID=1)
+  echo "$UD/train/final"
+  if [ "$SELECT_MID" = 1 ]; then
+    for c in "$UD"/train/checkpoints/step-*/model; do [ -d "$c" ] && echo "$c"; done
+  fi
+}
+
+select_run() {  # --METHOD and its options for rearqa.eval.select
+  [ -f "$UD/select/selection.json" ] && { echo "select: done in an earlier call"; return 0; }
+  [ $(left) -gt 30 ] || { echo "select: only $(left) s left: run the unit again"; return 75; }
+  echo "select: $* (limit $SEL_LIMIT of $SEL_SPLITS)"
+  $PY -m rearqa.eval.select --snapshot "$BUNDLE" --splits $SEL_SPLITS --limit "$SEL_LIMIT" \
+      --batch-size 64 --out "$UD/select" "$@" $(base_args) $SEL_ARGS > "$UD/select.log" 2>&1
+  local rc=$?
+  tail -n 12 "$UD/select.log"
+  [ $rc = 0 ] || { echo "select: FAILED (rc $rc)"; rm -f "$UD/select/selection.json"; return 1; }
+}
+
+keep_chosen() {  # CHECKPOINT KIND(rear|adapter): a bf16 copy as $UD/chosen
+  rm -rf "$UD/chosen" "$UD/chosen.tmp" && cp -r "$1" "$UD/chosen.tmp" || return 1
+  if [ "$2" = rear ]; then
+    $PY -c "import sys; from rearqa.reader.rear.checkpoint import compact_checkpoint as c; print(c(sys.argv[1]))" "$UD/chosen.tmp" || return 1
+  else
+    U compact-adapter "$UD/chosen.tmp" || return 1
+  fi
+  mv "$UD/chosen.tmp" "$UD/chosen"
+  echo "chosen: ${1#$UD/} -> chosen/ (bf16, $(du -sh "$UD/chosen" | cut -f1))"
+}
+
+body_train_rear() {
+  local name=$1; shift
+  split_sets "$@"
+  local cfg; cfg=$(unit_config) || return 2
+  U note "$UD/unit.json" kind=train-rear method=rear name="$name" k="${REAR_K:-20}" \
+      config="$cfg" "args=${ARGS[*]}" "sets=${SETS[*]}"
+  train_run rear "$cfg" || return $?
+  local cands; mapfile -t cands < <(candidates)
+  select_run --rear "${cands[@]}" --rear-k "${REAR_K:-20}" || return $?
+  local ck; ck=$(U chosen "$UD/select/selection.json" rear checkpoint) || return 1
+  [ -f "$UD/chosen/rear_config.json" ] || keep_chosen "$ck" rear || return 1
+  U note "$UD/unit.json" chosen_from="${ck#$UD/}" \
+      "selection=$($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["rear"]["chosen"]))' "$UD/select/selection.json")"
+}
+
+body_train_baseline() {
+  local method=$1 name=$2 seed=$3 budget=$4; shift 4
+  case $method in
+    rag-ft) local micro=(--batch 2 --grad-accum 8) sel=(--rag-ft-k $RAG_KS) ;;
+    closed-book-ft) local micro=(--batch 8 --grad-accum 2) sel=() ;;
+    *) echo "train-baseline: METHOD is rag-ft or closed-book-ft, not $method"; return 2 ;;
+  esac
+  split_sets "$@"
+  local cfg; cfg=$(unit_config) || return 2
+  U note "$UD/unit.json" kind=train-baseline method="$method" name="$name" seed="$seed" \
+      budget="$budget" config="$cfg" "args=${ARGS[*]}" "sets=${SETS[*]}"
+  train_run "$method" "$cfg" --seed "$seed" --token-budget "$budget" "${micro[@]}" || return $?
+  local cands; mapfile -t cands < <(candidates)
+  select_run "--$method" "${cands[@]}" "${sel[@]}" || return $?
+  local ad k; ad=$(U chosen "$UD/select/selection.json" "$method" adapter) || return 1
+  k=$(U chosen "$UD/select/selection.json" "$method" k) || return 1
+  [ -f "$UD/chosen/adapter_config.json" ] || keep_chosen "$ad" adapter || return 1
+  U note "$UD/unit.json" chosen_from="${ad#$UD/}" k="$k"
+}
+
+run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $UD/<split>
+  local methods=$1 k=$2; shift 2
+  [ -f "$BUNDLE/meta.json" ] && $PY scripts/gpu_stage.py ready --keep "$KEEP" --staged "$STAGED" bundle/ \
+      || { echo "eval: the test splits are not staged: carry the test part (STATUS says which)"; return 2; }
+  local pids=() splits=() spec split lim failed=0
+  for spec in $TESTS; do
+    split=${spec%%:*} lim=${spec#*:}
+    local a=(--snapshot "$BUNDLE" --split "$split" --methods $methods --k "$k" --batch-size 64 --out "$UD/$split")
+    [ "$lim" != 0 ] && [ "$lim" != "$split" ] && a+=(--limit "$lim")
+    [ -f "$BUNDLE/${split%-test}-dev-select.jsonl.gz" ] || a+=(--calibration-split none)
+    echo "eval: $split ($methods, k=$k${lim:+, limit $lim})"
+    if [ "$TEST_PARALLEL" = 1 ]; then
+      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$UD/eval-$split.log" 2>&1 &
+      pids+=($!) splits+=("$split")
+    else
+      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$UD/eval-$split.log" 2>&1
+      local rc=$?; echo "eval: $split rc $rc"; [ $rc = 0 ] || failed=1
+    fi
+  done
+  local i
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"; local rc=$?; echo "eval: ${splits[$i]} rc $rc"; [ $rc = 0 ] || failed=1
+  done
+  [ $failed = 0 ] || { for f in "$UD"/eval-*.log; do echo "== $f"; tail -n 5 "$f"; done; return 1; }
+}
+
+body_eval_test() {
+  local name=$1 src="" d
+  for d in "$RUNS/train-rear-$name" "$RUNS/train-baseline-$name"; do
+    [ -f "$d/unit.json" ] && [ -d "$d/chosen" ] && src=$d
+  done
+  if [ -z "$src" ]; then
+    local tgz; tgz=$(ls "$G"/in/train-rear-"$name".tgz "$G"/in/train-baseline-"$name".tgz 2>/dev/null | head -n 1)
+    [ -n "$tgz" ] || { echo "eval-test: no checkpoint for $name on this machine and none carried: carry .gpu/in/train-rear-$name.tgz (scripts/gpu_plan.py collect puts it there)"; return 2; }
+    local id; id=$(basename "$tgz" .tgz)
+    tar xzf "$tgz" -C "$RUNS" || { echo "eval-test: $tgz is unreadable"; return 2; }
+    [ -d "$RUNS/$id/chosen" ] || { echo "eval-test: $tgz holds no chosen/ checkpoint"; return 2; }
+    src=$RUNS/$id
+    echo "eval-test: checkpoint from the carried $tgz"
+  fi
+  local method k; method=$(U get "$src/unit.json" method) k=$(U get "$src/unit.json" k)
+  U note "$UD/unit.json" kind=eval-test name="$name" method="$method" k="$k" from="$(basename "$src")"
+  if [ "$method" = rear ]; then
+    run_tests rear "$k" --checkpoint "$src/chosen"
+  else
+    run_tests "$method" "$k" "--adapter-$method" "$src/chosen"
+  fi
+}
+
+body_eval_untuned() {
+  U note "$UD/unit.json" kind=eval-untuned methods="closed-book rag" k=5
+  run_tests "closed-book rag" 5
+}
+
+body_bench() {
+  local script=${BENCH_SCRIPT:-scripts/bench_train.py}
+  [ -f "$script" ] || { echo "bench: $script is not in this tree (not written yet?)"; return 2; }
+  export UNIT_DIR=$UD
+  local args=("${@//@UNIT_DIR@/$UD}")
+  U note "$UD/unit.json" kind=bench script="$script" "args=${args[*]}"
+  echo "bench: $PY $script ${args[*]}"
+  set -o pipefail
+  $PY "$script" "${args[@]}" 2>&1 | tee "$UD/bench.log" | tail -n 40
+}
+
+if [ "${1:-}" = --body ]; then
+  ID=$2 UNIT=$3; shift 3
+  UD=$RUNS/$ID; mkdir -p "$UD"
+  case $UNIT in
+    train-rear) body_train_rear "$@" ;;
+    train-baseline) body_train_baseline "$@" ;;
+    eval-test) body_eval_test "$@" ;;
+    eval-untuned) body_eval_untuned ;;
+    bench) body_bench "$@" ;;
+    *) echo "unknown unit $UNIT"; exit 2 ;;
+  esac
+  exit $?
+fi
+
+# ------------------------------------------------------------------------------- the call
+BUDGET=540 ID=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --budget) BUDGET=$2; shift 2 ;;
+    --id) ID=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+UNIT=${1:-status}; [ $# -gt 0 ] && shift
+: "${OUT:?OUT is unset: this runs on the device machine (or set OUT for a rehearsal)}"
+mkdir -p "$KEEP" "$STAGED" "$RUNS" "$OUT"
+case $UNIT in
+  status) ID=${ID:-status} ;;
+  bench|eval-untuned) ID=${ID:-$UNIT} ;;
+  train-rear|eval-test) [ $# -ge 1 ] || { echo "usage: $UNIT NAME ..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
+  train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned"; exit 2 ;;
+esac
+[[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
+[ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
+MACHINE=$(cat "$G/machine-id")
+echo "machine $MACHINE (GPU_ROOT $G), unit $UNIT ($ID), $(nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null | head -n 1 || echo no GPU)"
+
+# (a) keep the carried parts, reassemble what is complete
+parts=()
+for d in .gpu/p*/; do [ -f "$d/MANIFEST" ] && parts+=("${d%/}"); done
+$PY scripts/gpu_stage.py device --keep "$KEEP" --staged "$STAGED" "${parts[@]}"
+stage_rc=$?
+# Carried inputs (earlier units' archives, .gpu/in/*.tgz) are kept too, for later calls.
+for f in .gpu/in/*.tgz; do
+  [ -f "$f" ] || continue
+  if tar tzf "$f" > /dev/null 2>&1; then
+    mkdir -p "$G/in" && cp "$f" "$G/in/.tmp" && mv "$G/in/.tmp" "$G/in/$(basename "$f")" && echo "stage: input $(basename "$f") kept"
+  else
+    echo "stage: REFUSED input $f: not a readable tar.gz; carry it again"; stage_rc=3
+  fi
+done
+# (b) wheels, then the reader checkpoint (the conversion imports gguf from the wheels)
+if [ ! -f "$SITE/.rearqa-wheels" ] && $PY scripts/gpu_stage.py ready --keep "$KEEP" --staged "$STAGED" whl/; then
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$STAGED"/whl/*.whl; then
+    ls "$STAGED/whl" > "$SITE/.rearqa-wheels"; echo "env: wheels installed in $SITE: $(tr '\n' ' ' < "$SITE/.rearqa-wheels")"
+  else
+    echo "env: wheel install FAILED"
+  fi
+fi
+if [ ! -f "$RHOME/.rearqa-reader" ] && [ -f "$SITE/.rearqa-wheels" ] \
+    && $PY scripts/gpu_stage.py ready --keep "$KEEP" --staged "$STAGED" llm/; then
+  t=$(date +%s)
+  if $PY -c "import sys; from pathlib import Path; from rearqa.assets import prepare_reader; prepare_reader(Path(sys.argv[1]), False)" "$RHOME" > "$G/reader.log" 2>&1; then
+    date > "$RHOME/.rearqa-reader"; echo "env: reader checkpoint made in $(( $(date +%s) - t )) s ($RHOME/models)"
+  else
+    echo "env: reader conversion FAILED:"; tail -n 8 "$G/reader.log"
+  fi
+fi
+# (c) one STATUS line
+status() { $PY scripts/gpu_stage.py status --keep "$KEEP" --staged "$STAGED" --site "$SITE" --rhome "$RHOME" \
+               --units "$(U done "$RUNS/units.json")" --json "$OUT/status.json" | sed "s/^STATUS /STATUS machine=$MACHINE /"
+          return "${PIPESTATUS[0]}"; }
+status; env_rc=$?
+send_units() { [ -f "$RUNS/units.json" ] && cp "$RUNS/units.json" "$OUT/units.json"; U note "$OUT/units.json" machine="$MACHINE" this_call="$ID" >/dev/null 2>&1 || true; }
+if [ "$UNIT" = status ]; then
+  send_units
+  [ $stage_rc = 0 ] || exit 3
+  exit 0
+fi
+if [ $env_rc != 0 ]; then
+  echo "RESULT unit=$ID status=not-run: the env is not ready (STATUS above says what to carry)"
+  send_units; exit 4
+fi
+
+# (d) the unit, under timeout
+if [ "$(U get "$RUNS/$ID/unit.json" status none 2>/dev/null)" = done ] && [ -f "$RUNS/packs/$ID.tgz" ]; then
+  cp "$RUNS/packs/$ID.tgz" "$OUT/"; send_units
+  echo "RESULT unit=$ID status=done (in an earlier call on this machine; archive sent again: $ID.tgz)"
+  exit 0
+fi
+now=$(date +%s)
+ub=$(( T0 + ${CALL_LIMIT:-590} - ${PACK_RESERVE:-25} - now ))
+[ "$BUDGET" -lt "$ub" ] && ub=$BUDGET
+export UNIT_DEADLINE=$(( now + ub ))
+echo "unit $ID: budget ${ub} s"
+U record "$RUNS/units.json" "$ID" running "args=$UNIT $*" machine="$MACHINE"
+mkdir -p "$RUNS/$ID"
+timeout -k 15 "$ub" bash "$0" --body "$ID" "$UNIT" "$@" 2>&1 | tee -a "$RUNS/$ID/unit.log"
+rc=${PIPESTATUS[0]}
+case $rc in
+  0) st=done ;;
+  75) st=partial ;;
+  124|137) st=timeout ;;
+  *) st=failed ;;
+esac
+secs=$(( $(date +%s) - now ))
+U note "$RUNS/$ID/unit.json" status=$st rc=$rc seconds=$secs machine="$MACHINE" "unit=$UNIT $*"
+mkdir -p "$RUNS/packs"
+if packed=$(U pack "$ID" "$RUNS/$ID" "$RUNS/packs"); then
+  cp "$RUNS/packs/$ID.tgz" "$OUT/"
+  size=${packed##* }
+  U record "$RUNS/units.json" "$ID" $st rc=$rc seconds=$secs archive="$ID.tgz" bytes=$size \
+      sha256="$(sha256sum "$OUT/$ID.tgz" | cut -d' ' -f1)"
+else
+  U record "$RUNS/units.json" "$ID" pack-refused rc=$rc seconds=$secs
+  st=pack-refused size=0
+fi
+send_units
+status
+echo "RESULT unit=$ID status=$st rc=$rc seconds=$secs archive=$ID.tgz ($(( (${size:-0} + 1023) / 1024 )) KiB)"
+[ $st = done ] && exit 0
+exit 5

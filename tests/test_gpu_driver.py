@@ -1,0 +1,183 @@
+"""The GPU driver's scripts (scripts/gpu_stage.py, gpu_units.py, gpu_plan.py): parts that
+reassemble bit-exact, refused corrupt parts, archives within the limit, plans that resume.
+(scripts/gpu_rehearse.sh runs the whole driver; these are the fast checks.)"""
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+MIB = 1 << 20
+
+
+def load(name):
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def staged_repo(tmp_path, monkeypatch):
+    """A git repo with .gpu/ ignored, a fake GGUF, wheels and snapshot, built into parts."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text("/.gpu/\n/in/\n")
+    (repo / "in" / "bundle").mkdir(parents=True)
+    (repo / "in" / "whl").mkdir()
+    rng = __import__("random").Random(0)
+    (repo / "in" / "model.gguf").write_bytes(rng.randbytes(int(2.5 * MIB)))
+    for name in ("peft-0.21.2-py3-none-any.whl", "gguf-0.19.0-py3-none-any.whl"):
+        (repo / "in" / "whl" / name).write_bytes(rng.randbytes(1000))
+    splits = {"nq-dev-train": 3, "nq-dev-select": 2, "nq-test": 2, "squad-test": 1}
+    (repo / "in" / "bundle" / "meta.json").write_text(json.dumps({"splits": splits}))
+    for name in [*splits, "passages"]:
+        (repo / "in" / "bundle" / f"{name}.jsonl.gz").write_bytes(rng.randbytes(300_000))
+    monkeypatch.chdir(repo)
+    stage = load("gpu_stage")
+    stage.main(["build", "--gguf", "in/model.gguf", "--bundle", "in/bundle", "--wheels", "in/whl",
+                "--call-mib", "1.2", "--slack-mib", "0"])
+    return repo, stage
+
+
+def test_parts_reassemble_bit_exact_and_report_what_is_missing(staged_repo, tmp_path):
+    repo, stage = staged_repo
+    summary = json.loads((repo / ".gpu" / "STAGE.json").read_text())
+    parts = [p["part"] for p in summary["parts"]]
+    groups = {p["part"]: p["group"] for p in summary["parts"]}
+    assert len(parts) >= 4 and all(p["bytes"] <= summary["part_cap_bytes"] + 4096 for p in summary["parts"])
+    # test splits only in the last part(s), after every core part
+    assert [groups[p] for p in parts] == sorted((groups[p] for p in parts), key=["core", "test"].index)
+    keep, staged = tmp_path / "keep", tmp_path / "staged"
+    keep.mkdir()
+    core = [p for p in parts if groups[p] == "core"]
+    for p in core[:-1]:
+        stage.stash(repo / ".gpu" / p, keep)
+        stage.assemble(keep, staged)
+    s = stage.state(keep, staged, None, None)
+    assert s["core"] == "missing" and s["next"].startswith(f"carry .gpu/{core[-1]}")
+    stage.stash(repo / ".gpu" / core[-1], keep)
+    stage.assemble(keep, staged)
+    assert (staged / stage.GGUF_REL).read_bytes() == (repo / "in" / "model.gguf").read_bytes()
+    assert stage.ready(keep, staged, "whl/") and stage.ready(keep, staged, "llm/")
+    assert not stage.ready(keep, staged, "bundle/")  # the test splits are not there yet
+    s = stage.state(keep, staged, None, None)
+    assert (s["core"], s["tests"]) == ("ready", "missing")
+    for p in parts:
+        assert stage.stash(repo / ".gpu" / p, keep).startswith(p)
+    stage.assemble(keep, staged)
+    for name in ("meta.json", "nq-test.jsonl.gz", "squad-test.jsonl.gz"):
+        assert (staged / "bundle" / name).read_bytes() == (repo / "in" / "bundle" / name).read_bytes()
+    assert stage.state(keep, staged, None, None)["tests"] == "ready"
+
+
+def test_a_corrupt_or_truncated_part_is_refused_and_nothing_kept(staged_repo, tmp_path):
+    repo, stage = staged_repo
+    part = repo / ".gpu" / "p1"
+    chunk = next(f for f in sorted(part.iterdir()) if f.name != "MANIFEST")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 1
+    chunk.write_bytes(bytes(data))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    with pytest.raises(stage.PartError, match="corrupt"):
+        stage.stash(part, keep)
+    assert not any(keep.iterdir())
+    manifest = (repo / ".gpu" / "p2" / "MANIFEST")
+    manifest.write_text(manifest.read_text()[:200])
+    with pytest.raises(stage.PartError, match="truncated"):
+        stage.stash(repo / ".gpu" / "p2", keep)
+
+
+def test_pack_keeps_chosen_and_logs_not_training_state(tmp_path, monkeypatch):
+    units = load("gpu_units")
+    u = tmp_path / "train-rear-A"
+    for rel, size in {"chosen/adapter/adapter_model.safetensors": 100, "chosen/rear_config.json": 10,
+                      "train/checkpoints/step-0000002/optimizer.safetensors": 100,
+                      "train/final/adapter/adapter_model.safetensors": 100,
+                      "train/train_log.jsonl": 10, "train.log": 10, "select/selection.json": 10,
+                      "nq-test/rear/rows.jsonl": 10}.items():
+        (u / rel).parent.mkdir(parents=True, exist_ok=True)
+        (u / rel).write_bytes(b"x" * size)
+    out = tmp_path / "out"
+    out.mkdir()
+    units.pack("train-rear-A", str(u), str(out))
+    with tarfile.open(out / "train-rear-A.tgz") as tar:
+        names = set(tar.getnames())
+    assert names == {f"train-rear-A/{r}" for r in ("chosen/adapter/adapter_model.safetensors",
+                     "chosen/rear_config.json", "train/train_log.jsonl", "train.log",
+                     "select/selection.json", "nq-test/rear/rows.jsonl")}
+    monkeypatch.setattr(units, "PACK_LIMIT", 10)
+    with pytest.raises(SystemExit):
+        units.pack("train-rear-A", str(u), str(out))
+
+
+def test_set_values_are_numbers_where_yaml_would_read_strings(tmp_path):
+    units = load("gpu_units")
+    base = tmp_path / "base.yaml"
+    base.write_text("lr: 3.0e-4\nsteps: 250\n")
+    units.config(str(base), str(tmp_path / "out.yaml"), "lr=1e-4", "steps=10", "splits=[nq-dev-train]")
+    import yaml
+    assert yaml.safe_load((tmp_path / "out.yaml").read_text()) == {
+        "lr": 1e-4, "steps": 10, "splits": ["nq-dev-train"]}
+
+
+def _archive(path: Path, unit_id: str, status: str) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        data = json.dumps({"status": status}).encode()
+        info = tarfile.TarInfo(f"{unit_id}/unit.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_plan_resumes_after_the_units_already_back(staged_repo, tmp_path):
+    repo, _ = staged_repo
+    plan = load("gpu_plan")
+    argv = ["recipe", "--rear", "A=--seed 0", "--rear", "B=--seed 1", "--no-bench"]
+
+    def calls(extra=()):
+        args = plan_args(plan, argv + list(extra))
+        return [c for s in plan.plan(args, repo)["sessions"] for c in s["calls"]]
+
+    full = calls()
+    core = [c for c in full if c["unit"] is None]
+    assert [c["unit"] for c in full if c["unit"]] == ["train-rear-A", "train-rear-B"]
+    assert all(c["command"].endswith("gpu_unit.sh status") for c in core)
+    first_unit = next(c for c in full if c["unit"])
+    assert first_unit["carry"] and first_unit["carry"][0].startswith(".gpu/p")  # the last core part
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _archive(runs / "train-rear-A.tgz", "train-rear-A", "done")
+    _archive(runs / "train-rear-B.tgz", "train-rear-B", "timeout")
+    resumed = calls(["--runs", str(runs)])
+    assert [c["unit"] for c in resumed if c["unit"]] == ["train-rear-B"]
+    assert len([c for c in resumed if c["unit"] is None]) == len(core)  # re-staged
+    warm = calls(["--runs", str(runs), "--staged"])
+    assert [(c["unit"], c["carry"]) for c in warm] == [("train-rear-B", [])]
+
+
+def plan_args(plan, argv):
+    """gpu_plan's parsed arguments (its main() prints; this returns them)."""
+    import argparse
+
+    captured = {}
+
+    def fake_plan(args, root):
+        captured["args"] = args
+        return {"sessions": []}
+
+    real_plan, real_show = plan.plan, plan.show
+    plan.plan, plan.show = fake_plan, lambda p: None
+    try:
+        plan.main(argv)
+    finally:
+        plan.plan, plan.show = real_plan, real_show
+    assert isinstance(captured["args"], argparse.Namespace)
+    return captured["args"]
