@@ -121,7 +121,7 @@ def make_optimizer(task, config: TrainConfig):
     groups = [{"names": decay, "weight_decay": config.weight_decay},
               {"names": rest, "weight_decay": 0.0}] + extra
     task.param_names = [n for g in groups for n in g["names"]]  # optimiser index -> name
-    fused = all(p.is_cuda for p in params.values())
+    fused = bool(params) and all(p.is_cuda for p in params.values())
     return torch.optim.AdamW(
         [{**{k: v for k, v in g.items() if k != "names"}, "params": [params[n] for n in g["names"]]}
          for g in groups], lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
