@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="measured optimiser steps")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS,
                         help="the device's peak FLOP/s for MFU, in TFLOP/s (H200 dense bf16)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the base model's config and tokenizer with random weights (a machine "
+                             "without the weights; throughput does not depend on their values)")
     parser.add_argument("--no-sync-count", action="store_true",
                         help="skip the extra step that counts host syncs (CUDA)")
     parser.add_argument("--out", default="bench_train.json", help="JSON output file")
@@ -68,6 +72,26 @@ def overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def random_weights_copy(base_model: str, out: Path) -> str:
+    """`base_model`'s config and tokenizer with freshly initialised weights, saved under `out`."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rearqa.training.config import TrainConfig
+
+    source = TrainConfig(base_model=base_model).base_model_dir()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
+    model.save_pretrained(out)
+    for path in source.iterdir():  # tokenizer, chat template, generation config
+        weights = "safetensors" in path.name or path.name.endswith(".bin")
+        if path.is_file() and not weights and path.name != "config.json":
+            shutil.copy(path, out / path.name)
+    return str(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -77,16 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
     set_offline_defaults()
     args = parse_args(argv)
+    settings = overrides(args)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-train-")
+    if args.random_weights:
+        settings["base_model"] = random_weights_copy(args.base_model, Path(scratch.name) / "base")
     rows = []
     for method in args.methods:
-        config = TrainConfig.from_yaml(None, method=method, out="/nonexistent/bench-train",
-                                       **overrides(args))
+        config = TrainConfig.from_yaml(None, method=method, out=str(Path(scratch.name) / "out"),
+                                       **settings)
         rows.append(bench_method(config, args.warmup, args.steps, args.peak_tflops,
                                  count_syncs=not args.no_sync_count))
         print(table(rows[-1:]), flush=True)
     print()
     print(table(rows))
     report = {"argv": sys.argv[1:] if argv is None else argv, "peak_tflops": args.peak_tflops,
+              "random_weights": args.random_weights,
               "mfu_formula": "tokens_per_s * (4 * frozen_params + 6 * trainable_params) / "
                              "(peak_tflops * 1e12)",
               "torch": torch.__version__, "python": platform.python_version(),
@@ -95,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
+    scratch.cleanup()
     return 0
 
 
