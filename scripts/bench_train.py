@@ -7,8 +7,8 @@ ends (rearqa.training.benchmark says what each number is). Prints a table, write
 
     python scripts/bench_train.py --device cpu --steps 3 --warmup 1 --max-questions 8 \\
         --batch 1 --grad-accum 1 --set group_size=4 --out /tmp/bench_cpu.json     # rehearsal
-    python scripts/bench_train.py --methods rear rag-ft --batch 8 --grad-accum 1 --row-chunks 4 \\
-        --out docs/results/train_throughput.json                                    # an H200
+    python scripts/bench_train.py --methods rear rag-ft --batch 16 --grad-accum 1 \\
+        --random-weights --max-questions 600 --out /tmp/bench_h200.json   # docs/benchmarks.md (e)
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--row-chunks", type=int, help="train.row_chunks")
     parser.add_argument("--base-dtype", help="train.base_dtype: auto | float32 | bfloat16")
     parser.add_argument("--dtype", help="train.dtype (autocast): auto | float32 | bfloat16")
-    parser.add_argument("--compile", action="store_true", help="train.compile")
     parser.add_argument("--max-questions", type=int, default=0,
                         help="first N questions of each split (0 = all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -62,7 +61,7 @@ def overrides(args: argparse.Namespace) -> dict:
     values = {"base_model": args.base_model, "snapshot": args.snapshot, "device": args.device,
               "batch": args.batch, "grad_accum": args.grad_accum, "row_chunks": args.row_chunks,
               "base_dtype": args.base_dtype, "dtype": args.dtype,
-              "compile": True if args.compile else None, "max_questions": args.max_questions,
+              "max_questions": args.max_questions,
               "threads": args.threads}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -46,8 +46,8 @@ from rearqa.training.checkpoint import (checkpoints, load_checkpoint, save_check
                                         trainable_parameters)
 from rearqa.training.config import TASKS, ConfigMismatchError, TrainConfig, config_differences
 # resolve_device is re-exported: it lived here.
-from rearqa.training.precision import (autocast_dtype, compile_decoder, keep_trainable_fp32,
-                                       resolve_base_dtype, resolve_device)
+from rearqa.training.precision import (autocast_dtype, keep_trainable_fp32, resolve_base_dtype,
+                                       resolve_device)
 # rear_token_count is re-exported: `rearqa train rear --count-tokens` imports it from here.
 from rearqa.training.rear_task import rear_token_count as rear_token_count
 from rearqa.training.run_files import (CONFIG_FILE, FINAL, LOG_FILE, PLAN_FILE, STATS_FILE,
@@ -77,8 +77,6 @@ def build_task(config: TrainConfig, device: torch.device):
     task_class = resolve(TASKS, config.method, "training method", error=ConfigError)
     task = task_class(config, snapshot, tokenizer, lm, device)
     keep_trainable_fp32(task.model)
-    if config.compile:
-        compile_decoder(lm)
     return task
 
 
