@@ -7,8 +7,8 @@ ends (rearqa.training.benchmark says what each number is). Prints a table, write
 
     python scripts/bench_train.py --device cpu --steps 3 --warmup 1 --max-questions 8 \\
         --batch 1 --grad-accum 1 --set group_size=4 --out /tmp/bench_cpu.json     # rehearsal
-    python scripts/bench_train.py --methods rear rag-ft --batch 8 --grad-accum 1 --row-chunks 4 \\
-        --out docs/results/train_throughput.json                                    # an H200
+    python scripts/bench_train.py --methods rear rag-ft --batch 16 --grad-accum 1 \\
+        --random-weights --max-questions 600 --out /tmp/bench_h200.json   # docs/benchmarks.md (e)
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -33,7 +34,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--row-chunks", type=int, help="train.row_chunks")
     parser.add_argument("--base-dtype", help="train.base_dtype: auto | float32 | bfloat16")
     parser.add_argument("--dtype", help="train.dtype (autocast): auto | float32 | bfloat16")
-    parser.add_argument("--compile", action="store_true", help="train.compile")
     parser.add_argument("--max-questions", type=int, default=0,
                         help="first N questions of each split (0 = all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="measured optimiser steps")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS,
                         help="the device's peak FLOP/s for MFU, in TFLOP/s (H200 dense bf16)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the base model's config and tokenizer with random weights (a machine "
+                             "without the weights; throughput does not depend on their values)")
     parser.add_argument("--no-sync-count", action="store_true",
                         help="skip the extra step that counts host syncs (CUDA)")
     parser.add_argument("--out", default="bench_train.json", help="JSON output file")
@@ -58,7 +61,7 @@ def overrides(args: argparse.Namespace) -> dict:
     values = {"base_model": args.base_model, "snapshot": args.snapshot, "device": args.device,
               "batch": args.batch, "grad_accum": args.grad_accum, "row_chunks": args.row_chunks,
               "base_dtype": args.base_dtype, "dtype": args.dtype,
-              "compile": True if args.compile else None, "max_questions": args.max_questions,
+              "max_questions": args.max_questions,
               "threads": args.threads}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -66,6 +69,26 @@ def overrides(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--set {item!r}: give KEY=VALUE, e.g. --set lora_r=16")
         values[key] = yaml.safe_load(value)
     return {k: v for k, v in values.items() if v is not None}
+
+
+def random_weights_copy(base_model: str, out: Path) -> str:
+    """`base_model`'s config and tokenizer with freshly initialised weights, saved under `out`."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rearqa.training.config import TrainConfig
+
+    source = TrainConfig(base_model=base_model).base_model_dir()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
+    model.save_pretrained(out)
+    for path in source.iterdir():  # tokenizer, chat template, generation config
+        weights = "safetensors" in path.name or path.name.endswith(".bin")
+        if path.is_file() and not weights and path.name != "config.json":
+            shutil.copy(path, out / path.name)
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +100,21 @@ def main(argv: list[str] | None = None) -> int:
 
     set_offline_defaults()
     args = parse_args(argv)
+    settings = overrides(args)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-train-")
+    if args.random_weights:
+        settings["base_model"] = random_weights_copy(args.base_model, Path(scratch.name) / "base")
     rows = []
     for method in args.methods:
-        config = TrainConfig.from_yaml(None, method=method, out="/nonexistent/bench-train",
-                                       **overrides(args))
+        config = TrainConfig.from_yaml(None, method=method, out=str(Path(scratch.name) / "out"),
+                                       **settings)
         rows.append(bench_method(config, args.warmup, args.steps, args.peak_tflops,
                                  count_syncs=not args.no_sync_count))
         print(table(rows[-1:]), flush=True)
     print()
     print(table(rows))
     report = {"argv": sys.argv[1:] if argv is None else argv, "peak_tflops": args.peak_tflops,
+              "random_weights": args.random_weights,
               "mfu_formula": "tokens_per_s * (4 * frozen_params + 6 * trainable_params) / "
                              "(peak_tflops * 1e12)",
               "torch": torch.__version__, "python": platform.python_version(),
@@ -95,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
+    scratch.cleanup()
     return 0
 
 

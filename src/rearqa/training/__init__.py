@@ -7,7 +7,10 @@
     chat_task    RagTask, ClosedBookTask
     schedule     stages, learning-rate schedule, data order, token budget
     checkpoint   pickle-free checkpoints;  run_files: what a run writes under `out`
+    precision    device, autocast, the frozen base's dtype, fp32 trainable parameters
+    step         one optimiser step with no host sync
     train        the resumable loop
+    benchmark    training throughput (scripts/bench_train.py)
 """
 
 # Exports, imported on first use so that `import rearqa.training.losses` stays light:

@@ -16,6 +16,7 @@ ends of the measured run, and reports:
                           trained ones a weight-gradient matmul too; attention FLOPs and the
                           output layer's few labelled positions are not counted
     build_s, tokenise_s   building the task, and of that the pre-tokenisation
+    warmup_s              the warm-up steps (first-call costs: cuBLAS heuristics, allocator growth)
     host_syncs_per_step   on CUDA: synchronising calls in one extra step, counted with
                           torch.cuda.set_sync_debug_mode("warn"); their sources are listed
 
@@ -84,9 +85,11 @@ def bench_method(config: TrainConfig, warmup: int = 2, steps: int = 10,
     task.model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
     for s in range(warmup):
         step_at(s)
     _sync(device)
+    warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     tokens = padded = 0
     for s in range(warmup, warmup + steps):
@@ -108,11 +111,12 @@ def bench_method(config: TrainConfig, warmup: int = 2, steps: int = 10,
         "batch": config.batch, "grad_accum": config.grad_accum,
         "rows_per_step": task.items_per_micro * config.grad_accum
         * (config.group_size if config.method == "rear" else 1),
-        "row_chunks": config.row_chunks, "compile": config.compile,
+        "row_chunks": config.row_chunks,
         "autocast": str(amp).replace("torch.", "") if amp else "none",
         "base_dtype": str(resolve_base_dtype(config, device, amp)).replace("torch.", ""),
         "items": task.n_items, "warmup": warmup, "steps": steps,
         "build_s": round(build_s, 3), "tokenise_s": round(task.tokenise_seconds, 3),
+        "warmup_s": round(warmup_s, 3),
         "seconds": round(seconds, 4), "s_per_step": round(seconds / steps, 4),
         "tokens": tokens, "padded_tokens": padded, "tokens_per_step": tokens / steps,
         "tokens_per_s": round(tokens_per_s, 1), "padded_tokens_per_s": round(padded / seconds, 1),
@@ -129,7 +133,7 @@ def bench_method(config: TrainConfig, warmup: int = 2, steps: int = 10,
 
 COLUMNS = (("method", "method", "{}"), ("rows", "rows_per_step", "{}"),
            ("chunks", "row_chunks", "{}"), ("base", "base_dtype", "{}"),
-           ("compile", "compile", "{}"), ("tok/s", "tokens_per_s", "{:,.0f}"),
+           ("tok/s", "tokens_per_s", "{:,.0f}"),
            ("padded tok/s", "padded_tokens_per_s", "{:,.0f}"), ("pad", "padding_share", "{:.1%}"),
            ("s/step", "s_per_step", "{:.3f}"), ("peak GiB", "peak_memory_gib", "{}"),
            ("MFU", "mfu", "{:.2%}"), ("syncs/step", "host_syncs_per_step", "{}"),

@@ -48,9 +48,9 @@ TRAIN_SPLIT_SUFFIX = "-dev-train"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Keys that may change between a run and its resumption: where and how often it writes, and
 # where it runs. Everything else changes the data, the model or the schedule.
-# row_chunks and compile change how a step is computed, not what (the same losses up to rounding).
+# row_chunks changes how a step is computed, not what (the same losses up to rounding).
 RESUMABLE_KEYS = ("device", "threads", "out", "save_every", "keep_checkpoints", "log_every",
-                  "row_chunks", "compile")
+                  "row_chunks")
 
 
 class ConfigMismatchError(ConfigError):
@@ -128,8 +128,7 @@ class TrainConfig:
     seed: int = 0  # data order, LoRA init, dropout
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
     base_dtype: str = "auto"  # frozen base: auto (bf16 under bf16 autocast on CUDA, else fp32) | ...
-    row_chunks: int = 1  # forward a micro-batch's rows in N length-sorted chunks (less padding)
-    compile: bool = False  # torch.compile the decoder (dynamic shapes: one graph for all widths)
+    row_chunks: int = 1  # forward a micro-batch in N length-sorted chunks: less padding, N x the kernels
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (1 is faster on a busy machine)
     save_every: int = 200  # checkpoint every N optimiser steps (and at the end)
@@ -149,7 +148,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
         self._check_ints()
         self._check_floats()
-        for name in ("chat_template", "warmup_rank_only", "head_center", "compile"):
+        for name in ("chat_template", "warmup_rank_only", "head_center"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
         for name in ("dtype", "base_dtype"):

@@ -1,5 +1,5 @@
 """Where a training run computes and in which dtypes: device, autocast, the frozen base's dtype,
-fp32 trainable parameters, and the optional torch.compile of the decoder.
+fp32 trainable parameters.
 
 Under bf16 autocast (`dtype`, bf16 by default on CUDA) every matmul runs in bf16 whatever the
 weights are stored in, so a frozen base kept in fp32 only costs memory and a cast of each weight
@@ -9,11 +9,12 @@ trainable token rows (held by value and cast to the embedding's dtype in its for
 module; an AdamW update is often below bf16's resolution of a weight. On the CPU nothing
 changes by default: fp32 throughout, no autocast.
 
-`compile` wraps the decoder in torch.compile with dynamic shapes: chunks differ in rows and
-width, and with `dynamic=True` one graph serves them all (the matmuls are cuBLAS calls either
-way, so widths need no padding to a multiple); only a chunk of a single row compiles a second
-graph, as dynamo specialises dimensions of size 1. Module.compile works in place, so parameter
-names, checkpoints and saving are unchanged.
+No torch.compile: the decoder compiled with dynamic shapes (chunks differ in rows and width)
+trained correctly on the CPU with the tiny test Llama, but on an H200 the 30-layer SmolLM2 had not
+finished its compiling warm-up steps within 200 s, nor within 330 s, given to the whole benchmark
+process (of which building the task takes ~25 s; docs/benchmarks.md (e)). A run that may stall
+for minutes before its first step is worse than the eager loop it would speed up; CUDA graphs, or
+a compile with static bucketed widths, are the ways to try next.
 """
 from __future__ import annotations
 
@@ -57,8 +58,3 @@ def keep_trainable_fp32(model: torch.nn.Module) -> int:
             param.data = param.data.float()
             cast += 1
     return cast
-
-
-def compile_decoder(causal_lm: torch.nn.Module) -> None:
-    """torch.compile the causal LM's decoder in place, with dynamic shapes."""
-    causal_lm.get_decoder().compile(dynamic=True)

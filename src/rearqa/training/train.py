@@ -46,8 +46,8 @@ from rearqa.training.checkpoint import (checkpoints, load_checkpoint, save_check
                                         trainable_parameters)
 from rearqa.training.config import TASKS, ConfigMismatchError, TrainConfig, config_differences
 # resolve_device is re-exported: it lived here.
-from rearqa.training.precision import (autocast_dtype, compile_decoder, keep_trainable_fp32,
-                                       resolve_base_dtype, resolve_device)
+from rearqa.training.precision import (autocast_dtype, keep_trainable_fp32, resolve_base_dtype,
+                                       resolve_device)
 # rear_token_count is re-exported: `rearqa train rear --count-tokens` imports it from here.
 from rearqa.training.rear_task import rear_token_count as rear_token_count
 from rearqa.training.run_files import (CONFIG_FILE, FINAL, LOG_FILE, PLAN_FILE, STATS_FILE,
@@ -77,8 +77,6 @@ def build_task(config: TrainConfig, device: torch.device):
     task_class = resolve(TASKS, config.method, "training method", error=ConfigError)
     task = task_class(config, snapshot, tokenizer, lm, device)
     keep_trainable_fp32(task.model)
-    if config.compile:
-        compile_decoder(lm)
     return task
 
 
@@ -121,7 +119,7 @@ def make_optimizer(task, config: TrainConfig):
     groups = [{"names": decay, "weight_decay": config.weight_decay},
               {"names": rest, "weight_decay": 0.0}] + extra
     task.param_names = [n for g in groups for n in g["names"]]  # optimiser index -> name
-    fused = all(p.is_cuda for p in params.values())
+    fused = bool(params) and all(p.is_cuda for p in params.values())
     return torch.optim.AdamW(
         [{**{k: v for k, v in g.items() if k != "names"}, "params": [params[n] for n in g["names"]]}
          for g in groups], lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)

@@ -5,7 +5,9 @@
     rear_examples   what REAR's generator learns from a group: generation examples (relevant
                     and noise-resistant), the REAR input of every passage, group statistics
     chat_examples   the baselines' (rag-ft, closed-book-ft) chat-prompt examples and encoding
-    batches         right-padded micro-batches of both kinds
+    batches         right-padded micro-batches of both kinds, tokenised on the spot
+    token_rows      rows tokenised once, collated into length-sorted chunks (what training uses;
+                    imported from its module, so that this package stays free of torch)
 
 Only `*-dev-train` splits are read: dev-select and test questions are held out.
 """
