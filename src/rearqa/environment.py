@@ -5,10 +5,13 @@ run time is a bug, so every entry point sets the hub switches before transformer
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from rearqa.config_errors import ConfigError
 
 HUB_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -33,6 +36,25 @@ def offline_hub() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure_logging(level: str | None = None) -> str:
+    """Log lines on stderr at `level` (default: $REARQA_LOG, else WARNING); returns the level.
+
+    Quiet by default: libraries' INFO lines (faiss's loader trying AVX512 first, the embedder and
+    model loading) and transformers' weight-loading bars show only at INFO or below; warnings and
+    errors always do. rearqa's own progress bars (building an index) are not log lines and stay.
+    The progress-bar switch must be set before transformers is imported, so call this first."""
+    name = (level or os.environ.get("REARQA_LOG") or "WARNING").upper()
+    if name not in LOG_LEVELS:
+        raise ConfigError(f"log level {name!r}: choose one of {list(LOG_LEVELS)}")
+    logging.basicConfig(level=name, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if logging.getLevelName(name) > logging.INFO:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return name
 
 
 def repo_root() -> Path:

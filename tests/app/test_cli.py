@@ -111,3 +111,18 @@ def test_eval_rear_takes_routing_and_fallback(cli_config, tmp_path):
                  "--routing", "best", "--out", tmp_path / "bad", "--config", config,
                  "--home", home, check=False)
     assert bad.returncode == 2 and "routing" in bad.stderr
+
+
+@pytest.mark.slow
+def test_ask_is_quiet_by_default_and_says_what_loads_when_asked(cli_config):
+    """No library INFO lines (faiss's loader, the embedder, weight-loading bars) at the default
+    level; -v shows them."""
+    home, config = cli_config
+    common = ["--config", config, "--home", home]
+    rearqa("index", "add", DATA / "mini_corpus.jsonl", *common)  # idempotent
+    quiet = rearqa("ask", "Who wrote Hamlet?", "--k", "1", *common)
+    assert quiet.stderr == "" and quiet.stdout.strip()
+    loud = rearqa("-v", "ask", "Who wrote Hamlet?", "--k", "1", *common)
+    assert "INFO" in loud.stderr
+    bad = rearqa("--log-level", "chatty", "ask", "Who wrote Hamlet?", *common, check=False)
+    assert bad.returncode == 2 and "choose one of" in bad.stderr

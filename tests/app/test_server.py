@@ -422,3 +422,12 @@ def test_fuzz_the_openapi_schema(fuzz_schema, one_thread):
         case.call_and_validate(excluded_checks=[positive_data_acceptance] if semantic else [])
 
     check()
+
+
+def test_a_huge_rejected_question_is_not_echoed_back_whole(client):
+    question = "why " * 25_000  # 100k characters, over the question limit
+    response = client.post("/ask", json={"question": question})
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    echoed = [e["input"] for e in response.json()["detail"] if "input" in e]
+    assert echoed and all("(100000 characters)" in e for e in echoed if isinstance(e, str))

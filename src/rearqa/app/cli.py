@@ -7,7 +7,6 @@ User errors (a bad question, a missing file, a bad setting, a corrupt index) pri
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rearqa.environment import set_offline_defaults
+from rearqa.environment import LOG_LEVELS, configure_logging, set_offline_defaults
 
 set_offline_defaults()
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -30,6 +29,13 @@ app.add_typer(index_app, name="index")
 from rearqa.app.train_cmd import train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
+
+
+@app.callback()
+def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO: what loads, from where (libraries included).")] = False,
+             log_level: Annotated[Optional[str], typer.Option(help=f"Log level: {' | '.join(LOG_LEVELS)} (default $REARQA_LOG, else WARNING).")] = None) -> None:
+    """rearqa: relevance-aware retrieval-augmented question answering."""
+    configure_logging(log_level or ("INFO" if verbose else None))
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/*.yaml).")]
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Data directory (default $REARQA_HOME or ~/.cache/rearqa).")]
@@ -210,8 +216,6 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except _user_errors() as exc:

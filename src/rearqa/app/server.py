@@ -73,11 +73,30 @@ class _AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
+ECHO_CHARS = 200  # of a rejected input echoed back in a 422
+ECHO_ITEMS = 20  # of a rejected list or mapping
+
+
+def _echo(value: Any) -> Any:
+    """A rejected input as the 422 shows it: long text cut to ECHO_CHARS characters (with its
+    length), long lists and mappings to ECHO_ITEMS, so a 100k-character question is not sent
+    back whole."""
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, list):
+        return [_echo(v) for v in value[:ECHO_ITEMS]] + (["..."] if len(value) > ECHO_ITEMS else [])
+    if isinstance(value, dict):
+        return {k: _echo(v) for k, v in list(value.items())[:ECHO_ITEMS]}
+    return value
+
+
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's own 422, rendered as ASCII JSON: the echoed input may hold a lone surrogate
     (JSON allows "\\ud800") or an infinite number (1e999), which the default rendering turns
-    into a 500; an input that cannot be written as JSON is left out of its error."""
-    errors = jsonable_encoder(exc.errors())
+    into a 500; an input that cannot be written as JSON is left out of its error; a long one is
+    cut (`_echo`)."""
+    errors = [{**e, "input": _echo(e["input"])} if "input" in e else e
+              for e in jsonable_encoder(exc.errors())]
     try:
         return _AsciiJSONResponse({"detail": errors}, status_code=422)
     except ValueError:
