@@ -17,11 +17,9 @@
 def script_setup() -> None:
     """What the evaluation scripts' mains share: no hub, no tokenizer thread pools, log lines at
     $REARQA_LOG (default INFO)."""
-    import logging
     import os
 
-    from rearqa.environment import set_offline_defaults
+    from rearqa.environment import configure_logging, set_offline_defaults
 
     set_offline_defaults()
-    logging.basicConfig(level=os.environ.get("REARQA_LOG", "INFO"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(os.environ.get("REARQA_LOG") or "INFO")

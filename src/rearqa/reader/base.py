@@ -14,7 +14,6 @@ server); readers take them as given.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from rearqa.types import Answer, Passage
@@ -32,13 +31,6 @@ class Reader(Protocol):
 
     def stream(self, question: str, passages: list[Passage], method: str | None = None,
                history: list[dict] | None = None) -> Iterator[StreamItem]:
-        ...
-
-
-class ReaderFactory(Protocol):
-    """A reader class: built from the reader settings and the base model's directory."""
-
-    def __call__(self, config, base_model_dir: str | Path) -> Reader:
         ...
 
 

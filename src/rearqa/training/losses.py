@@ -203,14 +203,15 @@ def causal_hidden(causal_lm, input_ids: torch.Tensor) -> torch.Tensor:
     return causal_lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
-def _rows_at(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def rows_at(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The states of (n, T, D) `hidden` at flat positions `index` into its n * T rows."""
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (len(index), D)
 
 
 def chunked_lm_loss(causal_lm, step) -> torch.Tensor:
     """The LM loss of a chunked micro-batch (`step`: StepRows): mean CE over all its labelled
     tokens, the output layer run once on their gathered states."""
-    states = [_rows_at(causal_hidden(causal_lm, c.input_ids), c.lm_index) for c in step.chunks]
+    states = [rows_at(causal_hidden(causal_lm, c.input_ids), c.lm_index) for c in step.chunks]
     logits = causal_lm.get_output_embeddings()(torch.cat(states))  # (lm_tokens, V)
     targets = torch.cat([c.lm_targets for c in step.chunks])
     return lm_loss_sum(logits, targets) / max(step.lm_tokens, 1)
@@ -220,14 +221,16 @@ def rear_chunked_lm_and_rank(model, step, suppressed: torch.Tensor | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """`rear_lm_loss_and_rank` over a chunked micro-batch: (LM loss, (N,) rank logits in the
     micro-batch's row order). One output-layer pass covers the labelled positions of every chunk
-    and, for the linear head, every score position too; `suppressed` is
+    and, for a linear head served as its output row, every score position too; `suppressed` is
     `model.suppressed_token_ids()` as a tensor on the device (built once)."""
     lm = model.causal_lm
     hidden = [causal_hidden(lm, c.input_ids) for c in step.chunks]  # (n_c, T_c, D) each
-    states = [_rows_at(h, c.lm_index) for h, c in zip(hidden, step.chunks)]
-    linear = model.rank_head is None
-    if linear:  # the <RANK_SCORE> row is read off the same output-layer pass
-        states += [_rows_at(h, c.score_index) for h, c in zip(hidden, step.chunks)]
+    states = [rows_at(h, c.lm_index) for h, c in zip(hidden, step.chunks)]
+    # The <RANK_SCORE> row is read off the same output-layer pass, unless the head has its own
+    # parameters (attach_linear_head) or is the lowrank_attn module: then no row is read.
+    linear = model.rank_head is None and model.linear_head is None
+    if linear:
+        states += [rows_at(h, c.score_index) for h, c in zip(hidden, step.chunks)]
     logits = lm.get_output_embeddings()(torch.cat(states))  # (lm_tokens [+ N], V)
     targets = torch.cat([c.lm_targets for c in step.chunks])
     lm_loss = lm_loss_sum(logits[:step.lm_tokens], targets, suppressed) / max(step.lm_tokens, 1)

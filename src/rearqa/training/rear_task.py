@@ -28,7 +28,7 @@ from rearqa.training.config import TrainConfig
 from rearqa.training.data import build_groups, group_stats, pad_id, rear_inputs
 from rearqa.training.data.token_rows import StepRows, TokenRows, collate_chunks, to_device
 from rearqa.training.losses import (RearLossConfig, causal_hidden, compute_rear_loss,
-                                   rear_chunked_lm_and_rank)
+                                   rear_chunked_lm_and_rank, rows_at)
 from rearqa.training.schedule import MAIN_STAGE, WARMUP_STAGE, DataOrder
 
 
@@ -156,8 +156,8 @@ class RearTask:
         states = []
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             for chunk in step.chunks:
-                hidden = causal_hidden(self.model.causal_lm, chunk.input_ids)  # (n, T, D)
-                states.append(hidden.reshape(-1, hidden.shape[-1]).index_select(0, chunk.score_index))
+                states.append(rows_at(causal_hidden(self.model.causal_lm, chunk.input_ids),
+                                      chunk.score_index))
         return torch.cat(states).float().mean(dim=0)
 
     def batch(self, indices: list[int], device: torch.device) -> StepRows:
