@@ -123,7 +123,10 @@ device_call '[".gpu/p1"]' "bash scripts/gpu_unit.sh status" ".gpu/p1/SmolLM2-135
     || fail "the corrupt part was not refused (rc $LAST_RC)"
 log "   refused, nothing kept: ok"
 
-RECIPE=(recipe --rear A="--seed 0" --rear B="--seed 1 --set lr=1e-4" --bench-args "--steps 3 --out @UNIT_DIR@")
+# the session-5 shape: a unit's own -c, and a --set copy of that config (not of $CFG)
+RECIPE=(recipe --rear A="-c configs/train/gpu-fast.yaml --seed 0"
+        --rear B="-c configs/train/gpu-fast.yaml --seed 1 --set judgment_loss=none"
+        --bench-args "--steps 3 --out @UNIT_DIR@")
 log "4. recipe plan until train-rear-A is done"
 STOP_AFTER=train-rear-A run_plan "${RECIPE[@]}"
 unit_tgz=$RUNS/train-rear-A.tgz
@@ -134,6 +137,12 @@ grep -q "^train-rear-A/chosen/adapter/adapter_model.safetensors$" "$W/members.tx
 log "5. the machine is lost: $MACHINE wiped; the plan again from what came back (--runs)"
 rm -rf "$MACHINE"
 run_plan "${RECIPE[@]}" --runs "$RUNS"
+
+tar xzf "$RUNS/train-rear-B.tgz" -O train-rear-B/config.yaml > "$W/b-config.yaml" 2>/dev/null \
+    || fail "train-rear-B.tgz holds no config.yaml (the --set copy)"
+grep -q "^judgment_loss: none" "$W/b-config.yaml" && grep -q "^head_lr: 0.002" "$W/b-config.yaml" \
+    || fail "train-rear-B's config is not gpu-fast.yaml with judgment_loss none: $(cat "$W/b-config.yaml")"
+log "   train-rear-B trained on a copy of its own -c with the --set key: ok"
 
 log "6. a done unit asked again on the same machine sends its archive again"
 device_call '[]' "bash scripts/gpu_unit.sh train-rear B"

@@ -17,7 +17,7 @@
 #   train-rear NAME [--set K=V]... [TRAIN ARGS] [train-rear-NAME]
 #       python3 -m rearqa.app.train_cmd rear -c $CFG --snapshot ... --out /tmp/runs/ID/train
 #       [TRAIN ARGS] (--set K=V: a copy of $CFG with key K set, e.g. --set lr=1e-4; a -c in TRAIN
-#       ARGS replaces $CFG), then the dev-select choice (python3 -m rearqa.eval.select, as
+#       ARGS replaces $CFG, --set keys included), then the dev-select choice (python3 -m rearqa.eval.select, as
 #       scripts/gpu_run.sh), the chosen checkpoint compacted to bf16 as chosen/
 #   train-baseline METHOD NAME SEED BUDGET [--set K=V]... [TRAIN ARGS] [train-baseline-NAME]
 #       rag-ft | closed-book-ft for BUDGET tokens (0: the config's steps), micro-batches as
@@ -57,19 +57,23 @@ U() { $PY scripts/gpu_units.py "$@"; }
 left() { echo $(( UNIT_DEADLINE - $(date +%s) )); }
 base_args() { [ -n "${BASE_MODEL:-}" ] && echo "--base-model $(realpath "$BASE_MODEL")"; }
 
-split_sets() {  # "--set K=V" pairs into SETS, the rest into ARGS
-  SETS=() ARGS=()
+split_sets() {  # "--set K=V" pairs into SETS, a -c/--config into UNIT_CFG, the rest into ARGS
+  SETS=() ARGS=() UNIT_CFG=$CFG
   while [ $# -gt 0 ]; do
-    if [ "$1" = --set ] && [ $# -ge 2 ]; then SETS+=("$2"); shift 2; else ARGS+=("$1"); shift; fi
+    case $1 in
+      --set) [ $# -ge 2 ] || { ARGS+=("$1"); shift; continue; }; SETS+=("$2"); shift 2 ;;
+      -c|--config) [ $# -ge 2 ] || { ARGS+=("$1"); shift; continue; }; UNIT_CFG=$2; shift 2 ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
   done
 }
 
-unit_config() {  # the training config: $CFG, or a copy with --set keys
+unit_config() {  # the training config: the unit's -c (else $CFG), or a copy with --set keys
   if [ ${#SETS[@]} -gt 0 ]; then
-    U config "$CFG" "$UD/config.yaml" "${SETS[@]}" >&2 || return 1
+    U config "$UNIT_CFG" "$UD/config.yaml" "${SETS[@]}" >&2 || return 1
     echo "$UD/config.yaml"
   else
-    echo "$CFG"
+    echo "$UNIT_CFG"
   fi
 }
 

@@ -215,3 +215,23 @@ def test_own_linear_head_trains_resumes_and_ships_as_row_and_offset(world):
     assert model.linear_head is None and model.config.rank_offset != 0.0
     scores = model.score_texts("who wrote hamlet ?", ["hamlet is a tragedy", "paris is a city"])
     assert torch.isfinite(scores).all()
+
+
+def test_set_options_read_yaml_values_and_refuse_bad_ones():
+    """`train ... --set KEY=VALUE`: any TrainConfig setting from the command line, the value read
+    as YAML (1e-4 as the number it means); a malformed item or an unknown key is a clear error."""
+    from rearqa.app.train_cmd import parse_sets
+    from rearqa.config_errors import ConfigError
+    from rearqa.training.config import TrainConfig
+
+    sets = parse_sets(["lr=1e-4", "judgment_loss=none", "head_center=false", "steps=12",
+                       "splits=[nq-dev-train]"])
+    assert sets == {"lr": 1e-4, "judgment_loss": "none", "head_center": False, "steps": 12,
+                    "splits": ["nq-dev-train"]}
+    cfg = TrainConfig.from_yaml(None, method="rear", **sets)
+    assert (cfg.lr, cfg.judgment_loss, cfg.head_center, cfg.steps) == (1e-4, "none", False, 12)
+    for bad in ("lr", "=3", "lr=[1,"):
+        with pytest.raises(ConfigError, match="--set"):
+            parse_sets([bad])
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.from_yaml(None, method="rear", **parse_sets(["learning_rate=1e-4"]))

@@ -12,6 +12,7 @@ limit how long one command may run.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,6 +46,34 @@ BudgetFromOpt = Annotated[Optional[str], typer.Option("--token-budget-from", hel
 BudgetOpt = Annotated[Optional[int], typer.Option("--token-budget", help="Stop once this many training tokens are seen.")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Groups per micro-batch (baselines: x group_size examples).")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="KEY=VALUE: any TrainConfig setting, VALUE read as YAML (repeatable; "
+    "applied after the YAML file, before the named options).")]
+
+
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def parse_sets(items: list[str] | None) -> dict[str, object]:
+    """`--set` items as settings: `lr=1.0e-4` -> {"lr": 0.0001}; the value is read as YAML."""
+    import yaml
+
+    from rearqa.config_errors import ConfigError
+
+    settings: dict[str, object] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set judgment_loss=none")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({exc})") from exc
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            value = float(value)  # PyYAML reads 1e-4 as a string; a number was meant
+        settings[key] = value
+    return settings
 
 
 def _yaml_method(path: Path | None) -> str | None:
@@ -59,7 +88,7 @@ def _yaml_method(path: Path | None) -> str | None:
 
 
 def _run(method: str, config: Path | None, stop_after: int | None, time_limit: float | None,
-         quiet: bool, **overrides: object) -> None:
+         quiet: bool, sets: list[str] | None = None, **overrides: object) -> None:
     from rearqa.config_errors import ConfigError
     from rearqa.training.config import TrainConfig
     from rearqa.training.train import train
@@ -68,6 +97,7 @@ def _run(method: str, config: Path | None, stop_after: int | None, time_limit: f
     if named is not None and named != method:
         raise ConfigError(f"{config} is a {named!r} config but the command is `train {method}`; "
                           f"run `train {named}` or change method: in the file")
+    overrides = {**parse_sets(sets), **{k: v for k, v in overrides.items() if v is not None}}
     cfg = TrainConfig.from_yaml(config, method=method, **overrides)
     path = train(cfg, progress=not quiet, stop_after_steps=stop_after, time_limit_s=time_limit,
                  echo=typer.echo)
@@ -80,7 +110,7 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
          max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
          threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
          time_limit: TimeOpt = None, quiet: QuietOpt = False, batch: BatchOpt = None,
-         grad_accum: AccumOpt = None,
+         grad_accum: AccumOpt = None, sets: SetOpt = None,
          head: Annotated[Optional[str], typer.Option(
              help="Rank head: linear (vLLM-servable) | lowrank_attn.")] = None,
          count_tokens: Annotated[Optional[list[int]], typer.Option(
@@ -96,12 +126,13 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
         from rearqa.training.config import TrainConfig
         from rearqa.training.train import rear_token_count
 
-        cfg = TrainConfig.from_yaml(config, method="rear", **settings)
+        cfg = TrainConfig.from_yaml(config, method="rear",
+                                    **{**parse_sets(sets), **{k: v for k, v in settings.items() if v is not None}})
         steps_wanted = [n or cfg.total_steps for n in count_tokens]
         for step, tokens in rear_token_count(cfg, steps_wanted).items():
             typer.echo(f"step {step}: {tokens} tokens")
         return
-    _run("rear", config, stop_after, time_limit, quiet, **settings)
+    _run("rear", config, stop_after, time_limit, quiet, sets, **settings)
 
 
 def _baseline(method: str):
@@ -112,8 +143,8 @@ def _baseline(method: str):
                 device: DeviceOpt = None, threads: ThreadsOpt = None, save_every: SaveOpt = None,
                 stop_after: StopOpt = None, time_limit: TimeOpt = None,
                 quiet: QuietOpt = False, batch: BatchOpt = None,
-                grad_accum: AccumOpt = None) -> None:
-        _run(method, config, stop_after, time_limit, quiet, snapshot=snapshot, out=out,
+                grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
+        _run(method, config, stop_after, time_limit, quiet, sets, snapshot=snapshot, out=out,
              base_model=base_model, token_budget_from=token_budget_from,
              token_budget=token_budget, steps=steps, max_questions=max_questions, seed=seed,
              device=device, threads=threads, save_every=save_every, batch=batch,
