@@ -104,3 +104,40 @@ def test_collate_pads_every_field(tok, side):
     assert (batch["attention_mask"][1, pad_cols] == 0).all()
     assert (batch["labels"][1] == -100).all() and batch["passage_mask"].dtype == torch.bool
     assert batch["attention_mask"][1].sum() == len(b.input_ids)
+
+
+def test_question_first_layout_reads_the_passage_after_the_question(tok):
+    """question_first: <BEGIN_QUERY>{question}, the separator, then the passage, with the same
+    judgment, answer, label mask and passage mask as the passage-first layout."""
+    ids = rear_token_ids(tok)
+    first = build_rear_input(tok, PASSAGE, QUESTION, "relevant", "shakespeare", use_chat_template=False)
+    x = build_rear_input(tok, PASSAGE, QUESTION, "relevant", "shakespeare",
+                         use_chat_template=False, question_first=True)
+    assert tok.decode(x.input_ids).startswith("<s> <BEGIN_QUERY> who wrote hamlet ?")
+    assert tok.decode(x.input_ids).endswith(
+        "hamlet is a tragedy written by shakespeare . <GENERATE_SCORE> <RELEVANT> shakespeare </s>")
+    assert sorted(x.input_ids) == sorted(first.input_ids)  # the separator is whitespace here
+    assert x.input_ids[x.score_position] == ids.generate_score
+    assert [t for t, m in zip(x.input_ids, x.label_mask) if m] == \
+        [t for t, m in zip(first.input_ids, first.label_mask) if m]
+    assert tok.decode([t for t, m in zip(x.input_ids, x.passage_mask) if m]) == PASSAGE
+    assert x.passage_mask.index(True) > x.input_ids.index(ids.begin_query)
+
+
+def test_question_first_with_the_real_tokenizer_separates_question_and_passage():
+    """With SmolLM2's tokenizer the separator is real tokens between the question and the
+    passage, inside the chat frame, and <GENERATE_SCORE> is still the last prompt token."""
+    from transformers import AutoTokenizer
+
+    from rearqa.assets import reader_model_dir
+    from rearqa.reader.rear.inputs import QUESTION_FIRST_SEPARATOR
+
+    tokenizer = AutoTokenizer.from_pretrained(reader_model_dir())
+    ids, _ = add_rear_tokens(tokenizer)
+    x = build_rear_input(tokenizer, "Hamlet is a tragedy.", "Who wrote Hamlet?",
+                         use_chat_template=True, question_first=True)
+    text = tokenizer.decode(x.input_ids)
+    assert f"<BEGIN_QUERY>Who wrote Hamlet?{QUESTION_FIRST_SEPARATOR}Hamlet is a tragedy.<|im_end|>" in text
+    assert x.prompt_ids == x.input_ids and x.input_ids[-1] == ids.generate_score
+    passage = [t for t, m in zip(x.input_ids, x.passage_mask) if m]
+    assert tokenizer.decode(passage) == "Hamlet is a tragedy."

@@ -27,11 +27,12 @@ MAX_NEW = 6
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
-def make_model(head="linear", chat=False, routing=None, seed=0):
+def make_model(head="linear", chat=False, routing=None, seed=0, question_first=False):
     tok = tiny_tokenizer()
     model = RearModel.from_base(tiny_llama(len(tok), seed=seed), tok,
                                 RearConfig(head=head, use_chat_template=chat,
-                                           routing=routing or RoutingConfig()))
+                                           routing=routing or RoutingConfig(),
+                                           question_first=question_first))
     with torch.no_grad():  # a non-zero head, as after training
         model.causal_lm.get_output_embeddings().weight[model.token_ids.rank_score].normal_(std=1.0)
     return model
@@ -79,8 +80,9 @@ def test_answers_match_generate_under_each_judgment():
             assert reading.closed_book == reference_answer(model, "", question, "irrelevant")
 
 
-@pytest.mark.parametrize("chat", [False, True])
-def test_batched_prompts_equal_build_rear_input(chat):
+@pytest.mark.parametrize("chat,question_first", [(False, False), (True, False), (False, True),
+                                                 (True, True)])
+def test_batched_prompts_equal_build_rear_input(chat, question_first):
     from rearqa.reader.rear.prompting import MAX_PASSAGE_TOKENS, MAX_QUESTION_TOKENS, PromptBuilder
 
     tok = tiny_tokenizer()
@@ -88,12 +90,29 @@ def test_batched_prompts_equal_build_rear_input(chat):
     texts = [*TEXTS, "", "the city " * 150]  # empty (closed-book row) and cut to 200 tokens
     questions = [QUESTIONS[0], "who " * 80]  # the second cut to 64 tokens
     rows = [0, 1, 0, 1, 0, 1]
-    built = PromptBuilder(model.tokenizer, chat).build(texts, questions, rows)
+    built = PromptBuilder(model.tokenizer, chat, question_first).build(texts, questions, rows)
     for text, qi, got in zip(texts, rows, built):
         want = build_rear_input(model.tokenizer, text, questions[qi], use_chat_template=chat,
                                 max_passage_tokens=MAX_PASSAGE_TOKENS,
-                                max_question_tokens=MAX_QUESTION_TOKENS)
+                                max_question_tokens=MAX_QUESTION_TOKENS,
+                                question_first=question_first)
         assert got == want
+
+
+def test_question_first_checkpoint_is_read_question_first(tmp_path):
+    """A question-first model keeps its layout through save and load, and its reader scores
+    what the model scores on question-first prompts (not on passage-first ones)."""
+    model = make_model(question_first=True)
+    model.save_pretrained(tmp_path / "ck")
+    loaded = RearModel.from_pretrained(tmp_path / "ck", dtype=torch.float32)
+    assert loaded.config.question_first
+    reader = make_reader(loaded)
+    passage_first = make_model()
+    for question, passages, reading in zip(QUESTIONS, PASSAGES, reader.read(QUESTIONS, PASSAGES)):
+        texts = [passage_text(p, 150) for p in passages]
+        assert torch.allclose(torch.tensor(reading.scores), loaded.score_texts(question, texts), atol=1e-5)
+        assert not torch.allclose(torch.tensor(reading.scores),
+                                  passage_first.score_texts(question, texts), atol=1e-3)
 
 
 @pytest.mark.parametrize("head", ["linear", "lowrank_attn"])

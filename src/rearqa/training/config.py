@@ -90,6 +90,7 @@ class TrainConfig:
     prompt: str = "short"  # rag-ft / closed-book-ft chat prompt (rearqa.reader.prompts)
     max_passage_words: int = 150  # words per passage, as the readers cut them (rear and rag-ft)
     chat_template: bool = True  # rear: REAR inputs inside the tokenizer's chat template
+    question_first: bool = False  # rear: the question before the passage (REAR: passage first)
     rear_head: str = "linear"  # rear: rank head, linear (vLLM-servable) | lowrank_attn
     max_passage_tokens: int = 200  # rear: passage token cut after the word cut (REAR: 300 in all)
     max_question_tokens: int = 64  # rear: question cut
@@ -148,7 +149,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
         self._check_ints()
         self._check_floats()
-        for name in ("chat_template", "warmup_rank_only", "head_center"):
+        for name in ("chat_template", "question_first", "warmup_rank_only", "head_center"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
         for name in ("dtype", "base_dtype"):

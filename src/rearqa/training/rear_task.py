@@ -42,7 +42,7 @@ def rear_groups(config: TrainConfig, snapshot) -> list:
 def rear_input_options(config: TrainConfig) -> dict:
     """How `config` turns a group into REAR inputs (rear_inputs / rear_batch keywords)."""
     return dict(use_chat_template=config.chat_template, noise_ratio=config.noise_ratio,
-                judgment_loss=config.judgment_loss,
+                judgment_loss=config.judgment_loss, question_first=config.question_first,
                 max_passage_words=config.max_passage_words,
                 max_passage_tokens=config.max_passage_tokens,
                 max_question_tokens=config.max_question_tokens,
@@ -102,7 +102,8 @@ class RearTask:
         self.config = config
         self.groups = rear_groups(config, snapshot)
         self.stats = group_stats(self.groups, config.noise_ratio)
-        rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template)
+        rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template,
+                          question_first=config.question_first)
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
         self.model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout).to(device)
         self.tokenizer = tokenizer

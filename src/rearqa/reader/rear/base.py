@@ -45,11 +45,11 @@ class RearReaderBase:
     """
 
     def __init__(self, config: ReaderConfig, stored_routing: RoutingConfig, tokenizer,
-                 use_chat_template: bool) -> None:
+                 use_chat_template: bool, question_first: bool = False) -> None:
         self.config = config
         self.routing = self._routing(stored_routing)
         self.tokenizer = tokenizer
-        self._prompts = PromptBuilder(tokenizer, use_chat_template)
+        self._prompts = PromptBuilder(tokenizer, use_chat_template, question_first)
         self._lock = threading.Lock()  # one batch at a time: the model is not re-entrant
 
     def _routing(self, stored: RoutingConfig) -> RoutingConfig:

@@ -56,6 +56,7 @@ class RearConfig:
     lowrank_key_dim: int = 64  # width of each head's keys and context vector
     lowrank_use_score_state: bool = True  # also feed h at <GENERATE_SCORE> to the final linear map
     use_chat_template: bool = False  # prompt format the model is trained and served with
+    question_first: bool = False  # scoring prompt: the question before the passage (REAR: after)
     routing: RoutingConfig = field(default_factory=RoutingConfig)  # threshold, gamma, fallback
     # linear head: added to the <RANK_SCORE> - <RANK_REF> logit difference, so the head's bias and
     # centring survive in a checkpoint whose head is an output row (RearModel.export_linear_head)
@@ -68,7 +69,7 @@ class RearConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"rear.{name}={value!r}: must be a positive integer")
-        for name in ("lowrank_use_score_state", "use_chat_template"):
+        for name in ("lowrank_use_score_state", "use_chat_template", "question_first"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"rear.{name}={getattr(self, name)!r}: must be true or false")
         if isinstance(self.rank_offset, bool) or not isinstance(self.rank_offset, (int, float)) \

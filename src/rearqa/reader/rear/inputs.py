@@ -9,6 +9,12 @@ message, and `<GENERATE_SCORE>` opens the assistant turn:
 
     <chat prefix>{passage}<BEGIN_QUERY>{question}<chat suffix + assistant header><GENERATE_SCORE> ...
 
+Question-first (`question_first=True`, an alternative this project adds; REAR reads the passage
+first): the question comes before the passage, so that under causal attention every passage token
+is read knowing the question (a cross-encoder's order), at the same length:
+
+    <frame><BEGIN_QUERY>{question}\n\n{passage}<frame><GENERATE_SCORE> ...
+
 `<GENERATE_SCORE>` stays the LAST prompt token in both formats, because the served rank logit is
 read from the next-token logits at the end of the prompt (vLLM gives nothing else without
 patching). Putting it inside the user message would leave the template's assistant header after
@@ -30,6 +36,7 @@ import torch
 
 from rearqa.reader.rear.tokens import rear_token_ids
 
+QUESTION_FIRST_SEPARATOR = "\n\n"  # between the question and the passage, question-first
 _USER_SLOT = "\x00REAR_USER_MESSAGE\x00"  # placeholder split out of the rendered chat template
 
 
@@ -99,7 +106,8 @@ def build_rear_input(tokenizer, passage_text: str, question: str, judgment: str 
                      noise_resistant: bool = False, add_eos: bool = True,
                      system: str | None = None, max_passage_tokens: int | None = None,
                      max_question_tokens: int | None = None,
-                     max_answer_tokens: int | None = None) -> RearInput:
+                     max_answer_tokens: int | None = None,
+                     question_first: bool = False) -> RearInput:
     """Tokenize one REAR example; see the module docstring for the layout.
 
     judgment: None (a scoring prompt), "relevant" or "irrelevant".
@@ -107,6 +115,7 @@ def build_rear_input(tokenizer, passage_text: str, question: str, judgment: str 
         `add_eos=False` to score exactly the answer tokens (knowledge-consistency confidence).
     noise_resistant: the judgment token carries no LM loss (REAR's noise-resistant examples).
     system: system message of the chat format; None keeps the template's default.
+    question_first: the question before the passage (see the module docstring).
     """
     ids = rear_token_ids(tokenizer)
     if answer is not None and judgment is None:
@@ -118,8 +127,13 @@ def build_rear_input(tokenizer, passage_text: str, question: str, judgment: str 
         before, after = _chat_frame(tokenizer, system)
     else:
         before, after = _leading_special_ids(tokenizer), []
-    input_ids = before + passage + [ids.begin_query] + query + after + [ids.generate_score]
-    passage_mask = [False] * len(before) + [True] * len(passage)
+    if question_first:
+        lead = before + [ids.begin_query] + query + _encode(tokenizer, QUESTION_FIRST_SEPARATOR, None)
+        input_ids = lead + passage + after + [ids.generate_score]
+    else:
+        lead = before
+        input_ids = before + passage + [ids.begin_query] + query + after + [ids.generate_score]
+    passage_mask = [False] * len(lead) + [True] * len(passage)
     passage_mask += [False] * (len(input_ids) - len(passage_mask))
     label_mask = [False] * len(input_ids)
     score_position = len(input_ids) - 1

@@ -315,7 +315,8 @@ class RearModel(nn.Module):
     def score_texts(self, question: str, passages: list[str]) -> torch.Tensor:
         """Relevance logits of k passage texts for one question, (k,), in one batch."""
         inputs = [build_rear_input(self.tokenizer, p, question,
-                                   use_chat_template=self.config.use_chat_template)
+                                   use_chat_template=self.config.use_chat_template,
+                                   question_first=self.config.question_first)
                   for p in passages]
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from rearqa.reader.engines import eos_token_ids
-from rearqa.reader.rear.inputs import RearInput, build_rear_input
+from rearqa.reader.rear.inputs import QUESTION_FIRST_SEPARATOR, RearInput, build_rear_input
 from rearqa.reader.rear.tokens import rear_token_ids
 from rearqa.types import Passage
 
@@ -33,21 +33,26 @@ class PromptBuilder:
     """`build_rear_input` scoring prompts for a whole batch at once.
 
     The layout is build_rear_input's own, `frame + passage + <BEGIN_QUERY> + question + frame +
-    <GENERATE_SCORE>`, with the frame read off one build_rear_input call; what changes is the
+    <GENERATE_SCORE>` (question-first: `frame + <BEGIN_QUERY> + question + separator + passage +
+    frame + <GENERATE_SCORE>`), with the frame read off one build_rear_input call; what changes is the
     cost: every passage text of the batch is tokenized in one call and each question once, where
     build_rear_input re-renders the chat template and re-reads the vocabulary for every row (the
     largest CPU cost of a REAR batch on a GPU machine). Tests check the two agree row for row.
     """
 
-    def __init__(self, tokenizer, use_chat_template: bool) -> None:
+    def __init__(self, tokenizer, use_chat_template: bool, question_first: bool = False) -> None:
         self.tokenizer = tokenizer
-        empty = build_rear_input(tokenizer, "", "", use_chat_template=use_chat_template)
+        self.question_first = question_first
+        empty = build_rear_input(tokenizer, "", "", use_chat_template=use_chat_template,
+                                 question_first=question_first)
         ids = empty.input_ids
         self.begin_query = rear_token_ids(tokenizer).begin_query
         cut = ids.index(self.begin_query)
-        self.before, self.after, self.generate_score = ids[:cut], ids[cut + 1:-1], ids[-1]
+        self.separator = self._encode([QUESTION_FIRST_SEPARATOR], None)[0] if question_first else []
+        self.before, self.generate_score = ids[:cut], ids[-1]
+        self.after = ids[cut + 1 + len(self.separator):-1]
 
-    def _encode(self, texts: list[str], limit: int) -> list[list[int]]:
+    def _encode(self, texts: list[str], limit: int | None) -> list[list[int]]:
         if not texts:
             return []
         ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -59,9 +64,14 @@ class PromptBuilder:
         queries = self._encode(questions, MAX_QUESTION_TOKENS)
         inputs = []
         for passage, qi in zip(passages, question_of_row):
-            ids = [*self.before, *passage, self.begin_query, *queries[qi], *self.after,
-                   self.generate_score]
-            passage_mask = [False] * len(self.before) + [True] * len(passage)
+            if self.question_first:
+                lead = [*self.before, self.begin_query, *queries[qi], *self.separator]
+                ids = [*lead, *passage, *self.after, self.generate_score]
+            else:
+                lead = self.before
+                ids = [*lead, *passage, self.begin_query, *queries[qi], *self.after,
+                       self.generate_score]
+            passage_mask = [False] * len(lead) + [True] * len(passage)
             passage_mask += [False] * (len(ids) - len(passage_mask))
             inputs.append(RearInput(ids, [False] * len(ids), passage_mask, len(ids) - 1))
         return inputs

@@ -66,7 +66,8 @@ class RearReader(RearReaderBase):
         if model.is_lora:  # merge for speed: serving pays only for the base matmuls
             model.lm = model.lm.merge_and_unload()
             model.check_ref_row_zero()
-        super().__init__(config, model.config.routing, model.tokenizer, model.config.use_chat_template)
+        super().__init__(config, model.config.routing, model.tokenizer, model.config.use_chat_template,
+                         model.config.question_first)
         self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()
         self.device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id

@@ -14,7 +14,8 @@ def rear_batch(groups: list[TrainGroup], tokenizer, *, use_chat_template: bool,
                noise_ratio: float = 1.0, max_passage_words: int = 150,
                max_passage_tokens: int | None = 200,
                max_question_tokens: int | None = 64,
-               max_answer_tokens: int | None = 15, judgment_loss: str = "positives") -> dict:
+               max_answer_tokens: int | None = 15, judgment_loss: str = "positives",
+               question_first: bool = False) -> dict:
     """One REAR micro-batch, right-padded: the collated inputs of every passage of every group
     (B x group_size rows) plus `grades` (N,) and `group_ids` (N,) for the rank loss."""
     import torch
@@ -27,7 +28,8 @@ def rear_batch(groups: list[TrainGroup], tokenizer, *, use_chat_template: bool,
                               noise_ratio=noise_ratio, max_passage_words=max_passage_words,
                               max_passage_tokens=max_passage_tokens,
                               max_question_tokens=max_question_tokens,
-                              max_answer_tokens=max_answer_tokens, judgment_loss=judgment_loss)
+                              max_answer_tokens=max_answer_tokens, judgment_loss=judgment_loss,
+                              question_first=question_first)
         grades += [p.grade for p in group.passages]
         group_ids += [g] * len(group.passages)
     batch = collate_rear_inputs(inputs, pad_id(tokenizer), padding_side="right")

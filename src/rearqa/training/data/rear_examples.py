@@ -67,7 +67,7 @@ def generation_examples(group: TrainGroup, noise_ratio: float = 1.0) -> list[Gen
 def rear_inputs(group: TrainGroup, tokenizer, *, use_chat_template: bool, noise_ratio: float = 1.0,
                 max_passage_words: int = 150, max_passage_tokens: int | None = 200,
                 max_question_tokens: int | None = 64, max_answer_tokens: int | None = 15,
-                judgment_loss: str = "positives") -> list:
+                judgment_loss: str = "positives", question_first: bool = False) -> list:
     """One `RearInput` per passage of the group, in group order: generation examples carry their
     judgment and answer, the other passages are scoring prompts (rank loss only).
 
@@ -96,7 +96,8 @@ def rear_inputs(group: TrainGroup, tokenizer, *, use_chat_template: bool, noise_
             tokenizer, passage.input_text(max_passage_words), group.question,
             judgment, ex.target if ex else None, use_chat_template=use_chat_template,
             noise_resistant=not learned, max_passage_tokens=max_passage_tokens,
-            max_question_tokens=max_question_tokens, max_answer_tokens=max_answer_tokens))
+            max_question_tokens=max_question_tokens, max_answer_tokens=max_answer_tokens,
+            question_first=question_first))
     return inputs
 
 
