@@ -1,7 +1,8 @@
 """The values that flow through rearqa: retrieved passages and final answers.
 
 Every retriever returns `Passage` objects with a score; every reader returns an `Answer`
-whose citations keep the passage together with what the reader judged of it.
+whose citations keep the passage together with what the reader judged of it, and whose `cited`
+says which of those passages the answer itself rests on.
 """
 from __future__ import annotations
 
@@ -48,8 +49,17 @@ class Answer:
     method: str = "rag"  # reader method that produced it: closed-book | rag | rear ...
     abstained: bool = False  # True when the reader withheld an answer
     from_own_knowledge: bool = False  # True when no passage was used (closed-book fallback)
+    # Positions in `citations` (0-based) of the passages the answer rests on, in order: RAG the
+    # passages it was given, REAR the one its routing chose; [] for closed-book and abstentions.
+    cited: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.cited if not 0 <= i < len(self.citations)]
+        if bad:
+            raise ValueError(f"Answer.cited {self.cited} names positions {bad} outside its "
+                             f"{len(self.citations)} citations")
 
     def to_dict(self) -> dict[str, Any]:
         return {"question": self.question, "text": self.text, "method": self.method,
                 "abstained": self.abstained, "from_own_knowledge": self.from_own_knowledge,
-                "citations": [c.to_dict() for c in self.citations]}
+                "citations": [c.to_dict() for c in self.citations], "cited": list(self.cited)}

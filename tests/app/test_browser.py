@@ -1,10 +1,13 @@
 """The web chat in a real browser: Debian's chromium driven headless by Playwright.
 
 One server (127.0.0.1, a free port) over the mini corpus with the real SmolLM2 reader, one page,
-one conversation walked through in order: a question answered by streaming with its citations,
-a follow-up that only makes sense with the first turn, an uploaded document that the next
-answer cites, and an uploaded document holding markup that must show as text. Screenshots go to
-$REARQA_ARTIFACTS/browser, default tests/artifacts/browser (git-ignored).
+one conversation walked through in order: a question answered by streaming with its citations
+and their markers, a follow-up that only makes sense with the first turn, an uploaded document
+that the next answer cites, uploaded documents holding markup and Markdown links that must show
+as text, and a REAR answer marked with the passage its routing chose. The server's config names
+a LoRA adapter that does not exist, so the settings must list rag-ft and closed-book-ft in their
+collapsed note instead of warning about them. Screenshots go to $REARQA_ARTIFACTS/browser,
+default tests/artifacts/browser (git-ignored).
 
 `make test` installs chromium first; run alone, the test installs it (as root, with apt-get) or
 skips saying why it could not.
@@ -34,6 +37,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 FIRST_QUESTION, FOLLOW_UP, TOPIC = "What is the largest planet?", "What is it made of?", "Jupiter"
 FACT = "The Zorblatt lantern festival is held every spring in the mountain town of Quillmere."
 MARKUP = "<script>alert(1)</script><b>x</b>"
+LINK = "[click here](http://evil.example/x)"  # Markdown link syntax in a title and a text
 TIMEOUT_MS = 90_000
 
 
@@ -69,9 +73,10 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def mini_pipeline(scratch_home):
-    # 20 new tokens: long enough for the page to show partial answers while they stream.
-    config = PipelineConfig(retriever=RetrieverConfig(collection="mini"),
-                            reader=ReaderConfig(max_new_tokens=20), k=2)
+    # 20 new tokens: long enough for the page to show partial answers while they stream. The
+    # adapter directory does not exist: rag-ft and closed-book-ft cannot run.
+    reader = ReaderConfig(max_new_tokens=20, adapter=str(scratch_home / "no-such-adapter"))
+    config = PipelineConfig(retriever=RetrieverConfig(collection="mini"), reader=reader, k=2)
     pipe = Pipeline(config, home=scratch_home)
     pipe.collection.add_paths([MINI_CORPUS], progress=False)
     return pipe
@@ -143,8 +148,25 @@ def citations(page, first_title: str) -> list[dict]:
         id: r.dataset.passageId,
         title: r.querySelector('.citation-title').innerText,
         text: r.querySelector('.citation-text').innerText,
+        number: parseInt(r.querySelector('td').innerText),
+        judgment: r.querySelectorAll('td')[3].innerText,
         bar: parseFloat(r.querySelector('[role=meter]').getAttribute('aria-valuenow')),
         markupElements: r.querySelectorAll('.citation-text *').length}))""")
+
+
+def markers(page, answer: int) -> list[int]:
+    """The citation markers shown after answer number `answer` (0-based), as numbers."""
+    return page.eval_on_selector_all(
+        "#chat [data-testid=\"bot\"]", """(bots, n) => Array.from(
+            bots[n].querySelectorAll('sup.citation-marker'),
+            s => parseInt(s.innerText.replace(/[^0-9]/g, '')))""", answer)
+
+
+def choose_method(page, method: str) -> None:
+    page.locator("#method input").click()
+    page.get_by_role("option", name=method, exact=True).click()
+    page.wait_for_function("(m) => document.querySelector('#method input').value === m",
+                           arg=method, timeout=TIMEOUT_MS)
 
 
 def upload(page, path: Path) -> str:
@@ -160,8 +182,26 @@ def upload(page, path: Path) -> str:
 
 
 # -- the conversation ---------------------------------------------------------------------------
+def test_settings_list_the_readers_that_cannot_run_in_one_collapsed_note(page):
+    assert "⚠" not in page.locator("#settings-note").inner_text()  # no warning for them
+    readers = page.locator("#unavailable-readers")
+    assert "Readers not offered here (2)" in readers.inner_text()
+    note = page.locator("#unavailable-readers-note")
+    assert not note.is_visible()  # collapsed until asked for
+    readers.get_by_text("Readers not offered here").click()
+    note.wait_for(state="visible", timeout=TIMEOUT_MS)
+    listed = note.inner_text()
+    assert "rag-ft" in listed and "closed-book-ft" in listed and "adapter_config.json" in listed
+    assert "rear:" not in listed  # the REAR checkpoint is present
+    page.locator("#method input").click()  # the dropdown offers only what can run
+    offered = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    assert [o.replace("✓", "").strip() for o in offered] == ["closed-book", "rag", "rear"]
+
+
 def test_chat_in_the_browser(page, mini_pipeline, artifacts, tmp_path):
-    # 1. A question: the answer streams in (partial texts before the finished one) with citations.
+    # 1. A question: the answer streams in (partial texts before the finished one) with citations;
+    # rag read both passages, so the answer carries both markers, numbered as the rows below.
     reply = ask(page, "Who wrote Hamlet?", 0)
     page.screenshot(path=str(artifacts / "1-answer.png"), full_page=True)
     assert "Sources: [1] Hamlet" in reply
@@ -170,6 +210,8 @@ def test_chat_in_the_browser(page, mini_pipeline, artifacts, tmp_path):
     assert partial, f"no partial answer was shown before the finished one: {streamed}"
     rows = citations(page, "Hamlet")
     assert rows[0]["bar"] == 1.0 and 0 <= rows[1]["bar"] < 1.0  # bars: retrieval score vs the top
+    assert markers(page, 0) == [row["number"] for row in rows] == [1, 2]
+    assert reply.split("\n")[0].endswith("[1][2]")  # visible, right after the answer
 
     # 2. A follow-up only the first turn explains: alone it would retrieve another passage first.
     ask(page, FIRST_QUESTION, 1)
@@ -203,3 +245,34 @@ def test_chat_in_the_browser(page, mini_pipeline, artifacts, tmp_path):
     assert page.locator("#citation-view script").count() == 0
     assert page.dialogs == []
 
+    # 5. A Markdown link in a title (the heading of an uploaded .md) and in its text: shown as
+    # typed in the answer's note and the citation view, never made a link.
+    link_file = tmp_path / "quorvane.md"
+    link_file.write_text(f"# Quorvane index {LINK}\n\nThe Quorvane index lists {LINK} for "
+                         "the harbour tides.\n")
+    assert "1 added" in upload(page, link_file)
+    reply = ask(page, "What does the Quorvane index list?", 5)
+    rows = citations(page, f"Quorvane index {LINK}")
+    page.screenshot(path=str(artifacts / "6-markdown-link.png"), full_page=True)
+    assert f"[1] Quorvane index {LINK}" in reply and LINK in rows[0]["text"]
+    assert page.locator("#chat a[href*='evil.example']").count() == 0
+    assert page.locator("#citation-view a").count() == 0
+
+    # 6. REAR on the 135M checkpoint judges both Hamlet passages irrelevant (logits below its
+    # threshold) and answers from its own knowledge: no marker, and the note says why.
+    choose_method(page, "rear")
+    reply = ask(page, "Who wrote Hamlet?", 6)
+    rows = citations(page, "Hamlet")
+    page.screenshot(path=str(artifacts / "7-rear-fallback.png"), full_page=True)
+    assert all(row["judgment"].startswith("irrelevant") for row in rows), rows
+    assert markers(page, 6) == [] and "judged none of the 2 passages it read relevant" in reply
+
+    # 7. REAR with a passage judged relevant: one marker, the row its routing chose.
+    reply = ask(page, FIRST_QUESTION, 7)
+    rows = citations(page, TOPIC)
+    page.screenshot(path=str(artifacts / "8-rear-marker.png"), full_page=True)
+    (marked,) = markers(page, 7)
+    chosen = rows[marked - 1]
+    assert chosen["judgment"].startswith("relevant"), rows
+    assert reply.split("\n")[0].endswith(f"[{marked}]")
+    assert f"Sources: [{marked}] {chosen['title']}" in reply

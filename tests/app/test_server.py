@@ -250,6 +250,7 @@ def test_ask_answers_with_citations(client, one_thread):
     assert cited["passage"]["id"] == "hamlet" and cited["passage"]["title"] == "Hamlet"
     assert set(cited) == {"passage", "relevance", "judgment", "answer"}
     assert set(cited["passage"]) >= {"id", "title", "text", "source", "score"}
+    assert answer["cited"] == [0]  # positions in citations of the passages the answer rests on
 
 
 @pytest.mark.slow
@@ -257,7 +258,7 @@ def test_filters_and_closed_book(client, one_thread):
     geo = client.post("/ask", json={"question": "Who wrote Hamlet?", "filters": {"tags": "geo"}}).json()
     assert geo["citations"] and "hamlet" not in [c["passage"]["id"] for c in geo["citations"]]
     closed = client.post("/ask", json={"question": "Who wrote Hamlet?", "method": "closed-book"}).json()
-    assert closed["from_own_knowledge"] is True and closed["citations"] == []
+    assert closed["from_own_knowledge"] is True and closed["citations"] == [] and closed["cited"] == []
 
 
 @pytest.mark.slow

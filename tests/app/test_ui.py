@@ -7,8 +7,9 @@ from rearqa.config import PipelineConfig
 from rearqa.pipeline import Pipeline
 from rearqa.reader.config import ReaderConfig
 from rearqa.retriever.config import RetrieverConfig
+from rearqa.app.chat_answer import answer_footer
 from rearqa.app.conversation import FOOTER_SEPARATOR
-from rearqa.app.ui import answer_footer, citation_rows
+from rearqa.app.ui import citation_rows
 from rearqa.types import Answer, Citation, Passage
 
 
@@ -37,7 +38,7 @@ def test_citation_rows_show_the_readers_judgment():
 
 
 def test_footer_says_where_the_answer_came_from():
-    cited = Answer("q", "a", [Citation(Passage("p", "t", title="Doc"))])
+    cited = Answer("q", "a", [Citation(Passage("p", "t", title="Doc"))], cited=[0])
     assert "[1] Doc" in answer_footer(cited)
     assert "own knowledge" in answer_footer(Answer("q", "a", [], from_own_knowledge=True))
     assert "withheld" in answer_footer(Answer("q", "", [], abstained=True))
@@ -110,7 +111,8 @@ def test_chained_follow_ups_keep_the_latest_standalone_question():
 def test_reader_history_is_the_last_turns_without_the_ui_footer():
     from rearqa.app.conversation import reader_history, user_questions
 
-    cited = Answer("Who wrote Hamlet?", "Shakespeare", [Citation(Passage("h", "t", title="Hamlet"))])
+    cited = Answer("Who wrote Hamlet?", "Shakespeare", [Citation(Passage("h", "t", title="Hamlet"))],
+                   cited=[0])
     chat = [{"role": "user", "content": "Who painted the Mona Lisa?"},
             {"role": "assistant", "content": [{"type": "text", "text": "Leonardo" + answer_footer(
                 Answer("Who painted the Mona Lisa?", "Leonardo"))}]},  # Gradio 6 content parts
@@ -123,13 +125,6 @@ def test_reader_history_is_the_last_turns_without_the_ui_footer():
         "Who painted the Mona Lisa?", "Leonardo", "Who wrote Hamlet?", "Shakespeare"]
     assert reader_history(chat, max_turns=0) == []
     assert user_questions(chat)[-1] == "Where was he born?"
-
-
-def test_footer_shows_the_query_a_follow_up_searched_with():
-    answer = Answer("What is it made of?", "gas", [Citation(Passage("j", "t", title="Jupiter"))])
-    footer = answer_footer(answer, "What is the largest planet? What is it made of?")
-    assert "searched for “What is the largest planet? What is it made of?”" in footer
-    assert "searched for" not in answer_footer(answer, "What is it made of?")
 
 
 # -- citation view: escaping and relevance bars ----------------------------------------------------
@@ -201,8 +196,21 @@ def test_an_unregistered_engine_says_so_and_names_the_registered_ones():
     assert ENGINE_CHOICES == list(ENGINES) and {"hf", "vllm"} <= set(ENGINE_CHOICES)
     assert engine_problem("hf") is None
     assert "not available" in engine_problem("tpu") and "'hf'" in engine_problem("tpu")
-    assert "engine tpu" in settings_note("rag", "tpu", ReaderConfig())
-    assert "Routing applies to the rear method only" in settings_note("rag", "hf", ReaderConfig())
+    assert "engine tpu" in settings_note("rag", "tpu")
+    assert "Routing applies to the rear method only" in settings_note("rag", "hf")
+
+
+def test_readers_that_cannot_run_are_listed_in_one_note_not_warned_about(tmp_path):
+    from rearqa.app.ui import settings_note, unavailable_readers, unavailable_readers_note
+
+    config = ReaderConfig(checkpoint=str(tmp_path / "none"), adapter=str(tmp_path / "no-adapter"))
+    unavailable = unavailable_readers(config)
+    assert list(unavailable) == ["rear", "rag-ft", "closed-book-ft"]
+    assert "rear_config.json" in unavailable["rear"]
+    assert "adapter_config.json" in unavailable["rag-ft"]
+    note = unavailable_readers_note(unavailable)
+    assert note.count("\n- ") == 2 and note.startswith("- **rear**: ")
+    assert "⚠️" not in settings_note("rag", "hf") and "rear" not in settings_note("rear", "hf")
 
 
 @pytest.mark.slow
@@ -276,7 +284,8 @@ def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations
                        "relevant", "gas"),
               Citation(Passage("h", "Hamlet is a play.", title="Hamlet", score=0.1), -2.0,
                        "irrelevant", "a play")]
-    pipe = ScriptedPipeline(Answer("What is it made of?", "Mostly gas", judged, method="rear"))
+    pipe = ScriptedPipeline(Answer("What is it made of?", "Mostly gas", judged, method="rear",
+                                   cited=[0]))
     earlier = [{"role": "user", "content": "What is the largest planet?"},
                {"role": "assistant", "content": "Jupiter" + FOOTER_SEPARATOR + "_Sources: [1] Jupiter_"}]
     steps = run_respond(pipe, "What is it made of?", earlier)
@@ -287,8 +296,10 @@ def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations
                                {"role": "assistant", "content": "Jupiter"}]
     chat, rows, box = steps[-1]
     assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant"] and box == ""
-    assert chat[-1]["content"].startswith("Mostly gas" + FOOTER_SEPARATOR)
-    assert "Sources: [1] Jupiter, [2] Hamlet" in chat[-1]["content"]
+    marker = '<sup class="citation-marker">[1]</sup>'  # routing chose row 1
+    assert chat[-1]["content"].startswith("Mostly gas" + marker + FOOTER_SEPARATOR)
+    assert "Sources: [1] Jupiter" in chat[-1]["content"]
+    assert "Also read, not used for the answer: [2] Hamlet" in chat[-1]["content"]
     assert [r[3:6] for r in rows] == [[1.5, "relevant", "gas"], [-2.0, "irrelevant", "a play"]]
     partial = [s[0][-1]["content"] for s in steps[2:-1]]  # the streamed pieces, before the footer
     assert partial[0] == "Mostly " and all(FOOTER_SEPARATOR not in t for t in partial)
@@ -297,7 +308,8 @@ def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations
 def test_respond_marks_withheld_and_own_knowledge_answers():
     withheld = ScriptedPipeline(Answer("q", "", [], method="rear", abstained=True))
     chat = run_respond(withheld, "Who won the 2031 Tour de France?", [])[-1][0]
-    assert "Answer withheld" in chat[-1]["content"] and chat[-1]["content"].startswith("(no answer)")
+    assert "Answer withheld" in chat[-1]["content"]
+    assert chat[-1]["content"].startswith(r"\(no answer\)" + FOOTER_SEPARATOR)  # no marker
     own = ScriptedPipeline(Answer("q", "Paris", [], method="rear", from_own_knowledge=True))
     assert "own knowledge" in run_respond(own, "What is the capital of France?", [])[-1][0][-1]["content"]
 
@@ -309,14 +321,61 @@ def test_respond_refuses_an_empty_question_before_showing_anything():
         run_respond(ScriptedPipeline(Answer("q", "a")), "   ", [])
 
 
-def test_respond_shows_markup_in_answers_and_titles_as_text():
-    copied = Citation(Passage("m", "t", title="<i>Notes</i>"))
-    pipe = ScriptedPipeline(Answer("q", "It reads <b>x</b> & more", [copied]))
+def test_respond_shows_markup_and_links_in_answers_and_titles_as_text():
+    copied = Citation(Passage("m", "t", title="<i>Notes</i> [see](http://evil.example)"))
+    said = "It reads <b>x</b> & [click](javascript:alert(1)) more"
+    pipe = ScriptedPipeline(Answer("q", said, [copied], cited=[0]))
     answer = run_respond(pipe, "What does the note read?", [])[-1][0][-1]["content"]
-    assert answer.startswith("It reads &lt;b&gt;x&lt;/b&gt; &amp; more" + FOOTER_SEPARATOR)
-    assert "[1] &lt;i&gt;Notes&lt;/i&gt;" in answer
+    assert answer.startswith(r"It reads &lt;b&gt;x&lt;/b&gt; &amp; \[click\]\(javascript\:alert\(1\)\) "
+                             'more<sup class="citation-marker">[1]</sup>' + FOOTER_SEPARATOR)
+    assert r"[1] &lt;i&gt;Notes&lt;/i&gt; \[see\]\(http\://evil\.example\)" in answer
     from rearqa.app.conversation import reader_history
 
     told = reader_history([{"role": "user", "content": "What does the note read?"},
                            {"role": "assistant", "content": answer}])
-    assert told[-1]["content"] == "It reads <b>x</b> & more"  # the reader gets the text back
+    assert told[-1]["content"] == said  # the reader gets its text back, markers and escapes gone
+
+
+# -- citation markers through the real chat handler, real SmolLM2, the embedded corpus ------------
+@pytest.fixture(scope="module")
+def wiki_handlers(prepared_home):
+    from rearqa.app.ui import ChatHandlers
+
+    config = PipelineConfig(reader=ReaderConfig(max_new_tokens=16), k=3)  # the bundled wiki collection
+    return ChatHandlers(Pipeline(config, home=prepared_home))
+
+
+def final_step(handlers, question: str, method: str):
+    steps = list(handlers.respond(question, [], 3, "dense", method))
+    chat, rows, _ = steps[-1]
+    return text_of(chat[-1]["content"]), rows
+
+
+def markers_of(message: str) -> list[int]:
+    import re
+
+    return [int(n) for n in re.findall(r'<sup class="citation-marker">\[(\d+)\]</sup>', message)]
+
+
+@pytest.mark.slow
+def test_rag_markers_are_every_passage_shown_in_order(wiki_handlers, one_thread):
+    message, rows = final_step(wiki_handlers, "Who wrote Hamlet?", "rag")
+    assert len(rows) == 3 and markers_of(message) == [row[0] for row in rows] == [1, 2, 3]
+    assert message.split(FOOTER_SEPARATOR)[0].endswith('<sup class="citation-marker">[3]</sup>')
+    sources = ", ".join(f"[{row[0]}] {row[1]}" for row in rows)
+    assert f"Sources: {sources}" in message
+
+
+@pytest.mark.slow
+def test_rear_marker_is_the_passage_its_routing_chose(wiki_handlers, one_thread):
+    from rearqa.app.chat_answer import answer_of_message
+
+    message, rows = final_step(wiki_handlers, "Who wrote Hamlet?", "rear")
+    assert len(rows) == 3 and all(row[4] in ("relevant", "irrelevant") for row in rows)
+    marked = markers_of(message)  # (the no-marker fallback is test_chat_answer's)
+    assert len(marked) == 1, message  # one passage: the one routing chose
+    chosen = rows[marked[0] - 1]
+    assert chosen[4] == "relevant" and chosen[5] == answer_of_message(message)
+    assert f"Sources: [{chosen[0]}] {chosen[1]}" in message
+    others = [f"[{row[0]}] {row[1]}" for row in rows if row is not chosen]
+    assert f"Also read, not used for the answer: {', '.join(others)}" in message

@@ -30,12 +30,13 @@ def test_rag_answer_uses_the_passage(reader):
     answer = reader.read_batch(["Who wrote Hamlet?"], [[passage]], method="rag")[0]
     assert "shakespeare" in answer.text.lower()
     assert answer.citations[0].passage.id == "p1" and not answer.from_own_knowledge
+    assert answer.cited == [0]  # rag cites the passages it was given
 
 
 def test_closed_book_cites_nothing_and_says_so(reader):
     answer = reader.read_batch(["What is the capital of France?"], [[]], method="closed-book")[0]
     assert "paris" in answer.text.lower()
-    assert answer.citations == [] and answer.from_own_knowledge
+    assert answer.citations == [] and answer.from_own_knowledge and answer.cited == []
 
 
 def test_batched_generation_equals_one_at_a_time(reader):

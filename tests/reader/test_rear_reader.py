@@ -152,6 +152,7 @@ def test_judgments_follow_the_threshold_and_condition_the_answer():
         assert c.answer == reference_answer(model, c.passage.text, QUESTIONS[0], c.judgment)
     best = max(range(4), key=lambda i: scores[i])
     assert answer.text == answer.citations[best].answer and not answer.from_own_knowledge
+    assert answer.cited == [best]  # the passage routing chose, and only it
 
 
 def test_one_scoring_forward_for_all_passages():
@@ -190,7 +191,8 @@ def test_knowledge_consistency_confidences_in_one_forward():
     assert reading.confidences == pytest.approx(expected, abs=1e-5)
     answer = reader.answer(QUESTIONS[0], PASSAGES[0], reading)
     combined = [s + 9.0 * c for s, c in zip(reading.scores, reading.confidences)]
-    assert answer.text == reading.answers[max(range(k), key=lambda i: (combined[i], -i))]
+    chosen = max(range(k), key=lambda i: (combined[i], -i))
+    assert answer.text == reading.answers[chosen] and answer.cited == [chosen]
 
 
 def test_confidences_only_for_relevant_passages():
@@ -209,7 +211,7 @@ def test_closed_book_fallback_answers_from_own_knowledge():
     reader.routing.threshold = 1e9
     answers = reader.read_batch(QUESTIONS, PASSAGES)
     for question, answer in zip(QUESTIONS, answers):
-        assert answer.from_own_knowledge and not answer.abstained
+        assert answer.from_own_knowledge and not answer.abstained and answer.cited == []
         assert answer.text == reference_answer(model, "", question, "irrelevant")
         assert {c.judgment for c in answer.citations} == {"irrelevant"}
         assert all(c.answer is not None for c in answer.citations)
@@ -220,6 +222,7 @@ def test_abstain_fallback_and_no_passages():
     reader.routing.threshold = 1e9
     answers = reader.read_batch([*QUESTIONS, "who wrote hamlet ?"], [*PASSAGES, []])
     assert all(a.abstained and a.text == "" and not a.from_own_knowledge for a in answers)
+    assert all(a.cited == [] for a in answers)  # a withheld answer cites nothing
     assert answers[2].citations == []
     reader.routing.fallback = "closed_book"
     assert reader.read_batch(["who wrote hamlet ?"], [[]])[0].from_own_knowledge

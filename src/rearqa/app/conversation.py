@@ -10,16 +10,17 @@ The rule is deliberately simple and deterministic (no model call, no query rewri
 - A follow-up is retrieved with `anchor + " " + follow-up`, so "When did he paint it?" after
   "Who painted the Mona Lisa?" searches for both; any other question is retrieved as asked.
 - The reader gets the last `HISTORY_TURNS` turns as chat messages (question, answer text without
-  the UI's footer) where it uses history (the baseline readers do; REAR reads each passage with
-  the question alone, as it was trained).
+  what the chat added to it) where it uses history (the baseline readers do; REAR reads each
+  passage with the question alone, as it was trained).
 
 Chat messages are Gradio's `{"role", "content"}` dicts; content may be a string or (Gradio 6)
 a list of typed parts.
 """
 from __future__ import annotations
 
-import html
 import re
+
+from rearqa.app.chat_answer import FOOTER_SEPARATOR, answer_of_message  # noqa: F401 (re-exported)
 
 REFERRING_WORDS = frozenset({
     "it", "its", "itself", "he", "him", "his", "she", "her", "hers", "they", "them", "their",
@@ -27,7 +28,6 @@ REFERRING_WORDS = frozenset({
 })
 SHORT_QUESTION_WORDS = 2  # a question of at most this many words continues the conversation
 HISTORY_TURNS = 2  # earlier (question, answer) turns passed to the reader
-FOOTER_SEPARATOR = "\n\n---\n"  # the UI puts its sources / own-knowledge note after this
 
 _WORD = re.compile(r"[A-Za-z']+")
 
@@ -71,9 +71,9 @@ def retrieval_query(previous_questions: list[str], question: str) -> str:
 
 
 def turns(history: list[dict]) -> list[tuple[str, str]]:
-    """(question, answer text) pairs of a chat history; the answer loses the UI footer and the
-    escaping the UI gave it (markup in answers is shown as text), and a question still waiting
-    for its answer is left out."""
+    """(question, answer text) pairs of a chat history; the answer loses what the chat added
+    (footer, citation markers, escaping: chat_answer.answer_of_message), and a question still
+    waiting for its answer is left out."""
     pairs: list[tuple[str, str]] = []
     question: str | None = None
     for message in history or []:
@@ -81,7 +81,7 @@ def turns(history: list[dict]) -> list[tuple[str, str]]:
         if role == "user":
             question = text
         elif role == "assistant" and question is not None:
-            pairs.append((question, html.unescape(text.split(FOOTER_SEPARATOR, 1)[0].strip())))
+            pairs.append((question, answer_of_message(text)))
             question = None
     return pairs
 

@@ -106,6 +106,11 @@ class AnswerOut(BaseModel):
     abstained: bool
     from_own_knowledge: bool
     citations: list[CitationOut]
+    cited: list[int] = Field(
+        default_factory=list,
+        description="Positions in `citations` (0-based) of the passages the answer rests on, in "
+                    "order: rag the passages it was given, rear the one its routing chose; empty "
+                    "for closed-book answers and abstentions. The chat shows them as [i + 1].")
 
 
 class DocumentOut(BaseModel):

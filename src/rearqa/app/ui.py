@@ -4,14 +4,18 @@
 for `rearqa ui`). What it shows:
 - the chat, streamed token by token; follow-ups are retrieved together with the question they
   refer to (the rule is in `rearqa.app.conversation`) and the reader gets the recent turns;
-- under each answer a note of where it came from: its sources, the model's own knowledge
-  (Answer.from_own_knowledge) or a withheld answer (Answer.abstained);
+- citation markers after each answer, [i] for the passages it rests on (Answer.cited: for RAG
+  every passage it was given, for REAR the one its routing chose), numbered as the citation
+  view numbers its rows, and under the answer a note of where it came from: its sources, the
+  model's own knowledge (Answer.from_own_knowledge) or a withheld answer (Answer.abstained),
+  and why (rearqa.app.chat_answer writes the message; answer and titles show as typed);
 - a citation view with a relevance bar per passage and the reader's judgment, rendered as HTML
   in which every piece of document text is escaped (a document holding `<script>` shows it
   literally), plus the same rows as a plain table;
 - document upload into the collection, with progress per file;
-- settings: k, retriever, reader method (those whose model files are present), REAR routing,
-  and the engine (hf, vllm; an engine that is not installed says so when chosen).
+- settings: k, retriever, reader method (only those whose model files are present; the others
+  are listed, with what each needs, in one collapsed note), REAR routing, and the engine (hf,
+  vllm; an engine that is not installed says so when chosen).
 
 The server binds to 127.0.0.1 unless told otherwise and never opens a share tunnel.
 """
@@ -28,8 +32,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from rearqa.app.conversation import (FOOTER_SEPARATOR, reader_history, retrieval_query,  # noqa: E402
-                                     user_questions)
+from rearqa.app.chat_answer import answer_message, md_text  # noqa: E402
+from rearqa.app.conversation import reader_history, retrieval_query, user_questions  # noqa: E402
 from rearqa.config_errors import ConfigError  # noqa: E402
 from rearqa.reader import QuestionError, check_question  # noqa: E402
 from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
@@ -37,7 +41,7 @@ from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,
 from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
 from rearqa.retriever.config import RETRIEVERS  # noqa: E402
 from rearqa.retriever.loaders import LOADERS  # noqa: E402
-from rearqa.types import Answer, Citation, Passage  # noqa: E402
+from rearqa.types import Citation, Passage  # noqa: E402
 
 CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
                     "passage", "id"]
@@ -81,20 +85,24 @@ def engine_problem(engine: str) -> str | None:
     return None
 
 
-def md_text(text: str) -> str:
-    """Text for a Markdown component, shown as typed (markup escaped)."""
-    return html.escape(text, quote=False)
-
-
-def settings_note(method: str, engine: str, config: ReaderConfig) -> str:
-    """Markdown under the settings: what is unavailable and why, what routing applies to."""
+def settings_note(method: str, engine: str) -> str:
+    """Markdown under the settings: a chosen engine that cannot run, what routing applies to.
+    (Reader methods that cannot run are not offered; `unavailable_readers` says why.)"""
     lines = [f"⚠️ **engine {md_text(engine)}**: {md_text(problem)}"] \
         if (problem := engine_problem(engine)) else []
-    lines += [f"⚠️ **{md_text(m)}** unavailable: {md_text(problem)}"
-              for m in READER_METHODS if (problem := method_problem(m, config))]
     if method != "rear":
         lines.append("Routing applies to the rear method only.")
     return "\n\n".join(lines)
+
+
+def unavailable_readers(config: ReaderConfig) -> dict[str, str]:
+    """The reader methods of READER_METHODS that cannot run with `config`, and why."""
+    return {m: problem for m in READER_METHODS if (problem := method_problem(m, config))}
+
+
+def unavailable_readers_note(unavailable: dict[str, str]) -> str:
+    """The collapsed note's Markdown: one line per method that is not offered, with the reason."""
+    return "\n".join(f"- **{md_text(m)}**: {md_text(why)}" for m, why in unavailable.items())
 
 
 # -- citations -----------------------------------------------------------------------------------
@@ -166,21 +174,6 @@ def citations_html(rows: list[list]) -> str:
 READING_HTML = '<p class="citations-pending">Retrieving and reading…</p>'
 
 
-def answer_footer(answer: Answer, query: str | None = None) -> str:
-    """Where the answer came from, after FOOTER_SEPARATOR (conversation strips it again)."""
-    if answer.abstained:
-        note = "⚠️ **Answer withheld**: no passage was judged relevant, so the answer was withheld."
-    elif answer.from_own_knowledge:
-        note = "ℹ️ **From the model's own knowledge**: no passages were used."
-    else:
-        titles = ", ".join(f"[{i}] {md_text(c.passage.title or c.passage.id)}"
-                           for i, c in enumerate(answer.citations, start=1))
-        note = f"_Sources: {titles}_" if titles else ""
-    if query and query != answer.question:
-        note += f"\n\n_Follow-up: searched for “{md_text(query)}”_"
-    return f"{FOOTER_SEPARATOR}{note}" if note else ""
-
-
 # -- the app -------------------------------------------------------------------------------------
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: shown as a message, not a traceback."""
@@ -235,8 +228,7 @@ class ChatHandlers:
                     history[-1]["content"] += md_text(value)
                     yield history, gr.skip(), ""
                 else:
-                    history[-1]["content"] = md_text(value.text or "(no answer)") \
-                        + answer_footer(value, query)
+                    history[-1]["content"] = answer_message(value, query)
                     yield history, citation_rows(value.citations) if value.citations else rows, ""
         except user_errors() as exc:
             raise gr.Error(str(exc)) from exc
@@ -269,12 +261,14 @@ def build_ui(pipeline) -> gr.Blocks:
     base = pipeline.config.reader
     methods = available_methods(base)
     method_value = base.method if base.method in methods else methods[0]
+    unavailable = unavailable_readers(base)
     with gr.Blocks(title="rearqa") as demo:
         gr.Markdown("## rearqa\nAsk a question, then follow up (\"when was it written?\"); "
                     "answers cite the passages they were given.")
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chat")
+                # No LaTeX: "$$" copied from a passage must show as typed, like the rest.
+                chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chat", latex_delimiters=[])
                 box = gr.Textbox(label="Question", placeholder="Who wrote Hamlet?", elem_id="question")
                 with gr.Row():
                     send = gr.Button("Ask", variant="primary", elem_id="ask")
@@ -295,8 +289,12 @@ def build_ui(pipeline) -> gr.Blocks:
                                           elem_id="routing")
                     engine = gr.Dropdown(ENGINE_CHOICES, value=base.engine, label="Engine",
                                          elem_id="engine")
-                    note = gr.Markdown(settings_note(method_value, base.engine, base),
+                    note = gr.Markdown(settings_note(method_value, base.engine),
                                        elem_id="settings-note")
+                    with gr.Accordion(f"Readers not offered here ({len(unavailable)})", open=False,
+                                      visible=bool(unavailable), elem_id="unavailable-readers"):
+                        gr.Markdown(unavailable_readers_note(unavailable),
+                                    elem_id="unavailable-readers-note")
                 with gr.Accordion("Add documents", open=True):
                     files = gr.File(label="Documents", file_count="multiple", file_types=UPLOAD_TYPES,
                                     elem_id="upload")
@@ -314,7 +312,7 @@ def build_ui(pipeline) -> gr.Blocks:
         clear.click(lambda: ([], [], "", citations_html([])), None, [*outputs, view],
                     api_visibility="private")
         for control in (method, engine):
-            control.change(lambda m, e: settings_note(m, e, base), [method, engine], note,
+            control.change(settings_note, [method, engine], note,
                            api_visibility="private")
         add.click(handlers.add_documents, files, [added, files], api_name="add_documents")
     return demo

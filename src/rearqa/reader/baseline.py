@@ -1,6 +1,7 @@
 """Baseline readers: closed-book (no passages) and standard RAG (top-k passages in the prompt).
 
 Both are one chat prompt per question through an engine; RAG cites every passage it was given,
+in order (`Answer.cited`: the model read them all and says nothing of which one it used),
 closed-book cites none and says the answer came from the model's own knowledge.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ class BaselineReader:
         text = first_line(text)
         if method == "closed-book":
             return Answer(question, text, [], method=method, from_own_knowledge=True)
-        return Answer(question, text, [Citation(p) for p in passages], method=method)
+        return Answer(question, text, [Citation(p) for p in passages], method=method,
+                      cited=list(range(len(passages))))
 
     def read_batch(self, questions: list[str], passages: list[list[Passage]],
                    method: str | None = None) -> list[Answer]:

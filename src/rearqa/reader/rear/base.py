@@ -84,12 +84,14 @@ class RearReaderBase:
         yield answer
 
     def answer(self, question: str, passages: list[Passage], reading: Reading) -> Answer:
-        """Route one question's reading to its Answer (citations: every passage, in order)."""
+        """Route one question's reading to its Answer (citations: every passage, in order;
+        cited: the passage routing chose, none when it fell back)."""
         decision = route(reading.scores, reading.answers, reading.confidences, self.routing)
         citations = [Citation(p, relevance=s, judgment=j, answer=a) for p, s, j, a in
                      zip(passages, reading.scores, decision.judgments, reading.answers)]
         if decision.mode == "passage":
-            return Answer(question, decision.answer, citations, method=METHOD)
+            return Answer(question, decision.answer, citations, method=METHOD,
+                          cited=[decision.index])
         if decision.mode == "abstain":
             return Answer(question, "", citations, method=METHOD, abstained=True)
         if reading.closed_book is None:
