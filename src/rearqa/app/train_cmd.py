@@ -76,6 +76,11 @@ def parse_sets(items: list[str] | None) -> dict[str, object]:
     return settings
 
 
+def merged_settings(sets: list[str] | None, named: dict[str, object]) -> dict[str, object]:
+    """`--set` items, then the named options that were given (a named option wins)."""
+    return {**parse_sets(sets), **{k: v for k, v in named.items() if v is not None}}
+
+
 def _yaml_method(path: Path | None) -> str | None:
     """The `method` a YAML file names, if any (so a command cannot silently override it)."""
     from rearqa.config_base import read_yaml
@@ -97,8 +102,7 @@ def _run(method: str, config: Path | None, stop_after: int | None, time_limit: f
     if named is not None and named != method:
         raise ConfigError(f"{config} is a {named!r} config but the command is `train {method}`; "
                           f"run `train {named}` or change method: in the file")
-    overrides = {**parse_sets(sets), **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = TrainConfig.from_yaml(config, method=method, **overrides)
+    cfg = TrainConfig.from_yaml(config, method=method, **merged_settings(sets, overrides))
     path = train(cfg, progress=not quiet, stop_after_steps=stop_after, time_limit_s=time_limit,
                  echo=typer.echo)
     typer.echo(f"{'final model' if path.name == 'final' else 'checkpoint'}: {path}")
@@ -126,8 +130,7 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
         from rearqa.training.config import TrainConfig
         from rearqa.training.train import rear_token_count
 
-        cfg = TrainConfig.from_yaml(config, method="rear",
-                                    **{**parse_sets(sets), **{k: v for k, v in settings.items() if v is not None}})
+        cfg = TrainConfig.from_yaml(config, method="rear", **merged_settings(sets, settings))
         steps_wanted = [n or cfg.total_steps for n in count_tokens]
         for step, tokens in rear_token_count(cfg, steps_wanted).items():
             typer.echo(f"step {step}: {tokens} tokens")
