@@ -48,16 +48,21 @@ EST = {
     "per_mib": 0.006,    # sending the tree and carry, per MiB (guess: ~3 MiB/s)
     "env": 0.8,          # reassembly + wheels + GGUF -> fp32 checkpoint (42 s on this 2-core CPU)
     "bench": 5.0,        # scripts/bench_train.py: unknown until it exists; --bench-min sets it
-    "rear_s_per_step": 1.10,  # REAR optimiser step of configs/train/gpu.yaml on the H200 (run 2)
-    "rear_fixed": 2.3,   # REAR load + data (0.5), dev-select 2 x 500 questions k=20 (1.5), pack
-    "rag-ft": 6.7,       # 121 steps x 2.06 s (run 2) + dev-select 3 k x 1,000 questions + pack
-    "closed-book-ft": 5.6,  # 752 steps (~0.35 s/step alone: a guess from run 2's shared GPU) + select
+    "rear_s_per_step": 0.48,  # REAR step of gpu-fast.yaml on the H200 (session 5, unit A: 300 in 142 s)
+    "rear_fixed": 2.4,   # the rest of unit A's 285 s: load, tokenise, dev-select 2 x 500 at k=20, pack
+    "rag-ft": 5.0,       # 243 steps x 0.67 s (benchmark, 128 examples) + dev-select 3 k x 1,000 + pack
+    "closed-book-ft": 6.0,  # ~1,500 steps of 128 short examples (a guess: ~0.2 s/step) + select
     "test-rear": 4.5,    # 7,610 test questions at 0.05 s (run 1, k=20), three sets side by side
     "test-baseline": 3.0,  # the same for rag-ft / closed-book-ft (run 1: ~0.03 s/question)
     "untuned": 3.5,      # closed-book + rag k=5 on the three test sets
 }
 REAR_STEPS = 250 + 50  # configs/train/gpu.yaml: steps + warmup_stage_steps
 RUN2_BUDGET = 5731630  # `train rear -c configs/train/gpu.yaml --count-tokens 0` (run 2's count)
+# The protocol's frozen recipe (chosen on dev-select in session 5: unit A against run 2 and D) and
+# its token budget: what unit A (seed 0) logged, the same for every baseline and seed.
+FROZEN = "configs/train/gpu-fast.yaml"
+FROZEN_BUDGET = 11503924
+REAR_STEPS_FAST = 270 + 30  # gpu-fast.yaml: steps + warmup_stage_steps
 
 # --rehearse: the same calls, CPU-sized (scripts/gpu_rehearse.sh); the tiny base model travels.
 REHEARSE_ENV = {"SEL_LIMIT": "2", "SEL_ARGS": "--batch-size 2 --max-new-tokens 4",
@@ -137,9 +142,9 @@ def units_for(args: argparse.Namespace) -> list[dict]:
         out.append({"id": "bench", "words": f"bench {args.bench_args}".strip(),
                     "minutes": args.bench_min})
 
-    def rear(name: str, targs: str):
+    def rear(name: str, targs: str, steps: int | None = None):
         extra = f" {REHEARSE_REAR}{rt}" if args.rehearse else ""
-        minutes = EST["rear_fixed"] + steps_of(targs) * EST["rear_s_per_step"] / 60
+        minutes = EST["rear_fixed"] + (steps or steps_of(targs)) * EST["rear_s_per_step"] / 60
         out.append({"id": f"train-rear-{name}", "words": f"train-rear {name} {targs}{extra}".strip(),
                     "minutes": round(minutes, 1)})
 
@@ -163,21 +168,25 @@ def units_for(args: argparse.Namespace) -> list[dict]:
         for name, targs in args.rear:
             rear(name, targs)
     elif args.plan == "protocol":
+        # Per seed, each training unit followed by its test unit (kept in one session by the
+        # packer, so no checkpoint has to outlive a loan), rag-ft and closed-book-ft beside REAR's
+        # linear head; the low-rank head's seeds after; the untuned readers last.
         budget = REHEARSE_BUDGET if args.rehearse else args.budget
-        rear("linear", "--seed 0")
-        rear("lowrank", "--seed 0 --head lowrank_attn")
+        frozen = f"-c {FROZEN}"
         for s in args.seeds:
-            baseline("rag-ft", f"ragft-s{s}", s, budget)
-        for s in args.seeds:
-            baseline("closed-book-ft", f"cbft-s{s}", s, budget)
-        test("linear", "train-rear-linear", True)
-        test("lowrank", "train-rear-lowrank", True)
-        for s in args.seeds:
+            rear(f"linear-s{s}", f"{frozen} --seed {s}", steps=REAR_STEPS_FAST)
+            test(f"linear-s{s}", f"train-rear-linear-s{s}", True)
+            baseline("rag-ft", f"ragft-s{s}", s, budget, frozen)
             test(f"ragft-s{s}", f"train-baseline-ragft-s{s}", False)
-        for s in args.seeds:
+            baseline("closed-book-ft", f"cbft-s{s}", s, budget, frozen)
             test(f"cbft-s{s}", f"train-baseline-cbft-s{s}", False)
+        for s in args.seeds:
+            rear(f"lowrank-s{s}", f"{frozen} --seed {s} --set rear_head=lowrank_attn", steps=REAR_STEPS_FAST)
+            test(f"lowrank-s{s}", f"train-rear-lowrank-s{s}", True)
         out.append({"id": "eval-untuned", "words": "eval-untuned", "tests": True,
                     "minutes": EST["untuned"]})
+        for a, b in zip(out, out[1:]):  # a training unit travels with the test unit after it
+            a["paired"] = b.get("input") == f".gpu/in/{a['id']}.tgz"
     return out
 
 
@@ -230,8 +239,8 @@ def plan(args: argparse.Namespace, root: Path) -> dict:
             carry = [] if staged else [f".gpu/{core[-1]['name']}"]
             if u.get("tests") and not tests_staged:
                 carry += test_carry
-            if u.get("input"):
-                carry.append(u["input"])
+            if u.get("input") and not (staged and Path(u["input"]).stem in {c["unit"] for c in calls}):
+                carry.append(u["input"])  # not when its training ran on this machine
             unit_min = u["minutes"] + (0.0 if staged else EST["env"])
             c = call(carry, u["words"], unit_min, u["id"])
             # Over the cap: parts go ahead alone (test parts first, then the core one); the
@@ -244,7 +253,13 @@ def plan(args: argparse.Namespace, root: Path) -> dict:
                 need.append(call([x], "status", 0.0, None, "stage"))
                 c = call(carry, u["words"], unit_min, u["id"])
             cost = sum(n["minutes"] for n in need) + c["minutes"]
-            if attempt == 0 and calls and used + cost > limit:
+            # a paired training unit needs room for its test unit too (roughly: its minutes
+            # and a call carrying the test part), or both go to the next session
+            after = 0.0
+            if u.get("paired"):
+                nxt = todo[todo.index(u) + 1] if todo.index(u) + 1 < len(todo) else None
+                after = nxt["minutes"] + EST["call"] + EST["per_mib"] * (tree + 12.0) if nxt else 0.0
+            if attempt == 0 and calls and used + cost + after > limit:
                 sessions.append({"calls": calls, "minutes": round(used, 1)})
                 calls, used = [], EST["start"]  # a new session starts a bare machine
                 staged = tests_staged = False
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bench-args", default="", help="arguments of scripts/bench_train.py")
     p.add_argument("--bench-min", type=float, default=EST["bench"], help="bench's minutes")
     p.add_argument("--no-bench", action="store_true", help="recipe without the bench unit")
-    p.add_argument("--budget", type=int, default=RUN2_BUDGET, help="protocol: baselines' tokens")
+    p.add_argument("--budget", type=int, default=FROZEN_BUDGET, help="protocol: baselines' tokens")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--unit-budget", type=int, default=UNIT_BUDGET_S, help="gpu_unit.sh --budget")
     p.add_argument("--session-min", type=float, default=SESSION_MIN)

@@ -20,8 +20,8 @@
 #       ARGS replaces $CFG, --set keys included), then the dev-select choice (python3 -m rearqa.eval.select, as
 #       scripts/gpu_run.sh), the chosen checkpoint compacted to bf16 as chosen/
 #   train-baseline METHOD NAME SEED BUDGET [--set K=V]... [TRAIN ARGS] [train-baseline-NAME]
-#       rag-ft | closed-book-ft for BUDGET tokens (0: the config's steps), micro-batches as
-#       scripts/gpu_common.sh; dev-select choice of checkpoint (and k in $RAG_KS for rag-ft)
+#       rag-ft | closed-book-ft for BUDGET tokens (0: the config's steps), 128 examples a step in
+#       one micro-batch; dev-select choice of checkpoint (and k in $RAG_KS for rag-ft)
 #   eval-test NAME                  [eval-test-NAME]  the test sets ($TESTS) with the chosen
 #       checkpoint of train-rear-NAME or train-baseline-NAME: from this machine's /tmp/runs when
 #       it ran there, else from the archive .gpu/in/train-*-NAME.tgz carried in this call or an
@@ -139,8 +139,10 @@ body_train_rear() {
 body_train_baseline() {
   local method=$1 name=$2 seed=$3 budget=$4; shift 4
   case $method in
-    rag-ft) local micro=(--batch 2 --grad-accum 8) sel=(--rag-ft-k $RAG_KS) ;;
-    closed-book-ft) local micro=(--batch 8 --grad-accum 2) sel=() ;;
+    # One process on the GPU, so one micro-batch a step (the fast loop, docs/benchmarks.md (e)):
+    # 16 x 8 = 128 examples, as run 2's optimiser step (rag-ft: 47k tokens, 67 GiB measured).
+    rag-ft) local micro=(--batch 16 --grad-accum 1) sel=(--rag-ft-k $RAG_KS) ;;
+    closed-book-ft) local micro=(--batch 16 --grad-accum 1) sel=() ;;
     *) echo "train-baseline: METHOD is rag-ft or closed-book-ft, not $method"; return 2 ;;
   esac
   split_sets "$@"

@@ -251,8 +251,24 @@ def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_
     meta = json.loads((tmp_path / chosen["checkpoint"] / "rear_config.json").read_text())
     assert meta["config"]["routing"]["threshold"] == chosen["threshold"]
     assert meta["routing_selection"]["splits"] == ["nq-dev-select"]
+    calibration = meta.get("relevance_calibration")  # Platt map of the chosen head's dev-select logits
+    assert calibration is not None and calibration == chosen["calibration"]
+    assert calibration["method"] == "platt" and calibration["fitted_on"] == ["nq-dev-select"]
+    assert 0 < calibration["positives"] < calibration["pairs"] == 4 * 3
     rag = result["rag-ft"]
     assert [(row["k"], row["n"]) for row in rag["table"]] == [(1, 4), (2, 4)]
     assert rag["chosen"] in rag["table"]
     with pytest.raises(SystemExit):  # settings are never chosen on test questions
         select.parse_args(["--snapshot", "s", "--splits", "nq-test", "--out", "o"])
+
+
+def test_relevance_calibration_is_a_platt_map_of_both_labels_or_none():
+    from rearqa.eval.select import relevance_calibration
+
+    assert relevance_calibration([0.1, 0.2], [True, True], ["nq-dev-select"]) is None
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=4000)
+    labels = rng.random(4000) < 1 / (1 + np.exp(-(2.0 * logits - 1.0)))
+    fit = relevance_calibration(list(logits), list(labels), ["nq-dev-select", "tqa-dev-select"])
+    assert fit["a"] == pytest.approx(2.0, abs=0.25) and fit["b"] == pytest.approx(-1.0, abs=0.2)
+    assert fit["pairs"] == 4000 and fit["positives"] == int(labels.sum())

@@ -130,8 +130,10 @@ def choose_routing(settings: RearEvalSettings, snapshot: Snapshot) -> dict[str, 
     return selection
 
 
-def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any]) -> Path:
-    """Store the chosen threshold and routing method in the checkpoint's rear_config.json."""
+def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any],
+                                  calibration: dict[str, Any] | None = None) -> Path:
+    """Store the chosen threshold and routing method in the checkpoint's rear_config.json, and
+    the relevance calibration fitted on the same dev-select pairs when one is given."""
     from rearqa.files import atomic_write_text
     from rearqa.reader.rear.checkpoint import CONFIG_FILE, read_meta
 
@@ -139,5 +141,7 @@ def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any]) -
     chosen = selection["chosen"]
     meta["config"]["routing"].update(threshold=chosen["threshold"], method=chosen["routing"])
     meta["routing_selection"] = {k: v for k, v in selection.items() if k != "table"}
+    if calibration is not None:
+        meta["relevance_calibration"] = calibration
     atomic_write_text(checkpoint / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return checkpoint / CONFIG_FILE

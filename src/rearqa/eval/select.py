@@ -90,17 +90,37 @@ def head_diagnostics(examples, passages: list[list], readings: list[dict]) -> di
             "dense_top1_hit": trusted_hit_rate(examples, passages, dense)}
 
 
-def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
-    """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
-    beside the choice, which stays by exact match); None when one label is missing."""
+def relevance_pairs(examples, passages: list[list], readings: list[dict]) -> tuple[list, list]:
+    """Every (question, passage) pair's relevance score and contains-answer label, pooled."""
     from rearqa.eval.metrics import passages_with_answer
-    from rearqa.eval.rank_metrics import roc_auc
 
     scores, labels = [], []
     for example, ps, reading in zip(examples, passages, readings):
-        scores += list(reading["scores"])
+        scores += [float(s) for s in reading["scores"]]
         labels += passages_with_answer([p.text for p in ps], example.answers)
+    return scores, labels
+
+
+def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
+    """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
+    beside the choice, which stays by exact match); None when one label is missing."""
+    from rearqa.eval.rank_metrics import roc_auc
+
+    scores, labels = relevance_pairs(examples, passages, readings)
     return roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
+
+
+def relevance_calibration(scores: list[float], labels: list[bool], splits: list[str]) -> dict | None:
+    """The Platt map p = sigmoid(a * logit + b) of the rank head's logits on dev-select pairs,
+    as stored in a checkpoint's rear_config.json; None when one label is missing."""
+    from rearqa.eval.rank_metrics import fit_platt
+
+    n_pos = sum(bool(y) for y in labels)
+    if not 0 < n_pos < len(labels):
+        return None
+    a, b = fit_platt(scores, labels)
+    return {"method": "platt", "a": a, "b": b, "fitted_on": list(splits), "pairs": len(labels),
+            "positives": n_pos, "label": "the passage contains a gold answer"}
 
 
 def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
@@ -111,7 +131,7 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
                                           write_selection_to_checkpoint)
     from rearqa.eval.rear_runs import free_memory, load_reader, ranked_examples
 
-    table, selections = [], []
+    table, selections, pairs = [], [], []
     for checkpoint in checkpoints:
         settings = _eval_settings(args, args.splits[0], "rear", args.rear_k, args.out / "rear",
                                   checkpoint=checkpoint)
@@ -128,6 +148,7 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
         selection.update(splits=args.splits, k=args.rear_k, n_questions=len(examples),
                          weights=weights)
         selections.append(selection)
+        pairs.append(relevance_pairs(examples, passages, readings))
         table.append({"checkpoint": str(checkpoint), **{key: selection["chosen"][key] for key in
                       ("routing", "threshold", "em", "f1", "fallback_share")},
                       "head": reader.model.config.head,
@@ -137,8 +158,9 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
         free_memory()
     best = max(range(len(table)), key=lambda i: (table[i]["em"], table[i]["f1"]))
     write_json(selections[best], args.out / "rear" / "threshold_selection.json")
-    write_selection_to_checkpoint(checkpoints[best], selections[best])
-    return {"chosen": table[best], "table": table,
+    calibration = relevance_calibration(*pairs[best], args.splits)
+    write_selection_to_checkpoint(checkpoints[best], selections[best], calibration)
+    return {"chosen": {**table[best], "calibration": calibration}, "table": table,
             "objective": "pooled EM of the routed answer, then F1"}
 
 
