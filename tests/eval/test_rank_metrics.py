@@ -255,6 +255,7 @@ def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_
     assert calibration is not None and calibration == chosen["calibration"]
     assert calibration["method"] == "platt" and calibration["fitted_on"] == ["nq-dev-select"]
     assert 0 < calibration["positives"] < calibration["pairs"] == 4 * 3
+    assert meta["config"]["relevance_platt"] == [calibration["a"], calibration["b"]]
     rag = result["rag-ft"]
     assert [(row["k"], row["n"]) for row in rag["table"]] == [(1, 4), (2, 4)]
     assert rag["chosen"] in rag["table"]

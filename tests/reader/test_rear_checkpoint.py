@@ -143,3 +143,14 @@ def test_compacted_lora_checkpoint_loads_in_bf16_precision(tmp_path):
         assert float((a[finite] - b[finite]).norm() / a[finite].norm()) < 0.05
     with pytest.raises(ValueError, match="not a LoRA checkpoint"):
         compact_checkpoint(make(tmp_path / "plain").save_pretrained(tmp_path / "plain-rear"))
+
+
+def test_relevance_platt_is_two_finite_numbers_or_none():
+    from rearqa.config_errors import ConfigError
+    from rearqa.reader.rear import RearConfig
+
+    assert RearConfig().relevance_platt is None
+    assert RearConfig(relevance_platt=[2, -1.5]).relevance_platt == [2.0, -1.5]
+    for bad in ([1.0], [1.0, float("nan")], "1,2", [True, 0.0]):
+        with pytest.raises(ConfigError, match="relevance_platt"):
+            RearConfig(relevance_platt=bad)

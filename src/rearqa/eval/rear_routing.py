@@ -141,7 +141,8 @@ def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any],
     chosen = selection["chosen"]
     meta["config"]["routing"].update(threshold=chosen["threshold"], method=chosen["routing"])
     meta["routing_selection"] = {k: v for k, v in selection.items() if k != "table"}
-    if calibration is not None:
+    if calibration is not None:  # the map in the config (both engines read it), the record beside
+        meta["config"]["relevance_platt"] = [calibration["a"], calibration["b"]]
         meta["relevance_calibration"] = calibration
     atomic_write_text(checkpoint / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return checkpoint / CONFIG_FILE

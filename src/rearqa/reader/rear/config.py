@@ -61,6 +61,9 @@ class RearConfig:
     # linear head: added to the <RANK_SCORE> - <RANK_REF> logit difference, so the head's bias and
     # centring survive in a checkpoint whose head is an output row (RearModel.export_linear_head)
     rank_offset: float = 0.0
+    # (a, b) of the Platt map p = sigmoid(a * logit + b) fitted on dev-select pairs (label: the
+    # passage holds a gold answer), shown to users as the relevance probability; None: uncalibrated
+    relevance_platt: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_TYPES:
@@ -75,6 +78,13 @@ class RearConfig:
         if isinstance(self.rank_offset, bool) or not isinstance(self.rank_offset, (int, float)) \
                 or not math.isfinite(self.rank_offset):
             raise ConfigError(f"rear.rank_offset={self.rank_offset!r}: must be a finite number")
+        if self.relevance_platt is not None:
+            ab = self.relevance_platt
+            if not isinstance(ab, (list, tuple)) or len(ab) != 2 or any(
+                    isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in ab):
+                raise ConfigError(f"rear.relevance_platt={ab!r}: must be two finite numbers [a, b] "
+                                  "(p = sigmoid(a * logit + b)), or null for none")
+            self.relevance_platt = [float(ab[0]), float(ab[1])]
         if isinstance(self.routing, dict):
             self.routing = from_dict(RoutingConfig, self.routing, "rear.routing")
         if not isinstance(self.routing, RoutingConfig):
