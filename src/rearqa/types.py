@@ -33,10 +33,13 @@ class Citation:
     relevance: float | None = None  # reader's relevance logit (REAR rank head); None for plain RAG
     judgment: str | None = None  # "relevant" / "irrelevant" (REAR); None for plain RAG
     answer: str | None = None  # the per-passage answer (REAR); None for plain RAG
+    # the relevance logit as a probability that the passage holds the answer, through the
+    # checkpoint's dev-select calibration; None when the reader has none (or does not judge)
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"passage": self.passage.to_dict(), "relevance": self.relevance,
-                "judgment": self.judgment, "answer": self.answer}
+                "judgment": self.judgment, "answer": self.answer, "probability": self.probability}
 
 
 @dataclass

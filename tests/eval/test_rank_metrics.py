@@ -201,6 +201,8 @@ def test_rear_eval_runs_methods_rank_metrics_and_threshold_choice(tmp_path, one_
     meta = json.loads((tmp_path / "rear" / "rear_config.json").read_text())
     assert meta["config"]["routing"]["threshold"] == selection["chosen"]["threshold"]
     assert meta["routing_selection"]["split"] == "nq-dev-select"
+    platt = meta["config"]["relevance_platt"]  # fitted on the same dev-select pairs
+    assert platt == [selection["calibration"]["a"], selection["calibration"]["b"]]
 
     rear_eval.main([*common, "--split", "nq-test", "--methods", "rear", "closed-book",
                     "--out", str(tmp_path / "run")])
@@ -210,7 +212,10 @@ def test_rear_eval_runs_methods_rank_metrics_and_threshold_choice(tmp_path, one_
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "rear" / "rows.jsonl").read_text().splitlines()]
     assert all(len(r["citations"]) == 3 and r["citations"][0]["judgment"] for r in rows)
+    for c in rows[0]["citations"]:  # the relevance users see: the logit through the stored map
+        assert c["probability"] == pytest.approx(1 / (1 + np.exp(-(platt[0] * c["relevance"] + platt[1]))))
     metrics = json.loads((out / "rank_metrics.json").read_text())
+    assert "Platt map" in metrics["groups"]["other"]["calibration"]["REAR relevance"]["probability"]
     scorers = metrics["groups"]["other"]["auc"]["scorers"]
     assert set(scorers) == {"REAR relevance", "dense cosine", "BM25"}
     assert scorers["dense cosine"]["pooled"]["value"] is not None
@@ -264,7 +269,7 @@ def test_select_chooses_among_rear_checkpoints_and_baseline_k_on_dev_select(tmp_
 
 
 def test_relevance_calibration_is_a_platt_map_of_both_labels_or_none():
-    from rearqa.eval.select import relevance_calibration
+    from rearqa.eval.rear_routing import relevance_calibration
 
     assert relevance_calibration([0.1, 0.2], [True, True], ["nq-dev-select"]) is None
     rng = np.random.default_rng(0)

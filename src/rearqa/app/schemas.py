@@ -97,6 +97,9 @@ class CitationOut(BaseModel):
     relevance: float | None = Field(description="Reader's relevance logit (REAR); null for plain RAG.")
     judgment: str | None = Field(description="relevant | irrelevant (REAR); null for plain RAG.")
     answer: str | None = Field(description="The answer from this passage alone (REAR); null for plain RAG.")
+    probability: float | None = Field(
+        default=None, description="The relevance as the probability that this passage holds the answer "
+        "(REAR's logit through its dev-select calibration); null when the reader has none.")
 
 
 class AnswerOut(BaseModel):

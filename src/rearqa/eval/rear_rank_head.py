@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rearqa.eval.bundle import Snapshot
 
 REAR_SCORER = "REAR relevance"  # the rank head's logit, read from the REAR run's citations
@@ -52,8 +54,12 @@ def rear_pairs(rear_rows: list[dict], snapshot_rows: dict[str, dict]) -> list[di
         if any(relevance.get(pid) is None for pid in ids):
             raise ValueError(f"question {row['id']!r}: the REAR run has no relevance for some of its "
                              "passages; was it run with method rear?")
-        out.append(_pairs(row["id"], row["answer_type"], ids, row["retrieved_has_answer"],
-                          [relevance[pid] for pid in ids], snapshot_rows[row["id"]]))
+        pairs = _pairs(row["id"], row["answer_type"], ids, row["retrieved_has_answer"],
+                       [relevance[pid] for pid in ids], snapshot_rows[row["id"]])
+        probability = {c["id"]: c.get("probability") for c in row["citations"]}
+        if all(probability.get(pid) is not None for pid in ids):  # the checkpoint's calibration
+            pairs["probability"] = np.asarray([probability[pid] for pid in ids], dtype=np.float64)
+        out.append(pairs)
     return out
 
 
@@ -71,8 +77,6 @@ def calibration_pairs(snapshot: Snapshot, split: str, retriever: str, k: int) ->
 
 
 def _flat(pairs: list[dict], scorer: str):
-    import numpy as np
-
     return (np.concatenate([p["scores"][scorer] for p in pairs]),
             np.concatenate([p["labels"] for p in pairs]).astype(bool))
 
@@ -94,6 +98,9 @@ def _calibration(pairs: list[dict], fits: dict[str, tuple[float, float]]) -> dic
         scores, labels = _flat(pairs, scorer)
         probability, how = to_probability[scorer]
         probs = probability(scores)
+        if scorer == REAR_SCORER and all("probability" in p for p in pairs):
+            probs = np.concatenate([p["probability"] for p in pairs])
+            how = "the checkpoint's dev-select Platt map (what users are shown)"
         curves[scorer] = {"ece": rm.expected_calibration_error(probs, labels),
                           "bins": rm.reliability_bins(probs, labels), "probability": how}
     return curves

@@ -123,11 +123,37 @@ def choose_routing(settings: RearEvalSettings, snapshot: Snapshot) -> dict[str, 
     selection.update(split=settings.split, k=settings.k, retriever=settings.retriever,
                      snapshot=str(snapshot.dir), n_questions=len(examples), weights=weights,
                      time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    calibration = relevance_calibration(*relevance_pairs(examples, passages, readings), [settings.split])
+    selection["calibration"] = calibration
     settings.out.mkdir(parents=True, exist_ok=True)
     write_json(selection, settings.out / "threshold_selection.json")
     if not settings.dry_run:
-        write_selection_to_checkpoint(Path(weights["checkpoint"]), selection)
+        write_selection_to_checkpoint(Path(weights["checkpoint"]), selection, calibration)
     return selection
+
+
+def relevance_pairs(examples, passages: list[list], readings: list[dict]) -> tuple[list, list]:
+    """Every (question, passage) pair's relevance score and contains-answer label, pooled."""
+    from rearqa.eval.metrics import passages_with_answer
+
+    scores, labels = [], []
+    for example, ps, reading in zip(examples, passages, readings):
+        scores += [float(s) for s in reading["scores"]]
+        labels += passages_with_answer([p.text for p in ps], example.answers)
+    return scores, labels
+
+
+def relevance_calibration(scores: list[float], labels: list[bool], splits: list[str]) -> dict | None:
+    """The Platt map p = sigmoid(a * logit + b) of the rank head's logits on dev-select pairs,
+    as stored in a checkpoint's rear_config.json; None when one label is missing."""
+    from rearqa.eval.rank_metrics import fit_platt
+
+    n_pos = sum(bool(y) for y in labels)
+    if not 0 < n_pos < len(labels):
+        return None
+    a, b = fit_platt(scores, labels)
+    return {"method": "platt", "a": a, "b": b, "fitted_on": list(splits), "pairs": len(labels),
+            "positives": n_pos, "label": "the passage contains a gold answer"}
 
 
 def write_selection_to_checkpoint(checkpoint: Path, selection: dict[str, Any],

@@ -262,7 +262,7 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
             "recall": {str(k): v for k, v in recall_from_hits(hits, settings.recall_ks).items()},
             **score,
             "citations": [{"id": c.passage.id, "relevance": c.relevance, "judgment": c.judgment,
-                           "answer": c.answer} for c in answer.citations],
+                           "answer": c.answer, "probability": c.probability} for c in answer.citations],
             "seconds": per_question,
             "retrieve_seconds": (retrieved_at - start) / len(examples)})
     return rows

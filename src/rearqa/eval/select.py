@@ -90,44 +90,22 @@ def head_diagnostics(examples, passages: list[list], readings: list[dict]) -> di
             "dense_top1_hit": trusted_hit_rate(examples, passages, dense)}
 
 
-def relevance_pairs(examples, passages: list[list], readings: list[dict]) -> tuple[list, list]:
-    """Every (question, passage) pair's relevance score and contains-answer label, pooled."""
-    from rearqa.eval.metrics import passages_with_answer
-
-    scores, labels = [], []
-    for example, ps, reading in zip(examples, passages, readings):
-        scores += [float(s) for s in reading["scores"]]
-        labels += passages_with_answer([p.text for p in ps], example.answers)
-    return scores, labels
-
-
 def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
     """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
     beside the choice, which stays by exact match); None when one label is missing."""
     from rearqa.eval.rank_metrics import roc_auc
+    from rearqa.eval.rear_routing import relevance_pairs
 
     scores, labels = relevance_pairs(examples, passages, readings)
     return roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
-
-
-def relevance_calibration(scores: list[float], labels: list[bool], splits: list[str]) -> dict | None:
-    """The Platt map p = sigmoid(a * logit + b) of the rank head's logits on dev-select pairs,
-    as stored in a checkpoint's rear_config.json; None when one label is missing."""
-    from rearqa.eval.rank_metrics import fit_platt
-
-    n_pos = sum(bool(y) for y in labels)
-    if not 0 < n_pos < len(labels):
-        return None
-    a, b = fit_platt(scores, labels)
-    return {"method": "platt", "a": a, "b": b, "fitted_on": list(splits), "pairs": len(labels),
-            "positives": n_pos, "label": "the passage contains a gold answer"}
 
 
 def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
     """Per checkpoint: every dev-select passage read under both judgments once, routing and
     threshold replayed on a grid (rear_routing.select_routing); the best checkpoint's choice is
     written into it."""
-    from rearqa.eval.rear_routing import (read_both_judgments, select_routing,
+    from rearqa.eval.rear_routing import (read_both_judgments, relevance_calibration,
+                                          relevance_pairs, select_routing,
                                           write_selection_to_checkpoint)
     from rearqa.eval.rear_runs import free_memory, load_reader, ranked_examples
 

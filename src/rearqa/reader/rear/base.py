@@ -9,13 +9,14 @@ picks one (REAR_ENGINES in rearqa.reader.rear.config).
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rearqa.reader.base import StreamItem, word_pieces
 from rearqa.reader.config import ReaderConfig
-from rearqa.reader.rear.config import RoutingConfig
+from rearqa.reader.rear.config import RearConfig, RoutingConfig
 from rearqa.reader.rear.inputs import RearInput
 from rearqa.reader.rear.prompting import PromptBuilder, passage_text
 from rearqa.reader.rear.routing import route
@@ -44,12 +45,13 @@ class RearReaderBase:
     are the same whichever engine computes them.
     """
 
-    def __init__(self, config: ReaderConfig, stored_routing: RoutingConfig, tokenizer,
-                 use_chat_template: bool, question_first: bool = False) -> None:
+    def __init__(self, config: ReaderConfig, rear_config: RearConfig, tokenizer) -> None:
         self.config = config
-        self.routing = self._routing(stored_routing)
+        self.routing = self._routing(rear_config.routing)
+        self.relevance_platt = rear_config.relevance_platt  # (a, b) or None: uncalibrated
         self.tokenizer = tokenizer
-        self._prompts = PromptBuilder(tokenizer, use_chat_template, question_first)
+        self._prompts = PromptBuilder(tokenizer, rear_config.use_chat_template,
+                                      rear_config.question_first)
         self._lock = threading.Lock()  # one batch at a time: the model is not re-entrant
 
     def _routing(self, stored: RoutingConfig) -> RoutingConfig:
@@ -87,8 +89,8 @@ class RearReaderBase:
         """Route one question's reading to its Answer (citations: every passage, in order;
         cited: the passage routing chose, none when it fell back)."""
         decision = route(reading.scores, reading.answers, reading.confidences, self.routing)
-        citations = [Citation(p, relevance=s, judgment=j, answer=a) for p, s, j, a in
-                     zip(passages, reading.scores, decision.judgments, reading.answers)]
+        citations = [Citation(p, relevance=s, judgment=j, answer=a, probability=self.probability(s))
+                     for p, s, j, a in zip(passages, reading.scores, decision.judgments, reading.answers)]
         if decision.mode == "passage":
             return Answer(question, decision.answer, citations, method=METHOD,
                           cited=[decision.index])
@@ -98,6 +100,13 @@ class RearReaderBase:
             raise RuntimeError("closed-book fallback without a closed-book answer (internal error)")
         return Answer(question, reading.closed_book, citations, method=METHOD,
                       from_own_knowledge=True)
+
+    def probability(self, logit: float) -> float | None:
+        """The relevance logit through the checkpoint's dev-select Platt map; None without one."""
+        if self.relevance_platt is None:
+            return None
+        z = self.relevance_platt[0] * logit + self.relevance_platt[1]
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
     # ------------------------------------------------------------------ reading
 

@@ -66,8 +66,7 @@ class RearReader(RearReaderBase):
         if model.is_lora:  # merge for speed: serving pays only for the base matmuls
             model.lm = model.lm.merge_and_unload()
             model.check_ref_row_zero()
-        super().__init__(config, model.config.routing, model.tokenizer, model.config.use_chat_template,
-                         model.config.question_first)
+        super().__init__(config, model.config, model.tokenizer)
         self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()
         self.device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id

@@ -66,8 +66,7 @@ class VllmRearReader(RearReaderBase):
             raise ConfigError(f"{plain} has a {rear_config.head!r} rank head, which only the hf "
                               "engine runs; vLLM serves the 'linear' head (an output-layer row). "
                               "Use reader.engine 'hf' for this checkpoint")
-        super().__init__(config, rear_config.routing, AutoTokenizer.from_pretrained(plain),
-                         rear_config.use_chat_template, rear_config.question_first)
+        super().__init__(config, rear_config, AutoTokenizer.from_pretrained(plain))
         self.checkpoint_dir = plain
         self.rank_offset = rear_config.rank_offset  # the linear head's bias and centring
         self.token_ids = rear_token_ids(self.tokenizer)
