@@ -15,6 +15,7 @@
 # the tiny base model .gpu/tiny-base carried in every call, 2-3 training steps, 2 questions).
 # Usage (repo root; the GGUF and snapshot as gpu_stage.py build takes them):
 #   bash scripts/gpu_rehearse.sh [BUNDLE_DIR]      (REHEARSE_DIR, default /tmp/rearqa-rehearse)
+#   REHEARSE_ONLY=protocol bash scripts/gpu_rehearse.sh   the protocol plan (seed 0) alone
 # Needs a python3 with torch/transformers/peft on PATH (PYBIN, default the one `python` is).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -116,6 +117,15 @@ run_plan() {  # PLAN ARGS...: every call of the plan (gpu_plan.py --json --rehea
   done
   return 0
 }
+
+if [ "${REHEARSE_ONLY:-}" = protocol ]; then  # the protocol plan alone, from a bare machine
+  log "3-7. (REHEARSE_ONLY=protocol) the protocol plan for seed 0 from a bare machine"
+  run_plan protocol --seeds 0 --runs "$RUNS"
+  left=$(python3 scripts/gpu_plan.py protocol --seeds 0 --rehearse --runs "$RUNS" --json | python3 -c 'import json,sys; print(sum(len(s["calls"]) for s in json.load(sys.stdin)["sessions"]))')
+  [ "$left" = 0 ] || fail "protocol still plans $left calls"
+  log "REHEARSAL (protocol only) PASSED in $(( $(date +%s) - T_START )) s ($N calls; logs under $W/call-*/log)"
+  exit 0
+fi
 
 log "3. a corrupt part is refused (one byte of .gpu/p1's GGUF chunk changed in the copy)"
 device_call '[".gpu/p1"]' "bash scripts/gpu_unit.sh status" ".gpu/p1/SmolLM2-135M-Instruct.Q4_1.gguf.000"

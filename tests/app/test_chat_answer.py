@@ -40,7 +40,7 @@ def test_rear_cites_the_passage_its_routing_chose_and_says_what_else_it_read():
     message = answer_message(answer)
     assert markers(message) == [2]
     row = citation_rows(answer.citations)[markers(message)[0] - 1]
-    assert row[1] == "Hamlet" and row[5] == answer.text  # the marked row gave the answer
+    assert row[1] == "Hamlet" and row[6] == answer.text  # the marked row gave the answer
     assert "Sources: [2] Hamlet" in message
     assert "Also read, not used for the answer: [1] Mona Lisa" in message
 

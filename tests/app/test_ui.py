@@ -28,13 +28,15 @@ def free_port() -> int:
 
 def test_citation_rows_keep_document_text_verbatim():
     passage = Passage("p", "<script>alert('x')</script> & <b>b</b>", title="T", score=0.51234)
-    assert citation_rows([passage]) == [[1, "T", 0.5123, "", "", "", "<script>alert('x')</script> & <b>b</b>", "p"]]
+    assert citation_rows([passage]) == [[1, "T", 0.5123, "", "", "", "", "<script>alert('x')</script> & <b>b</b>", "p"]]
 
 
 def test_citation_rows_show_the_readers_judgment():
     cited = Citation(Passage("p", "text", title="T", score=0.5), relevance=2.5, judgment="relevant",
                      answer="Paris")
-    assert citation_rows([cited]) == [[1, "T", 0.5, 2.5, "relevant", "Paris", "text", "p"]]
+    assert citation_rows([cited]) == [[1, "T", 0.5, 2.5, "", "relevant", "Paris", "text", "p"]]
+    calibrated = Citation(cited.passage, relevance=2.5, judgment="relevant", answer="Paris", probability=0.41234)
+    assert citation_rows([calibrated]) == [[1, "T", 0.5, 2.5, 0.412, "relevant", "Paris", "text", "p"]]
 
 
 def test_footer_says_where_the_answer_came_from():
@@ -80,7 +82,7 @@ def test_chat_shows_markup_in_documents_as_text(served):
     client = Client(served, verbose=False)
     _, table, _ = client.predict("Which page talks about script tags and bold markup?", [], 1, "bm25",
                                  "rag", api_name="/respond")
-    assert table["data"][0][6] == "This page talks about <script>alert('x')</script> tags and <b>bold</b> markup in web pages."
+    assert table["data"][0][7] == "This page talks about <script>alert('x')</script> tags and <b>bold</b> markup in web pages."
 
 
 # -- conversation: what a follow-up retrieves with, what the reader is told ----------------------
@@ -161,6 +163,9 @@ def test_relevance_bar_is_the_readers_probability_or_the_relative_retrieval_scor
     assert value == 0.5 and "not judged" in label
     assert relevance_bar(None, -0.2, 0.6)[0] == 0.0  # negative cosine clips at 0
     assert relevance_bar(None, 0.4, 0.0)[0] == 0.0  # no positive top score: empty bar
+    assert "uncalibrated" in relevance_bar(2.0, 0.3, 0.6)[1]
+    value, label = relevance_bar(2.0, 0.3, 0.6, 0.25)  # a calibrated probability is what is shown
+    assert value == 0.25 and "25%" in label and "calibrated" in label
 
 
 def test_citation_view_bars_follow_the_rows():
@@ -300,7 +305,7 @@ def test_respond_streams_a_follow_up_with_its_query_history_and_judged_citations
     assert chat[-1]["content"].startswith("Mostly gas" + marker + FOOTER_SEPARATOR)
     assert "Sources: [1] Jupiter" in chat[-1]["content"]
     assert "Also read, not used for the answer: [2] Hamlet" in chat[-1]["content"]
-    assert [r[3:6] for r in rows] == [[1.5, "relevant", "gas"], [-2.0, "irrelevant", "a play"]]
+    assert [r[3:7] for r in rows] == [[1.5, "", "relevant", "gas"], [-2.0, "", "irrelevant", "a play"]]
     partial = [s[0][-1]["content"] for s in steps[2:-1]]  # the streamed pieces, before the footer
     assert partial[0] == "Mostly " and all(FOOTER_SEPARATOR not in t for t in partial)
 
@@ -371,11 +376,11 @@ def test_rear_marker_is_the_passage_its_routing_chose(wiki_handlers, one_thread)
     from rearqa.app.chat_answer import answer_of_message
 
     message, rows = final_step(wiki_handlers, "Who wrote Hamlet?", "rear")
-    assert len(rows) == 3 and all(row[4] in ("relevant", "irrelevant") for row in rows)
+    assert len(rows) == 3 and all(row[5] in ("relevant", "irrelevant") for row in rows)
     marked = markers_of(message)  # (the no-marker fallback is test_chat_answer's)
     assert len(marked) == 1, message  # one passage: the one routing chose
     chosen = rows[marked[0] - 1]
-    assert chosen[4] == "relevant" and chosen[5] == answer_of_message(message)
+    assert chosen[5] == "relevant" and chosen[6] == answer_of_message(message)
     assert f"Sources: [{chosen[0]}] {chosen[1]}" in message
     others = [f"[{row[0]}] {row[1]}" for row in rows if row is not chosen]
     assert f"Also read, not used for the answer: {', '.join(others)}" in message

@@ -43,8 +43,8 @@ from rearqa.retriever.config import RETRIEVERS  # noqa: E402
 from rearqa.retriever.loaders import LOADERS  # noqa: E402
 from rearqa.types import Citation, Passage  # noqa: E402
 
-CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "judgment", "passage answer",
-                    "passage", "id"]
+CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "p(holds answer)", "judgment",
+                    "passage answer", "passage", "id"]
 # Engines offered in the settings: the registered ones (one whose package is missing says so).
 ENGINE_CHOICES = list(ENGINES)
 ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliability"),
@@ -113,8 +113,9 @@ def citation_rows(items: list[Passage] | list[Citation]) -> list[list]:
         c = item if isinstance(item, Citation) else Citation(item)
         p = c.passage
         relevance = "" if c.relevance is None else round(c.relevance, 3)
-        rows.append([i, p.title, round(p.score, 4), relevance, c.judgment or "", c.answer or "",
-                     p.text, p.id])
+        probability = "" if c.probability is None else round(c.probability, 3)
+        rows.append([i, p.title, round(p.score, 4), relevance, probability, c.judgment or "",
+                     c.answer or "", p.text, p.id])
     return rows
 
 
@@ -122,15 +123,20 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def relevance_bar(relevance: float | str | None, score: float, top_score: float) -> tuple[float, str]:
+def relevance_bar(relevance: float | str | None, score: float, top_score: float,
+                  probability: float | str | None = None) -> tuple[float, str]:
     """(bar fill in [0, 1], label) for one passage.
 
-    With a reader relevance logit (REAR's rank head) the bar is its probability, sigmoid(logit).
-    Without one (rag) it is the retrieval score relative to the best in the list, clipped at 0,
+    With a calibrated probability (REAR's logit through the checkpoint's dev-select map) the bar
+    is that probability. With only a relevance logit it is sigmoid(logit), labelled uncalibrated.
+    Without either (rag) it is the retrieval score relative to the best in the list, clipped at 0,
     and the label says the reader did not judge it."""
+    if probability not in (None, ""):
+        value = min(1.0, max(0.0, float(probability)))
+        return value, f"{value:.0%} likely to hold the answer (calibrated on dev-select)"
     if relevance not in (None, ""):
         value = sigmoid(float(relevance))
-        return value, f"relevance {value:.2f} (logit {float(relevance):+.2f})"
+        return value, f"relevance {value:.2f} (uncalibrated; logit {float(relevance):+.2f})"
     value = min(1.0, max(0.0, score) / top_score) if top_score > 0 else 0.0
     return value, f"retrieval {score:.3f} ({value:.0%} of the top; not judged by this reader)"
 
@@ -156,8 +162,8 @@ def citations_html(rows: list[list]) -> str:
     head = "".join(f"<th {_CELL}>{h}</th>" for h in ("#", "source", "relevance", "judgment", "passage"))
     out = ['<table class="citations" style="border-collapse:collapse;width:100%">',
            f"<thead><tr>{head}</tr></thead><tbody>"]
-    for number, title, score, relevance, judgment, answer, text, pid in rows:
-        value, label = relevance_bar(relevance, float(score), top)
+    for number, title, score, relevance, probability, judgment, answer, text, pid in rows:
+        value, label = relevance_bar(relevance, float(score), top, probability)
         said = f"<br><small>answer: {html.escape(str(answer))}</small>" if answer else ""
         out.append(
             f'<tr class="citation" data-passage-id="{html.escape(str(pid))}">'
