@@ -11,6 +11,9 @@
     python scripts/gpu_plan.py collect FILES_AT RUNS_DIR
         after each call: copies the returned archives into RUNS_DIR, merges units.json, and puts
         the training units' archives into .gpu/in/ for the eval-test calls that carry them
+    python scripts/gpu_plan.py record RUNS_DIR
+        the done archives' results (no weights) into docs/results/protocol/ID/, to commit: a unit
+        recorded there counts as done for later plans, on any machine
 
 Each call is one `run` of the device tool (timeout_s 600), made as soon as the previous one
 returns (a machine idle for 30 s is given back, and everything on it is lost). Every call runs
@@ -26,6 +29,7 @@ measurements of this plan; a session has 30 device minutes (a developer's), a ca
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import shlex
@@ -56,6 +60,8 @@ EST = {
     "test-baseline": 3.0,  # the same for rag-ft / closed-book-ft (run 1: ~0.03 s/question)
     "untuned": 3.5,      # closed-book + rag k=5 on the three test sets
 }
+# Committed results of the protocol's units (`record`): what outlives the session's machine.
+RECORDS = Path(__file__).resolve().parent.parent / "docs" / "results" / "protocol"
 REAR_STEPS = 250 + 50  # configs/train/gpu.yaml: steps + warmup_stage_steps
 RUN2_BUDGET = 5731630  # `train rear -c configs/train/gpu.yaml --count-tokens 0` (run 2's count)
 # The protocol's frozen recipe (chosen on dev-select in session 5: unit A against run 2 and D) and
@@ -119,9 +125,12 @@ def archive_status(path: Path) -> str | None:
         return None
 
 
-def unit_done(runs: Path | None, unit_id: str) -> bool:
-    return bool(runs) and (runs / f"{unit_id}.tgz").is_file() and \
-        archive_status(runs / f"{unit_id}.tgz") == "done"
+def unit_done(runs: Path | None, unit_id: str, records: Path | None = None) -> bool:
+    """Done: its archive came back done (in RUNS), or its record is committed (`record`)."""
+    if runs and (runs / f"{unit_id}.tgz").is_file() and archive_status(runs / f"{unit_id}.tgz") == "done":
+        return True
+    unit_json = records / unit_id / "unit.json" if records else None
+    return bool(unit_json) and unit_json.is_file() and json.loads(unit_json.read_text()).get("status") == "done"
 
 
 def steps_of(args: str) -> int:
@@ -197,7 +206,8 @@ def plan(args: argparse.Namespace, root: Path) -> dict:
     test = [p for p in parts if p["group"] == "test"]
     runs = Path(args.runs) if args.runs else None
     units = units_for(args)
-    skipped = [u["id"] for u in units if unit_done(runs, u["id"])]
+    records = None if args.rehearse else RECORDS  # a rehearsal counts only what it brought back
+    skipped = [u["id"] for u in units if unit_done(runs, u["id"], records)]
     todo = [u for u in units if u["id"] not in skipped]
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in REHEARSE_ENV.items()) + " " if args.rehearse else ""
     extra_carry = list(REHEARSE_CARRY) if args.rehearse else []
@@ -345,12 +355,39 @@ def collect(src: Path, runs: Path, root: Path) -> None:
     print(f"done: {', '.join(done) or 'none'}")
 
 
+def record(runs: Path, records: Path = RECORDS) -> None:
+    """Every done archive in RUNS into records/ID/: its files but the weights (chosen/ holds
+    them; the checkpoints that ship are committed under checkpoints/), rows.jsonl gzipped."""
+    for f in sorted(runs.glob("*.tgz")):
+        if archive_status(f) != "done":
+            continue
+        unit_id = f.name[: -len(".tgz")]
+        dest = records / unit_id
+        with tarfile.open(f) as tar:
+            for m in tar.getmembers():
+                rel = Path(m.name).relative_to(unit_id) if m.name.startswith(unit_id + "/") else None
+                if not m.isfile() or rel is None or rel.parts[0] == "chosen" or ".." in rel.parts:
+                    continue
+                data = tar.extractfile(m).read()
+                out = dest / rel
+                if rel.name == "rows.jsonl":
+                    out, data = out.with_name("rows.jsonl.gz"), gzip.compress(data, mtime=0)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+        print(f"recorded {unit_id} -> {dest}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "collect":
         if len(argv) != 3:
             sys.exit("usage: gpu_plan.py collect FILES_AT RUNS_DIR")
         collect(Path(argv[1]), Path(argv[2]), repo_root())
+        return
+    if argv and argv[0] == "record":
+        if len(argv) not in (2, 3):
+            sys.exit("usage: gpu_plan.py record RUNS_DIR [RECORDS_DIR]")
+        record(Path(argv[1]), *(Path(a) for a in argv[2:]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", choices=["bench", "recipe", "protocol"])

@@ -181,3 +181,42 @@ def plan_args(plan, argv):
         plan.plan, plan.show = real_plan, real_show
     assert isinstance(captured["args"], argparse.Namespace)
     return captured["args"]
+
+
+def test_protocol_keeps_each_training_unit_with_its_test_and_records_count_as_done(
+        staged_repo, tmp_path, monkeypatch):
+    import gzip
+
+    repo, _ = staged_repo
+    plan = load("gpu_plan")
+    monkeypatch.setattr(plan, "RECORDS", tmp_path / "records")
+
+    def sessions(extra=()):
+        return plan.plan(plan_args(plan, ["protocol", "--seeds", "0", *extra]), repo)["sessions"]
+
+    for s in sessions():  # a test unit runs in the session of its training unit, carrying nothing
+        units = [c["unit"] for c in s["calls"] if c["unit"]]
+        for c in s["calls"]:
+            if c["unit"] and c["unit"].startswith("eval-test-"):
+                name = c["unit"][len("eval-test-"):]
+                trained = [u for u in units if u.endswith(f"-{name}") and u.startswith("train-")]
+                assert trained, (c["unit"], units)
+                assert not any(x.startswith(".gpu/in/") for x in c["carry"]), c
+    first = [c["unit"] for c in sessions()[0]["calls"] if c["unit"]]
+    assert first[:2] == ["train-rear-linear-s0", "eval-test-linear-s0"]
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with tarfile.open(runs / "eval-test-linear-s0.tgz", "w:gz") as tar:
+        for name, data in (("unit.json", json.dumps({"status": "done"}).encode()),
+                           ("nq-test/rear/rows.jsonl", b'{"id": "q1"}\n'),
+                           ("chosen/adapter_model.safetensors", b"weights")):
+            info = tarfile.TarInfo(f"eval-test-linear-s0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    plan.record(runs, plan.RECORDS)
+    kept = plan.RECORDS / "eval-test-linear-s0"
+    assert gzip.decompress((kept / "nq-test/rear/rows.jsonl.gz").read_bytes()) == b'{"id": "q1"}\n'
+    assert not (kept / "chosen").exists()  # weights are not recorded
+    after = [c["unit"] for s in sessions() for c in s["calls"] if c["unit"]]
+    assert "eval-test-linear-s0" not in after and "train-rear-linear-s0" in after
