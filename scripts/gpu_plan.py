@@ -357,21 +357,27 @@ def collect(src: Path, runs: Path, root: Path) -> None:
 
 def record(runs: Path, records: Path = RECORDS) -> None:
     """Every done archive in RUNS into records/ID/: its files but the weights (chosen/ holds
-    them; the checkpoints that ship are committed under checkpoints/), rows.jsonl gzipped."""
+    them; the checkpoints that ship are committed under checkpoints/) and an evaluation's
+    report.json (rebuilt from settings.json + rows.jsonl: rearqa.eval.runner.build_report);
+    rows.jsonl and every file over 256 KiB gzipped (NAME.gz)."""
     for f in sorted(runs.glob("*.tgz")):
         if archive_status(f) != "done":
             continue
         unit_id = f.name[: -len(".tgz")]
         dest = records / unit_id
         with tarfile.open(f) as tar:
-            for m in tar.getmembers():
+            members = tar.getmembers()
+            names = {m.name for m in members}
+            for m in members:
                 rel = Path(m.name).relative_to(unit_id) if m.name.startswith(unit_id + "/") else None
                 if not m.isfile() or rel is None or rel.parts[0] == "chosen" or ".." in rel.parts:
                     continue
+                if rel.name == "report.json" and str(Path(m.name).with_name("rows.jsonl")) in names:
+                    continue
                 data = tar.extractfile(m).read()
                 out = dest / rel
-                if rel.name == "rows.jsonl":
-                    out, data = out.with_name("rows.jsonl.gz"), gzip.compress(data, mtime=0)
+                if rel.name == "rows.jsonl" or len(data) > 256 * 1024:
+                    out, data = out.with_name(out.name + ".gz"), gzip.compress(data, mtime=0)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(data)
         print(f"recorded {unit_id} -> {dest}")

@@ -210,6 +210,8 @@ def test_protocol_keeps_each_training_unit_with_its_test_and_records_count_as_do
     with tarfile.open(runs / "eval-test-linear-s0.tgz", "w:gz") as tar:
         for name, data in (("unit.json", json.dumps({"status": "done"}).encode()),
                            ("nq-test/rear/rows.jsonl", b'{"id": "q1"}\n'),
+                           ("nq-test/rear/report.json", b'{"rows": []}'),
+                           ("nq-test/rank_metrics.json", b" " * 300_000),
                            ("chosen/adapter_model.safetensors", b"weights")):
             info = tarfile.TarInfo(f"eval-test-linear-s0/{name}")
             info.size = len(data)
@@ -218,5 +220,7 @@ def test_protocol_keeps_each_training_unit_with_its_test_and_records_count_as_do
     kept = plan.RECORDS / "eval-test-linear-s0"
     assert gzip.decompress((kept / "nq-test/rear/rows.jsonl.gz").read_bytes()) == b'{"id": "q1"}\n'
     assert not (kept / "chosen").exists()  # weights are not recorded
+    assert not (kept / "nq-test/rear/report.json").exists()  # rebuilt from rows.jsonl
+    assert len(gzip.decompress((kept / "nq-test/rank_metrics.json.gz").read_bytes())) == 300_000
     after = [c["unit"] for s in sessions() for c in s["calls"] if c["unit"]]
     assert "eval-test-linear-s0" not in after and "train-rear-linear-s0" in after

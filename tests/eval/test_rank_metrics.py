@@ -216,6 +216,7 @@ def test_rear_eval_runs_methods_rank_metrics_and_threshold_choice(tmp_path, one_
         assert c["probability"] == pytest.approx(1 / (1 + np.exp(-(platt[0] * c["relevance"] + platt[1]))))
     metrics = json.loads((out / "rank_metrics.json").read_text())
     assert "Platt map" in metrics["groups"]["other"]["calibration"]["REAR relevance"]["probability"]
+    assert "REAR: the checkpoint's dev-select Platt map" in (out / "rank_metrics.md").read_text()
     scorers = metrics["groups"]["other"]["auc"]["scorers"]
     assert set(scorers) == {"REAR relevance", "dense cosine", "BM25"}
     assert scorers["dense cosine"]["pooled"]["value"] is not None

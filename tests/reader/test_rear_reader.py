@@ -10,7 +10,7 @@ import torch
 from rearqa.config_errors import ConfigError
 from rearqa.reader import build_reader, get_reader_class
 from rearqa.reader.base import first_line
-from rearqa.reader.config import ReaderConfig, resolve_adapter, resolve_checkpoint
+from rearqa.reader.config import ReaderConfig, default_checkpoint_dir, resolve_adapter, resolve_checkpoint
 from rearqa.reader.rear import (RearConfig, RearModel, RoutingConfig, answer_confidence,
                                 build_rear_input, collate_rear_inputs, token_logprobs)
 from rearqa.reader.rear.prompting import passage_text
@@ -267,8 +267,12 @@ def test_config_registry_and_checkpoint_resolution(tmp_path):
         resolve_checkpoint(ReaderConfig(checkpoint=str(tmp_path)))
     with pytest.raises(ConfigError, match="not a REAR checkpoint"):
         build_reader("rear", ReaderConfig(checkpoint=str(tmp_path / "none")), tmp_path)
-    with pytest.raises(ConfigError, match="reader.adapter"):
-        resolve_adapter(ReaderConfig(method="rag-ft"))
+    with pytest.raises(ConfigError, match="reader.adapter"):  # none shipped for closed-book-ft
+        resolve_adapter(ReaderConfig(method="closed-book-ft"))
+    # rag-ft's adapter ships beside the REAR checkpoint (docs/rear.md): the default when none is named
+    assert resolve_adapter(ReaderConfig(method="rag-ft")) == default_checkpoint_dir().parent / "rag-ft-smollm2"
+    with pytest.raises(ConfigError, match="no adapter_config.json"):
+        resolve_adapter(ReaderConfig(method="rag-ft", adapter=str(tmp_path)))
 
 
 def test_finetuned_reader_merges_the_adapter(tmp_path):

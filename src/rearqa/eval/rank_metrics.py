@@ -297,7 +297,7 @@ def rank_metrics_markdown(metrics: dict[str, Any]) -> str:
 
     lines = [f"# Rank-head metrics: {metrics['split']}, top-{metrics['k']} {metrics['retriever']} "
              "passages, label = passage contains a gold answer", "",
-             f"Dense/BM25 probabilities: Platt maps {metrics['platt']['note']}; REAR: sigmoid.", ""]
+             f"Dense/BM25 probabilities: Platt maps {metrics['platt']['note']}; REAR: {rear_probability(metrics)}.", ""]
     for group, g in metrics["groups"].items():
         auc = g["auc"]
         imputed = ", ".join(f"{name} {share:.1%}" for name, share in g["imputed_share"].items())
@@ -317,6 +317,13 @@ def rank_metrics_markdown(metrics: dict[str, Any]) -> str:
     lines += [f"| {name} | {c['aurc']:.3f} | {c['risk_at_full_coverage']:.3f} |"
               for name, c in metrics["risk_coverage"].items()]
     return "\n".join(lines) + "\n"
+
+
+def rear_probability(metrics: dict[str, Any]) -> str:
+    """How REAR's relevance became a probability in these metrics (its calibration curves say)."""
+    hows = {c["probability"] for g in metrics["groups"].values()
+            for name, c in g["calibration"].items() if name.startswith("REAR")}
+    return "; ".join(sorted(hows)) or "no probability"
 
 
 def write_rank_metrics(metrics: dict[str, Any], out: Path) -> None:

@@ -22,7 +22,8 @@ top list (only the top 20 are stored) has an unknown BM25 score that is at most 
 listed one: it gets that minimum minus 1e-6 (so such passages tie with each other below every
 listed one), and the share of imputed scores is reported. Dense cosine and BM25 are mapped to
 probabilities by a Platt fit on the dev-select split of the same data set (same pairs, same
-imputation, non-numeric questions); REAR's logit by a plain sigmoid (it is trained with BCE).
+imputation, non-numeric questions); REAR's logit by the checkpoint's own Platt map, fitted on
+dev-select when its threshold was chosen (what users are shown), or a plain sigmoid without one.
 
     python -m rearqa.eval.rear_eval --choose-threshold --snapshot build/bundle \\
         --split nq-dev-select --checkpoint checkpoints/rear-smollm2 --k 20 --out runs/rear/select

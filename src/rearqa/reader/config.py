@@ -90,11 +90,20 @@ def resolve_checkpoint(config: ReaderConfig) -> Path:
     return path
 
 
+def default_adapter_dir(method: str) -> Path:
+    """`<repo>/checkpoints/<method>-smollm2`: where a shipped rag-ft / closed-book-ft adapter lives."""
+    return repo_root() / "checkpoints" / f"{method}-smollm2"
+
+
 def resolve_adapter(config: ReaderConfig) -> Path:
-    """The LoRA adapter directory for rag-ft / closed-book-ft; a clear error when missing."""
+    """The LoRA adapter directory for rag-ft / closed-book-ft (reader.adapter, else the shipped
+    one of that method); a clear error when missing."""
     if not config.adapter:
+        shipped = default_adapter_dir(config.method)
+        if (shipped / "adapter_config.json").is_file():
+            return shipped
         raise ConfigError(f"reader.method={config.method!r} needs reader.adapter: the directory a "
-                          "PEFT LoRA adapter was saved to (adapter_config.json)")
+                          f"PEFT LoRA adapter was saved to (adapter_config.json); none is shipped at {shipped}")
     path = Path(config.adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
