@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -69,30 +68,6 @@ def wait_until_ended(client, job_id: str, timeout_s: float = 180) -> dict:
     raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s} s")
 
 
-class BatchGate:
-    """A write lock for the job runner that lets it in `entries` times, then makes it wait
-    until `release_all()`: the job stops between two batches, where the test can look."""
-
-    def __init__(self, entries: int) -> None:
-        self.entries = entries
-        self.lock = threading.Lock()
-        self.waiting = threading.Event()  # the job is stopped at the gate
-        self.opened = threading.Event()
-
-    def __enter__(self) -> None:
-        if self.entries == 0:
-            self.waiting.set()
-            self.opened.wait()
-        self.entries -= 1
-        self.lock.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.lock.release()
-
-    def release_all(self) -> None:
-        self.opened.set()
-
-
 def upload(client, name: str, data: bytes):
     return client.post("/documents", files={"file": (name, data)})
 
@@ -130,10 +105,10 @@ def test_a_small_upload_is_still_synchronous(client):
     assert response.status_code == 201 and response.json()["count"] == 1
 
 
-def test_a_large_upload_is_a_job_whose_progress_matches_the_committed_batches(app, client, pipe):
+def test_a_large_upload_is_a_job_whose_progress_matches_the_committed_batches(app, client, pipe, batch_gate):
     jobs = app.state.rearqa.jobs
     # the job takes the write lock to write the file, for its plan, then once per batch: two batches
-    gate = jobs.write_lock = BatchGate(entries=1 + 1 + 2)
+    gate = jobs.write_lock = batch_gate(entries=1 + 1 + 2)
     try:
         started = time.monotonic()
         response = upload(client, "long notes.txt", long_text(1200))
