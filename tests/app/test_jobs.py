@@ -110,14 +110,12 @@ def test_a_large_upload_is_a_job_whose_progress_matches_the_committed_batches(ap
     # the job takes the write lock to write the file, for its plan, then once per batch: two batches
     gate = jobs.write_lock = batch_gate(entries=1 + 1 + 2)
     try:
-        started = time.monotonic()
         response = upload(client, "long notes.txt", long_text(1200))
-        answered_s = time.monotonic() - started
         assert response.status_code == 202, response.text
         job = response.json()
         assert response.headers["location"] == f"/jobs/{job['id']}"
+        # the reply is the job as submitted (how fast it comes: docs/reliability.md; no timing in tests)
         assert job["state"] == "queued" and job["chunks_done"] == 0 and job["chunks_total"] is None
-        assert answered_s < 5  # (the 6,000-chunk figure is in docs/reliability.md; no timing here)
         assert gate.waiting.wait(120), "the job never reached its third batch"
         mid = client.get(f"/jobs/{job['id']}").json()
         # the job stands still now: what it reports done is what the docstore holds, searchable

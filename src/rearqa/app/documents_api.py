@@ -139,7 +139,7 @@ def documents_router(state: ServerState) -> APIRouter:
         documents done of total, errors, and once done what a synchronous upload answers."""
         found = await run_in_threadpool(state.jobs.get, job_id)
         if found is None:
-            raise HTTPException(404, f"no ingestion job has id {job_id!r}: POST /documents returns a job "
+            raise HTTPException(404, f"no ingestion job has id {job_id[:100]!r}: POST /documents returns a job "
                                      f"id for uploads over {threshold} bytes, and the last {KEEP_JOBS} jobs are kept")
         return found
 
