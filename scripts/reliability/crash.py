@@ -3,17 +3,24 @@
     .venv/bin/python scripts/reliability/crash.py --trials 5 --save-kills 2 --out docs/results/reliability-crash.json
 
 A real server over a scratch data home takes uploads back to back, each a JSONL file of
-`--batch` (at most 100) documents, every document holding a unique token. The 201 reply is the
-acknowledgement (POST /documents answers once the docstore is committed). After at least 5 more
-acknowledgements in a trial the server is killed with SIGKILL part-way through the next upload
-(at a different point of it each trial; in the last --save-kills trials right after that upload
-replaced the index file, before its sidecar and SQLite commit), restarted on the same data, and
-asked one question (so it opens its index and repairs what the crash left). Then, on disk, while
-the restarted server idles:
+`--batch` (at most 100) documents, every document holding a unique token. By default every
+upload is an ingestion job (the server runs with `--job-threshold-kb 0` and
+`--job-batch-chunks --job-batch`): POST /documents answers 202, the client polls GET /jobs/{id},
+and the documents a job reports done (`documents_done`, moved after each committed batch) are
+acknowledged, batch by batch; the upload is done when the job is. With `--sync` the server keeps
+its default threshold and the 201 reply to each (small) upload is the acknowledgement, as before
+jobs existed. After at least 5 more finished uploads in a trial the server is killed with SIGKILL
+part-way through the next upload (at a different point of it each trial; in the last
+--save-kills trials right after some batch of that upload replaced the index file, before its
+sidecar and SQLite commit), restarted on the same data, and asked one question (so it opens its
+index and repairs what the crash left). Then, on disk, while the restarted server idles:
   - the FAISS index holds exactly the docstore's chunk vector ids, its sidecar's count and
     version match, and the index count equals the docstore count;
-  - every acknowledged document is stored whole (all its chunks) and the batch in flight is
-    either wholly stored or wholly absent; no other document exists;
+  - every acknowledged document is stored whole (all its chunks); of the upload in flight, the
+    unacknowledged rest is stored as whole batches in file order (jobs: a prefix of
+    --job-batch documents at a time, or all of it; --sync: all or nothing); no other document
+    exists;
+  - (jobs) the job in flight reads `interrupted`, and the chunks it reports done are stored;
   - every acknowledged document is found first by BM25 for its unique token and by dense search
     for its own indexed text (title + text: the stored vector itself, so any miss is a missing
     or wrong vector).
@@ -59,8 +66,10 @@ class Uploader:
     server: LiveServer
     trial: int
     size: int
-    acked: list[dict] = field(default_factory=list)  # {"batch", "ids", "seconds"}
-    in_flight: dict | None = None  # the batch being sent: {"batch", "ids", "sent_at"}
+    jobs: bool
+    acked: list[dict] = field(default_factory=list)  # finished uploads: {"batch", "ids", "seconds", ...}
+    # the upload being sent: {"batch", "ids", "sent_at", "job": id or None, "acked": documents done}
+    in_flight: dict | None = None
     failure: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -71,20 +80,44 @@ class Uploader:
                 records = batch_records(self.trial, n, self.size)
                 body = "".join(json.dumps(r) + "\n" for r in records).encode()
                 self.in_flight = {"batch": f"t{self.trial}b{n}", "ids": [r["id"] for r in records],
-                                  "sent_at": time.monotonic()}
+                                  "sent_at": time.monotonic(), "job": None, "acked": 0}
                 try:
                     response = self.server.upload(http, f"batch-t{self.trial}-{n}.jsonl", body)
+                    result = self.follow_job(http, response) if self.jobs else self.reply(response, 201)
                 except httpx.TransportError:
                     return  # killed mid-upload: this batch stays in_flight
-                if response.status_code != 201:
-                    self.failure = f"upload {n}: {response.status_code} {response.text[:300]}"
+                if result is None:
                     return
-                if sorted(response.json()["ids"]) != sorted(self.in_flight["ids"]):
+                if sorted(result["ids"]) != sorted(self.in_flight["ids"]):
                     self.failure = f"upload {n}: acknowledged ids differ from the ids sent"
                     return
                 self.acked.append({**self.in_flight, "seconds": time.monotonic() - self.in_flight["sent_at"]})
                 self.in_flight = None
                 n += 1
+
+    def reply(self, response: httpx.Response, status: int) -> dict | None:
+        if response.status_code != status:
+            self.failure = f"{response.request.url.path}: {response.status_code} {response.text[:300]}"
+            return None
+        return response.json()
+
+    def follow_job(self, http: httpx.Client, response: httpx.Response) -> dict | None:
+        """Poll the upload's job until it ends; each poll acknowledges the documents it reports
+        done. Returns the job's result (what a synchronous upload answers)."""
+        job = self.reply(response, 202)
+        if job is None:
+            return None
+        self.in_flight["job"] = job["id"]
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.02)
+            job = self.reply(http.get(f"{self.server.url}/jobs/{job['id']}", headers=self.server.headers), 200)
+            if job is None:
+                return None
+            self.in_flight["acked"] = job["documents_done"]
+        if job["state"] != "done":
+            self.failure = f"job {job['id']}: {job['state']}, errors {job['errors'][:3]}"
+            return None
+        return job["result"]
 
 
 def kill_mid_upload(server: LiveServer, uploader: Uploader, min_acks: int, fraction: float | None) -> dict:
@@ -137,15 +170,20 @@ def disk_state(collection_dir: Path) -> dict:
             "sidecar_version": sidecar["docstore_version"]}
 
 
-def consistency(state: dict, acked: list[str], in_flight: list[str]) -> dict[str, bool]:
+def consistency(state: dict, acked: list[str], in_flight: list[str], batch: int | None) -> dict[str, bool]:
+    """`in_flight`: the upload's unacknowledged documents, in file order; `batch`: documents per
+    committed batch (None: the upload is one batch)."""
     docs = state["documents"]
-    stored_in_flight = sum(1 for key in in_flight if key in docs)
+    stored = [key in docs for key in in_flight]
+    n = sum(stored)
+    whole_batches = stored == [True] * n + [False] * (len(in_flight) - n) and (
+        n in (0, len(in_flight)) if batch is None else n % batch == 0 or n == len(in_flight))
     return {
         "index ids == docstore chunk ids": state["index_ids"] == state["vector_ids"],
         "index count == docstore count": state["index_ntotal"] == len(state["vector_ids"]) == state["sidecar_count"],
         "sidecar version == docstore version": state["sidecar_version"] == state["docstore_version"],
         "every acknowledged document stored": all(docs.get(key, 0) >= 1 for key in acked),
-        "batch in flight all or nothing": stored_in_flight in (0, len(in_flight)),
+        "upload in flight: unacknowledged rest stored as whole batches in order": whole_batches,
         "no document outside acknowledged + in flight": set(docs) <= set(acked) | set(in_flight),
     }
 
@@ -167,14 +205,15 @@ def searchable(collection_dir: Path, acked: list[str], records: dict[str, dict])
 
 
 def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], records: dict) -> dict:
-    uploader = Uploader(server, trial, args.batch)
-    # kill early, midway, late into an upload; the last --save-kills trials at the index save
+    uploader = Uploader(server, trial, args.batch, jobs=not args.sync)
+    # kill early, midway, late into an upload; the last --save-kills trials at an index save
     fraction = (trial + 0.5) / args.timed if trial < args.timed else None
     kill = kill_mid_upload(server, uploader, args.min_acks + trial, fraction)
     for n in range(len(uploader.acked) + 1):
         records.update({r["id"]: r for r in batch_records(trial, n, args.batch)})
-    acked = acked_so_far + [key for a in uploader.acked for key in a["ids"]]
-    in_flight = kill["in_flight"]["ids"] if kill["in_flight"] else []
+    flight = kill["in_flight"] or {"ids": [], "acked": 0, "job": None, "batch": None}
+    acked = acked_so_far + [key for a in uploader.acked for key in a["ids"]] + flight["ids"][:flight["acked"]]
+    rest = flight["ids"][flight["acked"]:]
     after_kill = disk_state(server.home / "indexes" / server.collection)
     drift = {"index_ahead_of_docstore": after_kill["sidecar_version"] > after_kill["docstore_version"],
              "stray_index_ids": len(set(after_kill["index_ids"]) - set(after_kill["vector_ids"])),
@@ -183,22 +222,28 @@ def run_trial(server: LiveServer, trial: int, args, acked_so_far: list[str], rec
     with httpx.Client(timeout=300) as http:  # opens the index (and repairs it) in the server
         ask = http.post(f"{server.url}/ask", json={"question": f"Which record carries the token zq{acked[-1]}x?"},
                         headers=server.headers)
+        job = http.get(f"{server.url}/jobs/{flight['job']}", headers=server.headers).json() if flight["job"] else None
     state = disk_state(server.home / "indexes" / server.collection)
-    checks = consistency(state, acked, in_flight)
+    checks = consistency(state, acked, rest, None if args.sync else args.job_batch)
     checks["question answered after restart"] = ask.status_code == 200
-    in_flight_stored = bool(in_flight) and in_flight[0] in state["documents"]
+    stored_rest = [key for key in rest if key in state["documents"]]
+    if job is not None:  # (a kill before the 202 leaves no job to ask about)
+        finished = job["state"] == "done" and len(stored_rest) == len(rest)  # it ended just before the kill
+        checks["job in flight reads interrupted after restart"] = job["state"] == "interrupted" or finished
+        checks["job's chunks done are stored"] = job["chunks_done"] <= flight["acked"] + len(stored_rest)
     found = searchable(server.home / "indexes" / server.collection, acked, records)
     checks["every acknowledged document found by BM25"] = not found["bm25_missed"]
     checks["every acknowledged document found by dense search"] = not found["dense_missed"]
-    return {"trial": trial, "acknowledged_batches": len(uploader.acked), "acknowledged_documents_total": len(acked),
+    return {"trial": trial, "acknowledged_uploads": len(uploader.acked), "acknowledged_documents_total": len(acked),
             "kill_fraction_of_upload": round(fraction, 2) if fraction is not None else "at index save",
-            "killed_after_s": kill["killed_after_s"],
-            "typical_upload_s": kill["typical_upload_s"], "in_flight_batch": kill["in_flight"]["batch"]
-            if kill["in_flight"] else None, "in_flight_stored_after_restart": in_flight_stored,
+            "killed_after_s": kill["killed_after_s"], "typical_upload_s": kill["typical_upload_s"],
+            "in_flight_upload": flight["batch"], "in_flight_job": flight["job"],
+            "in_flight_acked_documents": flight["acked"], "in_flight_stored_beyond_acked": len(stored_rest),
+            "job_after_restart": {k: job[k] for k in ("state", "chunks_done", "chunks_total")} if job else None,
             "on_disk_right_after_kill": drift, "restart_s": restart_s,
             "documents_after_restart": len(state["documents"]),
             "chunks_after_restart": len(state["vector_ids"]), "checks": checks, **found,
-            "acked_after": acked + (in_flight if in_flight_stored else [])}
+            "acked_after": acked + stored_rest}
 
 
 def main() -> int:
@@ -207,7 +252,13 @@ def main() -> int:
     parser.add_argument("--save-kills", type=int, default=2,
                         help="further kills right after an upload replaced the index file")
     parser.add_argument("--batch", type=int, default=100, help="documents per upload (at most 100)")
-    parser.add_argument("--min-acks", type=int, default=5, help="acknowledged uploads before the first kill")
+    parser.add_argument("--min-acks", type=int, default=5, help="finished uploads before the first kill")
+    parser.add_argument("--server-log", type=Path, default=None,
+                        help="write the server's log here (default: inside the scratch home, deleted at the end)")
+    parser.add_argument("--sync", action="store_true",
+                        help="synchronous uploads (201 replies) instead of ingestion jobs")
+    parser.add_argument("--job-batch", type=int, default=25,
+                        help="chunks (here: documents) per committed batch of a job")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "reliability-crash.json")
     args = parser.parse_args()
     if not 1 <= args.batch <= 100 or args.min_acks < 5 or args.trials < 1:
@@ -216,17 +267,21 @@ def main() -> int:
     trials, records, acked = [], {}, []
     with tempfile.TemporaryDirectory(prefix="rearqa-crash-") as tmp:
         home = scratch_home(Path(tmp))
-        with LiveServer(home, collection="crash", log_path=home / "server.log") as server:
+        serve_args = () if args.sync else ("--job-threshold-kb", "0", "--job-batch-chunks", str(args.job_batch))
+        log_path = args.server_log or home / "server.log"
+        with LiveServer(home, collection="crash", log_path=log_path, serve_args=serve_args) as server:
             server.start()
             args.timed = args.trials
             for trial in range(args.trials + args.save_kills):
                 result = run_trial(server, trial, args, acked, records)
                 acked = result.pop("acked_after")
                 trials.append(result)
-                print(f"trial {trial}: {result['acknowledged_batches']} batches acknowledged, killed "
-                      f"{result['killed_after_s'] or 0:.2f} s into batch {result['in_flight_batch']} "
-                      f"(typical {result['typical_upload_s']:.2f} s; stored after restart: "
-                      f"{result['in_flight_stored_after_restart']}); right after the kill: "
+                print(f"trial {trial}: {result['acknowledged_uploads']} uploads acknowledged, killed "
+                      f"{result['killed_after_s'] or 0:.2f} s into upload {result['in_flight_upload']} "
+                      f"(typical {result['typical_upload_s']:.2f} s; documents of it acknowledged "
+                      f"{result['in_flight_acked_documents']}, stored beyond them after restart "
+                      f"{result['in_flight_stored_beyond_acked']}; job after restart: "
+                      f"{result['job_after_restart']}); right after the kill: "
                       f"{result['on_disk_right_after_kill']}; restart {result['restart_s']:.0f} s")
                 for name, passed in result["checks"].items():
                     print(f"  {'PASS' if passed else 'FAIL'}  {name}")

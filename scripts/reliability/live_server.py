@@ -49,6 +49,7 @@ class LiveServer:
     token: str | None = None
     max_queue: int = 8
     log_path: Path | None = None
+    serve_args: tuple[str, ...] = ()  # more `rearqa serve` options, e.g. ("--job-threshold-kb", "0")
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -72,7 +73,7 @@ class LiveServer:
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "REARQA_API_TOKEN": self.token or ""}
         cmd = [sys.executable, "-m", "rearqa.app.cli", "serve", "--port", str(self.port), "--home", str(self.home),
-               "--config", str(self._config()), "--max-queue", str(self.max_queue)]
+               "--config", str(self._config()), "--max-queue", str(self.max_queue), *self.serve_args]
         log = open(self.log_path or os.devnull, "ab")
         started = time.monotonic()
         self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

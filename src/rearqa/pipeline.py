@@ -51,12 +51,17 @@ class Pipeline:
 
     # -- components, opened on first use ------------------------------------------------------
     @property
+    def collection_path(self) -> Path:
+        """The collection's folder (known without opening it)."""
+        return self.home / "indexes" / self.config.retriever.collection
+
+    @property
     def collection(self):
         if self._collection is None:
             from rearqa.retriever import Collection
 
             name = self.config.retriever.collection
-            collection = Collection(self.home / "indexes" / name, self.config.retriever)
+            collection = Collection(self.collection_path, self.config.retriever)
             if name == DEFAULT_COLLECTION and collection.is_empty():
                 assets.ensure_prepared(self.home)
                 log.info("building the default collection from %s", assets.corpus_file(self.home))

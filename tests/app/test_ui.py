@@ -384,3 +384,32 @@ def test_rear_marker_is_the_passage_its_routing_chose(wiki_handlers, one_thread)
     assert f"Sources: [{chosen[0]}] {chosen[1]}" in message
     others = [f"[{row[0]}] {row[1]}" for row in rows if row is not chosen]
     assert f"Also read, not used for the answer: {', '.join(others)}" in message
+
+
+def test_the_upload_shows_its_jobs_progress_then_what_it_added(scratch_home, tmp_path, batch_gate):
+    from rearqa.app.jobs import JOBS_FILE, IngestJobs, JobSettings
+    from rearqa.app.chat_answer import md_text
+    from rearqa.app.ui import ChatHandlers
+
+    pipe = Pipeline(PipelineConfig(retriever=RetrieverConfig(collection="chat-upload")), home=scratch_home)
+    jobs = IngestJobs(lambda: pipe.collection, pipe.collection_path / JOBS_FILE, JobSettings(batch_chunks=2))
+    gate = jobs.write_lock = batch_gate(entries=1 + 1 + 1)  # the file, the plan, one batch of 2 passages
+    path = tmp_path / "long_notes.txt"
+    path.write_text("zqchatx " + " ".join(f"w{i}" for i in range(700)))  # 9 passages
+    ticks = []
+    steps = ChatHandlers(pipe, jobs).add_documents([str(path)], progress=lambda *a, **k: ticks.append((a, k)))
+    shown = []
+    try:
+        for report, files in steps:
+            shown.append(report)
+            if "indexing, 2 of 9 passages (22%)" in report:  # the job waits at the gate now
+                break
+    finally:
+        gate.release_all()
+    *_, (final, files) = [*steps] or [(shown[-1], None)]
+    name = md_text("long_notes.txt")  # as the report shows it (escaped Markdown)
+    assert f"**{name}**: indexing, 2 of 9 passages (22%)" in shown[-1]
+    assert ((2, 9),) in [a for a, _ in ticks] and any(k.get("unit") == "passages" for _, k in ticks)
+    assert files is None and f"**{name}**: 1 added, 0 updated" in final and "9 passages added" in final
+    assert "collection now holds 1 documents (9 passages)" in final
+    assert pipe.collection.retriever("bm25").search("zqchatx", k=1)[0].source.endswith("uploads/long_notes.txt")

@@ -201,17 +201,23 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               help="Bearer token required on every route but /health and the docs (default: none).")] = None,
           max_queue: Annotated[int, typer.Option(help="Requests that may wait for the reader; more get 429.")] = 8,
           max_upload_mb: Annotated[float, typer.Option(help="Largest document upload, in MiB.")] = 20.0,
+          job_threshold_kb: Annotated[float, typer.Option(
+              help="Uploads larger than this (KiB) answer 202 and are added as a background job; 0: all.")] = 64.0,
+          job_batch_chunks: Annotated[int, typer.Option(
+              help="Chunks per committed batch of an ingestion job.")] = 256,
           chat: Annotated[Optional[bool], typer.Option(
               "--chat/--no-chat", show_default=False,
               help="Mount the web chat at /chat (default: on unless --token is set).")] = None,
           engine: Annotated[str, typer.Option(help="Reader engine: hf | vllm (default: the config's).")] = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the HTTP API (FastAPI; docs at /docs, OpenAI-compatible chat at /v1) and the web chat."""
+    from rearqa.app.jobs import JobSettings
     from rearqa.app.server import serve as run_server
 
     pipe = _pipeline(config, home, collection, engine=engine)
     run_server(pipe, host=host, port=port, token=token or None, max_queue=max_queue,
                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+               jobs=JobSettings(threshold_bytes=int(job_threshold_kb * 1024), batch_chunks=job_batch_chunks),
                chat=(not token) if chat is None else chat)
 
 

@@ -1,11 +1,14 @@
-"""Document routes of the HTTP API: upload (POST /documents), list, and delete by id.
+"""Document routes of the HTTP API: upload (POST /documents), list, delete by id, and the
+ingestion jobs of large uploads (GET /jobs/{id}).
 
 An upload is kept as a file under `<collection>/uploads/<name>` and ingested from there like
-`rearqa index add` (upsert by source path: uploading a name again replaces its documents). The
-reply waits for the docstore commit (SQLite synchronous=FULL) after the index is saved, so an
-acknowledged upload survives a crash; the index itself can always be rebuilt from the docstore.
-Names are bare file names with a supported suffix; bodies over the limit are refused before
-they are read (`UploadLimit`).
+`rearqa index add` (upsert by source path: uploading a name again replaces its documents).
+A file up to the job threshold (64 KiB by default, `rearqa serve --job-threshold-kb`) is added
+before the reply: 201 once the docstore commit (SQLite synchronous=FULL) follows the index save,
+so an acknowledged upload survives a crash; the index itself can always be rebuilt from the
+docstore. A larger file is answered at once with 202 and a job (`rearqa.app.jobs`), which adds
+it in committed batches; GET /jobs/{id} says how far it got. Names are bare file names with a
+supported suffix; bodies over the limit are refused before they are read (`UploadLimit`).
 """
 # No `from __future__ import annotations`: FastAPI reads the route annotations.
 import re
@@ -16,11 +19,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from rearqa.app.schemas import DeleteOut, DocumentPage, PageQuery, UploadOut
+from rearqa.app.jobs import (KEEP_JOBS, UPLOAD_DIR, issue_messages, nothing_added, restore_upload, upload_summary,
+                             write_upload)
+from rearqa.app.schemas import DeleteOut, DocumentPage, JobOut, PageQuery, UploadOut
 from rearqa.app.state import ServerState
-from rearqa.files import atomic_write_bytes
 
-UPLOAD_DIR = "uploads"  # inside the collection folder; uploaded files are kept as their source
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing and form fields allowed beyond the file
 _UPLOAD_NAME = re.compile(r"^\w[\w .-]{0,127}$")  # a bare file name: no separators, no leading dot
 
@@ -76,20 +79,15 @@ def store_upload(state: ServerState, name: str, data: bytes, tags: list[str] | N
     folder.mkdir(exist_ok=True)
     path = folder / name
     with state.write_lock:
-        existed = path.exists()
-        atomic_write_bytes(path, data)  # on disk before it is ingested; never seen half-written
+        previous = write_upload(path, data)
         result = collection.add_paths([path], tags=tags, progress=False)  # returns once committed
-        docs = collection.docstore.document_listing(0, 1_000_000, source=str(path))
-        if not docs and not existed:
-            path.unlink()  # nothing of it was stored: keep no orphan file
-    errors = [f"{name}:{e.line}: {e.message}" if e.line is not None else f"{name}: {e.message}"
-              for e in result.errors]
-    if not docs and errors:
-        raise HTTPException(422, [{"type": "value_error", "loc": ["body", "file"], "msg": e} for e in errors])
-    return {"filename": name, "ids": [d["id"] for d in docs], "count": sum(d["chunks"] for d in docs),
-            "added": result.added, "updated": result.updated, "unchanged": result.unchanged,
-            "skipped_duplicates": result.skipped_duplicates, "chunks_added": result.chunks_added,
-            "chunks_deleted": result.chunks_deleted, "errors": errors}
+        summary = upload_summary(collection, name, path, result)
+        if nothing_added(result) or (previous is None and not summary["ids"]):
+            restore_upload(path, previous)  # keep no file that nothing stored came from
+    if nothing_added(result):
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body", "file"], "msg": e}
+                                  for e in issue_messages(name, result.errors)])
+    return summary
 
 
 def delete_document(state: ServerState, doc_id: str) -> int:
@@ -105,24 +103,47 @@ def delete_document(state: ServerState, doc_id: str) -> int:
 
 
 def documents_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix="/documents", tags=["documents"])
+    router = APIRouter(tags=["documents"])
     limit_bytes = state.config.max_upload_bytes
+    threshold = state.jobs.settings.threshold_bytes
 
-    @router.post("", status_code=201, response_model=UploadOut,
-                 responses={400: {"description": "bad file name"}, 413: {"description": "file too large"},
-                            415: {"description": "unsupported file type"}})
+    @router.post("/documents", status_code=201, response_model=UploadOut,
+                 responses={202: {"model": JobOut, "description": f"over {threshold} bytes: a job adds "
+                                  "the file in the background; poll GET /jobs/{id} (also in Location)"},
+                            400: {"description": "bad file name"}, 413: {"description": "file too large"},
+                            415: {"description": "unsupported file type"},
+                            422: {"description": "nothing in the file could be added (each error named)"}},
+                 description=f"Add a file to the collection (re-uploading a name replaces that file's "
+                             f"documents). A file up to {threshold} bytes: 201 once the docstore and index "
+                             "are committed to disk. A larger one: 202 at once with its job; GET /jobs/{id} "
+                             "reports its progress, and its chunks become searchable (and durable) batch "
+                             "by batch.")
     async def upload(file: Annotated[UploadFile, File(description="A .jsonl .txt .md .html or .pdf file.")],
                      tags: Annotated[list[str] | None, Form(description="Tags stored with every chunk.")] = None
-                     ) -> dict:
-        """Add a file to the collection (re-uploading a name replaces that file's documents). The
-        reply comes once the docstore and index are committed to disk."""
+                     ) -> Any:
+        """Add a file: synchronously up to the job threshold, as a background job above it."""
         name = upload_name(file.filename)
         data = await file.read(limit_bytes + 1)
         if len(data) > limit_bytes:
             raise HTTPException(413, f"{name}: over the upload limit of {limit_bytes} bytes")
+        if len(data) > threshold:
+            job = state.jobs.submit(name, data, tags)
+            return JSONResponse(JobOut(**job).model_dump(), status_code=202,
+                                headers={"Location": f"/jobs/{job['id']}"})
         return await state.run(store_upload, state, name, data, tags)
 
-    @router.get("", response_model=DocumentPage)
+    @router.get("/jobs/{job_id}", response_model=JobOut,
+                responses={404: {"description": "no job has this id"}})
+    async def job(job_id: str) -> dict:
+        """An ingestion job: its state (queued, running, done, failed, interrupted), chunks and
+        documents done of total, errors, and once done what a synchronous upload answers."""
+        found = await run_in_threadpool(state.jobs.get, job_id)
+        if found is None:
+            raise HTTPException(404, f"no ingestion job has id {job_id[:100]!r}: POST /documents returns a job "
+                                     f"id for uploads over {threshold} bytes, and the last {KEEP_JOBS} jobs are kept")
+        return found
+
+    @router.get("/documents", response_model=DocumentPage)
     async def list_documents(query: Annotated[PageQuery, Query()]) -> dict:
         """Stored documents in the order they were added."""
         def page() -> dict:
@@ -131,7 +152,7 @@ def documents_router(state: ServerState) -> APIRouter:
                     "total": store.count_documents(), "offset": query.offset, "limit": query.limit}
         return await run_in_threadpool(state._when_ready, page)
 
-    @router.delete("/{doc_id:path}", response_model=DeleteOut,
+    @router.delete("/documents/{doc_id:path}", response_model=DeleteOut,
                    responses={404: {"description": "no document or chunk has this id"}})
     async def delete(doc_id: str) -> dict:
         """Delete a document (all its chunks) or a single chunk by id."""

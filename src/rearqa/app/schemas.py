@@ -154,6 +154,29 @@ class UploadOut(BaseModel):
     errors: list[str] = Field(description="Lines or parts of the file that were skipped, and why.")
 
 
+JobState = Literal["queued", "running", "done", "failed", "interrupted"]
+
+
+class JobOut(BaseModel):
+    """An ingestion job (POST /documents answers 202 with one for a large file)."""
+
+    id: str = Field(description="GET /jobs/{id} reports on it.")
+    filename: str
+    state: JobState = Field(description="queued -> running -> done | failed; interrupted when the server "
+                                        "stopped while it was queued or running (its committed batches stay; "
+                                        "upload the file again to complete it).")
+    chunks_done: int = Field(description="Chunks committed so far: durable and searchable.")
+    chunks_total: int | None = Field(description="Chunks to add; null until the file is read.")
+    documents_done: int = Field(description="Documents whose every chunk is committed.")
+    documents_total: int | None = Field(description="Documents to add; null until the file is read.")
+    errors: list[str] = Field(description="Lines or parts of the file that were skipped, and why; or why "
+                                          "the job failed.")
+    result: UploadOut | None = Field(description="Once done: what a synchronous upload answers.")
+    created_at: float = Field(description="Unix time it was submitted.")
+    started_at: float | None
+    finished_at: float | None
+
+
 class DeleteOut(BaseModel):
     id: str
     chunks_deleted: int

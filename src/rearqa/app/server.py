@@ -3,9 +3,11 @@ OpenAI-compatible chat endpoint, over one `Pipeline`.
 
     POST /ask               question -> Answer JSON (the shape of `rearqa ask --json`)
     POST /ask/stream        server-sent events: passages, token..., answer (or error)
-    POST /documents         multipart file upload -> ids and chunk count, once committed
+    POST /documents         multipart file upload -> ids and chunk count, once committed (201);
+                            a large file -> 202 with an ingestion job, added in the background
+    GET  /jobs/{id}         the job: state, chunks done of total, errors
     GET  /documents         a page of stored documents
-    DELETE /documents/{id}  a document (or one chunk) by id       (these three: documents_api.py)
+    DELETE /documents/{id}  a document (or one chunk) by id       (these four: documents_api.py)
     GET  /health            ready | loading | error, model, collection size, queue
     POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
     /docs, /openapi.json    the schema
@@ -36,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from rearqa import assets
 from rearqa.app.admission import QueueFull
 from rearqa.app.documents_api import MULTIPART_SLACK, UploadLimit, documents_router
+from rearqa.app.jobs import JobSettings
 from rearqa.app.openai_api import openai_router
 from rearqa.app.schemas import AnswerOut, HealthOut
 from rearqa.app.state import EngineUnavailable, ServerConfig, ServerState, event_stream, unprocessable
@@ -122,13 +125,15 @@ USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "questi
 
 # -- the app ------------------------------------------------------------------------------------
 def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
-               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
-    """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline."""
+               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True,
+               jobs: JobSettings | None = None) -> FastAPI:
+    """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline;
+    `jobs`: when an upload becomes a background job (default JobSettings())."""
 
     pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
                 else source() if callable(source) and not hasattr(source, "ask") else source)
     config = ServerConfig(token=token, max_in_flight=max_in_flight, max_queue=max_queue,
-                          max_upload_bytes=max_upload_bytes, warm=warm)
+                          max_upload_bytes=max_upload_bytes, warm=warm, jobs=jobs or JobSettings())
     state = ServerState(pipeline, config)
     app = FastAPI(title="rearqa", version="0.1.0",
                   description="Relevance-aware retrieval-augmented question answering with citations.")
@@ -235,7 +240,8 @@ def mount_ui(app: FastAPI, pipeline, path: str = "/chat") -> FastAPI:
     if state is not None and state.config.token is not None:
         raise ConfigError("the web chat cannot be mounted on a token-protected API: it would be open "
                           "to anyone; serve it separately with `rearqa ui`, or drop --token")
-    app = gr.mount_gradio_app(app, build_ui(pipeline), path=path, footer_links=[])
+    jobs = state.jobs if state is not None else None  # the chat's uploads share the API's job runner
+    app = gr.mount_gradio_app(app, build_ui(pipeline, jobs), path=path, footer_links=[])
 
     @app.get("/", include_in_schema=False)
     def _chat_home() -> RedirectResponse:  # the site's front page is the chat

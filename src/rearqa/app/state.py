@@ -9,7 +9,7 @@ composition root, so no app module imports back up.
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.admission import RequestQueue, Ticket
+from rearqa.app.jobs import JOBS_FILE, IngestJobs, JobSettings
 from rearqa.app.schemas import AskOptions, request_models, served_methods
 from rearqa.config_errors import ConfigError
 
@@ -34,6 +35,7 @@ class ServerConfig:
     max_queue: int = 8  # requests waiting behind them; more are refused with 429 + Retry-After
     max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted document upload
     warm: bool = True  # open the collection and load the reader at start (health: loading -> ready)
+    jobs: JobSettings = field(default_factory=JobSettings)  # large uploads as background jobs
 
     def __post_init__(self) -> None:
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8
@@ -61,6 +63,8 @@ class ServerState:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.write_lock = threading.Lock()  # one upload or delete at a time (file + docstore)
+        self.jobs = IngestJobs(lambda: self._when_ready(lambda: pipeline.collection),
+                               pipeline.collection_path / JOBS_FILE, config.jobs, self.write_lock)
         self.methods = served_methods(pipeline.config.reader.method)
         self.request_models = request_models(pipeline.config.reader.max_question_chars, self.methods)
         if config.warm:

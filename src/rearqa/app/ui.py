@@ -12,7 +12,8 @@ for `rearqa ui`). What it shows:
 - a citation view with a relevance bar per passage and the reader's judgment, rendered as HTML
   in which every piece of document text is escaped (a document holding `<script>` shows it
   literally), plus the same rows as a plain table;
-- document upload into the collection, with progress per file;
+- document upload into the collection: each file is an ingestion job (rearqa.app.jobs), and
+  its progress (passages committed of total) shows while it runs;
 - settings: k, retriever, reader method (only those whose model files are present; the others
   are listed, with what each needs, in one collapsed note), REAR routing, and the engine (hf,
   vllm; an engine that is not installed says so when chosen).
@@ -25,6 +26,7 @@ import dataclasses
 import html
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +55,7 @@ ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliab
 METHOD_REQUIREMENTS = {"rear": resolve_checkpoint, "rag-ft": resolve_adapter,
                        "closed-book-ft": resolve_adapter}
 UPLOAD_TYPES = sorted(LOADERS)  # the file suffixes the collection has loaders for
+JOB_POLL_S = 0.5  # how often an upload's progress is read from its job
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -191,8 +194,9 @@ def user_errors() -> tuple[type[Exception], ...]:
 class ChatHandlers:
     """What the UI's events do, over one pipeline (which opens its index and reader lazily)."""
 
-    def __init__(self, pipeline) -> None:
+    def __init__(self, pipeline, jobs=None) -> None:
         self.pipeline = pipeline
+        self.jobs = jobs  # rearqa.app.jobs.IngestJobs, made on first upload when not given
         self.base = pipeline.config.reader
         self.siblings: dict[tuple[str, str], object] = {}  # (engine, routing) -> pipeline
 
@@ -239,31 +243,80 @@ class ChatHandlers:
         except user_errors() as exc:
             raise gr.Error(str(exc)) from exc
 
-    def add_documents(self, files: list | None, progress=gr.Progress()) -> tuple[str, None]:
-        """Index uploaded files into the collection, one progress step per file; returns the
-        report (Markdown) and None to empty the file input."""
+    def add_documents(self, files: list | None, progress=gr.Progress()) -> Iterator[tuple[str, object]]:
+        """Add uploaded files to the collection, each as an ingestion job (rearqa.app.jobs, the
+        API's runner when the chat is mounted on it): yields the report (Markdown) with each
+        job's chunks done of total while it runs, and finally None to empty the file input."""
         if not files:
             raise gr.Error(f"Choose one or more files to add (supported: {' '.join(UPLOAD_TYPES)}).")
         paths = [Path(f if isinstance(f, str) else f.name) for f in files]
-        collection, lines = self.pipeline.collection, []
+        jobs, lines = self.ingest_jobs(), []
         for i, path in enumerate(paths):
-            progress((i, len(paths)), desc=f"indexing {path.name}", unit="files")
-            try:
-                result = collection.add_paths([path], progress=False)
-            except user_errors() as exc:
-                raise gr.Error(f"{path.name}: {exc}") from exc
-            lines.append(f"- **{md_text(path.name)}**: {md_text(result.summary())}")
-            lines += [f"  - ⚠️ {md_text(str(issue))}" for issue in result.errors]
-        progress((len(paths), len(paths)), desc="done", unit="files")
-        stats = collection.stats()
+            job = self.submit(jobs, path)
+            while job["state"] in ("queued", "running"):
+                done, total = job["chunks_done"], job["chunks_total"]
+                progress((done, total) if total else (i, len(paths)), desc=f"indexing {path.name}",
+                         unit="passages" if total else "files")
+                yield "\n".join([*lines, job_progress_line(job)]), gr.skip()
+                time.sleep(JOB_POLL_S)
+                job = jobs.get(job["id"])
+            lines += job_report_lines(job)
+        stats = self.pipeline.collection.stats()
         lines.append(f"\nThe collection now holds {stats['documents']} documents "
                      f"({stats['chunks']} passages).")
-        return "\n".join(lines), None
+        yield "\n".join(lines), None
+
+    def ingest_jobs(self):
+        """The job runner: the one given (the API's), else one of this chat's own."""
+        from rearqa.app.jobs import CHAT_JOBS_FILE, IngestJobs
+
+        if self.jobs is None:
+            # its own jobs file: opening one marks its active jobs interrupted, and a server may
+            # be running on this collection with its own
+            self.jobs = IngestJobs(lambda: self.pipeline.collection, self.pipeline.collection_path / CHAT_JOBS_FILE)
+        return self.jobs
+
+    @staticmethod
+    def submit(jobs, path: Path) -> dict:
+        from fastapi import HTTPException
+
+        from rearqa.app.admission import QueueFull
+        from rearqa.app.documents_api import upload_name
+
+        try:
+            return jobs.submit(upload_name(path.name), path.read_bytes())
+        except HTTPException as exc:
+            raise gr.Error(str(exc.detail)) from exc
+        except QueueFull as exc:
+            raise gr.Error(str(exc)) from exc
 
 
-def build_ui(pipeline) -> gr.Blocks:
-    """The chat UI over one pipeline (which loads its index and reader on first question)."""
-    handlers = ChatHandlers(pipeline)
+def job_progress_line(job: dict) -> str:
+    """One file's line while its job is queued or running."""
+    name = md_text(job["filename"])
+    if job["chunks_total"] is None:
+        return f"- **{name}**: {'waiting for the indexer' if job['state'] == 'queued' else 'reading the file'}…"
+    done, total = job["chunks_done"], job["chunks_total"]
+    share = f" ({100 * done // total}%)" if total else ""
+    return f"- **{name}**: indexing, {done:,} of {total:,} passages{share}"
+
+
+def job_report_lines(job: dict) -> list[str]:
+    """One file's lines once its job has ended: what it added, and each error."""
+    name, result = md_text(job["filename"]), job["result"]
+    if job["state"] == "done":
+        head = (f"- **{name}**: {result['added']} added, {result['updated']} updated, {result['unchanged']} "
+                f"unchanged, {result['skipped_duplicates']} duplicates skipped ({result['chunks_added']} "
+                f"passages added, {result['chunks_deleted']} deleted)")
+    else:
+        head = f"- **{name}**: {job['state']}, {job['chunks_done']:,} of {job['chunks_total'] or 0:,} passages added"
+    return [head, *(f"  - ⚠️ {md_text(e)}" for e in job["errors"])]
+
+
+def build_ui(pipeline, jobs=None) -> gr.Blocks:
+    """The chat UI over one pipeline (which loads its index and reader on first question);
+    `jobs`: the IngestJobs its uploads go to (default: its own, made on first upload)."""
+    handlers = ChatHandlers(pipeline, jobs)
     base = pipeline.config.reader
     methods = available_methods(base)
     method_value = base.method if base.method in methods else methods[0]

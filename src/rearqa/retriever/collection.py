@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,35 +244,60 @@ class Collection:
     def _ingest(self, loaded: list[tuple[str, LoadedFile]], tags: list[str], replace_source: bool,
                 progress: bool) -> IngestResult:
         cfg, result = self.config, IngestResult()
+
+        def change(store: Docstore) -> tuple[list[int], list[int], np.ndarray]:
+            plan = plan_ingest(store, loaded, result, chunk_words=cfg.chunk_words,
+                               chunk_overlap=cfg.chunk_overlap, replace_source=replace_source, tags=tags)
+            removed = store.delete_documents(plan.delete_doc_ids)
+            new_ids: list[int] = []
+            texts: list[str] = []
+            for doc in plan.inserts:
+                new_ids += store.insert_document(doc)
+                texts += [indexed_text(doc.title, c.text, cfg.embed_title) for c in doc.chunks]
+            return removed, new_ids, self._embed(texts, progress, self._writable_dense())
+
+        removed, new_ids = self.commit(change)
+        result.chunks_added, result.chunks_deleted = len(new_ids), len(removed)
+        for issue in result.errors:
+            log.warning("ingest: %s", issue)
+        return result
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Vectors of chunk texts (as `indexed_text` makes them), computed without the
+        collection's lock, so searches go on meanwhile; `commit` takes them."""
+        return self.embedder().encode(texts, self.config.embed_batch_size) if texts \
+            else np.zeros((0, self.embedder().dim), dtype=np.float32)
+
+    def commit(self, change: Callable[[Docstore], tuple[list[int], list[int], np.ndarray]]
+               ) -> tuple[list[int], list[int]]:
+        """One atomic write: `change(docstore)` runs inside a docstore transaction and returns the
+        vector ids it removed, the ids it inserted and their vectors, shape (inserted, dim); the
+        index is updated and saved before the transaction commits (see the module docstring).
+        Returns (removed, inserted) vector ids."""
         with self.lock:
             self.check()
             index = self._writable_dense()
             try:
                 with self.docstore.transaction():
                     if self.docstore.chunking() is None:
-                        self.docstore.set_meta("chunking", json.dumps([cfg.chunk_words, cfg.chunk_overlap]))
-                    plan = plan_ingest(self.docstore, loaded, result, chunk_words=cfg.chunk_words,
-                                       chunk_overlap=cfg.chunk_overlap, replace_source=replace_source, tags=tags)
-                    removed = self.docstore.delete_documents(plan.delete_doc_ids)
-                    new_ids: list[int] = []
-                    texts: list[str] = []
-                    for doc in plan.inserts:
-                        new_ids += self.docstore.insert_document(doc)
-                        texts += [indexed_text(doc.title, c.text, cfg.embed_title) for c in doc.chunks]
+                        chunking = [self.config.chunk_words, self.config.chunk_overlap]
+                        self.docstore.set_meta("chunking", json.dumps(chunking))
+                    removed, new_ids, vectors = change(self.docstore)
+                    if len(new_ids) != len(vectors) or (len(vectors) and vectors.shape[1] != index.meta.dim):
+                        raise IndexMismatchError(f"{self.path / SIDECAR_FILE}: {len(new_ids)} new chunks "
+                                                 f"came with vectors of shape {vectors.shape}; the index "
+                                                 f"holds {index.meta.dim}-d vectors")
                     if removed or new_ids:
                         version = self.docstore.bump_version()
                         index.remove(np.array(removed, dtype=np.int64))
-                        index.add(np.array(new_ids, dtype=np.int64), self._embed(texts, progress, index))
+                        index.add(np.array(new_ids, dtype=np.int64), vectors)
                         index.save(self.path, version)
             except BaseException:
                 self._dense = None  # the in-memory index may hold rolled-back changes: reopen it
                 raise
-            if cfg.mmap:
+            if self.config.mmap:
                 self._dense = None  # reopen memory-mapped on the next search
-        result.chunks_added, result.chunks_deleted = len(new_ids), len(removed)
-        for issue in result.errors:
-            log.warning("ingest: %s", issue)
-        return result
+        return removed, new_ids
 
     def delete(self, ids: Sequence[str] | str | None = None, source: str | None = None) -> int:
         """Delete chunks by chunk id or document id, and/or every chunk of `source`; returns the

@@ -240,8 +240,13 @@ class Docstore:
                 "added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (doc.doc_key, doc.source, doc.content_hash, doc.revision, doc.title,
                  json.dumps(doc.metadata, ensure_ascii=False), doc.line, time.time()))
-            doc_id = cur.lastrowid
-            ids = []
+            return self.insert_chunks(cur.lastrowid, doc)
+
+    def insert_chunks(self, doc_id: int, doc: NewDocument) -> list[int]:
+        """Insert `doc.chunks` under the stored document `doc_id` (a long document can be
+        written over several transactions); returns their new vector ids."""
+        ids = []
+        with self._lock:
             for chunk in doc.chunks:
                 cur = self._db.execute(
                     "INSERT INTO chunks (chunk_id, doc_id, n, text, title, source, metadata) "
@@ -250,6 +255,10 @@ class Docstore:
                      json.dumps(chunk.metadata, ensure_ascii=False)))
                 ids.append(cur.lastrowid)
         return ids
+
+    def set_revision(self, doc_id: int, revision: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE documents SET revision = ? WHERE doc_id = ?", (revision, doc_id))
 
     def delete_documents(self, doc_ids: Sequence[int]) -> list[int]:
         """Delete documents with their chunks; returns the deleted chunks' vector ids."""
