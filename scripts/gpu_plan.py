@@ -190,7 +190,7 @@ def units_for(args: argparse.Namespace) -> list[dict]:
             baseline("closed-book-ft", f"cbft-s{s}", s, budget, frozen)
             test(f"cbft-s{s}", f"train-baseline-cbft-s{s}", False)
         for s in args.seeds:
-            rear(f"lowrank-s{s}", f"{frozen} --seed {s} --set rear_head=lowrank_attn", steps=REAR_STEPS_FAST)
+            rear(f"lowrank-s{s}", f"{frozen} --seed {s} --set rear_head=lowrank_attn --set head_lr=0 --set head_center=false", steps=REAR_STEPS_FAST)
             test(f"lowrank-s{s}", f"train-rear-lowrank-s{s}", True)
         out.append({"id": "eval-untuned", "words": "eval-untuned", "tests": True,
                     "minutes": EST["untuned"]})
