@@ -248,7 +248,7 @@ def test_ask_answers_with_citations(client, one_thread):
     assert answer["abstained"] is False and answer["from_own_knowledge"] is False
     cited = answer["citations"][0]
     assert cited["passage"]["id"] == "hamlet" and cited["passage"]["title"] == "Hamlet"
-    assert set(cited) == {"passage", "relevance", "judgment", "answer"}
+    assert set(cited) == {"passage", "relevance", "judgment", "answer", "probability"}
     assert set(cited["passage"]) >= {"id", "title", "text", "source", "score"}
     assert answer["cited"] == [0]  # positions in citations of the passages the answer rests on
 

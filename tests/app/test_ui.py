@@ -183,8 +183,10 @@ def test_reader_methods_offered_are_those_whose_files_exist(tmp_path):
     from rearqa.app.ui import available_methods, method_problem
     from rearqa.reader.config import READER_METHODS
 
-    missing = ReaderConfig(checkpoint=str(tmp_path / "none"))
-    assert available_methods(missing) == ["closed-book", "rag"]
+    missing = ReaderConfig(checkpoint=str(tmp_path / "none"))  # rag-ft's adapter ships (checkpoints/)
+    assert available_methods(missing) == ["closed-book", "rag", "rag-ft"]
+    no_adapter = ReaderConfig(checkpoint=str(tmp_path / "none"), adapter=str(tmp_path / "none"))
+    assert available_methods(no_adapter) == ["closed-book", "rag"]
     assert "rear_config.json" in method_problem("rear", missing)
     (tmp_path / "rear").mkdir()
     (tmp_path / "rear" / "rear_config.json").write_text("{}")
