@@ -126,3 +126,16 @@ def test_ask_is_quiet_by_default_and_says_what_loads_when_asked(cli_config):
     assert "INFO" in loud.stderr
     bad = rearqa("--log-level", "chatty", "ask", "Who wrote Hamlet?", *common, check=False)
     assert bad.returncode == 2 and "choose one of" in bad.stderr
+
+
+@pytest.mark.slow
+def test_rear_ask_is_quiet_and_shows_each_passages_calibrated_probability(cli_config):
+    """The shipped REAR checkpoint through `rearqa ask --method rear`: nothing on stderr, and each
+    citation says how REAR read it and how likely (its dev-select calibration) it holds the answer."""
+    home, config = cli_config
+    common = ["--config", config, "--home", home]
+    rearqa("index", "add", DATA / "mini_corpus.jsonl", *common)  # idempotent
+    result = rearqa("ask", "Who wrote Hamlet?", "--k", "2", "--method", "rear", *common)
+    assert result.stderr == ""
+    cited = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(cited) == 2 and all("likely to hold the answer)" in line and "read as " in line for line in cited)

@@ -136,7 +136,12 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
     for i, citation in enumerate(answer.citations, start=1):
         p = citation.passage
         snippet = " ".join(p.text.split()[:25])
-        typer.echo(f"[{i}] {p.title or p.id}  (score {p.score:.3f}, id {p.id})\n    {snippet} ...")
+        judged = ""  # REAR's reading of the passage: its judgment and calibrated probability
+        if citation.judgment is not None:
+            judged = f", read as {citation.judgment}"
+            if citation.probability is not None:
+                judged += f" ({citation.probability:.0%} likely to hold the answer)"
+        typer.echo(f"[{i}] {p.title or p.id}  (score {p.score:.3f}, id {p.id}{judged})\n    {snippet} ...")
     if answer.from_own_knowledge:
         typer.echo("(answered from the model's own knowledge: no passages used)")
 
