@@ -29,6 +29,10 @@ T_START=$(date +%s)
 log() { echo "[$(date +%T)] $*"; }
 fail() { echo "REHEARSAL FAILED: $*"; exit 1; }
 
+log "0. the paths no unit reads are parked for the rehearsal (scripts/gpu_park.py), as for a loan"
+python3 scripts/gpu_park.py park
+trap 'python3 scripts/gpu_park.py unpark' EXIT
+
 log "1. staging here: python3 scripts/gpu_stage.py build --bundle $BUNDLE"
 python3 scripts/gpu_stage.py build --bundle "$BUNDLE"
 

@@ -224,3 +224,26 @@ def test_protocol_keeps_each_training_unit_with_its_test_and_records_count_as_do
     assert len(gzip.decompress((kept / "nq-test/rank_metrics.json.gz").read_bytes())) == 300_000
     after = [c["unit"] for s in sessions() for c in s["calls"] if c["unit"]]
     assert "eval-test-linear-s0" not in after and "train-rear-linear-s0" in after
+
+
+def test_park_moves_what_no_unit_reads_out_of_the_tree_and_back(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "checkpoints" / "rear").mkdir(parents=True)
+    (repo / "docs" / "results").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text("/.gpu/\n")
+    (repo / "checkpoints" / "rear" / "w.bin").write_bytes(b"x" * MIB)
+    (repo / "docs" / "results" / "r.json").write_text("{}")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    park = load("gpu_park")
+    stage = load("gpu_stage")
+    before = stage.travelling_tree_bytes(repo)
+    park.park(repo)
+    assert not (repo / "checkpoints").exists() and (repo / ".gpu/parked/checkpoints/rear/w.bin").is_file()
+    assert stage.travelling_tree_bytes(repo) <= before - MIB
+    with pytest.raises(SystemExit, match="already parked"):
+        park.park(repo)
+    park.unpark(repo)
+    assert (repo / "checkpoints" / "rear" / "w.bin").read_bytes() == b"x" * MIB
+    assert stage.travelling_tree_bytes(repo) == before
