@@ -129,8 +129,14 @@ def unit_done(runs: Path | None, unit_id: str, records: Path | None = None) -> b
     """Done: its archive came back done (in RUNS), or its record is committed (`record`)."""
     if runs and (runs / f"{unit_id}.tgz").is_file() and archive_status(runs / f"{unit_id}.tgz") == "done":
         return True
-    unit_json = records / unit_id / "unit.json" if records else None
-    return bool(unit_json) and unit_json.is_file() and json.loads(unit_json.read_text()).get("status") == "done"
+    if not records:
+        return False
+    root = records.parents[2]  # <repo>/docs/results/protocol: also where gpu_park.py parks it
+    for where in (records, root / ".gpu" / "parked" / records.relative_to(root)):
+        unit_json = where / unit_id / "unit.json"
+        if unit_json.is_file():
+            return json.loads(unit_json.read_text()).get("status") == "done"
+    return False
 
 
 def steps_of(args: str) -> int:
@@ -297,7 +303,8 @@ def show(p: dict) -> None:
     print(f"plan {p['plan']}: stage {stage}, parts {parts}, tree {p['tree_mib']} MiB travels "
           "with every call")
     if p["skipped"]:
-        print(f"done already (archives in {p['runs']}): {', '.join(p['skipped'])}")
+        print(f"done already (archives in {p['runs']}, or recorded in docs/results/protocol): "
+              f"{', '.join(p['skipped'])}")
     if not p["sessions"]:
         print("nothing left to run")
         return
@@ -393,7 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "record":
         if len(argv) not in (2, 3):
             sys.exit("usage: gpu_plan.py record RUNS_DIR [RECORDS_DIR]")
-        record(Path(argv[1]), *(Path(a) for a in argv[2:]))
+        parked = RECORDS.parents[2] / ".gpu" / "parked" / RECORDS.relative_to(RECORDS.parents[2])
+        default = parked if parked.parent.is_dir() else RECORDS  # during a loan: where it is parked
+        record(Path(argv[1]), Path(argv[2]) if len(argv) == 3 else default)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", choices=["bench", "recipe", "protocol"])
