@@ -216,6 +216,63 @@ def test_stream_yields_the_generated_text(vllm_engine):
     assert len(pieces) >= min(2, tokens)
 
 
+CONVERSATIONS = [[{"role": "user", "content": q}] for q in
+                 ("What is the capital of France?", "Who wrote Hamlet?", "Name a large planet.",
+                  "What colour is the sky?")]
+
+
+@pytest.mark.slow
+def test_a_paused_stream_does_not_block_other_requests(vllm_engine):
+    """One stream is opened and left unread while another stream and a batch run to the end:
+    with one caller at a time (the old lock) this would wait forever; each gets its own text."""
+    import threading
+
+    expected = vllm_engine.generate(CONVERSATIONS, MAX_NEW_TOKENS)
+    got: dict[str, object] = {}
+
+    def interleave() -> None:
+        paused = vllm_engine.stream(CONVERSATIONS[0], MAX_NEW_TOKENS)
+        first = next(paused)
+        got["other stream"] = "".join(vllm_engine.stream(CONVERSATIONS[1], MAX_NEW_TOKENS)).strip()
+        got["batch"] = vllm_engine.generate(CONVERSATIONS[2:], MAX_NEW_TOKENS)
+        got["paused stream"] = (first + "".join(paused)).strip()
+
+    worker = threading.Thread(target=interleave, daemon=True)
+    worker.start()
+    worker.join(600)
+    assert not worker.is_alive(), "a paused stream blocked the engine"
+    assert got == {"other stream": expected[1], "batch": expected[2:], "paused stream": expected[0]}
+
+
+@pytest.mark.slow
+def test_simultaneous_streams_and_calls_each_get_their_own_tokens(vllm_engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = vllm_engine.generate(CONVERSATIONS, MAX_NEW_TOKENS)
+
+    def streamed(messages):
+        return "".join(vllm_engine.stream(messages, MAX_NEW_TOKENS)).strip()
+
+    def alone(messages):
+        return vllm_engine.generate([messages], MAX_NEW_TOKENS)[0]
+
+    with ThreadPoolExecutor(2 * len(CONVERSATIONS)) as pool:
+        streams = [pool.submit(streamed, m) for m in CONVERSATIONS]
+        calls = [pool.submit(alone, m) for m in CONVERSATIONS]
+        assert [f.result(600) for f in streams] == expected
+        assert [f.result(600) for f in calls] == expected
+    assert len(set(expected)) == len(expected)  # different answers, so a mix-up would show
+
+
+@pytest.mark.slow
+def test_an_abandoned_stream_is_aborted_and_the_engine_serves_on(vllm_engine):
+    expected = vllm_engine.generate(CONVERSATIONS[:1], MAX_NEW_TOKENS)
+    stream = vllm_engine.stream(CONVERSATIONS[1], MAX_NEW_TOKENS)
+    next(stream)
+    stream.close()
+    assert vllm_engine.generate(CONVERSATIONS[:1], MAX_NEW_TOKENS) == expected
+
+
 @pytest.mark.slow
 def test_failed_start_shows_the_log_tail(plain_checkpoint, tmp_path):
     from rearqa.reader.engines.vllm_engine import VllmEngine, VllmStartError

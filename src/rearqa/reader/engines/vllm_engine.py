@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import json
 import logging
 import os
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from rearqa.reader.engines.vllm_loop import EngineLoop
 
 LOG_TAIL_LINES = 40
 
@@ -104,9 +104,10 @@ class VllmEngine:
         self.suppressed_words = self._suppressed_words(model_dir)
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
-        self._lock = threading.Lock()  # one caller drives the engine loop at a time
-        self._ids = itertools.count()
         self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed)
+        # Every call (batches, streams, REAR's scoring) goes through this one thread, which owns
+        # the engine; concurrent callers are batched step by step (vllm_loop.py).
+        self.loop = EngineLoop(self.llm.llm_engine)
 
     def _suppressed_words(self, model_dir: Path) -> list[str]:
         """generation_config.suppress_tokens (a REAR checkpoint's control tokens) as bad_words.
@@ -179,23 +180,16 @@ class VllmEngine:
         return [self.decode(out.outputs[0].token_ids).strip() for out in outputs]
 
     def stream(self, messages: list[dict], max_new_tokens: int = 32) -> Iterator[str]:
-        """Yield the greedy answer to one conversation as vLLM's engine steps produce it."""
+        """Yield the greedy answer to one conversation as vLLM's engine steps produce it; other
+        requests (streams or batches) are batched with it step by step (`EngineLoop`)."""
         from vllm.sampling_params import RequestOutputKind
 
         params = self.greedy_params(max_new_tokens, detokenize=True,
                                     output_kind=RequestOutputKind.DELTA)
-        engine = self.llm.llm_engine
-        with self._lock:
-            request = f"rearqa-stream-{next(self._ids)}"
-            engine.add_request(request, {"prompt_token_ids": self.encode(messages)}, params)
-            try:
-                while engine.has_unfinished_requests():
-                    for out in engine.step():
-                        if out.request_id == request and out.outputs[0].text:
-                            yield out.outputs[0].text
-            finally:
-                if engine.has_unfinished_requests():  # the caller stopped reading
-                    engine.abort_request([request])
+        submission = self._loop().submit([self.encode(messages)], params)
+        for out in self._loop().outputs(submission):
+            if out.outputs[0].text:
+                yield out.outputs[0].text
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -203,18 +197,22 @@ class VllmEngine:
     # ------------------------------------------------------------------ lower level
 
     def run(self, prompts: list[list[int]], params) -> list:
-        """`vllm.LLM.generate` on token-id prompts; `params`: one SamplingParams or one per prompt."""
+        """Finished `RequestOutput`s of token-id prompts, in order; `params`: one SamplingParams
+        or one per prompt. Thread-safe: concurrent calls are batched together by the engine."""
+        loop = self._loop()
+        return loop.results(loop.submit(prompts, params))
+
+    def _loop(self) -> EngineLoop:
         if self.llm is None:
             raise RuntimeError("the vLLM engine was closed")
-        with self._lock:
-            return self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params,
-                                     use_tqdm=False)
+        return self.loop
 
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory (idempotent)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
+        self.loop.close()
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
