@@ -121,13 +121,13 @@ USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "questi
 
 
 # -- the app ------------------------------------------------------------------------------------
-def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
-               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
+def create_app(source, *, token: str | None = None, max_batch: int = 1, max_in_flight: int | None = None,
+               max_queue: int = 8, max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True) -> FastAPI:
     """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline."""
 
     pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
                 else source() if callable(source) and not hasattr(source, "ask") else source)
-    config = ServerConfig(token=token, max_in_flight=max_in_flight, max_queue=max_queue,
+    config = ServerConfig(token=token, max_batch=max_batch, max_in_flight=max_in_flight, max_queue=max_queue,
                           max_upload_bytes=max_upload_bytes, warm=warm)
     state = ServerState(pipeline, config)
     app = FastAPI(title="rearqa", version="0.1.0",
@@ -190,8 +190,7 @@ def ask_router(state: ServerState) -> APIRouter:
     @router.post("/ask", response_model=AnswerOut)
     async def ask(body: AskRequest) -> dict:  # type: ignore[valid-type]
         """Answer one question with its citations."""
-        answer = await state.run(state.pipeline.ask, body.question, body.k, filters=body.filters,
-                                 method=body.method, retriever=body.retriever)
+        answer = await state.ask(body.question, body, body.method)
         return answer.to_dict()
 
     @router.post("/ask/stream", response_class=StreamingResponse,
