@@ -151,6 +151,16 @@ def test_reader_config_names_the_valid_engines():
         ReaderConfig(engine="tpu")
 
 
+def test_kv_block_size_is_checked_and_vllm_only():
+    from rearqa.config_errors import ConfigError
+
+    assert ReaderConfig(engine="vllm", kv_block_size=32).kv_block_size == 32
+    with pytest.raises(ConfigError, match=r"kv_block_size=24: must be 0 .* multiple of 16"):
+        ReaderConfig(engine="vllm", kv_block_size=24)
+    with pytest.raises(ConfigError, match="applies to engine 'vllm' only"):
+        ReaderConfig(engine="hf", kv_block_size=32)
+
+
 def test_rear_reader_follows_reader_engine(monkeypatch):
     from rearqa.reader import build_reader
     from rearqa.reader.rear.vllm_reader import VllmRearReader

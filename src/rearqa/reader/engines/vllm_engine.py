@@ -86,12 +86,15 @@ class VllmEngine:
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, *, max_model_len: int | None = None,
-                 kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None) -> None:
+                 kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None,
+                 block_size: int | None = None) -> None:
         """Start vLLM on `model_dir` (a plain transformers checkpoint). max_model_len: longest
         prompt + answer, None = the model's own limit as with transformers (vLLM refuses to start
         when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
         kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
-        (default: a new temp file)."""
+        (default: a new temp file); block_size: tokens per KV-cache block, None = vLLM's (128 on
+        CPU). Prefix caching reuses whole blocks only, so with 128 a prompt shorter than that
+        (a short RAG prompt, a REAR scoring prompt) shares nothing with an earlier one."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import check_vllm_servable
@@ -104,7 +107,7 @@ class VllmEngine:
         self.suppressed_words = self._suppressed_words(model_dir)
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
-        self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed)
+        self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed, block_size)
         # Every call (batches, streams, REAR's scoring) goes through this one thread, which owns
         # the engine; concurrent callers are batched step by step (vllm_loop.py).
         self.loop = EngineLoop(self.llm.llm_engine)
@@ -125,7 +128,7 @@ class VllmEngine:
         return words
 
     def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int | None,
-               kv_cache_gib: int, seed: int):
+               kv_cache_gib: int, seed: int, block_size: int | None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         if threads:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}" if threads > 1 else "0"
@@ -139,6 +142,7 @@ class VllmEngine:
                 return LLM(model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=dtype,
                            seed=seed, max_model_len=max_model_len,
                            trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+                           block_size=block_size,
                            # REAR reads its relevance logit from logprobs AFTER allowed_token_ids
                            # restricts them to two tokens (rear.model docstring).
                            logprobs_mode="processed_logprobs")
