@@ -172,6 +172,8 @@ def main() -> int:
                         help="six: the six fixed questions in turn; distinct: no question sent twice")
     parser.add_argument("--burst", type=int, default=0,
                         help="instead of the timed run: this many asks at once (how many answered, the last's latency)")
+    parser.add_argument("--burst-after", type=int, default=0,
+                        help="after the timed run, once the server is idle, this many asks at once on the same server")
     parser.add_argument("--src", type=Path, default=REPO / "src",
                         help="the rearqa sources the server runs (e.g. another checkout's src, for a baseline)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -191,11 +193,15 @@ def main() -> int:
                 http.post(f"{server.url}/ask", json={"question": QUESTIONS[0]}).raise_for_status()  # warm
             load_at_start = os.getloadavg()  # of the minute before the clients start
             questions = Questions(args.questions)
+            burst_log: list[dict] = []
             if args.burst:
                 log = asyncio.run(burst(server, args.burst, args.timeout, questions))
             else:
                 log = asyncio.run(drive(server, args.clients, args.seconds, args.timeout, args.max_backoff,
                                         questions))
+            if args.burst_after:
+                time.sleep(max(5.0, args.max_backoff))  # every client has stopped and been answered
+                burst_log = asyncio.run(burst(server, args.burst_after, args.timeout, questions))
             alive = server.process.poll() is None
             health = httpx.get(f"{server.url}/health", timeout=30).json()
     settings = {**vars(args), "out": str(args.out), "src": str(args.src)}
@@ -219,6 +225,12 @@ def main() -> int:
               f"latency of successes p50 {summary['p50_s'] or 0:.2f} s, p99 {summary['p99_s'] or 0:.2f} s")
         for name, passed in summary["requirements"].items():
             print(f"{'PASS' if passed else 'FAIL'}  {name}")
+    if burst_log:
+        summary["burst_after"] = {**summarise_burst(burst_log), "requests": burst_log}
+        b = summary["burst_after"]
+        print(f"then a burst of {args.burst_after}: answered {b['answered']}, statuses {b['statuses']}; "
+              f"latency of the last answer {b['last_answer_s'] or 0:.2f} s")
+        summary["requirements"]["burst: no 5xx"] = b["server_errors_5xx"] == 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": settings, "ready_s": ready_s, "load_average_at_start": load_at_start,
                                     "health_after": health, "summary": summary, "requests": log}, indent=1))

@@ -124,3 +124,15 @@ def test_bad_batch_settings_are_refused_by_name(tmp_path, settings, match):
 
     with pytest.raises(ConfigError, match=match):
         create_app(BatchedPipeline(tmp_path), warm=False, **settings)
+
+
+def test_the_readers_are_stopped_when_the_server_stops(tmp_path):
+    """uvicorn runs the app's shutdown on SIGTERM; a vLLM reader's engine processes must stop
+    with it (they outlived the server before)."""
+    pipe = BatchedPipeline(tmp_path)
+    closed = []
+    pipe.close_readers = lambda: closed.append(True)
+    with TestClient(create_app(pipe, max_batch=4, warm=False)) as client:
+        assert client.post("/ask", json={"question": "q"}).status_code == 200
+        assert not closed
+    assert closed == [True]

@@ -19,6 +19,7 @@ defaults to 127.0.0.1).
 """
 # No `from __future__ import annotations`: the /ask body model is built per app (its question
 # length limit is the pipeline's), and FastAPI needs the route annotations as real objects.
+import contextlib
 import json
 import logging
 import secrets
@@ -130,7 +131,15 @@ def create_app(source, *, token: str | None = None, max_batch: int = 1, max_in_f
     config = ServerConfig(token=token, max_batch=max_batch, max_in_flight=max_in_flight, max_queue=max_queue,
                           max_upload_bytes=max_upload_bytes, warm=warm)
     state = ServerState(pipeline, config)
-    app = FastAPI(title="rearqa", version="0.1.0",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn runs this on SIGTERM / Ctrl-C: stop vLLM's engine processes with the server
+        # (left alone they outlived it, busy, in the load runs of docs/reliability.md).
+        await run_in_threadpool(state.pipeline.close_readers)
+
+    app = FastAPI(title="rearqa", version="0.1.0", lifespan=lifespan,
                   description="Relevance-aware retrieval-augmented question answering with citations.")
     app.state.rearqa = state
     for error, loc in USER_ERRORS.items():

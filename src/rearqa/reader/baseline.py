@@ -31,6 +31,10 @@ class BaselineReader:
             config.engine, model_dir=model_dir, dtype=config.dtype, threads=config.threads,
             trust_remote_code=config.trust_remote_code, **block)
 
+    def close(self) -> None:
+        """Stop the engine (vLLM's processes; nothing for transformers)."""
+        self.engine.close()
+
     def _method(self, method: str | None) -> str:
         method = method or self.config.method
         if method not in BASELINE_METHODS:

@@ -90,5 +90,8 @@ class HFEngine:
         if errors:
             raise errors[0]
 
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process (VllmEngine's counterpart stops vLLM's)."""
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
