@@ -50,6 +50,7 @@ class LiveServer:
     max_queue: int = 8
     engine: str = ""  # reader.engine (hf | vllm); "" = the config's default
     kv_block_size: int = 0  # reader.kv_block_size (vllm); 0 = vLLM's default
+    threads: int = 0  # reader.threads (vLLM: cores its model worker binds; hf: torch threads); 0 = default
     max_batch: int | None = None  # rearqa serve --max-batch (1: one at a time); None: not passed
     src: Path = REPO / "src"  # the rearqa sources the server runs (another checkout's, for a baseline)
     log_path: Path | None = None
@@ -68,6 +69,7 @@ class LiveServer:
         path = self.home / "reliability.yaml"
         engine = f"  engine: {self.engine}\n" if self.engine else ""
         engine += f"  kv_block_size: {self.kv_block_size}\n" if self.kv_block_size else ""
+        engine += f"  threads: {self.threads}\n" if self.threads else ""
         path.write_text(f"k: {self.k}\nretriever:\n  collection: {self.collection}\n"
                         f"reader:\n  max_new_tokens: {self.max_new_tokens}\n{engine}")
         return path

@@ -168,6 +168,7 @@ def main() -> int:
                         help="rearqa serve --max-batch (1: one at a time; default: the server's)")
     parser.add_argument("--engine", choices=["hf", "vllm"], default=None, help="reader.engine (default: hf)")
     parser.add_argument("--kv-block-size", type=int, default=0, help="reader.kv_block_size (vllm; 0: vLLM's 128)")
+    parser.add_argument("--threads", type=int, default=0, help="reader.threads (0: the engine's default)")
     parser.add_argument("--questions", choices=["six", "distinct"], default="six",
                         help="six: the six fixed questions in turn; distinct: no question sent twice")
     parser.add_argument("--burst", type=int, default=0,
@@ -185,6 +186,7 @@ def main() -> int:
         home = scratch_home(Path(tmp))
         with LiveServer(home, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
                         engine=args.engine or "", kv_block_size=args.kv_block_size, max_batch=args.max_batch,
+                        threads=args.threads,
                         src=args.src,
                         log_path=home / "server.log") as server:
             ready_s = server.start()
@@ -205,7 +207,7 @@ def main() -> int:
             alive = server.process.poll() is None
             health = httpx.get(f"{server.url}/health", timeout=30).json()
     settings = {**vars(args), "out": str(args.out), "src": str(args.src)}
-    head = (f"engine {args.engine or 'hf'}, kv_block_size {args.kv_block_size or 'default'}, max_batch {args.max_batch or 'default'}, max_queue {args.max_queue}, "
+    head = (f"engine {args.engine or 'hf'}, kv_block_size {args.kv_block_size or 'default'}, threads {args.threads or 'default'}, max_batch {args.max_batch or 'default'}, max_queue {args.max_queue}, "
             f"max_new_tokens {args.max_new_tokens}, questions {args.questions}, src {args.src} "
             f"(server ready in {ready_s:.0f} s; load average at start {load_at_start[0]:.2f})")
     if args.burst:
