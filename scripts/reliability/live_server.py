@@ -48,6 +48,11 @@ class LiveServer:
     k: int = 2
     token: str | None = None
     max_queue: int = 8
+    engine: str = ""  # reader.engine (hf | vllm); "" = the config's default
+    kv_block_size: int = 0  # reader.kv_block_size (vllm); 0 = vLLM's default
+    threads: int = 0  # reader.threads (vLLM: cores its model worker binds; hf: torch threads); 0 = default
+    max_batch: int | None = None  # rearqa serve --max-batch (1: one at a time); None: not passed
+    src: Path = REPO / "src"  # the rearqa sources the server runs (another checkout's, for a baseline)
     log_path: Path | None = None
     serve_args: tuple[str, ...] = ()  # more `rearqa serve` options, e.g. ("--job-threshold-kb", "0")
     port: int = field(default_factory=free_port)
@@ -63,17 +68,22 @@ class LiveServer:
 
     def _config(self) -> Path:
         path = self.home / "reliability.yaml"
+        engine = f"  engine: {self.engine}\n" if self.engine else ""
+        engine += f"  kv_block_size: {self.kv_block_size}\n" if self.kv_block_size else ""
+        engine += f"  threads: {self.threads}\n" if self.threads else ""
         path.write_text(f"k: {self.k}\nretriever:\n  collection: {self.collection}\n"
-                        f"reader:\n  max_new_tokens: {self.max_new_tokens}\n")
+                        f"reader:\n  max_new_tokens: {self.max_new_tokens}\n{engine}")
         return path
 
     def start(self, timeout_s: float = 300) -> float:
         """Start the server and wait until /health says ready; returns the seconds that took."""
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.src), os.environ.get("PYTHONPATH", "")]),
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "REARQA_API_TOKEN": self.token or ""}
         cmd = [sys.executable, "-m", "rearqa.app.cli", "serve", "--port", str(self.port), "--home", str(self.home),
                "--config", str(self._config()), "--max-queue", str(self.max_queue), *self.serve_args]
+        if self.max_batch is not None:
+            cmd += ["--max-batch", str(self.max_batch)]
         log = open(self.log_path or os.devnull, "ab")
         started = time.monotonic()
         self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

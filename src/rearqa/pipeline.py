@@ -87,6 +87,15 @@ class Pipeline:
             self._readers[key] = build_reader(method, self.config.reader, model_dir)
         return self._readers[key]
 
+    def close_readers(self) -> None:
+        """Stop the readers opened so far (a vLLM reader's engine processes outlive this one
+        otherwise when it is stopped). Readers without a `close` hold nothing to stop."""
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+
     # -- retrieval ------------------------------------------------------------------------------
     def retrieve(self, question: str, k: int | None = None, *, filters: dict | None = None,
                  retriever: str | None = None) -> list[Passage]:

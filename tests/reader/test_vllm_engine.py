@@ -151,6 +151,16 @@ def test_reader_config_names_the_valid_engines():
         ReaderConfig(engine="tpu")
 
 
+def test_kv_block_size_is_checked_and_vllm_only():
+    from rearqa.config_errors import ConfigError
+
+    assert ReaderConfig(engine="vllm", kv_block_size=32).kv_block_size == 32
+    with pytest.raises(ConfigError, match=r"kv_block_size=24: must be 0 .* multiple of 16"):
+        ReaderConfig(engine="vllm", kv_block_size=24)
+    with pytest.raises(ConfigError, match="applies to engine 'vllm' only"):
+        ReaderConfig(engine="hf", kv_block_size=32)
+
+
 def test_rear_reader_follows_reader_engine(monkeypatch):
     from rearqa.reader import build_reader
     from rearqa.reader.rear.vllm_reader import VllmRearReader
@@ -214,6 +224,63 @@ def test_stream_yields_the_generated_text(vllm_engine):
     # (the trained REAR checkpoint, when present, answers "Paris" in one).
     tokens = len(vllm_engine.tokenizer(answer, add_special_tokens=False)["input_ids"])
     assert len(pieces) >= min(2, tokens)
+
+
+CONVERSATIONS = [[{"role": "user", "content": q}] for q in
+                 ("What is the capital of France?", "Who wrote Hamlet?", "Name a large planet.",
+                  "What colour is the sky?")]
+
+
+@pytest.mark.slow
+def test_a_paused_stream_does_not_block_other_requests(vllm_engine):
+    """One stream is opened and left unread while another stream and a batch run to the end:
+    with one caller at a time (the old lock) this would wait forever; each gets its own text."""
+    import threading
+
+    expected = vllm_engine.generate(CONVERSATIONS, MAX_NEW_TOKENS)
+    got: dict[str, object] = {}
+
+    def interleave() -> None:
+        paused = vllm_engine.stream(CONVERSATIONS[0], MAX_NEW_TOKENS)
+        first = next(paused)
+        got["other stream"] = "".join(vllm_engine.stream(CONVERSATIONS[1], MAX_NEW_TOKENS)).strip()
+        got["batch"] = vllm_engine.generate(CONVERSATIONS[2:], MAX_NEW_TOKENS)
+        got["paused stream"] = (first + "".join(paused)).strip()
+
+    worker = threading.Thread(target=interleave, daemon=True)
+    worker.start()
+    worker.join(600)
+    assert not worker.is_alive(), "a paused stream blocked the engine"
+    assert got == {"other stream": expected[1], "batch": expected[2:], "paused stream": expected[0]}
+
+
+@pytest.mark.slow
+def test_simultaneous_streams_and_calls_each_get_their_own_tokens(vllm_engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = vllm_engine.generate(CONVERSATIONS, MAX_NEW_TOKENS)
+
+    def streamed(messages):
+        return "".join(vllm_engine.stream(messages, MAX_NEW_TOKENS)).strip()
+
+    def alone(messages):
+        return vllm_engine.generate([messages], MAX_NEW_TOKENS)[0]
+
+    with ThreadPoolExecutor(2 * len(CONVERSATIONS)) as pool:
+        streams = [pool.submit(streamed, m) for m in CONVERSATIONS]
+        calls = [pool.submit(alone, m) for m in CONVERSATIONS]
+        assert [f.result(600) for f in streams] == expected
+        assert [f.result(600) for f in calls] == expected
+    assert len(set(expected)) == len(expected)  # different answers, so a mix-up would show
+
+
+@pytest.mark.slow
+def test_an_abandoned_stream_is_aborted_and_the_engine_serves_on(vllm_engine):
+    expected = vllm_engine.generate(CONVERSATIONS[:1], MAX_NEW_TOKENS)
+    stream = vllm_engine.stream(CONVERSATIONS[1], MAX_NEW_TOKENS)
+    next(stream)
+    stream.close()
+    assert vllm_engine.generate(CONVERSATIONS[:1], MAX_NEW_TOKENS) == expected
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """A bounded request queue in front of the reader: never an unbounded wait.
 
-The transformers engine runs one `generate` at a time (it holds a lock), so more than a few
-requests in flight only lengthen everyone's wait. `RequestQueue` lets `max_in_flight` requests
-work and `max_waiting` more wait their turn; any request beyond that is refused at once with
+More requests in flight than the reader can batch only lengthen everyone's wait.
+`RequestQueue` lets `max_in_flight` requests work (one at a time, or with micro-batching two
+batches' worth: batching.py) and `max_waiting` more wait their turn; any request beyond that is refused at once with
 `QueueFull`, which the server answers with 429 and a Retry-After estimated from recent
 service times. Admission is decided on the event loop (no await between check and count), so it
 needs no lock.

@@ -205,6 +205,9 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               envvar="REARQA_API_TOKEN", show_default=False,
               help="Bearer token required on every route but /health and the docs (default: none).")] = None,
           max_queue: Annotated[int, typer.Option(help="Requests that may wait for the reader; more get 429.")] = 8,
+          max_batch: Annotated[int, typer.Option(
+              help="Questions read in one batch (1: one at a time; 0: the engine's measured default, "
+                   "docs/reliability.md).")] = 0,
           max_upload_mb: Annotated[float, typer.Option(help="Largest document upload, in MiB.")] = 20.0,
           job_threshold_kb: Annotated[float, typer.Option(
               help="Uploads larger than this (KiB) answer 202 and are added as a background job; 0: all.")] = 64.0,
@@ -220,7 +223,10 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
     from rearqa.app.server import serve as run_server
 
     pipe = _pipeline(config, home, collection, engine=engine)
-    run_server(pipe, host=host, port=port, token=token or None, max_queue=max_queue,
+    from rearqa.app.state import DEFAULT_MAX_BATCH
+
+    max_batch = max_batch or DEFAULT_MAX_BATCH[pipe.config.reader.engine]
+    run_server(pipe, host=host, port=port, token=token or None, max_queue=max_queue, max_batch=max_batch,
                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                jobs=JobSettings(threshold_bytes=int(job_threshold_kb * 1024), batch_chunks=job_batch_chunks),
                chat=(not token) if chat is None else chat)

@@ -94,8 +94,7 @@ def openai_router(state: ServerState) -> APIRouter:
         question, history = split_messages(body, max_chars)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not history and not body.stream:
-            answer = await state.run(state.pipeline.ask, question, body.k, filters=body.filters,
-                                     method=method, retriever=body.retriever)
+            answer = await state.ask(question, body, method)
             return completion(answer, body.model, completion_id, created)
         _, ticket, events = await state.open_stream(question, body, method, history)
         if not body.stream:

@@ -21,6 +21,7 @@ defaults to 127.0.0.1).
 """
 # No `from __future__ import annotations`: the /ask body model is built per app (its question
 # length limit is the pipeline's), and FastAPI needs the route annotations as real objects.
+import contextlib
 import json
 import logging
 import secrets
@@ -124,18 +125,26 @@ USER_ERRORS: dict[type[Exception], list[str]] = {QuestionError: ["body", "questi
 
 
 # -- the app ------------------------------------------------------------------------------------
-def create_app(source, *, token: str | None = None, max_in_flight: int = 1, max_queue: int = 8,
-               max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True,
+def create_app(source, *, token: str | None = None, max_batch: int = 1, max_in_flight: int | None = None,
+               max_queue: int = 8, max_upload_bytes: int = 20 * 1024 * 1024, warm: bool = True,
                jobs: JobSettings | None = None) -> FastAPI:
     """The API over `source`: a Pipeline, a PipelineConfig, or a function returning a Pipeline;
     `jobs`: when an upload becomes a background job (default JobSettings())."""
 
     pipeline = (Pipeline(source) if isinstance(source, PipelineConfig)
                 else source() if callable(source) and not hasattr(source, "ask") else source)
-    config = ServerConfig(token=token, max_in_flight=max_in_flight, max_queue=max_queue,
+    config = ServerConfig(token=token, max_batch=max_batch, max_in_flight=max_in_flight, max_queue=max_queue,
                           max_upload_bytes=max_upload_bytes, warm=warm, jobs=jobs or JobSettings())
     state = ServerState(pipeline, config)
-    app = FastAPI(title="rearqa", version="0.1.0",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn runs this on SIGTERM / Ctrl-C: stop vLLM's engine processes with the server
+        # (left alone they outlived it, busy, in the load runs of docs/reliability.md).
+        await run_in_threadpool(state.pipeline.close_readers)
+
+    app = FastAPI(title="rearqa", version="0.1.0", lifespan=lifespan,
                   description="Relevance-aware retrieval-augmented question answering with citations.")
     app.state.rearqa = state
     for error, loc in USER_ERRORS.items():
@@ -195,8 +204,7 @@ def ask_router(state: ServerState) -> APIRouter:
     @router.post("/ask", response_model=AnswerOut)
     async def ask(body: AskRequest) -> dict:  # type: ignore[valid-type]
         """Answer one question with its citations."""
-        answer = await state.run(state.pipeline.ask, body.question, body.k, filters=body.filters,
-                                 method=body.method, retriever=body.retriever)
+        answer = await state.ask(body.question, body, body.method)
         return answer.to_dict()
 
     @router.post("/ask/stream", response_class=StreamingResponse,

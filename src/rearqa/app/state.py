@@ -18,9 +18,12 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from rearqa.app.admission import RequestQueue, Ticket
+from rearqa.app.batching import AskBatcher
 from rearqa.app.jobs import JOBS_FILE, IngestJobs, JobSettings
 from rearqa.app.schemas import AskOptions, request_models, served_methods
 from rearqa.config_errors import ConfigError
+from rearqa.reader import check_question
+from rearqa.types import Answer
 
 # The log name the warm-up has always used (it ran in rearqa.app.server before the split).
 log = logging.getLogger("rearqa.app.server")
@@ -31,7 +34,9 @@ class ServerConfig:
     """Settings of the HTTP server (the pipeline keeps its own)."""
 
     token: str | None = None  # bearer token every route but /health and the docs requires; None = open
-    max_in_flight: int = 1  # requests using the reader at once (the hf engine generates one at a time)
+    max_batch: int = 1  # questions of POST /ask (and plain OpenAI chat) read in one batch; 1 = one at a time
+    max_in_flight: int | None = None  # requests handed to the reader at once; None = 1, or with
+    #                                   batching max_batch x BATCHES_AT_ONCE (streams count too)
     max_queue: int = 8  # requests waiting behind them; more are refused with 429 + Retry-After
     max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted document upload
     warm: bool = True  # open the collection and load the reader at start (health: loading -> ready)
@@ -42,11 +47,19 @@ class ServerConfig:
                                        or self.token != self.token.strip()):
             raise ConfigError(f"token of {len(str(self.token))} characters: give at least 8 characters "
                               "with no surrounding spaces (e.g. `openssl rand -hex 32`), or no token")
-        for name in ("max_in_flight", "max_upload_bytes"):
+        if self.max_in_flight is None:
+            self.max_in_flight = 1 if self.max_batch == 1 else self.max_batch * BATCHES_AT_ONCE
+        for name in ("max_batch", "max_in_flight", "max_upload_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive integer")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ConfigError(f"max_queue={self.max_queue!r}: must be 0 or a positive integer")
+
+
+# Batch calls at work at once: the next batch is retrieved (and on vLLM read) while one is read.
+BATCHES_AT_ONCE = 2
+# `rearqa serve`'s max_batch per reader engine, from the load runs of docs/reliability.md.
+DEFAULT_MAX_BATCH = {"hf": 8, "vllm": 32}
 
 
 class EngineUnavailable(Exception):
@@ -67,6 +80,8 @@ class ServerState:
                                pipeline.collection_path / JOBS_FILE, config.jobs, self.write_lock)
         self.methods = served_methods(pipeline.config.reader.method)
         self.request_models = request_models(pipeline.config.reader.max_question_chars, self.methods)
+        self.batcher = (AskBatcher(self._ask_batch_when_ready, config.max_batch, BATCHES_AT_ONCE)
+                        if config.max_batch > 1 else None)
         if config.warm:
             threading.Thread(target=self._warm, name="rearqa-warm-up", daemon=True).start()
         else:
@@ -92,6 +107,20 @@ class ServerState:
         """`fn(*args, **kwargs)` in a worker thread, once admitted by the queue."""
         async with self.queue.admit():
             return await run_in_threadpool(self._when_ready, fn, *args, **kwargs)
+
+    async def ask(self, question: str, options: AskOptions, method: str | None) -> Answer:
+        """One question answered once admitted: alone (max_batch 1), or in a batch with the
+        questions waiting beside it (batching.py). The question is checked here, where it
+        enters, so one bad question cannot fail the batch it would have joined."""
+        kwargs = dict(filters=options.filters, method=method, retriever=options.retriever)
+        if self.batcher is None:
+            return await self.run(self.pipeline.ask, question, options.k, **kwargs)
+        question = check_question(question, self.pipeline.config.reader.max_question_chars)
+        async with self.queue.admit():
+            return await self.batcher.ask(question, options.k, **kwargs)
+
+    def _ask_batch_when_ready(self, questions: list[str], k: int | None, **kwargs: Any) -> list[Answer]:
+        return self._when_ready(self.pipeline.ask_batch, questions, k, **kwargs)
 
     async def open_stream(self, question: str, options: AskOptions, method: str | None,
                           history: list[dict] | None = None) -> tuple[list, Ticket, Iterator]:

@@ -25,9 +25,15 @@ class BaselineReader:
     def __init__(self, config: ReaderConfig, model_dir: str | Path, engine=None) -> None:
         self.config = config
         self.template = get_prompt(config.prompt)
+        # kv_block_size is refused for engines other than vllm (ReaderConfig), so it is passed only when set.
+        block = {"block_size": config.kv_block_size} if config.kv_block_size else {}
         self.engine = engine or build_engine(
             config.engine, model_dir=model_dir, dtype=config.dtype, threads=config.threads,
-            trust_remote_code=config.trust_remote_code)
+            trust_remote_code=config.trust_remote_code, **block)
+
+    def close(self) -> None:
+        """Stop the engine (vLLM's processes; nothing for transformers)."""
+        self.engine.close()
 
     def _method(self, method: str | None) -> str:
         method = method or self.config.method

@@ -48,6 +48,7 @@ class ReaderConfig:
     batch_size: int = 8  # questions per generate() call in batch use (REAR: all their passages at once)
     dtype: str = "bfloat16"  # bfloat16 (2-4x faster on CPU) | float32 (the reference, for parity)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    kv_block_size: int = 0  # vllm only: tokens per KV-cache block (prefix caching reuses whole blocks); 0 = 32 (vllm_engine.DEFAULT_BLOCK_SIZE)
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt
     max_question_chars: int = 2000  # longer questions are refused with a clear error
     trust_remote_code: bool = False  # never needed for the bundled model; off for safety
@@ -65,6 +66,12 @@ class ReaderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"reader.{name}={value!r}: must be a positive integer")
+        if not isinstance(self.kv_block_size, int) or self.kv_block_size < 0 or self.kv_block_size % 16:
+            raise ConfigError(f"reader.kv_block_size={self.kv_block_size!r}: must be 0 (the engine's default) or a "
+                              "positive multiple of 16 (32 or more on CPU)")
+        if self.kv_block_size and self.engine != "vllm":
+            raise ConfigError(f"reader.kv_block_size={self.kv_block_size} applies to engine 'vllm' only; "
+                              f"this reader runs on {self.engine!r}: set it to 0")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"reader.threads={self.threads!r}: must be 0 (default) or a positive integer")
         for name in ("checkpoint", "adapter"):

@@ -63,13 +63,17 @@ class Embedder:
         log.info("loading embedder %s from %s", name, self.path)
         self.model = SentenceTransformer(str(self.path), device="cpu")
         self.dim = int(self.model.get_embedding_dimension())
+        # One encode at a time: the fast tokenizer sets its padding state on each call and raises
+        # "Already borrowed" when two threads do so at once (concurrent batches, uploads, streams).
+        self._lock = threading.Lock()
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised, C-contiguous."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
-                                    normalize_embeddings=True, convert_to_numpy=True)
+        with self._lock:
+            vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
+                                        normalize_embeddings=True, convert_to_numpy=True)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

@@ -59,8 +59,8 @@ class HFEngine:
         """Greedy answers for a batch of chat conversations."""
         if not batch:
             return []
-        inputs = self._encode(batch)
-        with self._lock:
+        with self._lock:  # the tokenizer too: padding=True sets its state, not thread-safe
+            inputs = self._encode(batch)
             output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -69,7 +69,6 @@ class HFEngine:
         """Yield the greedy answer to one conversation piece by piece."""
         from transformers import TextIteratorStreamer
 
-        inputs = self._encode([messages])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=600)
         errors: list[BaseException] = []
@@ -77,6 +76,7 @@ class HFEngine:
         def work() -> None:
             try:
                 with self._lock, torch.inference_mode():
+                    inputs = self._encode([messages])
                     self.model.generate(**inputs, streamer=streamer,
                                         **self._generation_kwargs(max_new_tokens))
             except BaseException as exc:  # re-raised in the caller's thread below
@@ -89,6 +89,9 @@ class HFEngine:
         thread.join()
         if errors:
             raise errors[0]
+
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process (VllmEngine's counterpart stops vLLM's)."""
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

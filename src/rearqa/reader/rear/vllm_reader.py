@@ -75,7 +75,8 @@ class VllmRearReader(RearReaderBase):
         if engine is None:
             from rearqa.reader.engines.vllm_engine import VllmEngine
 
-            engine = VllmEngine(plain, dtype=config.dtype, threads=config.threads)
+            engine = VllmEngine(plain, dtype=config.dtype, threads=config.threads,
+                                block_size=config.kv_block_size or None)
         self.engine = engine
         self._check_control_tokens()
 
