@@ -258,11 +258,12 @@ def test_chat_in_the_browser(page, mini_pipeline, artifacts, tmp_path):
     assert page.locator("#chat a[href*='evil.example']").count() == 0
     assert page.locator("#citation-view a").count() == 0
 
-    # 6. REAR on the 135M checkpoint judges both Hamlet passages irrelevant (logits below its
-    # threshold) and answers from its own knowledge: no marker, and the note says why.
+    # 6. REAR judges both passages irrelevant for a question nothing in this corpus answers
+    # (logits below its threshold) and answers from its own knowledge: no marker, and the note
+    # says why.
     choose_method(page, "rear")
-    reply = ask(page, "Who wrote Hamlet?", 6)
-    rows = citations(page, "Hamlet")
+    reply = ask(page, "Who won the 1998 FIFA World Cup final?", 6)
+    rows = citations(page, "Mona Lisa")
     page.screenshot(path=str(artifacts / "7-rear-fallback.png"), full_page=True)
     assert all(row["judgment"].startswith("irrelevant") for row in rows), rows
     assert markers(page, 6) == [] and "judged none of the 2 passages it read relevant" in reply
