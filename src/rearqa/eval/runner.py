@@ -13,6 +13,7 @@ reports answer-recall@k; the reader gets the top k (closed-book: none).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -188,14 +189,27 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@functools.cache
+def _pipeline_defaults() -> dict[str, Any]:  # noqa: N802 (a constant, computed once)
+    """Every pipeline setting at its default, flattened as `_check_resume` compares them."""
+    from rearqa.config import PipelineConfig
+    from rearqa.config_base import to_dict
+
+    return _flatten({"pipeline": json.loads(json.dumps(to_dict(PipelineConfig())))})
+
+
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
     def identity(run: dict[str, Any]) -> dict[str, Any]:
         settings = {k: v for k, v in run["settings"].items() if k not in RESUMABLE_CHANGES}
         return _flatten({"settings": settings, "pipeline": run["pipeline_config"]})
 
     old, new = identity(saved), identity(json.loads(json.dumps(current)))
+    # a setting added since the run was saved, at its default, is what the old run did
+    added_at_default = {key for key, value in new.items()
+                        if key not in old and key in _pipeline_defaults() and _pipeline_defaults()[key] == value}
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-               for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+               for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key) and key not in added_at_default]
     if changed:
         raise ResumeError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
                           "choose a new --out directory, or pass --overwrite to discard that run")

@@ -36,7 +36,7 @@ from rearqa.retriever.ingest import IngestResult, plan_ingest
 from rearqa.retriever.loaders import IngestIssue, load_file
 
 if TYPE_CHECKING:
-    from rearqa.retriever.collection import Collection
+    from rearqa.retriever import Collection  # (only the package reaches collection.py)
 
 log = logging.getLogger(__name__)
 
