@@ -190,7 +190,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @functools.cache
-def _pipeline_defaults() -> dict[str, Any]:  # noqa: N802 (a constant, computed once)
+def _pipeline_defaults() -> dict[str, Any]:
     """Every pipeline setting at its default, flattened as `_check_resume` compares them."""
     from rearqa.config import PipelineConfig
     from rearqa.config_base import to_dict
