@@ -62,6 +62,15 @@ EST = {
 }
 # Committed results of the protocol's units (`record`): what outlives the session's machine.
 RECORDS = Path(__file__).resolve().parent.parent / "docs" / "results" / "protocol"
+
+
+def parked(records: Path) -> Path:
+    """Where scripts/gpu_park.py keeps `records` (<repo>/docs/results/protocol) during a loan."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_park import PARKED
+
+    root = records.parents[2]
+    return root / PARKED / records.relative_to(root)
 REAR_STEPS = 250 + 50  # configs/train/gpu.yaml: steps + warmup_stage_steps
 RUN2_BUDGET = 5731630  # `train rear -c configs/train/gpu.yaml --count-tokens 0` (run 2's count)
 # The protocol's frozen recipe (chosen on dev-select in session 5: unit A against run 2 and D) and
@@ -131,8 +140,7 @@ def unit_done(runs: Path | None, unit_id: str, records: Path | None = None) -> b
         return True
     if not records:
         return False
-    root = records.parents[2]  # <repo>/docs/results/protocol: also where gpu_park.py parks it
-    for where in (records, root / ".gpu" / "parked" / records.relative_to(root)):
+    for where in (records, parked(records)):
         unit_json = where / unit_id / "unit.json"
         if unit_json.is_file():
             return json.loads(unit_json.read_text()).get("status") == "done"
@@ -246,7 +254,7 @@ def plan(args: argparse.Namespace, root: Path) -> dict:
     calls: list[dict] = []
     used = 0.0 if args.staged else EST["start"]
     staged, tests_staged = args.staged, args.staged and args.tests_staged
-    for u in todo:
+    for i, u in enumerate(todo):
         for attempt in (0, 1):
             # the staging calls (every core part but the last, alone), then the unit's call,
             # carrying the last core part, the test part(s) for a test unit, and its input
@@ -273,7 +281,7 @@ def plan(args: argparse.Namespace, root: Path) -> dict:
             # and a call carrying the test part), or both go to the next session
             after = 0.0
             if u.get("paired"):
-                nxt = todo[todo.index(u) + 1] if todo.index(u) + 1 < len(todo) else None
+                nxt = todo[i + 1] if i + 1 < len(todo) else None
                 after = nxt["minutes"] + EST["call"] + EST["per_mib"] * (tree + 12.0) if nxt else 0.0
             if attempt == 0 and calls and used + cost + after > limit:
                 sessions.append({"calls": calls, "minutes": round(used, 1)})
@@ -400,8 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "record":
         if len(argv) not in (2, 3):
             sys.exit("usage: gpu_plan.py record RUNS_DIR [RECORDS_DIR]")
-        parked = RECORDS.parents[2] / ".gpu" / "parked" / RECORDS.relative_to(RECORDS.parents[2])
-        default = parked if parked.parent.is_dir() else RECORDS  # during a loan: where it is parked
+        default = parked(RECORDS) if parked(RECORDS).parent.is_dir() else RECORDS  # during a loan
         record(Path(argv[1]), Path(argv[2]) if len(argv) == 3 else default)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

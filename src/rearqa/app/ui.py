@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from rearqa.reader import QuestionError, check_question  # noqa: E402
 from rearqa.reader.config import (READER_METHODS, ReaderConfig, resolve_adapter,  # noqa: E402
                                   resolve_checkpoint)
 from rearqa.reader.engines import ENGINES, get_engine_class  # noqa: E402
+from rearqa.reader.rear.config import sigmoid  # noqa: E402
 from rearqa.retriever.config import RETRIEVERS  # noqa: E402
 from rearqa.retriever.loaders import LOADERS  # noqa: E402
 from rearqa.types import Citation, Passage  # noqa: E402
@@ -120,10 +120,6 @@ def citation_rows(items: list[Passage] | list[Citation]) -> list[list]:
         rows.append([i, p.title, round(p.score, 4), relevance, probability, c.judgment or "",
                      c.answer or "", p.text, p.id])
     return rows
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def relevance_bar(relevance: float | str | None, score: float, top_score: float,

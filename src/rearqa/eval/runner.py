@@ -205,8 +205,9 @@ def _check_resume(saved: dict[str, Any], current: dict[str, Any], out_dir: Path)
 
     old, new = identity(saved), identity(json.loads(json.dumps(current)))
     # a setting added since the run was saved, at its default, is what the old run did
+    defaults = _pipeline_defaults()
     added_at_default = {key for key, value in new.items()
-                        if key not in old and key in _pipeline_defaults() and _pipeline_defaults()[key] == value}
+                        if key not in old and key in defaults and defaults[key] == value}
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
                for key in sorted(set(old) | set(new))
                if old.get(key) != new.get(key) and key not in added_at_default]

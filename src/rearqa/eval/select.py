@@ -80,23 +80,24 @@ def trusted_hit_rate(examples, passages: list[list], readings: list[dict]) -> fl
     return sum(hits) / len(hits) if hits else None
 
 
-def head_diagnostics(examples, passages: list[list], readings: list[dict]) -> dict[str, Any]:
+def head_diagnostics(examples, passages: list[list], readings: list[dict],
+                     pairs: tuple[list[float], list[bool]]) -> dict[str, Any]:
     """The rank head against the dense cosine on the same dev-select pairs: pooled AUC and how
-    often the passage it trusts most holds an answer."""
+    often the passage it trusts most holds an answer (`pairs`: rear_routing.relevance_pairs's
+    scores and labels of `readings`)."""
+    scores, labels = pairs
     dense = [{"scores": [p.score for p in ps]} for ps in passages]
-    return {"relevance_auc": relevance_auc(examples, passages, readings),
-            "dense_auc": relevance_auc(examples, passages, dense),
+    return {"relevance_auc": relevance_auc(scores, labels),
+            "dense_auc": relevance_auc([p.score for ps in passages for p in ps], labels),
             "trusted_hit": trusted_hit_rate(examples, passages, readings),
             "dense_top1_hit": trusted_hit_rate(examples, passages, dense)}
 
 
-def relevance_auc(examples, passages: list[list], readings: list[dict]) -> float | None:
+def relevance_auc(scores: list[float], labels: list[bool]) -> float | None:
     """Pooled ROC-AUC of the relevance scores against the contains-answer labels (a report
     beside the choice, which stays by exact match); None when one label is missing."""
     from rearqa.eval.rank_metrics import roc_auc
-    from rearqa.eval.rear_routing import relevance_pairs
 
-    scores, labels = relevance_pairs(examples, passages, readings)
     return roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
 
 
@@ -126,11 +127,11 @@ def select_rear(checkpoints: list[Path], args, snapshot) -> dict[str, Any]:
         selection.update(splits=args.splits, k=args.rear_k, n_questions=len(examples),
                          weights=weights)
         selections.append(selection)
-        pairs.append(relevance_pairs(examples, passages, readings))
+        pairs.append(relevance_pairs(examples, passages, readings))  # (scores, labels)
         table.append({"checkpoint": str(checkpoint), **{key: selection["chosen"][key] for key in
                       ("routing", "threshold", "em", "f1", "fallback_share")},
                       "head": reader.model.config.head,
-                      **head_diagnostics(examples, passages, readings)})
+                      **head_diagnostics(examples, passages, readings, pairs[-1])})
         log.info("rear %s: %s", checkpoint, table[-1])
         del reader
         free_memory()

@@ -9,14 +9,13 @@ picks one (REAR_ENGINES in rearqa.reader.rear.config).
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rearqa.reader.base import StreamItem, word_pieces
 from rearqa.reader.config import ReaderConfig
-from rearqa.reader.rear.config import RearConfig, RoutingConfig
+from rearqa.reader.rear.config import RearConfig, RoutingConfig, sigmoid
 from rearqa.reader.rear.inputs import RearInput
 from rearqa.reader.rear.prompting import PromptBuilder, passage_text
 from rearqa.reader.rear.routing import route
@@ -105,8 +104,7 @@ class RearReaderBase:
         """The relevance logit through the checkpoint's dev-select Platt map; None without one."""
         if self.relevance_platt is None:
             return None
-        z = self.relevance_platt[0] * logit + self.relevance_platt[1]
-        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        return sigmoid(self.relevance_platt[0] * logit + self.relevance_platt[1])
 
     # ------------------------------------------------------------------ reading
 

@@ -46,6 +46,11 @@ class RoutingConfig:
                               "restricted to relevant passages)")
 
 
+def sigmoid(x: float) -> float:
+    """The logistic function of one number, without overflow for large |x|."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
 @dataclass
 class RearConfig:
     """The REAR head, prompt format and routing; saved with every checkpoint."""
