@@ -35,6 +35,7 @@ class Pipeline:
         self.home = Path(home) if home else assets.home()
         self._collection = None
         self._readers: dict[type, Any] = {}  # reader class -> reader
+        self._backbones: dict[str, str] = {}  # method -> its backbone's label
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> "Pipeline":
@@ -118,7 +119,35 @@ class Pipeline:
     # -- reading --------------------------------------------------------------------------------
     def read_batch(self, questions: list[str], passages: list[list[Passage]],
                    method: str | None = None) -> list[Answer]:
-        return self.reader_for(method).read_batch(questions, passages, method)
+        answers = self.reader_for(method).read_batch(questions, passages, method)
+        backbone = self.backbone(method)
+        for answer in answers:
+            answer.backbone = backbone
+        return answers
+
+    def backbone(self, method: str | None = None) -> str:
+        """The backbone `method` reads with: "original", or the transform that converted the
+        weights it loads (backbone.json beside them), e.g. "transmla(96+64)"."""
+        method = method or self.config.reader.method
+        if method not in self._backbones:
+            from rearqa.reader.backbone.loading import backbone_label
+
+            self._backbones[method] = backbone_label(self._weights_dir(method))
+        return self._backbones[method]
+
+    def _weights_dir(self, method: str) -> Path:
+        """Where `method`'s causal LM weights are read from: a plain REAR checkpoint holds its
+        own; every other reader reads reader.model (or the bundled model)."""
+        if method == "rear":
+            from rearqa.reader.config import resolve_checkpoint
+            from rearqa.reader.rear.checkpoint import read_meta
+
+            checkpoint = resolve_checkpoint(self.config.reader)
+            if read_meta(checkpoint)["kind"] == "plain":
+                return checkpoint
+        if self.config.reader.model:
+            return Path(self.config.reader.model)
+        return assets.reader_model_dir(self.home)
 
     def ask(self, question: str, k: int | None = None, *, filters: dict | None = None,
             method: str | None = None, retriever: str | None = None) -> Answer:
@@ -150,4 +179,8 @@ class Pipeline:
                                                                         retriever)[0]
         yield "passages", passages
         for item in self.reader_for(method).stream(question, passages, method, history):
-            yield ("answer", item) if isinstance(item, Answer) else ("token", item)
+            if isinstance(item, Answer):
+                item.backbone = self.backbone(method)
+                yield "answer", item
+            else:
+                yield "token", item

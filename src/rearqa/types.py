@@ -55,6 +55,9 @@ class Answer:
     # Positions in `citations` (0-based) of the passages the answer rests on, in order: RAG the
     # passages it was given, REAR the one its routing chose; [] for closed-book and abstentions.
     cited: list[int] = field(default_factory=list)
+    # The reader's backbone: "original", or the transform that converted it ("transmla(96+64)");
+    # set by the pipeline, "" where no pipeline labelled it.
+    backbone: str = ""
 
     def __post_init__(self) -> None:
         bad = [i for i in self.cited if not 0 <= i < len(self.citations)]
@@ -65,4 +68,5 @@ class Answer:
     def to_dict(self) -> dict[str, Any]:
         return {"question": self.question, "text": self.text, "method": self.method,
                 "abstained": self.abstained, "from_own_knowledge": self.from_own_knowledge,
-                "citations": [c.to_dict() for c in self.citations], "cited": list(self.cited)}
+                "citations": [c.to_dict() for c in self.citations], "cited": list(self.cited),
+                "backbone": self.backbone}

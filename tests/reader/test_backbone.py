@@ -29,7 +29,7 @@ class HalfKV(BackboneTransform):
     def kv_bytes_per_token(self, config, dtype):
         return dense_kv_bytes_per_token(config, dtype) // 2
 
-    def save_weights(self, model, out_dir: Path) -> None:
+    def save_weights(self, model, out_dir: Path, cfg) -> None:
         model.save_pretrained(out_dir)
 
     def load(self, model_dir: Path, dtype=None):

@@ -40,6 +40,18 @@ def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/*.yaml).")]
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Data directory (default $REARQA_HOME or ~/.cache/rearqa).")]
 CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Collection name (default from config: wiki).")]
+ReaderOpt = Annotated[Optional[Path], typer.Option(
+    "--reader", help="A reader directory: a transformers checkpoint or a converted reader (rearqa "
+    "convert) as reader.model, or a REAR checkpoint as reader.checkpoint.")]
+
+
+def _reader_dir(reader: Path | None) -> dict[str, str]:
+    """The ReaderConfig fields --reader sets: checkpoint for a REAR checkpoint, model otherwise."""
+    if reader is None:
+        return {}
+    if not reader.is_dir():
+        raise FileNotFoundError(f"--reader {reader}: no such directory")
+    return {"checkpoint" if (reader / "rear_config.json").is_file() else "model": str(reader)}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -125,9 +137,10 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
         retriever: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
         method: Annotated[Optional[str], typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
+        reader: ReaderOpt = None,
         config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Answer one question: the answer on the first line, then the citations."""
-    pipe = _pipeline(config, home, collection)
+    pipe = _pipeline(config, home, collection, **_reader_dir(reader))
     answer = pipe.ask(question, k=k, method=method, retriever=retriever)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2))
@@ -160,11 +173,12 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming --out.")] = False,
              routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
              fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
+             reader: ReaderOpt = None,
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
 
-    pipe = _pipeline(config, home, routing=routing, fallback=fallback)
+    pipe = _pipeline(config, home, routing=routing, fallback=fallback, **_reader_dir(reader))
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed)
@@ -189,11 +203,12 @@ def compare_cmd(reports: Annotated[list[Path], typer.Argument(help="report.json 
 @app.command()
 def ui(host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="Port.")] = 7860,
+       reader: ReaderOpt = None,
        config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the Gradio chat over the collection."""
     from rearqa.app.ui import launch
 
-    pipe = _pipeline(config, home, collection)
+    pipe = _pipeline(config, home, collection, **_reader_dir(reader))
     launch(pipe, host=host, port=port)
 
 
@@ -217,12 +232,13 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               "--chat/--no-chat", show_default=False,
               help="Mount the web chat at /chat (default: on unless --token is set).")] = None,
           engine: Annotated[str, typer.Option(help="Reader engine: hf | vllm (default: the config's).")] = "",
+          reader: ReaderOpt = None,
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the HTTP API (FastAPI; docs at /docs, OpenAI-compatible chat at /v1) and the web chat."""
     from rearqa.app.jobs import JobSettings
     from rearqa.app.server import serve as run_server
 
-    pipe = _pipeline(config, home, collection, engine=engine)
+    pipe = _pipeline(config, home, collection, engine=engine, **_reader_dir(reader))
     from rearqa.app.state import DEFAULT_MAX_BATCH
 
     max_batch = max_batch or DEFAULT_MAX_BATCH[pipe.config.reader.engine]
@@ -230,6 +246,34 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                jobs=JobSettings(threshold_bytes=int(job_threshold_kb * 1024), batch_chunks=job_batch_chunks),
                chat=(not token) if chat is None else chat)
+
+
+# -- convert ------------------------------------------------------------------------------------
+@app.command()
+def convert(transform: Annotated[str, typer.Option(help="Backbone transform (reader/backbone: transmla).")],
+            source: Annotated[str, typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")],
+            out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
+            kv_lora_rank: Annotated[Optional[int], typer.Option(help="transmla: cached latent width per token and layer.")] = None,
+            rope_dim: Annotated[Optional[int], typer.Option(help="transmla: rotary key width (divides the head width).")] = None,
+            freqfold: Annotated[Optional[int], typer.Option(help="transmla: frequencies pooled per RoRoPE rotation (default: the smallest valid).")] = None,
+            calib_passages: Annotated[Optional[int], typer.Option(help="Calibration samples drawn from the corpus.")] = None,
+            latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
+            pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
+            seed: Annotated[Optional[int], typer.Option(help="Seed of the calibration sample.")] = None,
+            home: HomeOpt = None) -> None:
+    """Convert a reader's backbone (TransMLA: GQA to multi-head latent attention) to a new reader
+    directory that loads by path (--reader DIR)."""
+    from rearqa.app.convert_cmd import convert_reader
+
+    options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "freqfold": freqfold,
+               "calib_passages": calib_passages, "latent_norm": latent_norm,
+               "pad_v_to": pad_v_to, "seed": seed}
+    out_dir = convert_reader(transform, source, out, options, home=home, progress=True)
+    from rearqa.reader.backbone import read_manifest
+
+    manifest = read_manifest(out_dir)
+    typer.echo(f"wrote {out_dir}: {manifest.label}, {manifest.kv_bytes_per_token} KV bytes per token "
+               f"({manifest.dtype}), format {manifest.export_format}")
 
 
 def main() -> None:

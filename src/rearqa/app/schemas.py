@@ -114,6 +114,8 @@ class AnswerOut(BaseModel):
         description="Positions in `citations` (0-based) of the passages the answer rests on, in "
                     "order: rag the passages it was given, rear the one its routing chose; empty "
                     "for closed-book answers and abstentions. The chat shows them as [i + 1].")
+    backbone: str = Field("", description="The reader's backbone: 'original', or the transform "
+                                           "that converted it, e.g. 'transmla(96+64)'.")
 
 
 class DocumentOut(BaseModel):
@@ -193,6 +195,8 @@ class HealthOut(BaseModel):
     status: Literal["ready", "loading", "error"]
     model: str
     method: str
+    backbone: str = Field("", description="The default method's reader backbone: 'original' or "
+                                          "the transform that converted it; '' while loading.")
     collection: str
     documents: int | None = Field(description="null until the collection is open.")
     chunks: int | None

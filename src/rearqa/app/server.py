@@ -179,12 +179,13 @@ def health_router(state: ServerState) -> APIRouter:
         """ready (200) once the collection and reader are loaded; loading or error (503) before."""
         pipe, queue = state.pipeline, state.queue
         status = "loading" if not state.ready.is_set() else "error" if state.error else "ready"
-        counts = (None, None)
+        counts, backbone = (None, None), ""
         if status == "ready":
+            backbone = await run_in_threadpool(pipe.backbone)
             store = (await run_in_threadpool(lambda: pipe.collection)).docstore
             counts = await run_in_threadpool(lambda: (store.count_documents(), store.count_chunks()))
         body = HealthOut(status=status, model=model_name(pipe), method=pipe.config.reader.method,
-                         collection=pipe.config.retriever.collection, documents=counts[0], chunks=counts[1],
+                         backbone=backbone, collection=pipe.config.retriever.collection, documents=counts[0], chunks=counts[1],
                          queue={"in_flight": queue.in_flight, "waiting": queue.waiting,
                                 "max_in_flight": queue.max_in_flight, "max_waiting": queue.max_waiting},
                          error=str(state.error) if state.error else None)

@@ -272,6 +272,7 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
             "answerable": None if answerable_ids is None else example.id in answerable_ids,
             "prediction": answer.text, "abstained": answer.abstained,
             "from_own_knowledge": answer.from_own_knowledge, "passages_read": n_given,
+            "backbone": answer.backbone or "original",
             **_passage_row(passages[:settings.k], hits[:settings.k]),
             "first_hit_rank": hits.index(True) + 1 if any(hits) else None,
             "recall": {str(k): v for k, v in recall_from_hits(hits, settings.recall_ks).items()},
@@ -335,6 +336,9 @@ def build_report(out_dir: str | Path) -> dict[str, Any]:
     last_start = run["starts"][-1]
     return {
         "settings": run["settings"], "pipeline_config": run["pipeline_config"],
+        # the reader backbone(s) the rows were read with ("original" for rows written before
+        # answers carried it)
+        "backbone": ", ".join(sorted({row.get("backbone") or "original" for row in rows})),
         "git_commit": last_start["commit"], "git_dirty": last_start["dirty"],
         "starts": run["starts"], "seed": settings.seed, "versions": package_versions(),
         "dataset": {k: v for k, v in run["dataset"].items() if k != "selected_ids"},

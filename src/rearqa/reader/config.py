@@ -102,9 +102,12 @@ def default_adapter_dir(method: str) -> Path:
     return repo_root() / "checkpoints" / f"{method}-smollm2"
 
 
-def resolve_adapter(config: ReaderConfig) -> Path:
+def resolve_adapter(config: ReaderConfig) -> Path | None:
     """The LoRA adapter directory for rag-ft / closed-book-ft (reader.adapter, else the shipped
-    one of that method); a clear error when missing."""
+    one of that method); None when reader.model is a converted reader whose adapter was merged
+    before the conversion (`rearqa convert --from ADAPTER`); a clear error when missing."""
+    if not config.adapter and config.model and _merged_adapter(config.model):
+        return None
     if not config.adapter:
         shipped = default_adapter_dir(config.method)
         if (shipped / "adapter_config.json").is_file():
@@ -116,6 +119,13 @@ def resolve_adapter(config: ReaderConfig) -> Path:
         raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
                           "directory peft's save_pretrained wrote")
     return path
+
+
+def _merged_adapter(model_dir: str) -> bool:
+    from rearqa.reader.backbone.manifest import read_manifest
+
+    manifest = read_manifest(Path(model_dir).expanduser())
+    return manifest is not None and manifest.source.get("kind") == "adapter"
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -6,7 +6,7 @@ A transform turns a transformers causal LM into a cheaper one:
                                             the modules it installs); `calib` is calibration text
                                             (token-id batches) or None for weight-only methods
     kv_bytes_per_token(config, dtype) -> int   the KV cache one token costs across all layers
-    export(model, out_dir) -> Path          the converted reader on disk in `export_format`, with a
+    export(model, out_dir, cfg) -> Path     the converted reader on disk in `export_format`, with a
                                             backbone.json naming the transform and its settings
     load(model_dir, dtype) -> model         the inverse of export, used by `load_causal_lm`
 
@@ -62,20 +62,30 @@ class BackboneTransform(ABC):
         ...
 
     @abstractmethod
-    def save_weights(self, model: torch.nn.Module, out_dir: Path) -> None:
+    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: TransformConfig) -> None:
         """Write the converted model's weights and config in `export_format` to `out_dir`."""
 
     @abstractmethod
     def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         ...
 
-    def export(self, model: torch.nn.Module, out_dir: str | Path, cfg: TransformConfig) -> Path:
-        """`out_dir` with the weights (`save_weights`) and the backbone.json that names them."""
+    def export_format_for(self, cfg: TransformConfig) -> str:
+        """The format `export` writes with these settings (one of EXPORT_FORMATS)."""
+        return self.export_format
+
+    def label(self, settings: dict[str, Any]) -> str:
+        """A short name for a converted reader with these settings (health, answers, reports)."""
+        return self.name
+
+    def export(self, model: torch.nn.Module, out_dir: str | Path, cfg: TransformConfig,
+               **manifest: Any) -> Path:
+        """`out_dir` with the weights (`save_weights`) and the backbone.json that names them;
+        `manifest` adds fields (calibration, source)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.save_weights(model, out_dir)
+        self.save_weights(model, out_dir, cfg)
         dtype = next(model.parameters()).dtype
         write_manifest(out_dir, BackboneManifest.for_transform(
             self, cfg, kv_bytes_per_token=self.kv_bytes_per_token(model.config, dtype),
-            dtype=str(dtype).removeprefix("torch.")))
+            dtype=str(dtype).removeprefix("torch."), **manifest))
         return out_dir / BACKBONE_FILE

@@ -2,7 +2,7 @@
 
 `TRANSFORMS` maps a transform's name to the lazy "module:Class" path of its `BackboneTransform`
 (base.py); `rearqa.registry.resolve` imports it on first use. A method registers itself here, once,
-when its folder lands (e.g. "transmla": "rearqa.reader.backbone.transmla:TransMLA").
+when its folder lands.
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from rearqa.config_errors import ConfigError
 
-TRANSFORMS: dict[str, str] = {}
+TRANSFORMS: dict[str, str] = {
+    "transmla": "rearqa.reader.backbone.transmla.transform:TransMLA",
+}
 
 # What a converted reader can be saved as, and so which engines can serve it:
 #   deepseek_v3_mla  a DeepseekV3 (MLA) checkpoint: transformers and vLLM's MLA backends

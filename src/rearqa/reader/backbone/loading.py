@@ -37,3 +37,10 @@ def check_vllm_servable(model_dir: str | Path) -> None:
         raise ConfigError(f"{model_dir} holds a {manifest.transform!r} reader exported as "
                           f"{manifest.export_format!r}, which only the transformers engine runs; "
                           "set reader.engine: hf")
+
+
+def backbone_label(model_dir: str | Path | None) -> str:
+    """What /health, answers and eval reports call the backbone in `model_dir`: the transform and
+    its main settings for a converted reader ("transmla(96+64)"), "original" otherwise."""
+    manifest = read_manifest(model_dir) if model_dir else None
+    return "original" if manifest is None else manifest.label

@@ -12,7 +12,7 @@ from typing import Any
 
 from rearqa.config_errors import ConfigError
 from rearqa.files import atomic_write_text
-from rearqa.reader.backbone.config import BACKBONE_FILE, EXPORT_FORMATS, VLLM_FORMATS
+from rearqa.reader.backbone.config import BACKBONE_FILE, EXPORT_FORMATS, TRANSFORMS, VLLM_FORMATS
 
 FORMAT = 1
 
@@ -27,6 +27,8 @@ class BackboneManifest:
     inference_only: bool = False  # the weights are the original ones; the transform acts at run time
     kv_bytes_per_token: int = 0  # KV cache bytes one token costs, all layers, in `dtype`
     dtype: str = ""  # the dtype the weights were saved in
+    calibration: dict[str, Any] = field(default_factory=dict)  # calibration data used (source, size, seed)
+    source: dict[str, Any] = field(default_factory=dict)  # what was converted (base, adapter, REAR)
     format: int = FORMAT  # version of this file's layout
 
     def __post_init__(self) -> None:
@@ -40,8 +42,15 @@ class BackboneManifest:
 
     @classmethod
     def for_transform(cls, transform, cfg, **extra: Any) -> "BackboneManifest":
-        return cls(transform=transform.name, export_format=transform.export_format,
+        return cls(transform=transform.name, export_format=transform.export_format_for(cfg),
                    settings=asdict(cfg), inference_only=transform.inference_only, **extra)
+
+    @property
+    def label(self) -> str:
+        """A short name of the backbone for /health, answers and reports ("transmla(96+64)")."""
+        from rearqa.registry import resolve
+
+        return resolve(TRANSFORMS, self.transform, "backbone transform", ConfigError)().label(self.settings)
 
     @property
     def vllm_servable(self) -> bool:

@@ -77,6 +77,19 @@ def merge_rear(model, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def write_rear_files(model, lm, out_dir: str | Path) -> Path:
+    """The REAR files (rear_config.json as a plain checkpoint, tokenizer, rank head) beside a
+    causal LM `lm` already saved in `out_dir`: a converted backbone of `model`'s merged weights
+    (rearqa convert --from a REAR checkpoint). `lm` keeps the REAR rows it was converted with."""
+    out_dir = Path(out_dir)
+    plain = type(model)(lm, model.tokenizer, model.config, model.token_ids,
+                        model.base_vocab_size, model.base_model_dir)
+    plain.rank_head = model.rank_head
+    plain.check_ref_row_zero()
+    _write_common(plain, out_dir, "plain")
+    return out_dir
+
+
 def read_meta(path: str | Path) -> dict:
     file = Path(path) / CONFIG_FILE
     if not file.is_file():

@@ -1,0 +1,123 @@
+"""`rearqa convert`: a backbone transform applied to a reader, saved as a reader that loads by path.
+
+    rearqa convert --transform transmla --from base --kv-lora-rank 96 --rope-dim 64 --out readers/mla96
+    rearqa convert --transform transmla --from checkpoints/rear-smollm2 --kv-lora-rank 128 --rope-dim 32 --out readers/rear-mla
+
+`--from` is `base` (the bundled reader), a transformers checkpoint directory, a PEFT adapter
+(rag-ft / closed-book-ft: merged into its base first) or a REAR checkpoint (its LoRA merged first;
+the REAR token rows, rank head and routing are kept, and the output is a REAR checkpoint whose
+backbone is the converted one). Calibration text is drawn from the corpus the retriever serves,
+never from the QA sets. The output directory holds the weights, `backbone.json` (the transform,
+its settings, the calibration, the source) and the tokenizer; `--reader DIR` (or reader.model,
+reader.checkpoint for REAR) loads it everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rearqa.config_errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def transform_config(transform, options: dict[str, Any]):
+    """The transform's typed config from the options given (None = not given); an option the
+    transform does not take is refused, naming the ones it does."""
+    known = {f.name for f in fields(transform.config_cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ConfigError(f"transform {transform.name!r} does not take {flags}; its settings are "
+                          f"{sorted(known)}")
+    return transform.config_cls(**given)
+
+
+def source_kind(source: str | Path) -> str:
+    """"base", "rear", "adapter" or "model" for a --from value; a clear error otherwise."""
+    if str(source) == "base":
+        return "base"
+    path = Path(source)
+    if (path / "rear_config.json").is_file():
+        return "rear"
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "model"
+    raise ConfigError(f"--from {source}: not 'base', a transformers checkpoint (config.json), a "
+                      "PEFT adapter (adapter_config.json) or a REAR checkpoint (rear_config.json)")
+
+
+def load_source(source: str | Path, home: Path) -> tuple[torch.nn.Module, Any, Any, dict]:
+    """(causal LM in float32 with any adapter merged, tokenizer, the REAR model or None, a record
+    of the source for backbone.json)."""
+    from transformers import AutoTokenizer
+
+    from rearqa import assets
+    from rearqa.reader.backbone.loading import load_causal_lm
+
+    kind = source_kind(source)
+    base_dir = assets.reader_model_dir(home)
+    if kind == "rear":
+        from rearqa.reader.rear.model import RearModel
+
+        rear = RearModel.from_pretrained(source, base_model_dir=base_dir, dtype=torch.float32)
+        rear.export_linear_head()
+        lm = rear.lm.merge_and_unload() if rear.is_lora else rear.causal_lm
+        return lm.eval(), rear.tokenizer, rear, {"kind": "rear", "path": str(source)}
+    if kind == "adapter":
+        from rearqa.reader.finetuned import merge_lora
+
+        lm = merge_lora(load_causal_lm(base_dir, torch.float32), source)
+        return (lm.eval(), AutoTokenizer.from_pretrained(base_dir), None,
+                {"kind": "adapter", "path": str(source), "base": str(base_dir)})
+    model_dir = base_dir if kind == "base" else Path(source)
+    return (load_causal_lm(model_dir, torch.float32).eval(), AutoTokenizer.from_pretrained(model_dir),
+            None, {"kind": kind, "path": str(model_dir)})
+
+
+def convert_reader(transform_name: str, source: str | Path, out: Path, options: dict[str, Any],
+                   home: Path | None = None, progress: bool = True) -> Path:
+    """Convert the reader `source` with the transform and write it to `out`; returns `out`."""
+    from rearqa import assets
+    from rearqa.reader.backbone import get_transform
+
+    transform = get_transform(transform_name)
+    cfg = transform_config(transform, options)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is not empty; choose a new directory")
+    home = assets.ensure_prepared(home, progress=progress)
+    lm, tokenizer, rear, source_record = load_source(source, home)
+    cfg_check = getattr(cfg, "check_model", None)
+    if cfg_check is not None:
+        cfg_check(lm.config)  # a bad rank or rope width fails before calibration is read
+    calib, calibration = calibration_for(transform, cfg, tokenizer, home)
+    converted = transform.apply(lm, calib, cfg, progress=progress)
+    transform.export(converted, out, cfg, calibration=calibration, source=source_record)
+    tokenizer.save_pretrained(out)
+    if rear is not None:
+        from rearqa.reader.rear.checkpoint import write_rear_files
+
+        write_rear_files(rear, converted, out)
+    return out
+
+
+def calibration_for(transform, cfg, tokenizer, home: Path) -> tuple[Any, dict]:
+    """Calibration token batches from the corpus for transforms that take them (None otherwise),
+    and their record."""
+    if not hasattr(cfg, "calib_passages"):
+        return None, {}
+    from dataclasses import asdict
+
+    from rearqa.asset_paths import corpus_file
+    from rearqa.reader.backbone.transmla.calibration import corpus_calibration
+
+    batches, record = corpus_calibration(tokenizer, corpus_file(home), cfg.calib_passages,
+                                         cfg.calib_tokens, cfg.seed)
+    return batches, asdict(record)

@@ -1,0 +1,77 @@
+"""TransMLA as a registered backbone transform (the contract of reader/backbone/base.py).
+
+`apply` runs the conversion (convert.py) on calibration text and installs the MLA attention
+(modeling.py); `export` writes, with the latent RMSNorm, the DeepSeek-V3 checkpoint vLLM serves
+(export.py) and, without it, the same layout marked `hf_only` (vLLM's DeepSeek model always
+normalises the latent, so the function without the norm runs on the transformers engine only).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rearqa.files import atomic_write_text
+from rearqa.reader.backbone.base import BackboneTransform
+from rearqa.reader.backbone.transmla.config import TransMLAConfig
+
+REPORT_FILE = "transmla_report.json"
+
+
+class TransMLA(BackboneTransform):
+    name = "transmla"
+    config_cls = TransMLAConfig
+    export_format = "deepseek_v3_mla"
+
+    def export_format_for(self, cfg: TransMLAConfig) -> str:
+        return "deepseek_v3_mla" if cfg.latent_norm else "hf_only"
+
+    def label(self, settings: dict[str, Any]) -> str:
+        norm = ", latent norm" if settings.get("latent_norm") else ""
+        return f"transmla({settings.get('kv_lora_rank')}+{settings.get('rope_dim')}{norm})"
+
+    def apply(self, model: torch.nn.Module, calib: Any, cfg: TransMLAConfig,
+              progress: bool = False) -> torch.nn.Module:
+        """The MLA model converted from the GQA `model` on the calibration token batches `calib`
+        (LongTensor (n, T)); the conversion's report (retained energy, calibration) rides along
+        as `model.transmla_report`."""
+        from rearqa.reader.backbone.transmla.convert import convert
+        from rearqa.reader.backbone.transmla.modeling import install_mla
+
+        if calib is None:
+            from rearqa.config_errors import ConfigError
+
+            raise ConfigError("transmla needs calibration text (token batches); none was given")
+        cfg.check_model(model.config)
+        mla, report = convert(model, calib, cfg, progress=progress)
+        mla = install_mla(mla)
+        mla.transmla_report = report
+        return mla
+
+    def kv_bytes_per_token(self, config: Any, dtype: torch.dtype | str) -> int:
+        from rearqa.reader.backbone.transmla.modeling import mla_kv_bytes_per_token
+
+        return mla_kv_bytes_per_token(config, dtype)
+
+    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: TransMLAConfig) -> None:
+        if cfg.latent_norm:
+            from rearqa.reader.backbone.transmla.export import export_deepseek_v3
+
+            export_deepseek_v3(model, out_dir, pad_v_to=cfg.pad_v_to)
+        else:
+            if cfg.pad_v_to:
+                from rearqa.config_errors import ConfigError
+
+                raise ConfigError("transmla.pad_v_to pads value heads for vLLM's prefill, which "
+                                  "needs transmla.latent_norm: true; set both or neither")
+            model.save_pretrained(out_dir)
+        report = getattr(model, "transmla_report", None)
+        if report is not None:
+            atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
+
+    def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        from rearqa.reader.backbone.transmla.modeling import load_mla
+
+        return load_mla(model_dir, dtype)

@@ -1,0 +1,41 @@
+"""`rearqa convert`'s checks that need no conversion: options, sources, --reader."""
+from __future__ import annotations
+
+import pytest
+
+from rearqa.app.cli import _reader_dir
+from rearqa.app.convert_cmd import source_kind, transform_config
+from rearqa.config_errors import ConfigError
+from rearqa.reader.backbone import get_transform
+
+
+def test_options_a_transform_does_not_take_are_refused_by_flag():
+    transmla = get_transform("transmla")
+    cfg = transform_config(transmla, {"kv_lora_rank": 96, "rope_dim": 64, "freqfold": None})
+    assert (cfg.kv_lora_rank, cfg.rope_dim, cfg.freqfold) == (96, 64, 0)  # freqfold: not given
+    with pytest.raises(ConfigError, match="does not take --merge-ratio"):
+        transform_config(transmla, {"merge_ratio": 2})
+    with pytest.raises(ConfigError, match="unknown backbone transform 'mla'; valid transforms"):
+        get_transform("mla")
+
+
+def test_sources_are_told_apart_by_what_they_hold(tmp_path):
+    assert source_kind("base") == "base"
+    for marker, kind in (("rear_config.json", "rear"), ("adapter_config.json", "adapter"),
+                         ("config.json", "model")):
+        d = tmp_path / kind
+        d.mkdir()
+        (d / marker).write_text("{}")
+        assert source_kind(d) == kind
+    with pytest.raises(ConfigError, match="not 'base', a transformers checkpoint"):
+        source_kind(tmp_path / "nothing")
+
+
+def test_reader_option_names_a_rear_checkpoint_or_a_model(tmp_path):
+    assert _reader_dir(None) == {}
+    (tmp_path / "config.json").write_text("{}")
+    assert _reader_dir(tmp_path) == {"model": str(tmp_path)}
+    (tmp_path / "rear_config.json").write_text("{}")
+    assert _reader_dir(tmp_path) == {"checkpoint": str(tmp_path)}
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        _reader_dir(tmp_path / "missing")
