@@ -105,7 +105,8 @@ def sample_nll(model: torch.nn.Module, batches: torch.Tensor, batch_size: int = 
     for start in range(0, batches.shape[0], batch_size):
         ids = batches[start:start + batch_size].to(device)  # (b, T)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].double()  # (b, T-1, V)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:],
+                                                reduction="none")  # (b, T-1)
         out.append(nll.mean(dim=1).cpu())  # (b,)
     return torch.cat(out)
 

@@ -66,7 +66,8 @@ def collect_kv_moments(model: nn.Module, calib: Tensor, batch_size: int = 8,
 
     def on_v(i):
         def hook(_m, _inp, out):
-            kv = torch.cat([keys.pop(i), out], dim=-1).reshape(-1, 2 * out.shape[-1]).double()  # (N, 2L)
+            kv = torch.cat([keys.pop(i), out], dim=-1)  # (b, T, 2L)
+            kv = kv.reshape(-1, kv.shape[-1]).double()  # (N, 2L)
             sums[i] = kv.T @ kv if sums[i] is None else sums[i] + kv.T @ kv
         return hook
 
@@ -97,7 +98,8 @@ def _pca(cov: Tensor, damping: float) -> tuple[Tensor, Tensor]:
 
 # ------------------------------------------------------------------------------ the steps
 
-def replicate_kv(wq: Tensor, wk: Tensor, wv: Tensor, cov: Tensor, shape: ModelShape) -> LayerWeights:
+def replicate_kv(wq: Tensor, wk: Tensor, wv: Tensor, cov: Tensor,
+                 shape: ModelShape) -> LayerWeights:
     """(a) Each query head reads its KV head's block of the latent: k_up, v_up block selectors."""
     d, latent, group = shape.head_dim, shape.latent, shape.heads // shape.kv_heads
     up = torch.zeros(shape.heads, d, latent, dtype=torch.float64)
@@ -105,8 +107,10 @@ def replicate_kv(wq: Tensor, wk: Tensor, wv: Tensor, cov: Tensor, shape: ModelSh
         kv = h // group
         up[h, :, kv * d:(kv + 1) * d] = torch.eye(d, dtype=torch.float64)
     half = torch.arange(d // 2)
-    real = (torch.arange(shape.kv_heads)[:, None] * d + half).reshape(-1)  # rotate_half: (i, i + d/2)
-    return LayerWeights(wq.double(), wk.double(), wv.double(), up, up.clone(), cov.double(),
+    # Llama's rotate_half layout: pair i of a head is dims (i, i + d/2)
+    real = (torch.arange(shape.kv_heads)[:, None] * d + half).reshape(-1)  # (L/2,) kv-head major
+    wq, wk, wv = (t.detach().cpu().double() for t in (wq, wk, wv))
+    return LayerWeights(wq, wk, wv, up, up.clone(), cov.cpu().double(),
                         torch.stack([real, real + d // 2], dim=1), half.repeat(shape.kv_heads))
 
 
@@ -122,16 +126,15 @@ def rorope(w: LayerWeights, shape: ModelShape, rope_dim: int, freqfold: int,
     collapse, half = d // rope_dim, d // 2
     keep = freqfold // collapse  # RoPE pairs per group
     cov_k = w.cov[:latent, :latent]
-    rope_rows, nope_rows, nope_freq = [], [], []  # each row: (coefficients on y, real or imag)
+    rope_rows, nope_rows, nope_freq = [], [], []  # each entry: a pair's (2, L) rotation rows
     for g in range(half // freqfold):
         freqs = torch.arange(g * freqfold, (g + 1) * freqfold)
-        # pair index (kv head, frequency) -> (real dim, imaginary dim) of the original latent
-        real = w.pairs[(torch.arange(shape.kv_heads)[:, None] * half + freqs).reshape(-1), 0]
-        imag = w.pairs[(torch.arange(shape.kv_heads)[:, None] * half + freqs).reshape(-1), 1]
+        index = (torch.arange(shape.kv_heads)[:, None] * half + freqs).reshape(-1)  # (n_kv * f,)
+        real, imag = w.pairs[index, 0], w.pairs[index, 1]  # their dims in the original latent
         pooled = cov_k[real][:, real] + cov_k[imag][:, imag]  # (n_kv * f, n_kv * f)
         _, vectors = _pca(pooled, damping)
         for m in range(vectors.shape[1]):
-            rows = (torch.zeros(latent, dtype=torch.float64), torch.zeros(latent, dtype=torch.float64))
+            rows = torch.zeros(2, latent, dtype=torch.float64)  # (real row, imaginary row)
             rows[0][real], rows[1][imag] = vectors[:, m], vectors[:, m]
             (rope_rows if m < keep else nope_rows).append(rows)
             if m >= keep:  # the frequency it would have under RoPE (reference_logits only)
@@ -162,7 +165,8 @@ def balance_kv(w: LayerWeights, shape: ModelShape) -> tuple[LayerWeights, float]
                    cov=w.cov * scale[:, None] * scale[None, :]), ratio
 
 
-def joint_pca(w: LayerWeights, shape: ModelShape, rank: int | None, damping: float) -> tuple[Tensor, float]:
+def joint_pca(w: LayerWeights, shape: ModelShape, rank: int | None,
+              damping: float) -> tuple[Tensor, float]:
     """(d) The top `rank` principal directions R (cap, rank) of [K_nope; V] and the share of its
     energy they keep; rank None gives the identity: the partial-RoPE model, no compression."""
     cov = w.cov[w.rope_dim:, w.rope_dim:]  # (cap, cap)
@@ -250,7 +254,9 @@ def convert(model: nn.Module, calib: Tensor, cfg: TransMLAConfig, progress: Prog
     rank = cfg.kv_lora_rank if compress else shape.rank_cap(cfg.rope_dim)
     moments = collect_kv_moments(model, calib, progress=progress)
     dtype = next(model.parameters()).dtype
-    out = DeepseekV3ForCausalLM(deepseek_config(model.config, shape, rank, cfg.rope_dim)).to(dtype).eval()
+    device = next(model.parameters()).device
+    out = DeepseekV3ForCausalLM(deepseek_config(model.config, shape, rank, cfg.rope_dim))
+    out = out.to(dtype=dtype, device=device).eval()
     rows = []
     for i, (src, dst) in enumerate(zip(model.model.layers, out.model.layers)):
         attn = src.self_attn
