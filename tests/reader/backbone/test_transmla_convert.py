@@ -196,3 +196,38 @@ def test_smollm2_converts_to_a_reader_that_still_reads(reader_dir, prepared_home
         torch.set_num_threads(before)
     assert report["freqfold"] == 1 and len(report["layers"]) == 30
     assert ppl_mla < 1e4 and abs(ppl_mla - ppl_partial) / ppl_partial < 0.02
+
+
+def deepseek_layer_logits(model, layer: int, x, positions):
+    """(H, T, T) logits of a DeepseekV3 layer, softmax scale applied, through transformers' own
+    interleaved RoPE: q_nope . k_nope + q_rope . k_rope."""
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import apply_rotary_pos_emb_interleave
+
+    cfg, attn = model.config, model.model.layers[layer].self_attn
+    nope, rope, heads = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.num_attention_heads
+    q = attn.q_proj(x).view(-1, heads, nope + rope).transpose(0, 1)  # (H, T, nope + rope)
+    c, k_rope = attn.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, rope], dim=-1)  # (T, r), (T, rope)
+    kv = attn.kv_b_proj(attn.kv_a_layernorm(c)).view(-1, heads, 2 * nope).transpose(0, 1)
+    k_nope = kv[..., :nope]  # (H, T, nope)
+    cos, sin = model.model.rotary_emb(x, positions[None])
+    q_rope, k_rope = apply_rotary_pos_emb_interleave(q[None, ..., nope:], k_rope[None, None],
+                                                     cos.to(x.dtype), sin.to(x.dtype))
+    logits = q[..., :nope] @ k_nope.transpose(-1, -2) + (q_rope @ k_rope.transpose(-1, -2))[0]
+    return logits * attn.scaling
+
+
+@pytest.mark.parametrize("freqfold,rope_dim", [(1, 16), (2, 8), (4, 4), (4, 8)])
+def test_the_deepseek_layout_is_the_partial_rope_latent_view(one_thread, freqfold, rope_dim):
+    """The interleaved RoPE rows, the [::collapse] frequencies and the folded softmax scale: the
+    DeepSeek layer's logits equal the latent view with RoPE on the leading rope_dim dims."""
+    model = small_llama()
+    calib = torch.randint(3, 64, (4, 24))
+    partial, _ = convert(model, calib, TransMLAConfig(kv_lora_rank=1, rope_dim=rope_dim,
+                                                      freqfold=freqfold), compress=False)
+    w, shape = latent(model, collect_kv_moments(model, calib), layer=1)
+    w, _ = balance_kv(rorope(w, shape, rope_dim, freqfold, 0.01)[0], shape)
+    x, pos = torch.randn(10, 32, dtype=torch.float64), torch.arange(10) + 5
+    expected = reference_logits(w, x, pos, THETA, 16, rope_all=False) / 16 ** 0.5
+    # DeepSeek computes its cos/sin in fp32
+    torch.testing.assert_close(deepseek_layer_logits(partial, 1, x, pos).detach(), expected,
+                               rtol=1e-5, atol=1e-5)

@@ -199,17 +199,20 @@ def latent_rms(w: LayerWeights, basis: Tensor) -> float:
 
 
 def reference_logits(w: LayerWeights, x: Tensor, positions: Tensor, rope_theta: float,
-                     head_dim: int) -> Tensor:
-    """(H, T, T) unscaled attention logits of the latent view with RoPE on *every* key-latent
-    pair at its `pair_freq`: a check that (a)-(c) keep the function before any dim drops RoPE."""
+                     head_dim: int, rope_all: bool = True) -> Tensor:
+    """(H, T, T) unscaled attention logits of the latent view (no V, no PCA). With `rope_all`,
+    RoPE acts on *every* key-latent pair at its `pair_freq`: a check that (a)-(c) keep the
+    function before any dim drops RoPE; without it, on the leading rope_dim only: the
+    partial-RoPE model, which the DeepSeek layout must reproduce."""
+    pairs = w.pairs if rope_all else w.pairs[:w.rope_dim // 2]  # (P, 2)
     inv_freq = rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angle = positions.double()[:, None] * inv_freq[w.pair_freq]  # (T, L/2)
+    angle = positions.double()[:, None] * inv_freq[w.pair_freq[:len(pairs)]]  # (T, P)
     cos, sin = angle.cos(), angle.sin()
 
     def rotate(v):  # (..., T, L)
-        re, im = v[..., w.pairs[:, 0]], v[..., w.pairs[:, 1]]
+        re, im = v[..., pairs[:, 0]], v[..., pairs[:, 1]]
         out = v.clone()
-        out[..., w.pairs[:, 0]], out[..., w.pairs[:, 1]] = re * cos - im * sin, im * cos + re * sin
+        out[..., pairs[:, 0]], out[..., pairs[:, 1]] = re * cos - im * sin, im * cos + re * sin
         return out
 
     heads = w.k_up.shape[0]
