@@ -247,15 +247,19 @@ def deepseek_config(config, shape: ModelShape, rank: int, rope_dim: int):
 
 
 def convert(model: nn.Module, calib: Tensor, cfg: TransMLAConfig, progress: Progress | None = None,
-            record: CalibrationRecord | None = None, compress: bool = True) -> tuple[nn.Module, dict]:
+            record: CalibrationRecord | None = None, compress: bool = True,
+            moments: list[Tensor] | None = None) -> tuple[nn.Module, dict]:
     """(DeepseekV3ForCausalLM, report). `compress=False` stops before (d): the partial-RoPE
     model in the same layout (latent = [K_nope; V], kv_lora_rank = cap), TransMLA's middle point.
-    Without latent_norm the kv_a_layernorm is an nn.Identity (the weights have no such norm)."""
+    Without latent_norm the kv_a_layernorm is an nn.Identity (the weights have no such norm).
+    `moments` (collect_kv_moments of `calib`) lets a sweep of settings share one calibration pass.
+    """
     from transformers import DeepseekV3ForCausalLM
 
     shape = cfg.check_model(model.config)
     rank = cfg.kv_lora_rank if compress else shape.rank_cap(cfg.rope_dim)
-    moments = collect_kv_moments(model, calib, progress=progress)
+    if moments is None:
+        moments = collect_kv_moments(model, calib, progress=progress)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     out = DeepseekV3ForCausalLM(deepseek_config(model.config, shape, rank, cfg.rope_dim))
