@@ -78,7 +78,7 @@ def collect_kv_moments(model: nn.Module, calib: Tensor, batch_size: int = 8,
     try:
         for start in range(0, calib.shape[0], batch_size):
             ids = calib[start:start + batch_size].to(device)  # (b, T)
-            model(input_ids=ids, use_cache=False)
+            model.model(input_ids=ids, use_cache=False)  # the decoder only: no logits needed
             count += ids.numel()
             if progress:
                 progress("calibration", min(start + batch_size, calib.shape[0]), calib.shape[0])
