@@ -156,7 +156,7 @@ def test_latent_norm_starts_at_the_latent_rms(one_thread):
     assert torch.isfinite(mla(input_ids=torch.randint(3, 64, (1, 12))).logits).all()
 
 
-def test_calibration_samples_are_exact_length_and_disjoint_from_held_out(prepared_home):
+def test_calibration_samples_are_exact_length_and_the_held_out_split_is_seeded(prepared_home):
     from transformers import AutoTokenizer
 
     from rearqa import assets
