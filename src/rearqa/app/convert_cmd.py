@@ -97,9 +97,11 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
     cfg_check = getattr(cfg, "check_model", None)
     if cfg_check is not None:
         cfg_check(lm.config)  # a bad rank or rope width fails before calibration is read
-    calib, calibration = calibration_for(transform, cfg, tokenizer, home)
-    converted = transform.apply(lm, calib, cfg, progress=progress)
-    transform.export(converted, out, cfg, calibration=calibration, source=source_record)
+    calib, record = calibration_for(cfg, tokenizer, home)
+    extra = {"record": record} if record is not None else {}
+    converted = transform.apply(lm, calib, cfg, progress=progress, **extra)
+    transform.export(converted, out, cfg, source=source_record,
+                     calibration=record.to_dict() if record is not None else {})
     tokenizer.save_pretrained(out)
     if rear is not None:
         from rearqa.reader.rear.checkpoint import write_rear_files
@@ -108,16 +110,14 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
     return out
 
 
-def calibration_for(transform, cfg, tokenizer, home: Path) -> tuple[Any, dict]:
-    """Calibration token batches from the corpus for transforms that take them (None otherwise),
-    and their record."""
+def calibration_for(cfg, tokenizer, home: Path) -> tuple[Any, Any]:
+    """(calibration token batches, their record) drawn from the corpus the retriever serves
+    (never the QA sets), for transforms whose settings ask for calibration; (None, None) else."""
     if not hasattr(cfg, "calib_passages"):
-        return None, {}
-    from dataclasses import asdict
-
+        return None, None
     from rearqa.asset_paths import corpus_file
     from rearqa.reader.backbone.transmla.calibration import corpus_calibration
 
-    batches, record = corpus_calibration(tokenizer, corpus_file(home), cfg.calib_passages,
-                                         cfg.calib_tokens, cfg.seed)
-    return batches, asdict(record)
+    calib, _, record = corpus_calibration(tokenizer, corpus_file(home), cfg.calib_passages,
+                                          cfg.calib_tokens, cfg.seed)
+    return calib, record

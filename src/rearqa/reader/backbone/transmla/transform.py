@@ -33,10 +33,10 @@ class TransMLA(BackboneTransform):
         return f"transmla({settings.get('kv_lora_rank')}+{settings.get('rope_dim')}{norm})"
 
     def apply(self, model: torch.nn.Module, calib: Any, cfg: TransMLAConfig,
-              progress: bool = False) -> torch.nn.Module:
+              progress: bool = False, record: Any = None) -> torch.nn.Module:
         """The MLA model converted from the GQA `model` on the calibration token batches `calib`
-        (LongTensor (n, T)); the conversion's report (retained energy, calibration) rides along
-        as `model.transmla_report`."""
+        (LongTensor (n, T); `record` says where they came from); the conversion's report
+        (retained energy per layer, calibration) rides along as `model.transmla_report`."""
         from rearqa.reader.backbone.transmla.convert import convert
         from rearqa.reader.backbone.transmla.modeling import install_mla
 
@@ -45,7 +45,9 @@ class TransMLA(BackboneTransform):
 
             raise ConfigError("transmla needs calibration text (token batches); none was given")
         cfg.check_model(model.config)
-        mla, report = convert(model, calib, cfg, progress=progress)
+        mla, report = convert(model, calib, cfg, progress=_bars() if progress else None,
+                              record=record)
+        mla.config.latent_norm = cfg.latent_norm  # saved in config.json; load_mla reads it
         mla = install_mla(mla)
         mla.transmla_report = report
         return mla
@@ -75,3 +77,19 @@ class TransMLA(BackboneTransform):
         from rearqa.reader.backbone.transmla.modeling import load_mla
 
         return load_mla(model_dir, dtype)
+
+
+def _bars():
+    """A progress callback (stage, done, total) drawing one tqdm bar per stage."""
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"transmla {stage}", unit="step")
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
