@@ -81,9 +81,15 @@ def load_source(source: str | Path, home: Path) -> tuple[torch.nn.Module, Any, A
             None, {"kind": kind, "path": str(model_dir)})
 
 
+SAVE_DTYPES = ("bfloat16", "float32")
+
+
 def convert_reader(transform_name: str, source: str | Path, out: Path, options: dict[str, Any],
-                   home: Path | None = None, progress: bool = True) -> Path:
-    """Convert the reader `source` with the transform and write it to `out`; returns `out`."""
+                   home: Path | None = None, progress: bool = True, dtype: str = "bfloat16") -> Path:
+    """Convert the reader `source` with the transform (in float32, its PCAs in float64) and write
+    it to `out` in `dtype`; returns `out`."""
+    if dtype not in SAVE_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose one of {list(SAVE_DTYPES)}")
     from rearqa import assets
     from rearqa.reader.backbone import get_transform
 
@@ -99,7 +105,7 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
         cfg_check(lm.config)  # a bad rank or rope width fails before calibration is read
     calib, record = calibration_for(cfg, tokenizer, home)
     extra = {"record": record} if record is not None else {}
-    converted = transform.apply(lm, calib, cfg, progress=progress, **extra)
+    converted = transform.apply(lm, calib, cfg, progress=progress, **extra).to(getattr(torch, dtype))
     transform.export(converted, out, cfg, source=source_record,
                      calibration=record.to_dict() if record is not None else {})
     tokenizer.save_pretrained(out)

@@ -22,7 +22,8 @@ class TransMLAConfig(TransformConfig):
     rope_dim: int = 64  # rotary key width per token and layer (qk_rope_head_dim); divides head_dim
     # neighbouring frequencies pooled per RoRoPE rotation: a multiple of head_dim // rope_dim that
     # divides head_dim // 2; 1 (possible with rope_dim == head_dim) commutes with RoPE exactly;
-    # 0 takes the smallest the rope width allows
+    # 0 takes twice the smallest the rope width allows (2 at rope 64, 4 at rope 32 for SmolLM2),
+    # the choice of lowest held-out perplexity in docs/backbone.md
     freqfold: int = 0
     calib_passages: int = 128  # corpus calibration samples (passages joined, cut to calib_tokens)
     calib_tokens: int = 256  # tokens per calibration sample
@@ -58,7 +59,7 @@ class TransMLAConfig(TransformConfig):
         pairs = shape.head_dim // 2
         folds = [f for f in range(collapse, pairs + 1, collapse) if pairs % f == 0]
         if self.freqfold == 0:
-            self.freqfold = collapse
+            self.freqfold = 2 * collapse if pairs % (2 * collapse) == 0 else collapse
         if self.freqfold not in folds:
             raise ConfigError(f"transmla.freqfold={self.freqfold}: with rope_dim {self.rope_dim} "
                               f"it must be a multiple of {collapse} that divides {pairs}: one of {folds}")
