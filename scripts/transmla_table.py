@@ -34,7 +34,7 @@ from rearqa.reader.backbone.base import dense_kv_bytes_per_token  # noqa: E402
 from rearqa.reader.backbone.transmla.calibration import (  # noqa: E402
     CalibrationRecord, corpus_calibration, perplexity)
 from rearqa.reader.backbone.transmla.config import TransMLAConfig  # noqa: E402
-from rearqa.reader.backbone.transmla.convert import convert  # noqa: E402
+from rearqa.reader.backbone.transmla.convert import collect_kv_moments, convert  # noqa: E402
 from rearqa.reader.backbone.transmla.modeling import measured_kv_bytes  # noqa: E402
 
 
@@ -73,12 +73,12 @@ def context_of(heldout: torch.Tensor, length: int) -> torch.Tensor:
     return flat.repeat(length // flat.numel() + 1)[:length].view(1, -1)
 
 
-def choose_freqfold(model, calib, select, rope: int, folds: list[int], base: TransMLAConfig):
+def choose_freqfold(model, calib, moments, select, rope: int, folds: list[int], base: TransMLAConfig):
     """The freqfold of lowest partial-RoPE perplexity on the selection sample, and all of them."""
     scores = {}
     for fold in folds:
         cfg = replace(base, rope_dim=rope, freqfold=fold, kv_lora_rank=1)
-        partial, _ = convert(model, calib, cfg, compress=False)
+        partial, _ = convert(model, calib, cfg, compress=False, moments=moments)
         scores[fold] = perplexity(partial, select)
         print(f"  rope {rope} freqfold {fold}: selection ppl {scores[fold]:.3f}", flush=True)
     return min(scores, key=scores.get), scores
@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--norm-settings", nargs="*", default=["192+64"],
+                    help="settings also measured with the latent RMSNorm")
     ap.add_argument("--save-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -122,6 +124,7 @@ def main() -> None:
     del bf16
 
     transform = get_transform("transmla")
+    moments = collect_kv_moments(model, calib)  # one calibration pass shared by every setting
     folds_for = {}
     for text in args.settings:
         rank, rope = parse_setting(text)
@@ -131,13 +134,13 @@ def main() -> None:
         if rope not in folds_for:
             collapse = shape.head_dim // rope
             folds = [f for f in (1, 2, 4, 8) if f % collapse == 0]
-            folds_for[rope] = choose_freqfold(model, calib, select, rope, folds, base_cfg)
+            folds_for[rope] = choose_freqfold(model, calib, moments, select, rope, folds, base_cfg)
         fold, fold_scores = folds_for[rope]
         cfg = replace(base_cfg, freqfold=fold)
-        partial, _ = convert(model, calib, cfg, compress=False)
+        partial, _ = convert(model, calib, cfg, compress=False, moments=moments)
         partial_ppl = perplexity(partial, report)
         del partial
-        mla = transform.apply(model, calib, cfg, record=record)
+        mla = transform.apply(model, calib, cfg, record=record, moments=moments)
         row = {"setting": f"{rank}+{rope}", "freqfold": fold, "freqfold_selection_ppl": fold_scores,
                "kv_bytes_declared": transform.kv_bytes_per_token(mla.config, torch.bfloat16),
                "params": params(mla), "ppl": perplexity(mla, report), "ppl_partial_rope": partial_ppl}
@@ -155,6 +158,18 @@ def main() -> None:
         rows.append(row)
         del mla
 
+    norm_rows = []
+    for text in args.norm_settings:  # the latent RMSNorm vLLM's DeepSeek model always applies
+        rank, rope = parse_setting(text)
+        cfg = TransMLAConfig(kv_lora_rank=rank, rope_dim=rope, latent_norm=True, seed=args.seed)
+        cfg.check_model(model.config)
+        mla = transform.apply(model, calib, cfg, record=record, moments=moments)
+        norm_rows.append({"setting": f"{rank}+{rope} latent norm", "freqfold": cfg.freqfold,
+                          "ppl": perplexity(mla, report), "init": "constant weight = calibration "
+                          "root-mean-square of the latent"})
+        print(norm_rows[-1], flush=True)
+        del mla
+
     for row in rows:
         row["kv_ratio_vs_gqa"] = dense / row["kv_bytes_declared"]
         row["ppl_ratio_vs_gqa"] = row["ppl"] / base_ppl
@@ -164,7 +179,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"source": source, "calibration": record.to_dict(), "heldout_report_samples": report.shape[0],
               "heldout_select_samples": select.shape[0], "threads": args.threads,
-              "decode_steps": args.decode_steps, "torch": torch.__version__, "rows": rows}
+              "decode_steps": args.decode_steps, "torch": torch.__version__, "rows": rows,
+              "latent_norm_rows": norm_rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

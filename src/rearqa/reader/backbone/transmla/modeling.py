@@ -67,11 +67,16 @@ class MLAAttention(DeepseekV3Attention):
 
     def _absorbed(self, q_nope, q_rot, latent, k_rot, attention_mask) -> torch.Tensor:
         w_uk, w_uv = self._up_weights()
+        batch, heads, length, _ = q_nope.shape
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
-        scores = (q_lat @ latent.transpose(-1, -2) + q_rot @ k_rot.transpose(-1, -2)).float()  # (B, H, T, S)
-        scores = _masked(scores * self.scaling, attention_mask)
-        probs = scores.softmax(dim=-1).to(latent.dtype)
-        out_lat = probs @ latent  # (B, H, T, r): the value of every head is the latent itself
+        # Heads and queries folded into one row axis against the single latent "head" (MQA):
+        # a broadcast matmul over heads would copy the cache once per head.
+        rows = heads * length
+        scores = (q_lat.reshape(batch, rows, -1) @ latent[:, 0].transpose(-1, -2)
+                  + q_rot.reshape(batch, rows, -1) @ k_rot[:, 0].transpose(-1, -2))  # (B, H*T, S)
+        scores = _masked(scores.view(batch, heads, length, -1).float() * self.scaling, attention_mask)
+        probs = scores.softmax(dim=-1).to(latent.dtype)  # (B, H, T, S)
+        out_lat = (probs.reshape(batch, rows, -1) @ latent[:, 0]).view(batch, heads, length, -1)  # (B, H, T, r)
         return torch.einsum("bhtr,hvr->bthv", out_lat, w_uv)  # (B, T, H, v)
 
     def _expanded(self, query, latent, k_rot, attention_mask, **kwargs) -> torch.Tensor:

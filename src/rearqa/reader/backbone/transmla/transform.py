@@ -33,10 +33,11 @@ class TransMLA(BackboneTransform):
         return f"transmla({settings.get('kv_lora_rank')}+{settings.get('rope_dim')}{norm})"
 
     def apply(self, model: torch.nn.Module, calib: Any, cfg: TransMLAConfig,
-              progress: bool = False, record: Any = None) -> torch.nn.Module:
+              progress: bool = False, record: Any = None, moments: Any = None) -> torch.nn.Module:
         """The MLA model converted from the GQA `model` on the calibration token batches `calib`
         (LongTensor (n, T); `record` says where they came from); the conversion's report
-        (retained energy per layer, calibration) rides along as `model.transmla_report`."""
+        (retained energy per layer, calibration) rides along as `model.transmla_report`.
+        `moments` (convert.collect_kv_moments of `calib`) lets a sweep share one calibration pass."""
         from rearqa.reader.backbone.transmla.convert import convert
         from rearqa.reader.backbone.transmla.modeling import install_mla
 
@@ -46,7 +47,7 @@ class TransMLA(BackboneTransform):
             raise ConfigError("transmla needs calibration text (token batches); none was given")
         cfg.check_model(model.config)
         mla, report = convert(model, calib, cfg, progress=_bars() if progress else None,
-                              record=record)
+                              record=record, moments=moments)
         mla.config.latent_norm = cfg.latent_norm  # saved in config.json; load_mla reads it
         mla = install_mla(mla)
         mla.transmla_report = report
