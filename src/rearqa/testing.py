@@ -47,12 +47,18 @@ def tiny_llama(vocab_size: int, tied: bool = True, hidden_size: int = 16, seed: 
                          intermediate_size=2 * hidden_size, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                          tie_word_embeddings=tied, pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    model = LlamaForCausalLM(config).eval()
-    # Larger output weights than the 0.02 default, so logit differences are well above fp noise.
+    return randomize_matrices(LlamaForCausalLM(config).eval())
+
+
+def randomize_matrices(model, std: float = 0.3):
+    """`model` with every weight matrix drawn at `std`: larger than the 0.02 default, so logit
+    differences are well above fp noise (norm weights keep their ones)."""
+    import torch
+
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:
-                param.normal_(std=0.3)
+                param.normal_(std=std)
     return model
 
 

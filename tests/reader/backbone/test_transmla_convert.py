@@ -12,6 +12,7 @@ from rearqa.reader.backbone.transmla.config import ModelShape, TransMLAConfig
 from rearqa.reader.backbone.transmla.convert import (balance_kv, collect_kv_moments, convert,
                                                      joint_pca, reference_logits, replicate_kv,
                                                      rorope)
+from rearqa.testing import randomize_matrices
 
 THETA = 10000.0
 
@@ -26,12 +27,7 @@ def small_llama(dtype=torch.float64, kv_heads=2, seed=0):
                          max_position_embeddings=64, rope_parameters={"rope_type": "default",
                                                                       "rope_theta": THETA},
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(std=0.3)
-    return model.to(dtype)
+    return randomize_matrices(LlamaForCausalLM(config).eval()).to(dtype)
 
 
 def original_logits(model, layer: int, x, positions):

@@ -10,6 +10,7 @@ import torch
 from rearqa.reader.backbone.base import dense_kv_bytes_per_token
 from rearqa.reader.backbone.transmla.modeling import (MLAAttention, install_mla, load_mla,
                                                       measured_kv_bytes, mla_kv_bytes_per_token)
+from rearqa.testing import randomize_matrices
 
 SHAPES = [  # (kv_lora_rank, rope, nope, v, heads)
     (24, 8, 16, 16, 3),
@@ -31,11 +32,7 @@ def deepseek(rank=24, rope=8, nope=16, v=16, heads=3, norm=True, impl="sdpa", se
         pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config.latent_norm = norm
     config._attn_implementation = impl
-    model = DeepseekV3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(std=0.3)
+    model = randomize_matrices(DeepseekV3ForCausalLM(config).eval())
     if not norm:  # the stock model with the identity our converted readers have
         for layer in model.model.layers:
             layer.self_attn.kv_a_layernorm = torch.nn.Identity()
