@@ -105,3 +105,11 @@ def test_a_converted_rear_checkpoint_keeps_its_rows_head_and_routing(scratch_hom
     passages = ["Hamlet is a tragedy written by William Shakespeare.", "Paris is the capital of France."]
     scores = rear.score_texts("Who wrote Hamlet?", passages)
     assert torch.isfinite(scores).all() and scores[0] > scores[1]
+
+
+def test_the_chat_names_the_backbone(pipe):
+    from rearqa.app.ui import build_ui
+
+    demo = build_ui(pipe)
+    shown = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "backbone"]
+    assert [v.replace("\\", "") for v in shown] == ["Reader backbone: transmla(96+64)"]  # md-escaped

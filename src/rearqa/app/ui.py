@@ -320,6 +320,8 @@ def build_ui(pipeline, jobs=None) -> gr.Blocks:
     with gr.Blocks(title="rearqa") as demo:
         gr.Markdown("## rearqa\nAsk a question, then follow up (\"when was it written?\"); "
                     "answers cite the passages they were given.")
+        # Which backbone answers (a converted reader names its transform: docs/backbone.md).
+        gr.Markdown(f"Reader backbone: {md_text(pipeline.backbone(method_value))}", elem_id="backbone")
         with gr.Row():
             with gr.Column(scale=3):
                 # No LaTeX: "$$" copied from a passage must show as typed, like the rest.
