@@ -39,3 +39,27 @@ def test_reader_option_names_a_rear_checkpoint_or_a_model(tmp_path):
     assert _reader_dir(tmp_path) == {"checkpoint": str(tmp_path)}
     with pytest.raises(FileNotFoundError, match="no such directory"):
         _reader_dir(tmp_path / "missing")
+
+
+def test_a_calibration_file_round_trips_and_a_changed_one_is_refused(tmp_path):
+    import json
+
+    import torch
+
+    from rearqa.app.convert_cmd import calibration_for
+    from rearqa.reader.backbone.transmla.calibration import CalibrationRecord, save_calibration
+    from rearqa.reader.backbone.transmla.config import TransMLAConfig
+
+    tokens = torch.randint(0, 1000, (4, 16))
+    record = CalibrationRecord.of(tokens, "corpus.jsonl", seed=3)
+    path = save_calibration(tmp_path / "calib.json", tokens, record)
+    got, got_record = calibration_for(TransMLAConfig(), None, tmp_path, path)
+    assert torch.equal(got, tokens) and got_record == record
+    data = json.loads(path.read_text())
+    data["tokens"][0][0] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="do not match the recorded sha256"):
+        calibration_for(TransMLAConfig(), None, tmp_path, path)
+    path.write_text("not json")
+    with pytest.raises(ConfigError, match="not a calibration file"):
+        calibration_for(TransMLAConfig(), None, tmp_path, path)

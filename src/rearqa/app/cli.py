@@ -261,6 +261,7 @@ def convert(transform: Annotated[str, typer.Option(help="Backbone transform (rea
             pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Seed of the calibration sample.")] = None,
             dtype: Annotated[str, typer.Option(help="Dtype the converted weights are saved in: bfloat16 (what the reader runs in) | float32 (for parity checks).")] = "bfloat16",
+            calib_file: Annotated[Optional[Path], typer.Option(help="Calibration token ids from scripts/transmla_calib.py instead of the corpus (a machine without it).")] = None,
             home: HomeOpt = None) -> None:
     """Convert a reader's backbone (TransMLA: GQA to multi-head latent attention) to a new reader
     directory that loads by path (--reader DIR)."""
@@ -269,7 +270,8 @@ def convert(transform: Annotated[str, typer.Option(help="Backbone transform (rea
     options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "freqfold": freqfold,
                "calib_passages": calib_passages, "latent_norm": latent_norm,
                "pad_v_to": pad_v_to, "seed": seed}
-    out_dir = convert_reader(transform, source, out, options, home=home, progress=True, dtype=dtype)
+    out_dir = convert_reader(transform, source, out, options, home=home, progress=True, dtype=dtype,
+                             calib_file=calib_file)
     from rearqa.reader.backbone import read_manifest
 
     manifest = read_manifest(out_dir)

@@ -85,7 +85,8 @@ SAVE_DTYPES = ("bfloat16", "float32")
 
 
 def convert_reader(transform_name: str, source: str | Path, out: Path, options: dict[str, Any],
-                   home: Path | None = None, progress: bool = True, dtype: str = "bfloat16") -> Path:
+                   home: Path | None = None, progress: bool = True, dtype: str = "bfloat16",
+                   calib_file: Path | None = None) -> Path:
     """Convert the reader `source` with the transform (in float32, its PCAs in float64) and write
     it to `out` in `dtype`; returns `out`."""
     if dtype not in SAVE_DTYPES:
@@ -103,7 +104,7 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
     cfg_check = getattr(cfg, "check_model", None)
     if cfg_check is not None:
         cfg_check(lm.config)  # a bad rank or rope width fails before calibration is read
-    calib, record = calibration_for(cfg, tokenizer, home)
+    calib, record = calibration_for(cfg, tokenizer, home, calib_file)
     extra = {"record": record} if record is not None else {}
     converted = transform.apply(lm, calib, cfg, progress=progress, **extra).to(getattr(torch, dtype))
     transform.export(converted, out, cfg, source=source_record,
@@ -116,13 +117,22 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
     return out
 
 
-def calibration_for(cfg, tokenizer, home: Path) -> tuple[Any, Any]:
+def calibration_for(cfg, tokenizer, home: Path, calib_file: Path | None = None) -> tuple[Any, Any]:
     """(calibration token batches, their record) drawn from the corpus the retriever serves
-    (never the QA sets), for transforms whose settings ask for calibration; (None, None) else."""
+    (never the QA sets), or read from `calib_file` (written by scripts/transmla_calib.py, checked
+    against its sha256), for transforms whose settings ask for calibration; (None, None) else."""
     if not hasattr(cfg, "calib_passages"):
+        if calib_file is not None:
+            raise ConfigError("--calib-file: this transform takes no calibration text")
         return None, None
     from rearqa.asset_paths import corpus_file
-    from rearqa.reader.backbone.transmla.calibration import corpus_calibration
+    from rearqa.reader.backbone.transmla.calibration import corpus_calibration, load_calibration
+
+    if calib_file is not None:
+        try:
+            return load_calibration(calib_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     calib, _, record = corpus_calibration(tokenizer, corpus_file(home), cfg.calib_passages,
                                           cfg.calib_tokens, cfg.seed)

@@ -114,3 +114,28 @@ def sample_nll(model: torch.nn.Module, batches: torch.Tensor, batch_size: int = 
 def perplexity(model: torch.nn.Module, batches: torch.Tensor, batch_size: int = 8) -> float:
     """exp of the mean next-token NLL over all samples (equal lengths, so a mean of the means)."""
     return math.exp(sample_nll(model, batches, batch_size).mean().item())
+
+
+def save_calibration(path: str | Path, tokens: torch.Tensor, record: CalibrationRecord) -> Path:
+    """Calibration token ids and their record as JSON, so another machine (the GPU one, which has
+    no corpus) converts on exactly the same text: `load_calibration` checks the sha256."""
+    path = Path(path)
+    path.write_text(json.dumps({"record": record.to_dict(), "tokens": tokens.tolist()}) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path) -> tuple[torch.Tensor, CalibrationRecord]:
+    """(tokens, record) from a `save_calibration` file; ValueError when it is malformed or its ids
+    do not hash to the recorded sha256."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        record = CalibrationRecord(**data["record"])
+        tokens = torch.tensor(data["tokens"], dtype=torch.long)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a calibration file written by save_calibration ({exc})") from exc
+    if tokens.dim() != 2 or tuple(tokens.shape) != (record.n_samples, record.n_tokens):
+        raise ValueError(f"{path}: tokens of shape {tuple(tokens.shape)}, the record says "
+                         f"({record.n_samples}, {record.n_tokens})")
+    if tokens_sha256(tokens) != record.sha256:
+        raise ValueError(f"{path}: the token ids do not match the recorded sha256; the file was changed")
+    return tokens, record
