@@ -132,3 +132,18 @@ def test_save_and_load_keep_the_function_and_the_missing_norm(one_thread, tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
                                    mla(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_a_lora_wrapped_up_projection_decodes_through_the_adapter(one_thread):
+    from peft import LoraConfig, get_peft_model
+
+    mla = install_mla(deepseek(16, 32, 32, 64, 9))
+    peft_model = get_peft_model(mla, LoraConfig(r=4, target_modules=["kv_b_proj"], init_lora_weights=False))
+    ids, mask = batch()
+    with torch.no_grad():
+        out = peft_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+        step = peft_model(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=out.past_key_values,
+                          use_cache=True).logits[:, -1]
+        merged = peft_model.merge_and_unload()  # the adapter in the weights: absorbed decode again
+        expected = merged(input_ids=ids, attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)

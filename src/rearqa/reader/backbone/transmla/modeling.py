@@ -54,7 +54,9 @@ class MLAAttention(DeepseekV3Attention):
         q_rot, k_rot = rotate(q_rot, k_rot, cos, sin)
         if past_key_values is not None:  # the cache holds the latent and the rotary key only
             latent, k_rot = past_key_values.update(latent, k_rot, self.layer_idx)  # (B, 1, S, .)
-        if length <= self.absorb_max_query:
+        # The absorbed path reads kv_b_proj's weight; a wrapped kv_b_proj (a LoRA adapter being
+        # trained on it) must run as a module, so such a layer expands instead.
+        if length <= self.absorb_max_query and type(self.kv_b_proj) is nn.Linear:
             out = self._absorbed(q_nope, q_rot, latent, k_rot, attention_mask)
         else:
             out = self._expanded(torch.cat([q_nope, q_rot], dim=-1), latent, k_rot, attention_mask, **kwargs)
