@@ -55,7 +55,6 @@ def test_the_smollm2_reader_exported_with_a_latent_norm_matches_on_vllm(reader_d
     base = AutoModelForCausalLM.from_pretrained(reader_dir, dtype=torch.float32).eval()
     calib, _, _ = corpus_calibration(tokenizer, assets.corpus_file(), 8, 128, seed=0)
     mla, _ = convert(base, calib, TransMLAConfig(kv_lora_rank=96, rope_dim=64, latent_norm=True))
-    mla.config.latent_norm = True
     export_deepseek_v3(install_mla(mla), tmp_path, tokenizer=tokenizer)
     questions = ["Who wrote Hamlet?", "What is the capital of France?", "When was Paris founded?"]
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
@@ -91,7 +90,6 @@ def test_a_llama3_8b_shaped_conversion_at_512_plus_64_runs_on_the_vllm_mla_path(
     calib = torch.randint(3, 512, (8, 64))
     cfg = TransMLAConfig(kv_lora_rank=512, rope_dim=64, latent_norm=True)
     mla, _ = convert(base, calib, cfg)
-    mla.config.latent_norm = True
     export_deepseek_v3(install_mla(mla), tmp_path)
     prompts = [[5, 17, 33, 8, 9, 100, 7], [40, 41, 42, 43], [300, 2, 77]]
     got = vllm_greedy(tmp_path, prompts, 12, mla=True)
@@ -104,7 +102,6 @@ def test_value_padding_keeps_the_function_and_exports(tmp_path):
     torch.manual_seed(1)
     calib = torch.randint(3, 512, (4, 32))
     mla, _ = convert(base, calib, TransMLAConfig(kv_lora_rank=64, rope_dim=64, latent_norm=True))
-    mla.config.latent_norm = True
     mla = install_mla(mla)
     ids = torch.randint(3, 512, (2, 10))
     before = mla(input_ids=ids).logits
@@ -118,7 +115,6 @@ def test_a_reader_without_the_latent_norm_is_refused_with_the_fix(tmp_path):
 
     base = llama3_8b_attention()
     mla, _ = convert(base, torch.randint(3, 512, (2, 16)), TransMLAConfig(kv_lora_rank=32, rope_dim=64))
-    mla.config.latent_norm = False
     with pytest.raises(ConfigError, match="convert with --latent-norm"):
         export_deepseek_v3(install_mla(mla), tmp_path)
 

@@ -262,7 +262,9 @@ def convert(model: nn.Module, calib: Tensor, cfg: TransMLAConfig, progress: Prog
         moments = collect_kv_moments(model, calib, progress=progress)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
-    out = DeepseekV3ForCausalLM(deepseek_config(model.config, shape, rank, cfg.rope_dim))
+    config = deepseek_config(model.config, shape, rank, cfg.rope_dim)
+    config.latent_norm = cfg.latent_norm  # saved in config.json; MLAAttention and load_mla read it
+    out = DeepseekV3ForCausalLM(config)
     out = out.to(dtype=dtype, device=device).eval()
     rows = []
     for i, (src, dst) in enumerate(zip(model.model.layers, out.model.layers)):

@@ -45,10 +45,8 @@ class TransMLA(BackboneTransform):
             from rearqa.config_errors import ConfigError
 
             raise ConfigError("transmla needs calibration text (token batches); none was given")
-        cfg.check_model(model.config)
         mla, report = convert(model, calib, cfg, progress=_bars() if progress else None,
                               record=record, moments=moments)
-        mla.config.latent_norm = cfg.latent_norm  # saved in config.json; load_mla reads it
         mla = install_mla(mla)
         mla.transmla_report = report
         return mla
