@@ -27,6 +27,11 @@
 #       it ran there, else from the archive .gpu/in/train-*-NAME.tgz carried in this call or an
 #       earlier one on this machine (kept in /tmp/in; gpu_plan.py collect puts it in .gpu/in)
 #   eval-untuned                    [eval-untuned]    closed-book and rag (k = 5) on $TESTS
+#   eval-mla SOURCE R+D...          [eval-mla-SOURCE] TransMLA (docs/backbone.md): SOURCE's reader (a
+#       train-baseline NAME: its chosen rag-ft adapter, merged; or `base`: the untuned rag reader at
+#       k = 5) converted at each kv_lora_rank+rope setting with the carried calibration ids
+#       (.gpu/in/transmla-calib.json), then SOURCE's reader as it is and each conversion evaluated
+#       on the answerable questions of $MLA_TESTS, one reader after another, into $UD/<setting>/
 # Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
 # finished step is not redone) or, when it is done, sends its archive again.
 # Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
@@ -36,7 +41,7 @@
 # and eval; default the converted SmolLM2), SEL_LIMIT (500 questions of each dev-select split),
 # SEL_SPLITS, SEL_ARGS, SELECT_MID (1: mid checkpoints are candidates too), RAG_KS ("1 3 5"),
 # TESTS ("nq-test:0 tqa-test:3000 squad-test:1000", split:limit, 0 = all), EVAL_ARGS,
-# TEST_PARALLEL (1: the test sets side by side), CALL_LIMIT (590 s from the start of this script),
+# TEST_PARALLEL (1: the test sets side by side), MLA_TESTS ("nq-test:0 tqa-test:3000"), CALL_LIMIT (590 s from the start of this script),
 # PACK_RESERVE (25 s kept for packing), SELECT_RESERVE (150 s kept for dev-select after training).
 set -uo pipefail
 T0=$(date +%s)
@@ -49,6 +54,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_C
 export CFG=${CFG:-configs/train/gpu.yaml} SEL_LIMIT=${SEL_LIMIT:-500} SEL_ARGS=${SEL_ARGS:-}
 export SEL_SPLITS=${SEL_SPLITS:-nq-dev-select tqa-dev-select} SELECT_MID=${SELECT_MID:-0}
 export RAG_KS=${RAG_KS:-1 3 5} TESTS=${TESTS:-nq-test:0 tqa-test:3000 squad-test:1000}
+export MLA_TESTS=${MLA_TESTS:-nq-test:0 tqa-test:3000}
 export EVAL_ARGS=${EVAL_ARGS:-} TEST_PARALLEL=${TEST_PARALLEL:-1} SELECT_RESERVE=${SELECT_RESERVE:-150}
 U() { $PY scripts/gpu_units.py "$@"; }
 
@@ -158,22 +164,23 @@ body_train_baseline() {
   U note "$UD/unit.json" chosen_from="${ad#$UD/}" k="$k"
 }
 
-run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $UD/<split>
-  local methods=$1 k=$2; shift 2
+run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $TEST_OUT/<split>
+  local methods=$1 k=$2 out=${TEST_OUT:-$UD}; shift 2
+  mkdir -p "$out"
   [ -f "$BUNDLE/meta.json" ] && $PY scripts/gpu_stage.py ready --keep "$KEEP" --staged "$STAGED" bundle/ \
       || { echo "eval: the test splits are not staged: carry the test part (STATUS says which)"; return 2; }
   local pids=() splits=() spec split lim failed=0
   for spec in $TESTS; do
     split=${spec%%:*} lim=${spec#*:}
-    local a=(--snapshot "$BUNDLE" --split "$split" --methods $methods --k "$k" --batch-size 64 --out "$UD/$split")
+    local a=(--snapshot "$BUNDLE" --split "$split" --methods $methods --k "$k" --batch-size 64 --out "$out/$split")
     [ "$lim" != 0 ] && [ "$lim" != "$split" ] && a+=(--limit "$lim")
     [ -f "$BUNDLE/${split%-test}-dev-select.jsonl.gz" ] || a+=(--calibration-split none)
     echo "eval: $split ($methods, k=$k${lim:+, limit $lim})"
     if [ "$TEST_PARALLEL" = 1 ]; then
-      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$UD/eval-$split.log" 2>&1 &
+      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$out/eval-$split.log" 2>&1 &
       pids+=($!) splits+=("$split")
     else
-      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$UD/eval-$split.log" 2>&1
+      $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$out/eval-$split.log" 2>&1
       local rc=$?; echo "eval: $split rc $rc"; [ $rc = 0 ] || failed=1
     fi
   done
@@ -181,23 +188,29 @@ run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}"; local rc=$?; echo "eval: ${splits[$i]} rc $rc"; [ $rc = 0 ] || failed=1
   done
-  [ $failed = 0 ] || { for f in "$UD"/eval-*.log; do echo "== $f"; tail -n 5 "$f"; done; return 1; }
+  [ $failed = 0 ] || { for f in "$out"/eval-*.log; do echo "== $f"; tail -n 5 "$f"; done; return 1; }
 }
 
-body_eval_test() {
+trained_unit() {  # NAME: the dir of train-rear-NAME or train-baseline-NAME (run here or carried)
   local name=$1 src="" d
   for d in "$RUNS/train-rear-$name" "$RUNS/train-baseline-$name"; do
     [ -f "$d/unit.json" ] && [ -d "$d/chosen" ] && src=$d
   done
   if [ -z "$src" ]; then
     local tgz; tgz=$(ls "$G"/in/train-rear-"$name".tgz "$G"/in/train-baseline-"$name".tgz 2>/dev/null | head -n 1)
-    [ -n "$tgz" ] || { echo "eval-test: no checkpoint for $name on this machine and none carried: carry .gpu/in/train-rear-$name.tgz (scripts/gpu_plan.py collect puts it there)"; return 2; }
+    [ -n "$tgz" ] || { echo "no checkpoint for $name on this machine and none carried: carry .gpu/in/train-rear-$name.tgz (scripts/gpu_plan.py collect puts it there)" >&2; return 2; }
     local id; id=$(basename "$tgz" .tgz)
-    tar xzf "$tgz" -C "$RUNS" || { echo "eval-test: $tgz is unreadable"; return 2; }
-    [ -d "$RUNS/$id/chosen" ] || { echo "eval-test: $tgz holds no chosen/ checkpoint"; return 2; }
+    tar xzf "$tgz" -C "$RUNS" || { echo "$tgz is unreadable" >&2; return 2; }
+    [ -d "$RUNS/$id/chosen" ] || { echo "$tgz holds no chosen/ checkpoint" >&2; return 2; }
     src=$RUNS/$id
-    echo "eval-test: checkpoint from the carried $tgz"
+    echo "checkpoint from the carried $tgz" >&2
   fi
+  echo "$src"
+}
+
+body_eval_test() {
+  local name=$1 src
+  src=$(trained_unit "$name") || return 2
   local method k; method=$(U get "$src/unit.json" method) k=$(U get "$src/unit.json" k)
   U note "$UD/unit.json" kind=eval-test name="$name" method="$method" k="$k" from="$(basename "$src")"
   if [ "$method" = rear ]; then
@@ -205,6 +218,44 @@ body_eval_test() {
   else
     run_tests "$method" "$k" "--adapter-$method" "$src/chosen"
   fi
+}
+
+body_eval_mla() {  # SOURCE SETTING...: TransMLA conversions of SOURCE evaluated beside it
+  local name=$1; shift
+  local method k from adapter=() calib=$G/in/transmla-calib.json src
+  if [ "$name" = base ]; then
+    method=rag k=5 from=base
+  else
+    src=$(trained_unit "$name") || return 2
+    method=$(U get "$src/unit.json" method) k=$(U get "$src/unit.json" k) from=$src/chosen
+    adapter=("--adapter-$method" "$src/chosen")
+  fi
+  [ -f "$calib" ] || { echo "eval-mla: no calibration ids: carry .gpu/in/transmla-calib.json (python scripts/transmla_calib.py --out .gpu/in/transmla-calib.json)"; return 2; }
+  U note "$UD/unit.json" kind=eval-mla name="$name" method="$method" k="$k" "settings=$*" tests="$MLA_TESTS"
+  local setting dir
+  for setting in original "$@"; do
+    dir=""
+    if [ "$setting" != original ]; then
+      [[ $setting =~ ^[0-9]+\+[0-9]+$ ]] || { echo "eval-mla: setting $setting is not RANK+ROPE (96+64)"; return 2; }
+      dir=$G/mla/$name/$setting
+      if [ ! -f "$dir/backbone.json" ]; then
+        rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
+        local t=$(date +%s)
+        echo "convert: $from -> $setting"
+        OMP_NUM_THREADS=16 $PY scripts/gpu_units.py convert "$from" "$dir" "${setting%+*}" "${setting#*+}" "$calib" \
+            > "$UD/convert-$setting.log" 2>&1 || { tail -n 20 "$UD/convert-$setting.log"; return 1; }
+        echo "convert: $setting in $(( $(date +%s) - t )) s"
+      fi
+      mkdir -p "$UD/$setting" && cp "$dir"/backbone.json "$dir"/config.json "$dir"/transmla_report.json "$UD/$setting/"
+    fi
+    local t=$(date +%s)
+    if [ -n "$dir" ]; then
+      TESTS=$MLA_TESTS TEST_OUT=$UD/$setting BASE_MODEL=$dir run_tests "$method" "$k" --answerable-only || return 1
+    else
+      TESTS=$MLA_TESTS TEST_OUT=$UD/$setting run_tests "$method" "$k" --answerable-only "${adapter[@]}" || return 1
+    fi
+    echo "eval: $setting in $(( $(date +%s) - t )) s"
+  done
 }
 
 body_eval_untuned() {
@@ -231,6 +282,7 @@ if [ "${1:-}" = --body ]; then
     train-baseline) body_train_baseline "$@" ;;
     eval-test) body_eval_test "$@" ;;
     eval-untuned) body_eval_untuned ;;
+    eval-mla) body_eval_mla "$@" ;;
     bench) body_bench "$@" ;;
     *) echo "unknown unit $UNIT"; exit 2 ;;
   esac
@@ -252,9 +304,9 @@ mkdir -p "$KEEP" "$STAGED" "$RUNS" "$OUT"
 case $UNIT in
   status) ID=${ID:-status} ;;
   bench|eval-untuned) ID=${ID:-$UNIT} ;;
-  train-rear|eval-test) [ $# -ge 1 ] || { echo "usage: $UNIT NAME ..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
+  train-rear|eval-test|eval-mla) [ $# -ge 1 ] || { echo "usage: $UNIT NAME ..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
   train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
-  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned"; exit 2 ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla"; exit 2 ;;
 esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
@@ -267,12 +319,13 @@ for d in .gpu/p*/; do [ -f "$d/MANIFEST" ] && parts+=("${d%/}"); done
 $PY scripts/gpu_stage.py device --keep "$KEEP" --staged "$STAGED" "${parts[@]}"
 stage_rc=$?
 # Carried inputs (earlier units' archives, .gpu/in/*.tgz) are kept too, for later calls.
-for f in .gpu/in/*.tgz; do
+for f in .gpu/in/*.tgz .gpu/in/*.json; do
   [ -f "$f" ] || continue
-  if tar tzf "$f" > /dev/null 2>&1; then
+  if [[ $f == *.json ]] && $PY -c "import json, sys; json.load(open(sys.argv[1]))" "$f" 2> /dev/null \
+      || tar tzf "$f" > /dev/null 2>&1; then
     mkdir -p "$G/in" && cp "$f" "$G/in/.tmp" && mv "$G/in/.tmp" "$G/in/$(basename "$f")" && echo "stage: input $(basename "$f") kept"
   else
-    echo "stage: REFUSED input $f: not a readable tar.gz; carry it again"; stage_rc=3
+    echo "stage: REFUSED input $f: not a readable tar.gz or JSON; carry it again"; stage_rc=3
   fi
 done
 # (b) wheels, then the reader checkpoint (the conversion imports gguf from the wheels)

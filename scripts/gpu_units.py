@@ -10,6 +10,8 @@ safetensors and yaml for `compact-adapter` and `config` only).
     gpu_units.py get FILE.json KEY [DEFAULT]               print one key of a flat JSON file
     gpu_units.py done UNITS.json                           the ids of the units marked done
     gpu_units.py pack ID UNIT_DIR OUT_DIR                  UNIT_DIR -> OUT_DIR/ID.tgz (<= 15 MiB)
+    gpu_units.py convert FROM OUT RANK ROPE CALIB.json      `rearqa convert --transform transmla`
+                                                           with carried calibration ids (rearqa)
 
 Packing keeps logs, JSON/JSONL, reports, plots and the unit's chosen/ checkpoint (bf16 adapter,
 tokenizer, configs); it leaves out training checkpoints (resumable state: optimiser moments),
@@ -184,12 +186,23 @@ def pack(unit_id: str, unit_dir: str, out_dir: str) -> None:
     print(f"{out} {out.stat().st_size}")
 
 
+def convert(source: str, out: str, rank: str, rope: str, calib: str) -> None:
+    """The TransMLA conversion `rearqa convert` runs, without its command-line layer (the GPU
+    machine's image has no typer); the reader comes from $REARQA_HOME."""
+    from rearqa.app.convert_cmd import convert_reader
+
+    convert_reader("transmla", source, Path(out), {"kv_lora_rank": int(rank), "rope_dim": int(rope)},
+                   progress=False, calib_file=Path(calib))
+    print(f"converted {source} -> {out} ({rank}+{rope})")
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         sys.exit(__doc__)
     cmd, args = argv[0], argv[1:]
     table = {"config": config, "chosen": chosen, "compact-adapter": compact_adapter,
-             "record": record, "pack": pack, "note": note, "get": get, "done": done}
+             "record": record, "pack": pack, "note": note, "get": get, "done": done,
+             "convert": convert}
     if cmd not in table:
         sys.exit(f"unknown command {cmd!r}; one of {sorted(table)}")
     table[cmd](*args)

@@ -303,6 +303,39 @@ def test_finetuned_reader_merges_the_adapter(tmp_path):
         reader.read_batch(QUESTIONS[:1], PASSAGES[:1], "rear")
 
 
+def test_saved_eos_names_the_token_an_adapter_trained_to_end_with(tmp_path):
+    from rearqa.reader.engines import saved_eos_id
+
+    tok = tiny_tokenizer()
+    assert saved_eos_id(tok, tmp_path) is None  # no tokenizer config saved there
+    token = tok.convert_ids_to_tokens(5)
+    (tmp_path / "tokenizer_config.json").write_text(f'{{"eos_token": "{token}"}}')
+    assert saved_eos_id(tok, tmp_path) == 5
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": {"content": "%s"}}' % token)
+    assert saved_eos_id(tok, tmp_path) == 5
+
+
+@pytest.mark.slow
+def test_shipped_rag_ft_answers_stop_where_its_training_ended_them(reader_dir):
+    """The shipped rag-ft adapter was trained where the converted tokenizer's eos was
+    <|im_start|> (its saved tokenizer_config.json says so), not <|im_end|> as here: its answers
+    must stop there rather than run on into "user" turns."""
+    from rearqa.reader.config import default_adapter_dir
+    from rearqa.reader.finetuned import DeviceHFEngine, FinetunedReader
+
+    engine = DeviceHFEngine(reader_dir, "float32", threads=2, device="cpu",
+                            adapter=default_adapter_dir("rag-ft"))
+    assert engine.tokenizer.convert_tokens_to_ids("<|im_start|>") in engine._eos_ids()
+    reader = FinetunedReader(ReaderConfig(method="rag-ft", max_new_tokens=16, dtype="float32"),
+                             reader_dir, engine=engine)
+    passages = [Passage(id="p", title="Paris", text="Paris is the capital of France."),
+                Passage(id="h", title="Hamlet", text="Hamlet is a tragedy by William Shakespeare.")]
+    answers = reader.read_batch(["What is the capital of France?", "Who wrote Hamlet?"],
+                                [passages, passages])
+    for answer in answers:
+        assert "user" not in answer.text and 0 < len(answer.text.split()) <= 4, answer.text
+
+
 @pytest.mark.slow
 def test_untrained_wrapper_on_smollm2_falls_back_to_closed_book(reader_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -74,7 +74,9 @@ def load_source(source: str | Path, home: Path) -> tuple[torch.nn.Module, Any, A
         from rearqa.reader.finetuned import merge_lora
 
         lm = merge_lora(load_causal_lm(base_dir, torch.float32), source)
-        return (lm.eval(), AutoTokenizer.from_pretrained(base_dir), None,
+        # The adapter's own tokenizer when it saved one: its eos is what the answers end with.
+        tokenizer_dir = source if (Path(source) / "tokenizer_config.json").is_file() else base_dir
+        return (lm.eval(), AutoTokenizer.from_pretrained(tokenizer_dir), None,
                 {"kind": "adapter", "path": str(source), "base": str(base_dir)})
     model_dir = base_dir if kind == "base" else Path(source)
     return (load_causal_lm(model_dir, torch.float32).eval(), AutoTokenizer.from_pretrained(model_dir),
@@ -99,7 +101,7 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; choose a new directory")
-    home = assets.ensure_prepared(home, progress=progress)
+    home = _home_for(home, calib_file, progress)
     lm, tokenizer, rear, source_record = load_source(source, home)
     cfg_check = getattr(cfg, "check_model", None)
     if cfg_check is not None:
@@ -115,6 +117,19 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
 
         write_rear_files(rear, converted, out)
     return out
+
+
+def _home_for(home: Path | None, calib_file: Path | None, progress: bool) -> Path:
+    """The rearqa home to read the base reader from. With the calibration carried in a file, a
+    home holding only the prepared reader will do (the GPU machine has no corpus); else the
+    home is prepared in full (the corpus is where calibration text comes from)."""
+    from rearqa import assets
+
+    if calib_file is not None:
+        h = assets.home_or_default(home)
+        if (assets.reader_model_dir(h) / "config.json").is_file():
+            return h
+    return assets.ensure_prepared(home, progress=progress)
 
 
 def calibration_for(cfg, tokenizer, home: Path, calib_file: Path | None = None) -> tuple[Any, Any]:

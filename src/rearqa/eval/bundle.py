@@ -123,7 +123,21 @@ class SnapshotPipeline:
 
     def read_batch(self, questions: list[str], passages: list[list[Passage]],
                    method: str | None = None) -> list[Answer]:
-        return self.reader.read_batch(questions, passages, method)
+        answers = self.reader.read_batch(questions, passages, method)
+        for answer in answers:
+            answer.backbone = self.backbone
+        return answers
+
+    @property
+    def backbone(self) -> str:
+        """The backbone of the weights the reader loaded (config.weights: a REAR checkpoint's own,
+        else the base model's): "original" or the transform's label, as Pipeline.backbone."""
+        from rearqa.reader.backbone.loading import backbone_label
+
+        weights = getattr(self.config, "weights", None) or {}
+        labels = [backbone_label(weights[key]) for key in ("checkpoint", "base_model")
+                  if weights.get(key)]
+        return next((label for label in labels if label != "original"), "original")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,6 +81,8 @@ def parse_settings(argv: list[str] | None = None) -> RearEvalSettings:
     p.add_argument("--retriever", default=_default("retriever"), choices=RANKERS)
     p.add_argument("--k", type=int, default=_default("k"), help="passages per question given to the reader")
     p.add_argument("--limit", type=int, default=None, help="first N questions of the split")
+    p.add_argument("--answerable-only", action="store_true",
+                   help="of those, only the answerable ones (the corpus holds a gold answer)")
     p.add_argument("--batch-size", type=int, default=_default("batch_size"), help="questions per reader call")
     p.add_argument("--max-new-tokens", type=int, default=_default("max_new_tokens"))
     p.add_argument("--max-passage-words", type=int, default=_default("max_passage_words"))
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen = choose_routing(settings, snapshot)["chosen"]
         print(json.dumps(chosen, indent=1))
         return
-    dataset = snapshot_dataset(snapshot, settings.split, settings.limit)
+    dataset = snapshot_dataset(snapshot, settings.split, settings.limit, settings.answerable_only)
     report_dirs = {method: run_method(method, settings, snapshot, dataset) for method in settings.methods}
     if "rear" in report_dirs:
         metrics = rank_head_metrics(report_dirs, snapshot, settings.split, settings.calibration_split,

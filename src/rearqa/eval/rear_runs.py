@@ -39,9 +39,13 @@ class SnapshotRunConfig:
         return to_dict(self)
 
 
-def snapshot_dataset(snapshot: Snapshot, split: str, limit: int | None) -> QADataset:
-    """The runner's data set from a snapshot split (first `limit` questions, file order)."""
+def snapshot_dataset(snapshot: Snapshot, split: str, limit: int | None,
+                     answerable_only: bool = False) -> QADataset:
+    """The runner's data set from a snapshot split (first `limit` questions, file order; of those
+    only the answerable ones with `answerable_only`)."""
     rows = snapshot.split(split)[:limit]
+    if answerable_only:
+        rows = [r for r in rows if r.get("answerable")]
     examples = [QAExample(r["id"], r["question"], r["answers"], r.get("answer_type", "")) for r in rows]
     return QADataset(name=split, source=str(snapshot.dir / f"{split}.jsonl.gz"), subset="all",
                      examples=examples,
@@ -112,11 +116,15 @@ def _require_base(config: ReaderConfig, base: str | None) -> str:
 
 
 def build_finetuned_reader(config: ReaderConfig, base: str | None, device: str):
-    """rag-ft / closed-book-ft: the base model with the method's LoRA adapter."""
+    """rag-ft / closed-book-ft: the base model with the method's LoRA adapter, or a converted
+    reader whose adapter was merged before its conversion (`rearqa convert --from ADAPTER`)."""
     base = _require_base(config, base)
+    from dataclasses import replace
+
     from rearqa.reader.config import resolve_adapter
     from rearqa.reader.finetuned import FinetunedReader
 
+    config = replace(config, model=config.model or base)  # so a merged adapter is not applied twice
     adapter = resolve_adapter(config)
     return FinetunedReader(config, base, adapter, device), {"adapter": str(adapter), "base_model": base}
 

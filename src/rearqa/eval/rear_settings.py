@@ -53,6 +53,7 @@ class RearEvalSettings:
     retriever: str = "dense"  # snapshot ranking the reader's passages come from (bundle.RANKERS)
     k: int = 20  # passages per question given to the reader
     limit: int | None = None  # first N questions of the split; None = all
+    answerable_only: bool = False  # of those, only the answerable ones (gold answer in the corpus)
     batch_size: int = 8  # questions per reader call
     max_new_tokens: int = 32  # cap on generated answer tokens
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt

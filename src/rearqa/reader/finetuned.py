@@ -46,7 +46,12 @@ class DeviceHFEngine(HFEngine):
         # Merge in float32, then cast: merging into bf16 weights would round the LoRA delta.
         super().__init__(model_dir, "float32" if adapter else dtype, threads, trust_remote_code)
         if adapter:
+            from rearqa.reader.engines import saved_eos_id
+
             self.model = merge_lora(self.model, adapter).eval()
+            eos = saved_eos_id(self.tokenizer, adapter)  # what its answers end with
+            if eos is not None:
+                self.extra_eos.add(eos)
         self.model.to(device=resolve_device(device), dtype=getattr(torch, dtype))  # DTYPES are torch names
         self.adapter = str(adapter) if adapter else None
 

@@ -46,3 +46,23 @@ def eos_token_ids(tokenizer, configured: int | list[int] | None) -> set[int]:
     ran on past <|im_end|> into "user" turns)."""
     ids = set(configured) if isinstance(configured, (list, tuple)) else {configured}
     return {i for i in ids | {tokenizer.eos_token_id} if i is not None}
+
+
+def saved_eos_id(tokenizer, directory: str | Path) -> int | None:
+    """The id in `tokenizer` of the eos token named by the tokenizer config saved in `directory`
+    (a LoRA adapter or checkpoint written where it trained), or None without one. A reader's
+    answers end with the eos its training appended, and that can differ from the base model's:
+    on the GPU machine's transformers the GGUF-converted SmolLM2 tokenizer names <|im_start|> as
+    eos, here <|im_end|>, so the adapters trained there end answers with <|im_start|>."""
+    import json
+
+    path = Path(directory) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+    if isinstance(eos, dict):  # older configs store an AddedToken
+        eos = eos.get("content")
+    if not isinstance(eos, str):
+        return None
+    token_id = tokenizer.convert_tokens_to_ids(eos)
+    return token_id if token_id != tokenizer.unk_token_id else None

@@ -34,6 +34,7 @@ class HFEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = load_causal_lm(model_dir, _DTYPES[dtype], trust_remote_code)
         self.model.eval()
+        self.extra_eos: set[int] = set()  # ids an adapter's training ended answers with
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
 
     def render(self, messages: list[dict]) -> str:
@@ -52,7 +53,8 @@ class HFEngine:
     def _eos_ids(self) -> list[int]:
         from rearqa.reader.engines import eos_token_ids
 
-        return sorted(eos_token_ids(self.tokenizer, self.model.generation_config.eos_token_id))
+        return sorted(eos_token_ids(self.tokenizer, self.model.generation_config.eos_token_id)
+                      | self.extra_eos)
 
     @torch.inference_mode()
     def generate(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[str]:
