@@ -15,7 +15,7 @@ from rearqa.reader.backbone.loading import load_causal_lm
 from rearqa.reader.backbone.transmla.config import ModelShape
 from rearqa.reader.backbone.xecomla.config import XEcoMLAConfig, energy_rank
 from rearqa.reader.backbone.xecomla.convert import (convert, nope_rows, pad_latent, repeated_kv,
-                                                    rope_rows)
+                                                    repeated_kv_svd, rope_rows)
 from rearqa.reader.backbone.xecomla.transform import REPORT_FILE
 from rearqa.testing import randomize_matrices
 
@@ -72,6 +72,16 @@ def test_the_latent_reconstructs_k_nope_and_v_at_the_cap(one_thread):
         expected = torch.cat([kv[0][:, nope_rows(16, 8)], kv[1]], dim=1)  # per head [K_nope; V]
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     assert all(abs(row["svd_energy"] - 1) < 1e-12 for row in report["layers"])
+
+
+def test_the_svd_of_the_repeated_stack_comes_from_the_unrepeated_one():
+    model = small_llama()
+    attn, shape = model.model.layers[0].self_attn, ModelShape.of(model.config)
+    u, sigma, vh = repeated_kv_svd(attn.k_proj.weight, attn.v_proj.weight, shape)
+    full = repeated_kv(attn.k_proj.weight, attn.v_proj.weight, shape)
+    torch.testing.assert_close(sigma, torch.linalg.svdvals(full)[:len(sigma)])
+    torch.testing.assert_close(u.T @ u, torch.eye(len(sigma), dtype=torch.float64))
+    torch.testing.assert_close(u @ torch.diag(sigma) @ vh, full)
 
 
 def test_rope_rows_are_whole_pairs_at_the_frequencies_deepseek_turns_them():
@@ -179,8 +189,13 @@ def test_export_and_load_round_trip(one_thread, tmp_path, latent_norm, fmt):
 def test_smollm2_upcycles_by_the_energy_rule_quickly(reader_dir):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(reader_dir, dtype=torch.float32).eval()
-    mla, report = convert(model, XEcoMLAConfig(energy=0.95, rope_dim=32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(reader_dir, dtype=torch.float32).eval()
+        mla, report = convert(model, XEcoMLAConfig(energy=0.95, rope_dim=32))
+    finally:
+        torch.set_num_threads(before)
     ranks = report["layer_ranks"]
     assert len(ranks) == 30 and all(r % 8 == 0 and 8 <= r <= 384 for r in ranks)
     assert mla.config.kv_lora_rank == max(ranks) < 384

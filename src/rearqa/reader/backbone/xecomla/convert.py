@@ -62,6 +62,18 @@ def repeated_kv(wk: Tensor, wv: Tensor, shape: ModelShape) -> Tensor:
     return torch.cat([repeat(wk), repeat(wv)])
 
 
+def repeated_kv_svd(wk: Tensor, wv: Tensor, shape: ModelShape) -> tuple[Tensor, Tensor, Tensor]:
+    """The thin SVD (U, S, V^T) of repeated_kv(wk, wv), float64, from the SVD of the unrepeated
+    (2 n_kv d, D) stack [W_K; W_V] = U0 S0 V^T: repeating each KV head's rows G = H / n_kv times
+    is P [W_K; W_V] with P^T P = G I, so U = P U0 / sqrt(G) and S = sqrt(G) S0 (same directions,
+    same energy shares; an SVD a G-th the height)."""
+    u0, s0, vh = torch.linalg.svd(torch.cat([wk, wv]).double(), full_matrices=False)
+    group = shape.heads // shape.kv_heads
+    u = u0.view(2, shape.kv_heads, shape.head_dim, -1).repeat_interleave(group, 1) \
+        .reshape(2 * shape.heads * shape.head_dim, -1)
+    return u / math.sqrt(group), s0 * math.sqrt(group), vh
+
+
 def cumulative_energy(sigma: Tensor) -> Tensor:
     """Share of sum(sigma^2) the leading r singular values hold, for r = 1..len(sigma)."""
     power = sigma.double() ** 2
@@ -71,7 +83,7 @@ def cumulative_energy(sigma: Tensor) -> Tensor:
 def layer_weights(wq: Tensor, wk: Tensor, wv: Tensor, shape: ModelShape, rope_dim: int,
                   rank: int, svd: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
     """One layer's DeepSeek-V3 attention weights at latent width `rank`, float64; `svd` is
-    torch.linalg.svd of repeated_kv(wk, wv) (thin)."""
+    repeated_kv_svd(wk, wv)."""
     heads, d = shape.heads, shape.head_dim
     rope, nope = rope_rows(d, rope_dim), nope_rows(d, rope_dim)
     q = wq.double().view(heads, d, -1)  # (H, d, D)
@@ -116,8 +128,7 @@ def convert(model: nn.Module, cfg: XEcoMLAConfig) -> tuple[nn.Module, dict]:
     layers = []
     for src in model.model.layers:
         attn = src.self_attn
-        svd = torch.linalg.svd(repeated_kv(attn.k_proj.weight.cpu(), attn.v_proj.weight.cpu(), shape),
-                               full_matrices=False)
+        svd = repeated_kv_svd(attn.k_proj.weight.cpu(), attn.v_proj.weight.cpu(), shape)
         shares = cumulative_energy(svd[1])
         rank = cfg.kv_lora_rank or energy_rank(shares.tolist(), cfg.energy, cfg.rank_multiple, cap)
         layers.append((svd, rank, shares[min(rank, len(shares)) - 1].item()))
