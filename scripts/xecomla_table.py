@@ -84,7 +84,8 @@ def main() -> None:
     for row in rows:
         row["kv_ratio_vs_gqa"] = dense / row["kv_bytes"]
         row["ppl_ratio_vs_gqa"] = row["ppl"] / base_ppl
-    print("| setting | kv_lora_rank (layer min..max) | KV B/token bf16 (padded) | unpadded | x smaller | ppl | ppl x |")
+    print("| setting | kv_lora_rank (layer min..max) | KV B/token bf16 (padded) | unpadded "
+          "| x smaller | ppl | ppl x |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ranks = r.get("layer_ranks")

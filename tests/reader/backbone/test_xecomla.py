@@ -117,7 +117,7 @@ def test_energy_ranks_are_padded_multiples_that_meet_the_energy(one_thread):
     width = mla.config.kv_lora_rank
     assert torch.equal(a.kv_a_proj_with_mqa.weight[8:width], torch.zeros(width - 8, 32, dtype=torch.float64))
     padded = pad_latent({"kv_a_proj_with_mqa": b.kv_a_proj_with_mqa.weight,
-                         "kv_b_proj": b.kv_b_proj.weight}, 8, width)
+                         "kv_b_proj": b.kv_b_proj.weight}, width)
     torch.testing.assert_close(a.kv_a_proj_with_mqa.weight, padded["kv_a_proj_with_mqa"])
     torch.testing.assert_close(a.kv_b_proj.weight, padded["kv_b_proj"])
 
@@ -133,8 +133,8 @@ def test_zero_padding_the_latent_keeps_the_logits(one_thread):
     state = narrow.state_dict()
     for i in range(config.num_hidden_layers):
         prefix = f"model.layers.{i}.self_attn."
-        names = {"kv_a_proj_with_mqa": prefix + "kv_a_proj_with_mqa.weight", "kv_b_proj": prefix + "kv_b_proj.weight"}
-        padded = pad_latent({k: state[v] for k, v in names.items()}, 8, 24)
+        names = {name: prefix + name + ".weight" for name in ("kv_a_proj_with_mqa", "kv_b_proj")}
+        padded = pad_latent({k: state[v] for k, v in names.items()}, 24)
         state.update({names[k]: padded[k] for k in names})
     from rearqa.reader.backbone.transmla.modeling import install_mla
 

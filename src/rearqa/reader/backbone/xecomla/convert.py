@@ -95,7 +95,7 @@ def layer_weights(wq: Tensor, wk: Tensor, wv: Tensor, shape: ModelShape, rope_di
             "kv_b_proj": torch.cat([up[0][:, nope], up[1]], dim=1).reshape(heads * (2 * d - rope_dim), rank)}
 
 
-def pad_latent(weights: dict[str, Tensor], rope_dim: int, width: int) -> dict[str, Tensor]:
+def pad_latent(weights: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     """`weights` with the latent widened to `width`: zero kv_a rows between the latent and the
     rotary key, zero kv_b columns (exact: the extra latent dims are zero and read by nothing)."""
     kv_a, kv_b = weights["kv_a_proj_with_mqa"], weights["kv_b_proj"]
@@ -143,13 +143,14 @@ def convert(model: nn.Module, cfg: XEcoMLAConfig) -> tuple[nn.Module, dict]:
         attn = src.self_attn
         weights = layer_weights(attn.q_proj.weight.cpu(), attn.k_proj.weight.cpu(),
                                 attn.v_proj.weight.cpu(), shape, cfg.rope_dim, rank, svd)
-        weights = pad_latent(weights, cfg.rope_dim, width)
+        weights = pad_latent(weights, width)
         weights["o_proj"] = attn.o_proj.weight
         for name, value in weights.items():
             getattr(dst.self_attn, name).weight.copy_(value.to(dtype))
         if cfg.latent_norm:
-            w = latent_norm_weight(weights["kv_a_proj_with_mqa"][:rank], src.input_layernorm.weight.cpu(), width)
-            dst.self_attn.kv_a_layernorm.weight.fill_(w)
+            latent = weights["kv_a_proj_with_mqa"][:rank]
+            dst.self_attn.kv_a_layernorm.weight.fill_(
+                latent_norm_weight(latent, src.input_layernorm.weight.cpu(), width))
         else:
             dst.self_attn.kv_a_layernorm = nn.Identity()
         rows.append({"layer": i, "kv_lora_rank": rank, "svd_energy": energy,
