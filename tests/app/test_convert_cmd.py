@@ -63,3 +63,17 @@ def test_a_calibration_file_round_trips_and_a_changed_one_is_refused(tmp_path):
     path.write_text("not json")
     with pytest.raises(ConfigError, match="not a calibration file"):
         calibration_for(TransMLAConfig(), None, tmp_path, path)
+
+
+def test_xecomla_takes_energy_and_no_calibration_and_transmla_refuses_energy(tmp_path):
+    from rearqa.app.convert_cmd import calibration_for
+
+    xecomla = get_transform("xecomla")
+    cfg = transform_config(xecomla, {"kv_lora_rank": None, "rope_dim": 32, "energy": 0.95,
+                                     "freqfold": None, "calib_passages": None})
+    assert (cfg.kv_lora_rank, cfg.rope_dim, cfg.energy) == (None, 32, 0.95)
+    assert calibration_for(cfg, None, tmp_path) == (None, None)
+    with pytest.raises(ConfigError, match="does not take --energy"):
+        transform_config(get_transform("transmla"), {"energy": 0.9})
+    with pytest.raises(ConfigError, match="does not take --freqfold"):
+        transform_config(xecomla, {"freqfold": 2})

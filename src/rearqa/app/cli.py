@@ -250,24 +250,25 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
 
 # -- convert ------------------------------------------------------------------------------------
 @app.command()
-def convert(transform: Annotated[str, typer.Option(help="Backbone transform (reader/backbone: transmla).")],
+def convert(transform: Annotated[str, typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla).")],
             source: Annotated[str, typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")],
             out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
-            kv_lora_rank: Annotated[Optional[int], typer.Option(help="transmla: cached latent width per token and layer.")] = None,
-            rope_dim: Annotated[Optional[int], typer.Option(help="transmla: rotary key width (divides the head width).")] = None,
+            kv_lora_rank: Annotated[Optional[int], typer.Option(help="transmla, xecomla: cached latent width per token and layer (xecomla: unset picks each layer's by --energy).")] = None,
+            rope_dim: Annotated[Optional[int], typer.Option(help="transmla, xecomla: rotary key width (divides the head width).")] = None,
+            energy: Annotated[Optional[float], typer.Option(help="xecomla: per-layer rank keeping this share of the singular-value energy (default 0.99).")] = None,
             freqfold: Annotated[Optional[int], typer.Option(help="transmla: frequencies pooled per RoRoPE rotation (default: the smallest valid).")] = None,
             calib_passages: Annotated[Optional[int], typer.Option(help="Calibration samples drawn from the corpus.")] = None,
-            latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
+            latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla, xecomla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
             pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Seed of the calibration sample.")] = None,
             dtype: Annotated[str, typer.Option(help="Dtype the converted weights are saved in: bfloat16 (what the reader runs in) | float32 (for parity checks).")] = "bfloat16",
             calib_file: Annotated[Optional[Path], typer.Option(help="Calibration token ids from scripts/transmla_calib.py instead of the corpus (a machine without it).")] = None,
             home: HomeOpt = None) -> None:
-    """Convert a reader's backbone (TransMLA: GQA to multi-head latent attention) to a new reader
-    directory that loads by path (--reader DIR)."""
+    """Convert a reader's backbone (TransMLA, X-EcoMLA: GQA to multi-head latent attention) to a
+    new reader directory that loads by path (--reader DIR)."""
     from rearqa.app.convert_cmd import convert_reader
 
-    options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "freqfold": freqfold,
+    options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "energy": energy, "freqfold": freqfold,
                "calib_passages": calib_passages, "latent_norm": latent_norm,
                "pad_v_to": pad_v_to, "seed": seed}
     out_dir = convert_reader(transform, source, out, options, home=home, progress=True, dtype=dtype,

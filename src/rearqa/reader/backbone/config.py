@@ -12,6 +12,7 @@ from rearqa.config_errors import ConfigError
 
 TRANSFORMS: dict[str, str] = {
     "transmla": "rearqa.reader.backbone.transmla.transform:TransMLA",
+    "xecomla": "rearqa.reader.backbone.xecomla.transform:XEcoMLA",
 }
 
 # What a converted reader can be saved as, and so which engines can serve it:

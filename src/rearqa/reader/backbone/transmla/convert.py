@@ -224,13 +224,15 @@ def reference_logits(w: LayerWeights, x: Tensor, positions: Tensor, rope_theta: 
 
 # ------------------------------------------------------------------------------ the model
 
-def deepseek_config(config, shape: ModelShape, rank: int, rope_dim: int):
-    """The DeepseekV3Config of the converted reader: dense MLP, MHA over the latent, untied."""
+def deepseek_config(config, shape: ModelShape, rank: int, rope_dim: int, nope_dim: int | None = None):
+    """The DeepseekV3Config of a reader converted from the Llama-style `config`: dense MLP, MHA
+    over the latent, untied. `nope_dim` is the key width without RoPE per head (TransMLA: the
+    whole head, its default; X-EcoMLA: head_dim - rope_dim)."""
     from transformers import DeepseekV3Config
 
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope_type {rope['rope_type']!r}: TransMLA here converts plain RoPE only")
+        raise ValueError(f"rope_type {rope['rope_type']!r}: MLA conversion here takes plain RoPE only")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise ValueError("attention or MLP biases: vLLM's DeepSeek model has none")
     return DeepseekV3Config(
@@ -238,7 +240,7 @@ def deepseek_config(config, shape: ModelShape, rank: int, rope_dim: int):
         intermediate_size=config.intermediate_size, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
         first_k_dense_replace=shape.layers, q_lora_rank=None, kv_lora_rank=rank,
-        qk_nope_head_dim=shape.head_dim, v_head_dim=shape.head_dim, qk_rope_head_dim=rope_dim,
+        qk_nope_head_dim=shape.head_dim if nope_dim is None else nope_dim, v_head_dim=shape.head_dim, qk_rope_head_dim=rope_dim,
         rope_interleave=True, hidden_act=config.hidden_act,
         max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]},
@@ -289,23 +291,26 @@ def convert(model: nn.Module, calib: Tensor, cfg: TransMLAConfig, progress: Prog
                 dst.self_attn.kv_a_layernorm.weight.fill_(rms)
             else:
                 dst.self_attn.kv_a_layernorm = nn.Identity()
-            _copy_block(src, dst)
         rows.append({"layer": i, "pca_energy": energy, "rope_energy": rope_energy,
                      "kv_ratio": ratio, "latent_rms": rms})
         if progress:
             progress("layers", i + 1, shape.layers)
-    with torch.no_grad():
-        out.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight)
-        out.model.norm.weight.copy_(model.model.norm.weight)
-        out.lm_head.weight.copy_(model.lm_head.weight)  # untied: vLLM's DeepSeek ties nothing
+    copy_unchanged(model, out)
     record = record or CalibrationRecord.of(calib, "in-memory", cfg.seed)
     return out, {"kv_lora_rank": rank, "rope_dim": cfg.rope_dim, "freqfold": cfg.freqfold,
                  "compressed": compress, "calibration": record.to_dict(), "layers": rows}
 
 
-def _copy_block(src: nn.Module, dst: nn.Module) -> None:
-    """The parts of a decoder layer the conversion leaves alone: the norms and the MLP."""
-    for name in ("input_layernorm", "post_attention_layernorm"):
-        getattr(dst, name).weight.copy_(getattr(src, name).weight)
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        getattr(dst.mlp, name).weight.copy_(getattr(src.mlp, name).weight)
+@torch.no_grad()
+def copy_unchanged(src: nn.Module, out: nn.Module) -> None:
+    """Copy what an attention conversion leaves alone from the Llama `src` to the DeepseekV3
+    `out`: embeddings, every layer's norms and MLP, the final norm and an untied lm_head (vLLM's
+    DeepSeek model ties nothing). X-EcoMLA's conversion shares it."""
+    for src_layer, dst_layer in zip(src.model.layers, out.model.layers):
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            getattr(dst_layer, name).weight.copy_(getattr(src_layer, name).weight)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            getattr(dst_layer.mlp, name).weight.copy_(getattr(src_layer.mlp, name).weight)
+    out.model.embed_tokens.weight.copy_(src.model.embed_tokens.weight)
+    out.model.norm.weight.copy_(src.model.norm.weight)
+    out.lm_head.weight.copy_(src.lm_head.weight)
