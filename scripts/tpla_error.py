@@ -6,10 +6,11 @@ For each kv_lora_rank+rope setting the reader `--from` (as `rearqa convert --fro
 converted with TransMLA on corpus calibration text (as scripts/transmla_table.py does), and
 TPLA with `--shards` shards is compared with full MLA on held-out corpus text (never calibrated
 on): teacher-forced token-by-token decode of `--samples` x `--length` tokens after a full-MLA
-prefill of `--prefill` tokens. Per rotation (none / hadamard / pca): max and mean |logit
+prefill of `--prefill` tokens. Per rotation (none / hadamard / pca) and no-RoPE logit scale
+(`--nope-scales`: 1 is TPLA as described, g an experiment, see sharded.py): max and mean |logit
 difference|, KL(full || TPLA) per decode step, top-1 agreement, and the perplexity of the
 decode-path predictions (full MLA's decode-path perplexity alongside). Then decode tokens/s with a
-`--context`-token prompt, batch 1: full MLA in one process (all threads), the TPLA simulation in
+`--context`-token prompt, batch 1: full MLA in one process (`--threads`), the TPLA simulation in
 one process, and the real `--shards`-process gloo run (`--threads-per-rank` each), whose
 logits are checked against the simulation's.
 """
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["128+32"])
     ap.add_argument("--rotations", nargs="+", default=["none", "hadamard", "pca"])
     ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--nope-scales", nargs="+", default=["1", "g"],
+                    help="each shard's no-RoPE logit multiplier: 1 is TPLA as described, g the "
+                         "estimate-the-full-logits variant (sharded.py)")
     ap.add_argument("--calib", type=int, default=128, help="calibration samples of --calib-tokens")
     ap.add_argument("--calib-tokens", type=int, default=256)
     ap.add_argument("--samples", type=int, default=8, help="held-out samples of --length tokens")
@@ -146,14 +150,16 @@ def main() -> None:
                 print(f"  {rotation}: skipped ({exc})", flush=True)
                 continue
             rotated = rotate_for_tpla(copy.deepcopy(mla), tcfg, calib=calib[:32])
-            tpla = install_tpla(copy.deepcopy(rotated), args.shards)
-            row = {"setting": text, "rotation": rotation, "shards": args.shards,
-                   **compare(full, decode.teacher_forced(tpla, heldout, args.prefill)["logits"], targets)}
-            row["ppl_ratio_vs_full_mla"] = row["ppl"] / full_ppl
-            rows.append(row)
-            print(f"  {rotation}: max |dlogit| {row['max_abs_logit_diff']:.3f} mean {row['mean_abs_logit_diff']:.4f} "
-                  f"KL {row['kl_mean']:.4f} top1 {row['top1_agreement']:.3f} ppl {row['ppl']:.3f}", flush=True)
-            del tpla
+            for nope_scale in [args.shards if x == "g" else float(x) for x in args.nope_scales]:
+                tpla = install_tpla(copy.deepcopy(rotated), args.shards, nope_scale=float(nope_scale))
+                row = {"setting": text, "rotation": rotation, "shards": args.shards, "nope_scale": nope_scale,
+                       **compare(full, decode.teacher_forced(tpla, heldout, args.prefill)["logits"], targets)}
+                row["ppl_ratio_vs_full_mla"] = row["ppl"] / full_ppl
+                rows.append(row)
+                print(f"  {rotation} nope x{nope_scale}: max |dlogit| {row['max_abs_logit_diff']:.3f} "
+                      f"mean {row['mean_abs_logit_diff']:.4f} KL {row['kl_mean']:.4f} "
+                      f"top1 {row['top1_agreement']:.3f} ppl {row['ppl']:.3f}", flush=True)
+                del tpla
             if speed_model is None or rotation == "hadamard":
                 speed_model = (rotation, rotated)
         if speed_model is not None and args.context:
@@ -174,16 +180,16 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], speeds: list[dict], args) -> None:
-    head = ["setting", "rotation", "max |dlogit|", "mean |dlogit|", "KL mean", "KL max", "top-1 agree",
+    head = ["setting", "rotation", "nope x", "max |dlogit|", "mean |dlogit|", "KL mean", "KL max", "top-1 agree",
             "decode ppl", "ppl x"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         if "skipped" in r:
-            cells = [r["setting"], r["rotation"]] + ["n/a"] * 7
+            cells = [r["setting"], r["rotation"]] + ["n/a"] * 8
         elif r["rotation"] == "full MLA":
-            cells = [r["setting"], "full MLA", "0", "0", "0", "0", "1", f"{r['ppl']:.3f}", "1.000"]
+            cells = [r["setting"], "full MLA", "-", "0", "0", "0", "0", "1", f"{r['ppl']:.3f}", "1.000"]
         else:
-            cells = [r["setting"], r["rotation"], f"{r['max_abs_logit_diff']:.3f}", f"{r['mean_abs_logit_diff']:.4f}",
+            cells = [r["setting"], r["rotation"], f"{r['nope_scale']:g}", f"{r['max_abs_logit_diff']:.3f}", f"{r['mean_abs_logit_diff']:.4f}",
                      f"{r['kl_mean']:.4f}", f"{r['kl_max']:.3f}", f"{r['top1_agreement']:.3f}",
                      f"{r['ppl']:.3f}", f"{r['ppl_ratio_vs_full_mla']:.3f}"]
         print("| " + " | ".join(cells) + " |")

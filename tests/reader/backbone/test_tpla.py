@@ -127,8 +127,10 @@ def test_two_gloo_processes_equal_the_one_process_simulation(one_thread):
     distributed = run_distributed(model, "teacher_forced", shards=2, ids=ids, prefill=20)
     assert distributed["logits"].shape == (2, 9, 50)
     torch.testing.assert_close(distributed["logits"], simulated["logits"], rtol=1e-4, atol=1e-4)
-    greedy_sim = decode.greedy(install_tpla(copy.deepcopy(model), shards=2), ids[:, :20], steps=6)
-    greedy_dist = run_distributed(model, "greedy", shards=2, ids=ids[:, :20], steps=6)
+    # greedy, with the no-RoPE logit scale carried to the ranks too
+    greedy_sim = decode.greedy(install_tpla(copy.deepcopy(model), shards=2, nope_scale=2.0), ids[:, :20], steps=6)
+    greedy_dist = run_distributed(model, "greedy", shards=2, nope_scale=2.0, ids=ids[:, :20], steps=6)
+    torch.testing.assert_close(greedy_dist["logits"], greedy_sim["logits"], rtol=1e-4, atol=1e-4)
     assert torch.equal(greedy_dist["tokens"], greedy_sim["tokens"])
 
 

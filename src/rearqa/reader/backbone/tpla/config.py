@@ -21,12 +21,17 @@ class TPLAConfig:
 
     shards: int = 2  # g: latent slices, one per device; 1 is full MLA (exact)
     rotation: str = "hadamard"  # one of ROTATIONS, folded into the weights before slicing
+    # multiplies each shard's no-RoPE logits: 1 is TPLA as described (each shard's share of the
+    # full logits); g makes each an estimate of the full ones (an experiment, not the paper's)
+    nope_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
             raise ConfigError(f"tpla.shards={self.shards!r}: must be a positive integer")
         if self.rotation not in ROTATIONS:
             raise ConfigError(f"tpla.rotation={self.rotation!r}: one of {list(ROTATIONS)}")
+        if not self.nope_scale > 0:
+            raise ConfigError(f"tpla.nope_scale={self.nope_scale!r}: must be positive (1: TPLA as described)")
 
     def check_model(self, config) -> int:
         """The shard width kv_lora_rank / shards, or a ConfigError naming the valid counts."""

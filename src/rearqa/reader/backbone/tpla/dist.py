@@ -24,7 +24,8 @@ from rearqa.reader.backbone.tpla.sharded import install_tpla
 LOOPS = {"teacher_forced": decode.teacher_forced, "greedy": decode.greedy}
 
 
-def run_distributed(model: nn.Module, loop: str, shards: int = 2, threads_per_rank: int = 1, **loop_args) -> dict:
+def run_distributed(model: nn.Module, loop: str, shards: int = 2, threads_per_rank: int = 1,
+                    nope_scale: float = 1.0, **loop_args) -> dict:
     """Run `loop` (a name in LOOPS, with `loop_args` such as ids=, prefill= or steps=) on `model`
     (MLA, rotation already folded) split over `shards` spawned gloo processes; rank 0's result.
     The model reaches the ranks through torch.multiprocessing's shared memory; each rank
@@ -32,17 +33,17 @@ def run_distributed(model: nn.Module, loop: str, shards: int = 2, threads_per_ra
     if loop not in LOOPS:
         raise ValueError(f"loop {loop!r}: one of {list(LOOPS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_rank_main, args=(shards, model, loop, loop_args, threads_per_rank, tmp),
+        mp.spawn(_rank_main, args=(shards, model, loop, loop_args, threads_per_rank, tmp, nope_scale),
                  nprocs=shards, join=True)
         return torch.load(Path(tmp) / "result.pt")
 
 
 def _rank_main(rank: int, shards: int, model: nn.Module, loop: str, loop_args: dict,
-               threads: int, tmp: str) -> None:
+               threads: int, tmp: str, nope_scale: float = 1.0) -> None:
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=shards)
     try:
-        install_tpla(model, shards, rank=rank)
+        install_tpla(model, shards, rank=rank, nope_scale=nope_scale)
         dist.barrier()  # start the clocks together
         result = LOOPS[loop](model, **loop_args)
         if rank == 0:

@@ -14,6 +14,9 @@ Choices here where the paper (as summarised in efficiency-methods.md) says nothi
   - the rotary logits q_rope . k_rope are counted in full on every shard (the rotary key and the
     query's rope part are replicated, as the brief asks), not split 1/g per shard;
   - every shard keeps the full model's softmax scale 1/sqrt(nope + rope), not a per-shard one;
+    an option not in the paper's description, `nope_scale` = g, multiplies each shard's no-RoPE
+    logits by g so that, after a balancing rotation, each is an estimate of the full logits
+    rather than a cooler share of them (measured in scripts/tpla_error.py; default 1);
   - shards are contiguous slices of the rotated latent (pca_rotation deals components
     round-robin so contiguous slices are balanced);
   - query lengths 1..absorb_max_query (ABSORB_MAX_QUERY: decode steps and short appends) take the
@@ -36,12 +39,16 @@ from rearqa.reader.backbone.transmla.modeling import (MLAAttention, _masked, app
                                                       apply_rotary_pos_emb_interleave)
 
 
-def shard_attention(q_nope, q_rot, latent, k_rot, w_uk, w_uv, scaling: float, attention_mask) -> torch.Tensor:
+def shard_attention(q_nope, q_rot, latent, k_rot, w_uk, w_uv, scaling: float, attention_mask,
+                    nope_scale: float = 1.0) -> torch.Tensor:
     """One shard's absorbed attention, as MLAAttention._absorbed with a slice of the latent:
     q_nope (B, H, T, n), q_rot (B, H, T, p), latent (B, 1, S, w), k_rot (B, 1, S, p),
-    w_uk (H, n, w), w_uv (H, v, w) -> partial output (B, T, H, v)."""
+    w_uk (H, n, w), w_uv (H, v, w) -> partial output (B, T, H, v). `nope_scale` multiplies the
+    shard's no-RoPE logits (1: as the brief specifies; see the module docstring)."""
     batch, heads, length, _ = q_nope.shape
     q_lat = torch.einsum("bhtn,hnw->bhtw", q_nope, w_uk)  # (B, H, T, w)
+    if nope_scale != 1.0:
+        q_lat = q_lat * nope_scale
     rows = heads * length  # heads and queries on one axis against the single latent "head"
     scores = (q_lat.reshape(batch, rows, -1) @ latent[:, 0].transpose(-1, -2)
               + q_rot.reshape(batch, rows, -1) @ k_rot[:, 0].transpose(-1, -2))  # (B, H*T, S)
@@ -54,13 +61,15 @@ def shard_attention(q_nope, q_rot, latent, k_rot, w_uk, w_uv, scaling: float, at
 class TPLAAttention(MLAAttention):
     """MLAAttention whose decode is TPLA's g-shard approximation (module docstring)."""
 
-    def __init__(self, config, layer_idx: int, shards: int = 2, rank: int | None = None, group=None) -> None:
+    def __init__(self, config, layer_idx: int, shards: int = 2, rank: int | None = None, group=None,
+                 nope_scale: float = 1.0) -> None:
         super().__init__(config, layer_idx)
         if config.kv_lora_rank % shards:
             raise ValueError(f"{shards} shards: kv_lora_rank {config.kv_lora_rank} must divide evenly")
         if rank is not None and not 0 <= rank < shards:
             raise ValueError(f"rank {rank}: must be in 0..{shards - 1}")
         self.shards, self.rank, self.group = shards, rank, group
+        self.nope_scale = nope_scale  # multiplies each shard's no-RoPE logits (module docstring)
 
     def shard_slice(self, j: int) -> slice:
         width = self.kv_lora_rank // self.shards
@@ -73,7 +82,7 @@ class TPLAAttention(MLAAttention):
         for j in range(self.shards):
             part = self.shard_slice(j)
             out = out + shard_attention(q_nope, q_rot, latent[..., part], k_rot, w_uk[..., part],
-                                        w_uv[..., part], self.scaling, attention_mask)
+                                        w_uv[..., part], self.scaling, attention_mask, self.nope_scale)
         return out  # (B, T, H, v)
 
     def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
@@ -106,7 +115,7 @@ class TPLAAttention(MLAAttention):
             return self.o_proj(out.reshape(batch, length, -1)), None
         mine, k_rot = past_key_values.update(mine, k_rot, self.layer_idx)  # (B, 1, S, r / g)
         out = shard_attention(q_nope, q_rot, mine, k_rot, self.w_uk_shard, self.w_uv_shard,
-                              self.scaling, attention_mask)  # (B, T, H, v)
+                              self.scaling, attention_mask, self.nope_scale)  # (B, T, H, v)
         partial = self.o_proj(out.reshape(batch, length, -1))  # (B, T, D)
         dist.all_reduce(partial, group=self.group)  # the layer's one all-reduce
         return partial, None
@@ -120,7 +129,8 @@ class TPLAAttention(MLAAttention):
         self.register_buffer("w_uv_shard", w_uv[..., part].contiguous(), persistent=False)  # (H, v, r/g)
 
 
-def install_tpla(model: nn.Module, shards: int = 2, rank: int | None = None, group=None) -> nn.Module:
+def install_tpla(model: nn.Module, shards: int = 2, rank: int | None = None, group=None,
+                 nope_scale: float = 1.0) -> nn.Module:
     """`model` (an MLA DeepseekV3ForCausalLM, install_mla'd) with every attention replaced by
     TPLAAttention on the same weights: the one-process simulation (rank None) or rank `rank`."""
     for i, layer in enumerate(model.model.layers):
@@ -128,7 +138,7 @@ def install_tpla(model: nn.Module, shards: int = 2, rank: int | None = None, gro
         if not isinstance(old, MLAAttention):
             raise TypeError(f"layer {i}: {type(old).__name__}, not MLAAttention; run install_mla first")
         weight = old.q_proj.weight
-        new = TPLAAttention(model.config, i, shards, rank, group).to(device=weight.device, dtype=weight.dtype)
+        new = TPLAAttention(model.config, i, shards, rank, group, nope_scale).to(device=weight.device, dtype=weight.dtype)
         if isinstance(old.kv_a_layernorm, nn.Identity):
             new.kv_a_layernorm = nn.Identity()
         new.load_state_dict(old.state_dict(), strict=True)
