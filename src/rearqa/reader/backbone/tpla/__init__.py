@@ -12,5 +12,6 @@ shards. Prefill stays full MLA; only decode is sharded.
 
   rotation.py  hadamard, pca_rotation, fold_rotation (exact on the unsharded model)
   sharded.py   TPLAAttention: the g-shard decode simulated in one process, or one rank's shard
+  decode.py    token-by-token decode loops (teacher-forced, greedy) shared by both runs
   dist.py      the real g-process run over torch.distributed (gloo, CPU)
 """
