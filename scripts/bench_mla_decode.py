@@ -103,8 +103,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating GQA/MLA runs; the median is kept")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = dict(PRESETS[args.preset])
     for key in ("layers", "rank", "rope"):
         if getattr(args, key) is not None:
@@ -116,15 +120,23 @@ def main() -> None:
     for context in args.contexts:
         for batch in args.batch:
             row = {"context": context, "batch": batch}
-            for name, model in (("gqa", gqa), ("mla", mla)):
-                try:
-                    row[name] = decode(model, batch, context, args.steps, device, dtype)
-                except torch.OutOfMemoryError:
-                    row[name] = None
-                    torch.cuda.empty_cache()
+            runs: dict[str, list] = {"gqa": [], "mla": []}
+            for _ in range(args.repeats):  # GQA, MLA, GQA, MLA, ...: drifting load hits both
+                for name, model in (("gqa", gqa), ("mla", mla)):
+                    try:
+                        runs[name].append(decode(model, batch, context, args.steps, device, dtype))
+                    except torch.OutOfMemoryError:
+                        runs[name].append(None)
+                        torch.cuda.empty_cache()
+            for name, found in runs.items():  # the repeat with the median speed
+                done = sorted((r for r in found if r), key=lambda r: r["tokens_per_s"])
+                row[name] = done[len(done) // 2] if len(done) == len(found) else None
             if row["gqa"] and row["mla"]:
                 row["speed_ratio"] = row["mla"]["tokens_per_s"] / row["gqa"]["tokens_per_s"]
                 row["kv_ratio"] = row["gqa"]["kv_bytes"] / row["mla"]["kv_bytes"]
+                if args.repeats > 1:  # each repeat's MLA/GQA ratio, adjacent runs paired
+                    row["speed_ratios"] = [m["tokens_per_s"] / g["tokens_per_s"]
+                                           for g, m in zip(runs["gqa"], runs["mla"])]
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{args.preset}: {shape}, {args.dtype} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
@@ -138,7 +150,8 @@ def main() -> None:
               f"{cell(g, 'kv_bytes', '{:.0f}')} | {cell(m, 'kv_bytes', '{:.0f}')} | {r.get('kv_ratio', float('nan')):.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"preset": args.preset, "shape": shape, "dtype": args.dtype,
-                                    "device": str(device), "steps": args.steps, "torch": torch.__version__,
+                                    "device": str(device), "steps": args.steps, "repeats": args.repeats,
+                                    "threads": torch.get_num_threads(), "torch": torch.__version__,
                                     "rows": rows}, indent=2) + "\n")
 
 

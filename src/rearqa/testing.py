@@ -50,6 +50,31 @@ def tiny_llama(vocab_size: int, tied: bool = True, hidden_size: int = 16, seed: 
     return randomize_matrices(LlamaForCausalLM(config).eval())
 
 
+def tiny_deepseek(rank: int = 24, rope: int = 8, nope: int = 16, v: int = 16, heads: int = 3,
+                  norm: bool = True, impl: str = "sdpa", seed: int = 0):
+    """A random 2-layer dense DeepseekV3ForCausalLM (MLA with latent `rank`, weights std 0.3: logits
+    well above noise); without `norm` the latent RMSNorm is the identity our converted readers
+    may have (`config.latent_norm` False)."""
+    import torch
+    from torch import nn
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = DeepseekV3Config(
+        vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=heads, first_k_dense_replace=2,
+        q_lora_rank=None, kv_lora_rank=rank, qk_nope_head_dim=nope, qk_rope_head_dim=rope,
+        v_head_dim=v, rope_interleave=True, tie_word_embeddings=False, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config.latent_norm = norm
+    config._attn_implementation = impl
+    model = randomize_matrices(DeepseekV3ForCausalLM(config).eval())
+    if not norm:
+        for layer in model.model.layers:
+            layer.self_attn.kv_a_layernorm = nn.Identity()
+    return model
+
+
 def randomize_matrices(model, std: float = 0.3):
     """`model` with every weight matrix drawn at `std`: larger than the 0.02 default, so logit
     differences are well above fp noise (norm weights keep their ones)."""

@@ -15,22 +15,12 @@ from rearqa.reader.backbone.tpla.rotation import (fold_rotation, hadamard, laten
                                                   rotate_for_tpla)
 from rearqa.reader.backbone.tpla.sharded import install_tpla
 from rearqa.reader.backbone.transmla.modeling import install_mla
-from rearqa.testing import randomize_matrices
+from rearqa.testing import tiny_deepseek
 
 
 def mla_model(rank=16, rope=8, nope=16, v=16, heads=3, norm=True, seed=0):
     """A random 2-layer MLA DeepseekV3ForCausalLM (weights std 0.3), with a non-trivial latent norm."""
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = DeepseekV3Config(
-        vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=heads, first_k_dense_replace=2,
-        q_lora_rank=None, kv_lora_rank=rank, qk_nope_head_dim=nope, qk_rope_head_dim=rope,
-        v_head_dim=v, rope_interleave=True, tie_word_embeddings=False, max_position_embeddings=64,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config.latent_norm = norm
-    model = install_mla(randomize_matrices(DeepseekV3ForCausalLM(config).eval()))
+    model = install_mla(tiny_deepseek(rank, rope, nope, v, heads, norm, seed=seed))
     if norm:
         with torch.no_grad():
             for layer in model.model.layers:

@@ -10,7 +10,7 @@ import torch
 from rearqa.reader.backbone.base import dense_kv_bytes_per_token
 from rearqa.reader.backbone.transmla.modeling import (MLAAttention, install_mla, load_mla,
                                                       measured_kv_bytes, mla_kv_bytes_per_token)
-from rearqa.testing import randomize_matrices
+from rearqa.testing import tiny_deepseek
 
 SHAPES = [  # (kv_lora_rank, rope, nope, v, heads)
     (24, 8, 16, 16, 3),
@@ -20,23 +20,8 @@ SHAPES = [  # (kv_lora_rank, rope, nope, v, heads)
 
 
 def deepseek(rank=24, rope=8, nope=16, v=16, heads=3, norm=True, impl="sdpa", seed=0):
-    """A random 2-layer dense DeepseekV3ForCausalLM (weights std 0.3: logits well above noise)."""
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = DeepseekV3Config(
-        vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=heads, first_k_dense_replace=2,
-        q_lora_rank=None, kv_lora_rank=rank, qk_nope_head_dim=nope, qk_rope_head_dim=rope,
-        v_head_dim=v, rope_interleave=True, tie_word_embeddings=False, max_position_embeddings=64,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config.latent_norm = norm
-    config._attn_implementation = impl
-    model = randomize_matrices(DeepseekV3ForCausalLM(config).eval())
-    if not norm:  # the stock model with the identity our converted readers have
-        for layer in model.model.layers:
-            layer.self_attn.kv_a_layernorm = torch.nn.Identity()
-    return model
+    """A random 2-layer dense DeepseekV3ForCausalLM (rearqa.testing.tiny_deepseek)."""
+    return tiny_deepseek(rank, rope, nope, v, heads, norm, impl, seed)
 
 
 def batch(seed=1):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,13 +20,52 @@ from rearqa.reader.backbone.transmla.config import TransMLAConfig
 REPORT_FILE = "transmla_report.json"
 
 
-class TransMLA(BackboneTransform):
+class MLATransform(BackboneTransform):
+    """What every GQA -> MLA transform shares: the converted model runs on MLAAttention
+    (modeling.py), caches the latent and the rotary key, and is saved as a DeepSeek-V3 checkpoint
+    vLLM serves when it has the latent norm (`hf_only` without it), with the conversion's report
+    (`model.<report_attr>`) beside the weights as `report_file`."""
+
+    export_format = "deepseek_v3_mla"
+    report_file: ClassVar[str]
+    report_attr: ClassVar[str]
+
+    def export_format_for(self, cfg: Any) -> str:
+        return "deepseek_v3_mla" if cfg.latent_norm else "hf_only"
+
+    def kv_bytes_per_token(self, config: Any, dtype: torch.dtype | str) -> int:
+        from rearqa.reader.backbone.transmla.modeling import mla_kv_bytes_per_token
+
+        return mla_kv_bytes_per_token(config, dtype)  # the config's (padded) width: what the cache holds
+
+    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: Any) -> None:
+        pad_v_to = getattr(cfg, "pad_v_to", 0)
+        if cfg.latent_norm:
+            from rearqa.reader.backbone.transmla.export import export_deepseek_v3
+
+            export_deepseek_v3(model, out_dir, pad_v_to=pad_v_to)
+        else:
+            if pad_v_to:
+                from rearqa.config_errors import ConfigError
+
+                raise ConfigError(f"{self.name}.pad_v_to pads value heads for vLLM's prefill, which "
+                                  f"needs {self.name}.latent_norm: true; set both or neither")
+            model.save_pretrained(out_dir)
+        report = getattr(model, self.report_attr, None)
+        if report is not None:
+            atomic_write_text(out_dir / self.report_file, json.dumps(report, indent=2, default=str) + "\n")
+
+    def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        from rearqa.reader.backbone.transmla.modeling import load_mla
+
+        return load_mla(model_dir, dtype)
+
+
+class TransMLA(MLATransform):
     name = "transmla"
     config_cls = TransMLAConfig
-    export_format = "deepseek_v3_mla"
-
-    def export_format_for(self, cfg: TransMLAConfig) -> str:
-        return "deepseek_v3_mla" if cfg.latent_norm else "hf_only"
+    report_file = REPORT_FILE
+    report_attr = "transmla_report"
 
     def label(self, settings: dict[str, Any]) -> str:
         norm = ", latent norm" if settings.get("latent_norm") else ""
@@ -50,32 +89,6 @@ class TransMLA(BackboneTransform):
         mla = install_mla(mla)
         mla.transmla_report = report
         return mla
-
-    def kv_bytes_per_token(self, config: Any, dtype: torch.dtype | str) -> int:
-        from rearqa.reader.backbone.transmla.modeling import mla_kv_bytes_per_token
-
-        return mla_kv_bytes_per_token(config, dtype)
-
-    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: TransMLAConfig) -> None:
-        if cfg.latent_norm:
-            from rearqa.reader.backbone.transmla.export import export_deepseek_v3
-
-            export_deepseek_v3(model, out_dir, pad_v_to=cfg.pad_v_to)
-        else:
-            if cfg.pad_v_to:
-                from rearqa.config_errors import ConfigError
-
-                raise ConfigError("transmla.pad_v_to pads value heads for vLLM's prefill, which "
-                                  "needs transmla.latent_norm: true; set both or neither")
-            model.save_pretrained(out_dir)
-        report = getattr(model, "transmla_report", None)
-        if report is not None:
-            atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
-
-    def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        from rearqa.reader.backbone.transmla.modeling import load_mla
-
-        return load_mla(model_dir, dtype)
 
 
 def _bars():

@@ -8,27 +8,22 @@ the cache holds); xecomla_report.json beside the weights lists each layer's own 
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rearqa.config_errors import ConfigError
-from rearqa.files import atomic_write_text
-from rearqa.reader.backbone.base import BackboneTransform
+from rearqa.reader.backbone.transmla.transform import MLATransform
 from rearqa.reader.backbone.xecomla.config import XEcoMLAConfig
 
 REPORT_FILE = "xecomla_report.json"
 
 
-class XEcoMLA(BackboneTransform):
+class XEcoMLA(MLATransform):
     name = "xecomla"
     config_cls = XEcoMLAConfig
-    export_format = "deepseek_v3_mla"
-
-    def export_format_for(self, cfg: XEcoMLAConfig) -> str:
-        return "deepseek_v3_mla" if cfg.latent_norm else "hf_only"
+    report_file = REPORT_FILE
+    report_attr = "xecomla_report"
 
     def label(self, settings: dict[str, Any]) -> str:
         rank = settings.get("kv_lora_rank") or f"energy {settings.get('energy')}"
@@ -50,24 +45,3 @@ class XEcoMLA(BackboneTransform):
         mla = install_mla(mla)
         mla.xecomla_report = report
         return mla
-
-    def kv_bytes_per_token(self, config: Any, dtype: torch.dtype | str) -> int:
-        from rearqa.reader.backbone.transmla.modeling import mla_kv_bytes_per_token
-
-        return mla_kv_bytes_per_token(config, dtype)  # the padded width: what the cache holds
-
-    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: XEcoMLAConfig) -> None:
-        if cfg.latent_norm:
-            from rearqa.reader.backbone.transmla.export import export_deepseek_v3
-
-            export_deepseek_v3(model, out_dir)
-        else:
-            model.save_pretrained(out_dir)
-        report = getattr(model, "xecomla_report", None)
-        if report is not None:
-            atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-
-    def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        from rearqa.reader.backbone.transmla.modeling import load_mla
-
-        return load_mla(model_dir, dtype)
