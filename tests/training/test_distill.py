@@ -119,6 +119,7 @@ def test_training_lowers_the_kl_and_moves_only_the_chosen_parameters(world, stud
     assert changed
     if which == "lora":
         assert all("lora_" in n for n in changed)
+        assert {"q_proj", "kv_a_proj_with_mqa", "kv_b_proj"} <= set(task.stats["lora_modules"])
     elif which == "attention":
         assert all(attention_part(n) is not None for n in changed)
     else:

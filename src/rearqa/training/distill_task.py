@@ -16,8 +16,13 @@ The teacher is frozen: eval mode, no gradients, bf16 on CUDA and fp32 on the CPU
 student trains is `distill_trainable`:
 
     attention  every parameter of every attention block
-    lora       LoRA (rearqa.reader.adapters) on every linear layer; the result is an adapter that
-               the student dir + merge_lora reads
+    lora       LoRA (rearqa.reader.adapters, target "all-linear") on every linear layer; the
+               result is an adapter that the student dir + merge_lora reads. With PEFT 0.21 on
+               transformers 5, a DeepseekV3 student's dense MLP (gate/up/down_proj) gets none:
+               PEFT remaps those names to DeepseekV3's fused-expert parameters, which a dense
+               layer lacks, so LoRA lands on the attention projections and o_proj only (the
+               stats' `lora_modules` say where it landed; PEFT's loader remaps the same way, so
+               the saved adapter and merge_lora agree)
     new        the projections the MLA conversion created (NEW_MLA_PROJECTIONS)
 
 REAR students are refused: their rank logit would need a loss of its own (an MSE against the
@@ -174,6 +179,10 @@ class DistillTask:
                       "max_tokens": max(lengths, default=0), "trainable": config.distill_trainable,
                       "trainable_parameters": sum(p.numel() for p in self.model.parameters()
                                                   if p.requires_grad)}
+        if config.distill_trainable == "lora":
+            self.stats["lora_modules"] = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1]
+                                                 for n, _ in self.model.named_parameters()
+                                                 if ".lora_A" in n})
         self.no_decay_names: list[str] = []
         self.n_items = len(lengths)
         self.items_per_micro = config.batch
