@@ -181,3 +181,23 @@ def test_bad_settings_are_refused(world, student, tmp_path):
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="converted from a plain model"):
         build_task(config(world, student, "x", teacher=str(adapter)), torch.device("cpu"))
+
+
+def test_the_cli_trains_a_student_by_path(world, student, tmp_path):
+    from typer.testing import CliRunner
+
+    from rearqa.app.train_cmd import train_app
+
+    settings = config(world, student, "unused").to_dict()
+    for key in ("method", "student", "teacher", "distill_trainable", "out", "steps"):
+        settings.pop(key)
+    yaml_file = tmp_path / "distill.yaml"
+    yaml_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items()))
+    out = tmp_path / "cli"
+    done = CliRunner().invoke(train_app, [
+        "distill", "--student", str(student), "--teacher", "base", "--trainable", "new",
+        "-c", str(yaml_file), "--out", str(out), "--steps", "2", "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert "final model" in done.output
+    assert json.loads((out / "train_config.json").read_text())["distill_trainable"] == "new"
+    assert load_causal_lm(out / "final") is not None
