@@ -201,3 +201,10 @@ def test_the_cli_trains_a_student_by_path(world, student, tmp_path):
     assert "final model" in done.output
     assert json.loads((out / "train_config.json").read_text())["distill_trainable"] == "new"
     assert load_causal_lm(out / "final") is not None
+
+
+def test_the_shipped_config_parses():
+    cfg = TrainConfig.from_yaml(Path(__file__).parents[2] / "configs" / "train" / "distill.yaml",
+                                student="readers/mla96")
+    assert cfg.method == "distill" and cfg.total_steps == cfg.steps
+    assert cfg.distill_data == ["corpus", "prompts"]
