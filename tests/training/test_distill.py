@@ -208,3 +208,29 @@ def test_the_shipped_config_parses():
                                 student="readers/mla96")
     assert cfg.method == "distill" and cfg.total_steps == cfg.steps
     assert cfg.distill_data == ["corpus", "prompts"]
+
+
+def test_an_adapter_teacher_is_merged_into_the_base(world, tmp_path):
+    """A teacher given as a PEFT adapter is the base with it merged: the merged model saved as
+    the student gives KL 0, the plain base as the student does not."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(1)
+    lm = load_causal_lm(world / "base", torch.float32)
+    peft = get_peft_model(lm, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # non-identity: B starts at zero
+    peft.save_pretrained(tmp_path / "adapter")
+    merged = peft.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    AutoTokenizer.from_pretrained(world / "base").save_pretrained(tmp_path / "merged")
+    kls = {}
+    for name, student_dir in (("merged", tmp_path / "merged"), ("base", world / "base")):
+        task = build_task(config(world, student_dir, f"adapter-{name}", teacher=str(tmp_path / "adapter"),
+                                 distill_trainable="attention"), torch.device("cpu"))
+        with torch.no_grad():
+            kls[name] = task.kl(fixed_batch(task)).item()
+    assert abs(kls["merged"]) < 1e-5 and kls["base"] > 1e-3
