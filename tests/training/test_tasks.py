@@ -3,7 +3,7 @@ import pytest
 
 from rearqa.config_errors import ConfigError
 from rearqa.registry import resolve
-from rearqa.training.config import BASELINES, METHODS, TASKS, TrainConfig
+from rearqa.training.config import BACKBONE_METHODS, BASELINES, METHODS, TASKS, TrainConfig
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -17,7 +17,9 @@ def test_methods_are_the_registry_keys_and_reader_methods():
     from rearqa.reader.config import READER_METHODS
 
     assert METHODS == tuple(TASKS) and set(BASELINES) < set(METHODS)
-    assert set(METHODS) <= set(READER_METHODS)  # a trained model is read by the method's reader
+    # a trained model is read by the method's reader; a healed backbone (distill) by any reader
+    assert set(METHODS) - set(BACKBONE_METHODS) <= set(READER_METHODS)
+    assert set(BACKBONE_METHODS) < set(METHODS) and not set(BACKBONE_METHODS) & set(READER_METHODS)
 
 
 def test_unknown_method_lists_the_valid_ones():

@@ -3,6 +3,7 @@
     rearqa train rear --config run.yaml --out runs/rear
     rearqa train rag-ft --config run.yaml --out runs/rag-ft --token-budget-from runs/rear/train_log.jsonl
     rearqa train closed-book-ft --config run.yaml --out runs/cb-ft --token-budget-from runs/rear/train_log.jsonl
+    rearqa train distill --student readers/mla96 --teacher base --trainable lora -c configs/train/distill.yaml --out runs/distill
     python -m rearqa.app.train_cmd rear ...          (the same, without the main CLI)
 
 A YAML file fills `rearqa.training.config.TrainConfig` (its keys, at the top level or under
@@ -23,7 +24,8 @@ from rearqa.environment import set_offline_defaults
 
 set_offline_defaults()
 
-train_app = typer.Typer(help="Train the REAR reader, or the rag-ft / closed-book-ft baselines.",
+train_app = typer.Typer(help="Train the REAR reader, the rag-ft / closed-book-ft baselines, or "
+                        "heal a converted reader by distillation.",
                         no_args_is_help=True, pretty_exceptions_enable=False)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with TrainConfig keys.")]
@@ -159,6 +161,30 @@ train_app.command("rag-ft", help="Standard RAG (dense top-k in the chat prompt),
                   "on the answer, for a REAR run's token count.")(_baseline("rag-ft"))
 train_app.command("closed-book-ft", help="The same fine-tune with no passages in the prompt.")(
     _baseline("closed-book-ft"))
+
+
+@train_app.command("distill")
+def distill(student: Annotated[Optional[str], typer.Option(
+                help="Converted reader dir (rearqa convert --out DIR).")] = None,
+            teacher: Annotated[Optional[str], typer.Option(
+                help="The reader it was converted from: base | checkpoint dir | adapter dir.")] = None,
+            trainable: Annotated[Optional[str], typer.Option(
+                help="What of the student trains: attention | lora | new (MLA projections).")] = None,
+            config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
+            base_model: BaseOpt = None, token_budget: BudgetOpt = None,
+            steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")] = None,
+            max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
+            threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
+            time_limit: TimeOpt = None, quiet: QuietOpt = False,
+            batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
+            grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
+    """Heal a converted reader: KL(teacher || student) at every position of corpus windows and
+    rag-ft prompts of the train splits (rearqa.training.distill_task)."""
+    _run("distill", config, stop_after, time_limit, quiet, sets, student=student,
+         teacher=teacher, distill_trainable=trainable, snapshot=snapshot, out=out,
+         base_model=base_model, token_budget=token_budget, steps=steps,
+         max_questions=max_questions, seed=seed, device=device, threads=threads,
+         save_every=save_every, batch=batch, grad_accum=grad_accum)
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
-"""Training REAR and its fine-tuned baselines (rag-ft, closed-book-ft).
+"""Training REAR and its fine-tuned baselines (rag-ft, closed-book-ft); healing a converted reader.
 
     config       TrainConfig, and TASKS: method -> what is trained
-    data         training examples from a retrieval snapshot (groups, REAR inputs, chat examples)
-    losses       LM loss and REAR's bi-granularity rank loss
+    data         training examples from a retrieval snapshot (groups, REAR inputs, chat examples,
+                 distill rows)
+    losses       LM loss, REAR's bi-granularity rank loss, the chunked distillation KL
     rear_task    RearTask, and the REAR run's token count (the baselines' budget)
     chat_task    RagTask, ClosedBookTask
+    distill_task DistillTask: a converted reader (student) healed towards its source (teacher)
     schedule     stages, learning-rate schedule, data order, token budget
     checkpoint   pickle-free checkpoints;  run_files: what a run writes under `out`
     precision    device, autocast, the frozen base's dtype, fp32 trainable parameters

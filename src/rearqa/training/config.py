@@ -11,6 +11,9 @@ schedule) and one question set (the `*-dev-train` splits of a retrieval snapshot
                     bi-granularity loss (pointwise BCE + pairwise RankNet over each group)
     rag-ft          the plain chat RAG prompt (dense top-`rag_k` passages), LM loss on the answer
     closed-book-ft  the plain chat prompt with no passages, LM loss on the answer
+    distill         heals a converted reader (`student`, e.g. TransMLA) towards the reader it was
+                    converted from (`teacher`): KL(teacher || student) at every position of corpus
+                    windows and rag-ft prompts (rearqa.training.distill_task)
 
 The baselines train for a token budget (`token_budget`, or the tokens a finished REAR run logged,
 `token_budget_from`), so all three see the same number of training tokens.
@@ -34,9 +37,20 @@ TASKS: dict[str, str] = {
     "rear": "rearqa.training.rear_task:RearTask",
     "rag-ft": "rearqa.training.chat_task:RagTask",
     "closed-book-ft": "rearqa.training.chat_task:ClosedBookTask",
+    "distill": "rearqa.training.distill_task:DistillTask",
 }
 METHODS = tuple(TASKS)
 BASELINES = ("rag-ft", "closed-book-ft")  # trained for a token budget, one LM-loss stage
+# Methods whose result is a reader's backbone, not a reader method of its own: a healed
+# converted reader is read by whichever reader method loads it (reader.model, or the student dir
+# + the adapter), so these are not in rearqa.reader.config.READERS.
+BACKBONE_METHODS = ("distill",)
+# One stage, trained for `token_budget` tokens (or `steps` steps without a budget).
+BUDGETED_METHODS = (*BASELINES, *BACKBONE_METHODS)
+# distill: what the student trains (rearqa.training.distill_task.trainable_selection).
+DISTILL_TRAINABLE = ("attention", "lora", "new")
+# distill: where its sequences come from (rearqa.training.data.distill_rows).
+DISTILL_DATA = ("corpus", "prompts")
 # Training precision, not the reader's weight dtype (rearqa.reader.config.DTYPES). `dtype` is the
 # autocast dtype: "auto" means bf16 autocast on CUDA and plain fp32 on CPU. `base_dtype` is the
 # frozen base's weight dtype: "auto" means bf16 when training on CUDA under bf16 autocast, else
@@ -121,6 +135,16 @@ class TrainConfig:
     head_lr: float = 0.0
     head_center: bool = False  # rear, own head: subtract the base model's mean score-position state
 
+    # -- distill (a converted reader healed towards its teacher; `batch` = sequences per micro-batch)
+    student: str = ""  # distill: converted reader dir (backbone.json), loaded with load_causal_lm
+    teacher: str = "base"  # distill: "base" (base_model) | transformers checkpoint | PEFT adapter dir
+    distill_trainable: str = "lora"  # distill: attention | lora (every linear layer) | new (MLA projections)
+    distill_data: list[str] = field(default_factory=lambda: ["corpus", "prompts"])  # corpus | prompts
+    distill_max_len: int = 512  # distill: tokens per corpus window; prompts are cut to it too
+    corpus_windows: int = 2000  # distill: corpus windows built (from the train splits' passages)
+    kd_temperature: float = 1.0  # distill: softmax temperature of both sides (KL scaled by T^2)
+    kd_chunk: int = 1024  # distill: positions per KL chunk (their (chunk, V) logits live at once)
+
     # -- baselines' length
     token_budget: int = 0  # baselines: stop once this many training tokens are seen (0 = use steps)
     token_budget_from: str = ""  # baselines: a REAR run's train_log.jsonl; its last token count
@@ -171,17 +195,40 @@ class TrainConfig:
         if self.token_budget and self.token_budget_from:
             raise ConfigError("train.token_budget and train.token_budget_from are both set: "
                               "give one (a number, or a REAR run's train_log.jsonl)")
+        self._check_distill()
         if self.method == "rear" and (self.token_budget or self.token_budget_from):
             raise ConfigError("train.token_budget / token_budget_from are for the baselines "
                               "(rag-ft, closed-book-ft); a rear run's length is its steps")
+
+    def _check_distill(self) -> None:
+        if isinstance(self.distill_data, str):
+            self.distill_data = [self.distill_data]
+        for name in ("student", "teacher"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string (a dir)")
+        if self.distill_trainable not in DISTILL_TRAINABLE:
+            raise ConfigError(f"train.distill_trainable={self.distill_trainable!r}: choose one of "
+                              f"{list(DISTILL_TRAINABLE)}")
+        if (not isinstance(self.distill_data, list) or not self.distill_data
+                or any(d not in DISTILL_DATA for d in self.distill_data)
+                or len(set(self.distill_data)) != len(self.distill_data)):
+            raise ConfigError(f"train.distill_data={self.distill_data!r}: a list of distinct "
+                              f"names from {list(DISTILL_DATA)}, e.g. [corpus, prompts]")
+        if self.method == "distill" and not self.student:
+            raise ConfigError("train.student is empty: a distill run needs the converted reader "
+                              "dir (rearqa convert --out DIR), e.g. --student readers/mla96")
+        if self.method == "distill" and not self.teacher:
+            raise ConfigError("train.teacher is empty: give base, a checkpoint dir or an adapter dir")
+        if self.method == "distill" and not (self.steps or self.token_budget or self.token_budget_from):
+            raise ConfigError("train.steps is 0 and no token budget is set: nothing to train")
 
     def _check_ints(self) -> None:
         positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words", "negative_samplings",
                     "max_passage_tokens", "max_question_tokens", "max_answer_tokens", "lora_r",
                     "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every",
-                    "row_chunks")
+                    "row_chunks", "distill_max_len", "kd_chunk")
         non_negative = ("max_questions", "warmup_stage_steps", "steps", "token_budget", "seed",
-                        "threads")
+                        "threads", "corpus_windows")
         for name in positive + non_negative:
             value = getattr(self, name)
             low = 1 if name in positive else 0
@@ -199,7 +246,8 @@ class TrainConfig:
                   "lr": (0, None), "warmup_ratio": (0, 1), "weight_decay": (0, None),
                   "max_grad_norm": (0, None), "beta": (0, None), "bce_weight": (0, None),
                   "minor_diff": (0, None), "neg_weight": (0, None),
-                  "positive_pair_weight": (0, None), "head_lr": (0, None)}
+                  "positive_pair_weight": (0, None), "head_lr": (0, None),
+                  "kd_temperature": (0, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             ok = (not isinstance(value, bool) and isinstance(value, (int, float))
@@ -209,6 +257,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={value!r}: must be a finite number {span}")
         if self.unanswered_share > 1:
             raise ConfigError(f"train.unanswered_share={self.unanswered_share}: a share, 0 to 1")
+        if self.kd_temperature == 0:
+            raise ConfigError("train.kd_temperature=0: must be > 0, e.g. kd_temperature: 1.0")
         if self.lr == 0:
             raise ConfigError("train.lr=0: nothing would be learned; e.g. lr: 2.0e-4")
 
@@ -219,8 +269,16 @@ class TrainConfig:
         return self.method in BASELINES
 
     @property
+    def one_stage(self) -> bool:
+        """Trained in one stage, for a token budget or `steps` (BUDGETED_METHODS)."""
+        return self.method in BUDGETED_METHODS
+
+    @property
     def total_steps(self) -> int:
-        """Optimiser steps of a rear run, or of a baseline without a token budget."""
+        """Optimiser steps of a rear run, or of a baseline without a token budget (distill:
+        `steps`, its one stage)."""
+        if self.method in BACKBONE_METHODS:
+            return self.steps
         return self.warmup_stage_steps + self.steps
 
     def base_model_dir(self) -> Path:
@@ -255,6 +313,8 @@ class TrainConfig:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Setting names whose values differ, ignoring RESUMABLE_KEYS."""
+    """Setting names whose values differ, ignoring RESUMABLE_KEYS. A setting added after the run
+    was saved (absent from `saved`) differs only when it is not at its default."""
+    defaults = TrainConfig().to_dict()
     keys = (set(saved) | set(current)) - set(RESUMABLE_KEYS)
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != current.get(k))

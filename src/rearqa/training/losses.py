@@ -242,3 +242,39 @@ def rear_chunked_lm_and_rank(model, step, suppressed: torch.Tensor | None = None
         start += n
     rank = torch.cat(ranks)
     return lm_loss, (rank.index_select(0, step.order) if step.order is not None else rank)
+
+
+# ---------------------------------------------------------------------------- distillation
+# Hinton et al. (2015), "Distilling the Knowledge in a Neural Network": the student matches the
+# teacher's softened next-token distribution; here at every position of a sequence (the
+# teacher is the reader the student was converted from, so the whole distribution is the target).
+
+def _kl_sum(student_states: torch.Tensor, teacher_states: torch.Tensor, student_head, teacher_head,
+            temperature: float) -> torch.Tensor:
+    """Summed KL(teacher || student) of (n, D) states' next-token distributions, in fp32."""
+    student = F.log_softmax(student_head(student_states).float() / temperature, dim=-1)  # (n, V)
+    with torch.no_grad():
+        teacher = F.log_softmax(teacher_head(teacher_states).float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="sum")
+
+
+def chunked_kl_sum(student_states: torch.Tensor, teacher_states: torch.Tensor, student_head,
+                   teacher_head, temperature: float = 1.0, chunk: int = 1024) -> torch.Tensor:
+    """sum over positions of KL(teacher || student) * T^2, from (N, D) final hidden states at the
+    same N positions; the caller divides by N (the count it knows on the host).
+
+    The output layer runs on `chunk` positions at a time, each chunk under activation
+    checkpointing: its (chunk, V) logits are freed after the forward and recomputed in the
+    backward, so a step holds one chunk's logits (49,152 columns for SmolLM2) at a time, never
+    (N, V). T^2 keeps the gradients' scale as the temperature changes (Hinton et al.)."""
+    from torch.utils.checkpoint import checkpoint
+
+    total = student_states.new_zeros((), dtype=torch.float32)
+    for start in range(0, student_states.shape[0], chunk):
+        args = (student_states[start:start + chunk], teacher_states[start:start + chunk],
+                student_head, teacher_head, temperature)
+        if torch.is_grad_enabled() and student_states.requires_grad:
+            total = total + checkpoint(_kl_sum, *args, use_reentrant=False)
+        else:
+            total = total + _kl_sum(*args)
+    return total * temperature ** 2

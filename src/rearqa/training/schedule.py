@@ -2,9 +2,9 @@
 
 REAR trains in two stages, each with its own linear warm-up and cosine decay, as REAR's two runs
 had: `warmup` (rank loss = pointwise BCE, REAR's stage 1) then `main` (the bi-granularity loss,
-stage 2). A baseline has one `lm` stage. The data order is a function of the seed and the
-position alone (seeded epoch permutations), so resuming needs no data state and the baselines'
-token budget can be planned before a step is run.
+stage 2). A baseline has one `lm` stage, distill one `distill` stage. The data order is a
+function of the seed and the position alone (seeded epoch permutations), so resuming needs no
+data state and the baselines' token budget can be planned before a step is run.
 """
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from rearqa.training.config import TrainConfig
 from rearqa.training.run_files import PLAN_FILE
 
 # Stage names, as train_log.jsonl records them.
-WARMUP_STAGE, MAIN_STAGE, LM_STAGE = "warmup", "main", "lm"
+WARMUP_STAGE, MAIN_STAGE, LM_STAGE, DISTILL_STAGE = "warmup", "main", "lm", "distill"
 
 
 def stages(config: TrainConfig, total_steps: int) -> list[dict]:
     """[{name, start, steps}]: rear has warmup (pointwise BCE) then main; a baseline one stage."""
-    if config.is_baseline:
-        return [{"name": LM_STAGE, "start": 0, "steps": total_steps}]
+    if config.one_stage:
+        name = DISTILL_STAGE if config.method == "distill" else LM_STAGE
+        return [{"name": name, "start": 0, "steps": total_steps}]
     parts = [(WARMUP_STAGE, config.warmup_stage_steps), (MAIN_STAGE, config.steps)]
     out, start = [], 0
     for name, steps in parts:

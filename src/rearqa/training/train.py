@@ -2,7 +2,8 @@
 
 What is trained is the method's task, registered in rearqa.training.config.TASKS: `RearTask`
 (rearqa.training.rear_task: rank and LM losses from one pass over passage groups) or `RagTask` /
-`ClosedBookTask` (rearqa.training.chat_task: LM loss on the answer). A task holds the
+`ClosedBookTask` (rearqa.training.chat_task: LM loss on the answer) or `DistillTask`
+(rearqa.training.distill_task: a converted reader healed towards its source). A task holds the
 LoRA-wrapped `model`, its data `stats`, `n_items` training items (`item_ids`) taken
 `items_per_micro` per micro-batch, the parameters kept out of weight decay (`no_decay_names`),
 and makes `batch(indices, device)`, `losses(batch, stage)` -> {"loss", "lm", "rank"} and
@@ -61,20 +62,25 @@ from rearqa.training.step import LOSS_KEYS, optimizer_step
 
 def build_task(config: TrainConfig, device: torch.device):
     """Load the snapshot, the tokenizer and the base model (in `resolve_base_dtype`), build the
-    method's task (which tokenises its data), and keep what trains in fp32."""
+    method's task (which tokenises its data), and keep what trains in fp32. A task class with a
+    `build(config, snapshot, device, dtype)` classmethod loads its models itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rearqa.eval.bundle import Snapshot
 
+    task_class = resolve(TASKS, config.method, "training method", error=ConfigError)
+    dtype = resolve_base_dtype(config, device, autocast_dtype(config, device))
+    if hasattr(task_class, "build"):  # a task that loads its own models (distill: two of them)
+        task = task_class.build(config, Snapshot(config.snapshot), device, dtype)
+        keep_trainable_fp32(task.model)
+        return task
     base = config.base_model_dir()
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"train.base_model={str(base)!r} is not a transformers checkpoint "
                                 "(no config.json); run `rearqa data prepare` for the bundled model")
     snapshot = Snapshot(config.snapshot)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    dtype = resolve_base_dtype(config, device, autocast_dtype(config, device))
     lm = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    task_class = resolve(TASKS, config.method, "training method", error=ConfigError)
     task = task_class(config, snapshot, tokenizer, lm, device)
     keep_trainable_fp32(task.model)
     return task

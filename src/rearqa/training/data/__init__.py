@@ -6,6 +6,8 @@
                     and noise-resistant), the REAR input of every passage, group statistics
     chat_examples   the baselines' (rag-ft, closed-book-ft) chat-prompt examples and encoding
     batches         right-padded micro-batches of both kinds, tokenised on the spot
+    distill_rows    distill: corpus windows and rag-ft prompts, every position carrying the loss
+                    (as TokenRows, so imported from its module too)
     token_rows      rows tokenised once, collated into length-sorted chunks (what training uses;
                     imported from its module, so that this package stays free of torch)
 
