@@ -35,7 +35,8 @@ def run_distributed(model: nn.Module, loop: str, shards: int = 2, threads_per_ra
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_rank_main, args=(shards, model, loop, loop_args, threads_per_rank, tmp, nope_scale),
                  nprocs=shards, join=True)
-        return torch.load(Path(tmp) / "result.pt")
+        result = Path(tmp) / "result.pt"
+        return torch.load(result, weights_only=True)  # tensors and numbers: no pickled objects
 
 
 def _rank_main(rank: int, shards: int, model: nn.Module, loop: str, loop_args: dict,
