@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from rearqa.config_errors import ConfigError
+from rearqa.reader.backbone.loading import source_kind
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +38,6 @@ def transform_config(transform, options: dict[str, Any]):
         raise ConfigError(f"transform {transform.name!r} does not take {flags}; its settings are "
                           f"{sorted(known)}")
     return transform.config_cls(**given)
-
-
-def source_kind(source: str | Path) -> str:
-    """"base", "rear", "adapter" or "model" for a --from value; a clear error otherwise."""
-    if str(source) == "base":
-        return "base"
-    path = Path(source)
-    if (path / "rear_config.json").is_file():
-        return "rear"
-    if (path / "adapter_config.json").is_file():
-        return "adapter"
-    if (path / "config.json").is_file():
-        return "model"
-    raise ConfigError(f"--from {source}: not 'base', a transformers checkpoint (config.json), a "
-                      "PEFT adapter (adapter_config.json) or a REAR checkpoint (rear_config.json)")
 
 
 def load_source(source: str | Path, home: Path) -> tuple[torch.nn.Module, Any, Any, dict]:

@@ -20,6 +20,7 @@ import argparse
 import gzip
 import json
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ class SnapshotPipeline:
             answer.backbone = self.backbone
         return answers
 
-    @property
+    @cached_property
     def backbone(self) -> str:
         """The backbone of the weights the reader loaded (config.weights: a REAR checkpoint's own,
         else the base model's): "original" or the transform's label, as Pipeline.backbone."""

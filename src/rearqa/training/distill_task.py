@@ -95,15 +95,16 @@ def student_manifest(config: TrainConfig):
 
 def teacher_kind(config: TrainConfig) -> str:
     """"base", "adapter" or "model" for `config.teacher`; a clear error otherwise."""
-    if config.teacher == "base":
-        return "base"
-    path = Path(config.teacher).expanduser()
-    if (path / "adapter_config.json").is_file():
-        return "adapter"
-    if (path / "config.json").is_file():
-        return "model"
-    raise ConfigError(f"train.teacher={config.teacher!r}: not 'base', a transformers checkpoint "
-                      "(config.json) or a PEFT adapter (adapter_config.json)")
+    from rearqa.reader.backbone.loading import source_kind
+
+    try:
+        kind = source_kind(config.teacher, "train.teacher")
+    except ConfigError:
+        kind = None
+    if kind not in ("base", "adapter", "model"):
+        raise ConfigError(f"train.teacher={config.teacher!r}: not 'base', a transformers checkpoint "
+                          "(config.json) or a PEFT adapter (adapter_config.json)")
+    return kind
 
 
 def check_teacher_matches(config: TrainConfig, manifest) -> None:

@@ -30,6 +30,22 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None,
     return get_transform(manifest.transform).load(Path(model_dir), dtype)
 
 
+def source_kind(source: str | Path, option: str = "--from") -> str:
+    """"base", "rear", "adapter" or "model" for a reader given as `option` (the bundled base, a
+    REAR checkpoint, a PEFT adapter or a transformers checkpoint); a clear error otherwise."""
+    if str(source) == "base":
+        return "base"
+    path = Path(source).expanduser()
+    if (path / "rear_config.json").is_file():
+        return "rear"
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "model"
+    raise ConfigError(f"{option} {source}: not 'base', a transformers checkpoint (config.json), a "
+                      "PEFT adapter (adapter_config.json) or a REAR checkpoint (rear_config.json)")
+
+
 def check_vllm_servable(model_dir: str | Path) -> None:
     """Raise ConfigError when `model_dir` holds a converted reader that stock vLLM cannot load."""
     manifest = read_manifest(model_dir)
