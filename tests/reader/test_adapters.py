@@ -45,3 +45,29 @@ def test_settings_of_another_type_are_refused():
 
     with pytest.raises(TypeError, match="takes LoraSettings"):
         wrap("lora", tiny_llama(64), Other())
+
+
+def test_lora_reaches_the_dense_mlp_of_a_converted_reader(tmp_path):
+    """A converted reader is a dense DeepseekV3; PEFT 0.21 would remap its MLP targets to fused
+    expert tensors it lacks (reader.adapters.peft_compat). LoRA lands on every linear layer, and
+    the saved adapter merges back (merge_lora) to the same logits."""
+    from rearqa.reader.finetuned import merge_lora
+    from rearqa.testing import tiny_deepseek
+
+    peft_model = wrap("lora", tiny_deepseek(seed=1), LoraSettings(r=4, alpha=8)).eval()
+    wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in peft_model.named_parameters()
+               if ".lora_A" in n}
+    assert {"gate_proj", "up_proj", "down_proj", "o_proj", "kv_b_proj"} <= wrapped
+    assert not peft_model.peft_config["default"].target_parameters
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    ids = torch.randint(0, 20, (1, 9))
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = merge_lora(tiny_deepseek(seed=1), tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)

@@ -30,11 +30,14 @@ def merge_lora(model, adapter_dir: str | Path):
     """`model` with the PEFT LoRA adapter in `adapter_dir` merged into its weights."""
     from peft import PeftModel
 
+    from rearqa.reader.adapters.peft_compat import dense_targets
+
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; give the directory "
                                 "peft's save_pretrained wrote")
-    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    with dense_targets(model):
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
 
 
 class DeviceHFEngine(HFEngine):

@@ -17,12 +17,10 @@ student trains is `distill_trainable`:
 
     attention  every parameter of every attention block
     lora       LoRA (rearqa.reader.adapters, target "all-linear") on every linear layer; the
-               result is an adapter that the student dir + merge_lora reads. With PEFT 0.21 on
-               transformers 5, a DeepseekV3 student's dense MLP (gate/up/down_proj) gets none:
-               PEFT remaps those names to DeepseekV3's fused-expert parameters, which a dense
-               layer lacks, so LoRA lands on the attention projections and o_proj only (the
-               stats' `lora_modules` say where it landed; PEFT's loader remaps the same way, so
-               the saved adapter and merge_lora agree)
+               result is an adapter that the student dir + merge_lora reads. A converted reader
+               is a dense DeepseekV3, whose MLP PEFT 0.21 would remap to fused expert tensors it
+               lacks; rearqa.reader.adapters.peft_compat keeps that remap off, so the dense MLP
+               gets LoRA too (the stats' `lora_modules` say where it landed)
     new        the projections the MLA conversion created (NEW_MLA_PROJECTIONS)
 
 REAR students are refused: their rank logit would need a loss of its own (an MSE against the

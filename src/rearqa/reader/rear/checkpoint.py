@@ -125,7 +125,10 @@ def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: t
                              f"checkpoint was trained on {meta['base_vocab_size']}: wrong base model")
         from peft import PeftModel
 
-        model.lm = PeftModel.from_pretrained(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
+        from rearqa.reader.adapters.peft_compat import dense_targets
+
+        with dense_targets(model.lm):
+            model.lm = PeftModel.from_pretrained(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
     else:
         lm = load_causal_lm(path, dtype)
         model = cls.from_base(lm, tokenizer, config, init_new_rows=False,

@@ -25,7 +25,10 @@ class LoraMethod:
              trainable_token_indices: dict[str, list[int]] | None = None) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
+        from rearqa.reader.adapters.peft_compat import dense_targets
+
         extra = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
         config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                             target_modules=settings.target, task_type="CAUSAL_LM", **extra)
-        return get_peft_model(model, config)
+        with dense_targets(model):
+            return get_peft_model(model, config)
