@@ -227,3 +227,20 @@ def test_the_deepseek_layout_is_the_partial_rope_latent_view(one_thread, freqfol
     # DeepSeek computes its cos/sin in fp32
     torch.testing.assert_close(deepseek_layer_logits(partial, 1, x, pos).detach(), expected,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_pca_directions_have_one_sign_whatever_the_eigensolver_returns():
+    """Eigenvectors are defined up to sign and LAPACK's choice varies by machine and threads;
+    _pca fixes it (column_signs), so a conversion made on the GPU machine is the same weights
+    as one rebuilt here (a heal LoRA trained over one applies to the other)."""
+    from rearqa.reader.backbone.transmla.convert import _pca, column_signs
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 12, dtype=torch.float64)
+    cov = x.T @ x / 200
+    values, vectors = _pca(cov, 0.0)
+    flipped = vectors * torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    assert torch.equal(flipped * column_signs(flipped), vectors)
+    peaks = vectors.gather(0, vectors.abs().argmax(0, keepdim=True))
+    assert (peaks > 0).all()
+    torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, cov)

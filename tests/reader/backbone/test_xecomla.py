@@ -82,6 +82,8 @@ def test_the_svd_of_the_repeated_stack_comes_from_the_unrepeated_one():
     torch.testing.assert_close(sigma, torch.linalg.svdvals(full)[:len(sigma)])
     torch.testing.assert_close(u.T @ u, torch.eye(len(sigma), dtype=torch.float64))
     torch.testing.assert_close(u @ torch.diag(sigma) @ vh, full)
+    peaks = u.gather(0, u.abs().argmax(0, keepdim=True))  # canonical signs (column_signs)
+    assert (peaks > 0).all()
 
 
 def test_rope_rows_are_whole_pairs_at_the_frequencies_deepseek_turns_them():

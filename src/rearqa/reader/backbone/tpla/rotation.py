@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rearqa.reader.backbone.tpla.config import TPLAConfig
+from rearqa.reader.backbone.transmla.convert import column_signs
 
 
 def hadamard(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -37,6 +38,7 @@ def pca_rotation(moment: Tensor, shards: int) -> Tensor:
     r = moment.shape[0]
     _, vectors = torch.linalg.eigh(moment.double())  # ascending eigenvalues
     vectors = vectors.flip(1)  # (r, r) columns by falling energy
+    vectors = vectors * column_signs(vectors)  # one sign per direction, whatever the machine
     order = torch.arange(r).view(r // shards, shards).T.reshape(-1)  # shard-major round robin
     return vectors[:, order].T.contiguous()
 

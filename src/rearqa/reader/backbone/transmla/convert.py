@@ -88,12 +88,24 @@ def collect_kv_moments(model: nn.Module, calib: Tensor, batch_size: int = 8,
     return [s.cpu() / count for s in sums]
 
 
+def column_signs(vectors: Tensor) -> Tensor:
+    """+1 / -1 per column of `vectors`: the sign of the column's entry of largest magnitude.
+    Eigen- and singular vectors are defined up to sign, and LAPACK picks it by thread count and
+    build; multiplying each column by its sign fixes one choice, so a conversion made on another
+    machine is the same weights, not a sign-flipped equivalent (a LoRA trained over it stays valid)."""
+    peak = vectors.abs().argmax(dim=0, keepdim=True)
+    signs = torch.sign(vectors.gather(0, peak)).squeeze(0)
+    return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 def _pca(cov: Tensor, damping: float) -> tuple[Tensor, Tensor]:
-    """(eigenvalues descending, eigenvectors as columns) of cov + damping * mean eigenvalue."""
+    """(eigenvalues descending, eigenvectors as columns, signs canonical: column_signs) of
+    cov + damping * mean eigenvalue."""
     n = cov.shape[0]
     damped = cov + damping * torch.trace(cov) / n * torch.eye(n, dtype=cov.dtype)
     values, vectors = torch.linalg.eigh(damped)
-    return values.flip(0), vectors.flip(1)
+    vectors = vectors.flip(1)
+    return values.flip(0), vectors * column_signs(vectors)
 
 
 # ------------------------------------------------------------------------------ the steps

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from rearqa.reader.backbone.transmla.config import ModelShape
-from rearqa.reader.backbone.transmla.convert import copy_unchanged, deepseek_config
+from rearqa.reader.backbone.transmla.convert import column_signs, copy_unchanged, deepseek_config
 from rearqa.reader.backbone.xecomla.config import XEcoMLAConfig, energy_rank, rank_cap
 
 
@@ -66,8 +66,11 @@ def repeated_kv_svd(wk: Tensor, wv: Tensor, shape: ModelShape) -> tuple[Tensor, 
     """The thin SVD (U, S, V^T) of repeated_kv(wk, wv), float64, from the SVD of the unrepeated
     (2 n_kv d, D) stack [W_K; W_V] = U0 S0 V^T: repeating each KV head's rows G = H / n_kv times
     is P [W_K; W_V] with P^T P = G I, so U = P U0 / sqrt(G) and S = sqrt(G) S0 (same directions,
-    same energy shares; an SVD a G-th the height)."""
+    same energy shares; an SVD a G-th the height). Signs are canonical (column_signs of U0, the
+    matching rows of V^T flipped with them), so the result does not depend on the machine."""
     u0, s0, vh = torch.linalg.svd(torch.cat([wk, wv]).double(), full_matrices=False)
+    signs = column_signs(u0)
+    u0, vh = u0 * signs, vh * signs[:, None]
     group = shape.heads // shape.kv_heads
     u = u0.view(2, shape.kv_heads, shape.head_dim, -1).repeat_interleave(group, 1) \
         .reshape(2 * shape.heads * shape.head_dim, -1)
