@@ -263,26 +263,30 @@ def rear_teacher(world):
     return out
 
 
-@pytest.fixture(scope="module")
-def rear_student(world, rear_teacher):
-    """The REAR teacher converted as `rearqa convert --from` it writes it (convert_cmd.load_source,
-    convert_reader): TransMLA at rank 4 + 4 rotary dims, backbone.json, the REAR files."""
+def convert_rear(teacher_dir, out):
+    """The REAR checkpoint `teacher_dir` converted as `rearqa convert --from` it writes it
+    (convert_cmd.load_source, convert_reader): TransMLA at rank 4 + 4 rotary dims,
+    backbone.json, the REAR files."""
     from rearqa.reader.backbone import get_transform
     from rearqa.reader.backbone.transmla.config import TransMLAConfig
     from rearqa.reader.rear.checkpoint import write_rear_files
     from rearqa.reader.rear.model import RearModel
 
-    out = world / "rear-student"
     if not out.is_dir():
-        rear = RearModel.from_pretrained(rear_teacher, dtype=torch.float32)
+        rear = RearModel.from_pretrained(teacher_dir, dtype=torch.float32)
         transform = get_transform("transmla")
         cfg = TransMLAConfig(kv_lora_rank=4, rope_dim=4, calib_passages=4, calib_tokens=16)
         calib = torch.randint(6, 40, (4, 16), generator=torch.Generator().manual_seed(0))
         converted = transform.apply(rear.causal_lm.eval(), calib, cfg)
-        transform.export(converted, out, cfg, source={"kind": "rear", "path": str(rear_teacher)})
+        transform.export(converted, out, cfg, source={"kind": "rear", "path": str(teacher_dir)})
         rear.tokenizer.save_pretrained(out)
         write_rear_files(rear, converted, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def rear_student(world, rear_teacher):
+    return convert_rear(rear_teacher, world / "rear-student")
 
 
 def rear_config(world, student_dir, teacher_dir, out, **kw):
@@ -404,3 +408,33 @@ def test_a_rear_run_logs_the_rank_mse_and_ends_with_a_rear_reader(world, rear_te
     assert json.loads((Path(cfg.out) / "train_config.json").read_text())["rank_mse_weight"] == 1.0
     rear = RearModel.from_pretrained(final)
     assert torch.isfinite(rear.score_texts("who wrote hamlet ?", ["hamlet is a tragedy ."])).all()
+
+
+def test_a_lowrank_attn_student_trains_with_its_head_frozen(world):
+    """The lowrank_attn head (a module of its own, reading the passage masks) is distilled the
+    same way: the rank MSE falls while the head's parameters stay the teacher's."""
+    from transformers import AutoTokenizer
+
+    from rearqa.reader.rear.config import RearConfig
+    from rearqa.reader.rear.model import RearModel
+
+    teacher_dir = world / "rear-lowrank-teacher"
+    rear = RearModel.from_base(load_causal_lm(world / "base", torch.float32),
+                               AutoTokenizer.from_pretrained(world / "base"),
+                               RearConfig(head="lowrank_attn", lowrank_key_dim=8),
+                               base_model_dir=world / "base")
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for param in rear.rank_head.parameters():
+            param.normal_(std=0.5)  # non-identity: parts of the head start at zero
+    rear.save_pretrained(teacher_dir)
+    student_dir = convert_rear(teacher_dir, world / "rear-lowrank-student")
+    torch.manual_seed(0)
+    cfg = rear_config(world, student_dir, teacher_dir, "rear-lowrank")
+    task = build_task(cfg, torch.device("cpu"))
+    head = {n: p.detach().clone() for n, p in task.student_rear.rank_head.named_parameters()}
+    with torch.no_grad():
+        before = task.distances(all_rows(task))[1].item()
+    after = rear_train_steps(task, cfg, 8)[1].item()
+    assert task.stats["rank_head"] == "lowrank_attn" and after < 0.5 * before
+    assert all(torch.equal(p, head[n]) for n, p in task.student_rear.rank_head.named_parameters())
