@@ -438,3 +438,32 @@ def test_a_lowrank_attn_student_trains_with_its_head_frozen(world):
     after = rear_train_steps(task, cfg, 8)[1].item()
     assert task.stats["rank_head"] == "lowrank_attn" and after < 0.5 * before
     assert all(torch.equal(p, head[n]) for n, p in task.student_rear.rank_head.named_parameters())
+
+
+def test_a_lora_rear_teacher_is_merged(world, tmp_path):
+    """A REAR teacher saved as LoRA (adapter + trained rows over the base) is merged when loaded:
+    its own merged plain checkpoint as the student gives KL and rank MSE 0."""
+    from transformers import AutoTokenizer
+
+    from rearqa.reader.rear import add_lora
+    from rearqa.reader.rear.model import RearModel
+
+    rear = RearModel.from_base(load_causal_lm(world / "base", torch.float32),
+                               AutoTokenizer.from_pretrained(world / "base"),
+                               base_model_dir=world / "base")
+    rear = add_lora(rear, 2, 4, 0.0)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for name, param in rear.lm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # non-identity: B starts at zero
+    rear.set_output_row(rear.token_ids.rank_score, torch.randn(rear.lm.config.hidden_size))
+    rear.save_pretrained(tmp_path / "teacher")
+    rear.merge_to_plain_checkpoint(tmp_path / "merged")
+    task = build_task(rear_config(world, tmp_path / "merged", tmp_path / "teacher", "rear-lora-t"),
+                      torch.device("cpu"))
+    with torch.no_grad():
+        kl, mse = task.distances(all_rows(task))
+        scores = task.teacher_rear.score_texts("who wrote hamlet ?", ["hamlet is a tragedy ."])
+    assert abs(kl.item()) < 1e-5 and mse.item() < 1e-8 and scores.abs().item() > 1e-2
+    assert not task.teacher_rear.is_lora and task.teacher_record["kind"] == "rear"
