@@ -167,7 +167,7 @@ train_app.command("closed-book-ft", help="The same fine-tune with no passages in
 def distill(student: Annotated[Optional[str], typer.Option(
                 help="Converted reader dir (rearqa convert --out DIR).")] = None,
             teacher: Annotated[Optional[str], typer.Option(
-                help="The reader it was converted from: base | checkpoint dir | adapter dir.")] = None,
+                help="The reader it was converted from: base | checkpoint dir | adapter dir | REAR checkpoint dir.")] = None,
             trainable: Annotated[Optional[str], typer.Option(
                 help="What of the student trains: attention | lora | new (MLA projections).")] = None,
             config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
@@ -179,7 +179,8 @@ def distill(student: Annotated[Optional[str], typer.Option(
             batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
             grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
     """Heal a converted reader: KL(teacher || student) at every position of corpus windows and
-    rag-ft prompts of the train splits (rearqa.training.distill_task)."""
+    rag-ft prompts of the train splits; a converted REAR reader: its REAR inputs instead, plus
+    rank_mse_weight x the rank logits' MSE (rearqa.training.distill_task)."""
     _run("distill", config, stop_after, time_limit, quiet, sets, student=student,
          teacher=teacher, distill_trainable=trainable, snapshot=snapshot, out=out,
          base_model=base_model, token_budget=token_budget, steps=steps,

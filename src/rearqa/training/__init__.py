@@ -7,6 +7,8 @@
     rear_task    RearTask, and the REAR run's token count (the baselines' budget)
     chat_task    RagTask, ClosedBookTask
     distill_task DistillTask: a converted reader (student) healed towards its source (teacher)
+    distill_rear a REAR student: its REAR inputs, the rank-logit MSE, loading the pair
+    distill_result what a distill run writes; merge_rear_student for a REAR student's adapter
     schedule     stages, learning-rate schedule, data order, token budget
     checkpoint   pickle-free checkpoints;  run_files: what a run writes under `out`
     precision    device, autocast, the frozen base's dtype, fp32 trainable parameters

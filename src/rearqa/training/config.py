@@ -13,7 +13,8 @@ schedule) and one question set (the `*-dev-train` splits of a retrieval snapshot
     closed-book-ft  the plain chat prompt with no passages, LM loss on the answer
     distill         heals a converted reader (`student`, e.g. TransMLA) towards the reader it was
                     converted from (`teacher`): KL(teacher || student) at every position of corpus
-                    windows and rag-ft prompts (rearqa.training.distill_task)
+                    windows and rag-ft prompts (a REAR student: its REAR inputs, plus
+                    `rank_mse_weight` x the MSE of the rank logits; rearqa.training.distill_task)
 
 The baselines train for a token budget (`token_budget`, or the tokens a finished REAR run logged,
 `token_budget_from`), so all three see the same number of training tokens.
@@ -136,14 +137,17 @@ class TrainConfig:
     head_center: bool = False  # rear, own head: subtract the base model's mean score-position state
 
     # -- distill (a converted reader healed towards its teacher; `batch` = sequences per micro-batch)
-    student: str = ""  # distill: converted reader dir (backbone.json), loaded with load_causal_lm
-    teacher: str = "base"  # distill: "base" (base_model) | transformers checkpoint | PEFT adapter dir
+    student: str = ""  # distill: converted reader dir (backbone.json); a converted REAR checkpoint too
+    teacher: str = "base"  # distill: "base" (base_model) | checkpoint | PEFT adapter | REAR checkpoint dir
     distill_trainable: str = "lora"  # distill: attention | lora (every linear layer) | new (MLA projections)
     distill_data: list[str] = field(default_factory=lambda: ["corpus", "prompts"])  # corpus | prompts
     distill_max_len: int = 512  # distill: tokens per corpus window; prompts are cut to it too
     corpus_windows: int = 2000  # distill: corpus windows built (from the train splits' passages)
     kd_temperature: float = 1.0  # distill: softmax temperature of both sides (KL scaled by T^2)
     kd_chunk: int = 1024  # distill: positions per KL chunk (their (chunk, V) logits live at once)
+    # distill, REAR student: weight of the MSE between the student's and the teacher's rank logits
+    # on the REAR inputs of the train questions (the vocabulary KL barely constrains the logit)
+    rank_mse_weight: float = 1.0
 
     # -- baselines' length
     token_budget: int = 0  # baselines: stop once this many training tokens are seen (0 = use steps)
@@ -247,7 +251,7 @@ class TrainConfig:
                   "max_grad_norm": (0, None), "beta": (0, None), "bce_weight": (0, None),
                   "minor_diff": (0, None), "neg_weight": (0, None),
                   "positive_pair_weight": (0, None), "head_lr": (0, None),
-                  "kd_temperature": (0, None)}
+                  "kd_temperature": (0, None), "rank_mse_weight": (0, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             ok = (not isinstance(value, bool) and isinstance(value, (int, float))

@@ -23,24 +23,28 @@ student trains is `distill_trainable`:
                gets LoRA too (the stats' `lora_modules` say where it landed)
     new        the projections the MLA conversion created (NEW_MLA_PROJECTIONS)
 
-REAR students are refused: their rank logit would need a loss of its own (an MSE against the
-teacher's), which is not built.
+A REAR student (a REAR checkpoint converted with `rearqa convert --from REAR_CHECKPOINT`) is
+healed towards the REAR checkpoint it was converted from: the same KL, over the corpus windows
+and, instead of the rag-ft prompts, its REAR inputs of the train questions, plus
+`rank_mse_weight` x the MSE between the two rank logits at <GENERATE_SCORE>
+(rearqa.training.distill_rear, which says why the rank head and REAR rows stay frozen). The
+same three choices train; the result loads back as a REAR reader (rearqa.training.distill_result).
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from rearqa.config_errors import ConfigError
 from rearqa.training.config import TrainConfig
 from rearqa.training.data import pad_id
 from rearqa.training.data.distill_rows import distill_rows
 from rearqa.training.data.token_rows import StepRows, collate_chunks
+from rearqa.training.distill_result import DISTILL_FILE, save_full_student
 from rearqa.training.losses import causal_hidden, chunked_kl_sum, rows_at
 
 # Attention parameters the MLA conversion wrote (q_proj holds the RoRoPE-rotated queries); the
@@ -48,7 +52,6 @@ from rearqa.training.losses import causal_hidden, chunked_kl_sum, rows_at
 NEW_MLA_PROJECTIONS = ("q_proj", "q_a_proj", "q_b_proj", "q_a_layernorm", "kv_a_proj_with_mqa",
                        "kv_b_proj", "kv_a_layernorm")
 ATTENTION_BLOCK = "self_attn"
-DISTILL_FILE = "distill.json"  # beside the saved model: the student, the teacher, what trained
 
 
 def attention_part(name: str) -> str | None:
@@ -77,6 +80,10 @@ def select_trainable(model: torch.nn.Module, which: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- the two models
 
+def is_rear_dir(path: str | Path) -> bool:
+    return (Path(path).expanduser() / "rear_config.json").is_file()
+
+
 def student_manifest(config: TrainConfig):
     from rearqa.reader.backbone.manifest import read_manifest
 
@@ -84,40 +91,46 @@ def student_manifest(config: TrainConfig):
     if not (student / "config.json").is_file():
         raise FileNotFoundError(f"train.student={config.student!r} holds no model (config.json); "
                                 "make one with `rearqa convert --out DIR`")
-    manifest = read_manifest(student)
-    if (student / "rear_config.json").is_file():
-        raise ConfigError(f"train.student={config.student!r} is a REAR checkpoint; distill heals "
-                          "plain converted readers (its rank logit would need a loss of its own)")
-    return manifest
+    return read_manifest(student)
 
 
 def teacher_kind(config: TrainConfig) -> str:
-    """"base", "adapter" or "model" for `config.teacher`; a clear error otherwise."""
+    """"base", "adapter", "model" or "rear" for `config.teacher`; a clear error otherwise."""
     from rearqa.reader.backbone.loading import source_kind
 
     try:
-        kind = source_kind(config.teacher, "train.teacher")
+        return source_kind(config.teacher, "train.teacher")
     except ConfigError:
-        kind = None
-    if kind not in ("base", "adapter", "model"):
         raise ConfigError(f"train.teacher={config.teacher!r}: not 'base', a transformers checkpoint "
-                          "(config.json) or a PEFT adapter (adapter_config.json)")
-    return kind
+                          "(config.json), a PEFT adapter (adapter_config.json) or a REAR "
+                          "checkpoint (rear_config.json)") from None
 
 
 def check_teacher_matches(config: TrainConfig, manifest) -> None:
-    """A student converted from an adapter needs that adapter's merged model as its teacher, and
-    one converted from a plain model needs a plain one (backbone.json's `source.kind`). Paths are
+    """A student converted from an adapter needs that adapter's merged model as its teacher, one
+    converted from a plain model a plain one, and a REAR student (rear_config.json; backbone.json
+    `source.kind` "rear") the REAR checkpoint it was converted from (`source.kind`). Paths are
     not compared: a conversion made on one machine is healed on another."""
     source = (manifest.source if manifest is not None else {}).get("kind")
-    kind = teacher_kind(config)
+    kind, rear_student = teacher_kind(config), is_rear_dir(config.student)
+    where = f" ({manifest.source.get('path')!r})" if manifest is not None else ""
+    if (rear_student or source == "rear") and kind != "rear":
+        raise ConfigError(f"train.student is a REAR reader{where}: give the REAR checkpoint it was "
+                          f"converted from as train.teacher, not {config.teacher!r} ({kind}); its "
+                          "rank logit is distilled too")
+    if source == "rear" and not rear_student:
+        raise ConfigError(f"train.student was converted from the REAR checkpoint{where} but has no "
+                          "rear_config.json; convert it again with `rearqa convert --from` it")
+    if kind == "rear" and not rear_student:
+        raise ConfigError(f"train.teacher={config.teacher!r} is a REAR checkpoint but train.student "
+                          "is not: a REAR teacher heals a REAR student (`rearqa convert --from "
+                          "REAR_CHECKPOINT`); a plain student takes base, a checkpoint or an adapter")
     if source == "adapter" and kind != "adapter":
         raise ConfigError(f"train.student was converted from the adapter {manifest.source.get('path')!r}: "
                           "give that adapter dir as train.teacher (merged into the base)")
     if source in ("base", "model") and kind == "adapter":
-        raise ConfigError(f"train.student was converted from a plain model "
-                          f"({manifest.source.get('path')!r}), not an adapter: give that model "
-                          "(or base) as train.teacher")
+        raise ConfigError(f"train.student was converted from a plain model{where}, not an adapter: "
+                          "give that model (or base) as train.teacher")
 
 
 def load_teacher(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -146,50 +159,93 @@ def load_teacher(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Mo
 # ---------------------------------------------------------------------------- the task
 
 class DistillTask:
-    """KL(teacher || student) at every position of corpus windows and rag-ft prompts."""
+    """KL(teacher || student) at every position of corpus windows and prompts; for a REAR
+    student (`student` and `teacher` given as RearModels) plus the rank logits' MSE."""
 
     def __init__(self, config: TrainConfig, snapshot, tokenizer, student: torch.nn.Module,
                  teacher: torch.nn.Module, device: torch.device, manifest=None,
                  teacher_record: dict | None = None) -> None:
+        from rearqa.reader.rear.model import RearModel
+
+        self.student_rear = student if isinstance(student, RearModel) else None
+        self.teacher_rear = teacher if isinstance(teacher, RearModel) else None
+        if (self.student_rear is None) != (self.teacher_rear is None):
+            raise ConfigError("train.student and train.teacher must both be REAR readers or both "
+                              "plain ones")
+        if self.student_rear is not None:
+            from rearqa.training.distill_rear import check_rear_pair
+
+            check_rear_pair(self.student_rear, self.teacher_rear)
+            student, teacher = self.student_rear.causal_lm, self.teacher_rear.causal_lm
         if student.get_output_embeddings().weight.shape != teacher.get_output_embeddings().weight.shape:
             raise ConfigError("train.student and train.teacher have different vocabularies or "
                               "widths of the output layer; the student must be converted from "
                               "the teacher")
         started = time.perf_counter()  # tokenised once; a batch only collates (data.token_rows)
-        self.rows, self.item_ids = distill_rows(snapshot, tokenizer, config)
+        self.parts, self.item_ids = self._rows(config, snapshot, tokenizer)
         self.tokenise_seconds = time.perf_counter() - started
+        # item i of the run -> (its part, its row in that part)
+        self.item_rows = [(k, r) for k, part in enumerate(self.parts) for r in range(len(part))]
         self.config, self.tokenizer, self.manifest = config, tokenizer, manifest
         self.teacher, self.teacher_record = teacher, teacher_record or {}
         self.pad_token_id = pad_id(tokenizer)
-        if config.distill_trainable == "lora":
-            from rearqa.reader.adapters import wrap
-            from rearqa.reader.adapters.lora.config import LoraSettings
-
-            lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
-            self.model = wrap("lora", student, lora).to(device)
-        else:
-            select_trainable(student, config.distill_trainable)
-            self.model = student.to(device)
-        lengths = self.lengths()
-        self.stats = {"rows": len(lengths),
-                      "corpus_rows": sum(i.startswith("corpus:") for i in self.item_ids),
-                      "prompt_rows": sum(i.startswith("prompt:") for i in self.item_ids),
-                      "mean_tokens": sum(lengths) / max(1, len(lengths)),
-                      "max_tokens": max(lengths, default=0), "trainable": config.distill_trainable,
-                      "trainable_parameters": sum(p.numel() for p in self.model.parameters()
-                                                  if p.requires_grad)}
-        if config.distill_trainable == "lora":
-            self.stats["lora_modules"] = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1]
-                                                 for n, _ in self.model.named_parameters()
-                                                 if ".lora_A" in n})
+        self.model = self._trainable_student(student, config).to(device)
+        if self.student_rear is not None:
+            self.student_rear.to(device)  # its rank head (the LM is self.model's)
+        self.stats = self._stats()
         self.no_decay_names: list[str] = []
-        self.n_items = len(lengths)
+        self.n_items = len(self.item_rows)
         self.items_per_micro = config.batch
+
+    def _rows(self, config: TrainConfig, snapshot, tokenizer):
+        """The corpus windows and the prompts (a REAR student: its REAR inputs), one TokenRows per
+        kind (rearqa.training.data.distill_rows), and their ids."""
+        if self.student_rear is None:
+            return distill_rows(snapshot, tokenizer, config)
+        from functools import partial
+
+        from rearqa.training.distill_rear import rear_data_config, rear_prompt_rows
+
+        prompts = partial(rear_prompt_rows, passage_masks=self.student_rear.rank_head is not None)
+        return distill_rows(snapshot, tokenizer, rear_data_config(config, self.student_rear),
+                            prompts=prompts)
+
+    @staticmethod
+    def _trainable_student(student: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+        """The student with only `distill_trainable` trainable: LoRA-wrapped (PEFT) for lora.
+        Neither choice reaches the embeddings or the output layer (nor a REAR student's rows)."""
+        if config.distill_trainable != "lora":
+            select_trainable(student, config.distill_trainable)
+            return student
+        from rearqa.reader.adapters import wrap
+        from rearqa.reader.adapters.lora.config import LoraSettings
+
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+        return wrap("lora", student, lora)
+
+    def _stats(self) -> dict:
+        lengths, ids = self.lengths(), self.item_ids
+        stats = {"rows": len(lengths), "corpus_rows": sum(i.startswith("corpus:") for i in ids),
+                 "prompt_rows": sum(i.startswith("prompt:") for i in ids),
+                 "rear_rows": sum(i.startswith("rear:") for i in ids),
+                 "mean_tokens": sum(lengths) / max(1, len(lengths)),
+                 "max_tokens": max(lengths, default=0), "trainable": self.config.distill_trainable,
+                 "trainable_parameters": sum(p.numel() for p in self.model.parameters()
+                                             if p.requires_grad)}
+        if self.student_rear is not None:
+            stats["rank_head"] = self.student_rear.config.head
+            stats["rank_mse_weight"] = self.config.rank_mse_weight
+        if self.config.distill_trainable == "lora":
+            stats["lora_modules"] = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1]
+                                            for n, _ in self.model.named_parameters()
+                                            if ".lora_A" in n})
+        return stats
 
     @classmethod
     def build(cls, config: TrainConfig, snapshot, device: torch.device,
               dtype: torch.dtype) -> "DistillTask":
-        """Load the student (frozen parts in `dtype`, rearqa.training.precision) and the teacher."""
+        """Load the student (frozen parts in `dtype`, rearqa.training.precision) and the teacher;
+        as RearModels when the student is a REAR checkpoint."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import load_causal_lm
@@ -197,6 +253,13 @@ class DistillTask:
         manifest = student_manifest(config)
         check_teacher_matches(config, manifest)
         student_dir = Path(config.student).expanduser()
+        if is_rear_dir(student_dir):
+            from rearqa.training.distill_rear import load_rear_student, load_rear_teacher
+
+            student = load_rear_student(student_dir, dtype)
+            teacher, record = load_rear_teacher(config, device)
+            return cls(config, snapshot, student.tokenizer, student, teacher, device, manifest,
+                       record)
         tokenizer = AutoTokenizer.from_pretrained(student_dir)  # `rearqa convert` saves it
         teacher, record = load_teacher(config, device)
         return cls(config, snapshot, tokenizer, load_causal_lm(student_dir, dtype), teacher,
@@ -209,77 +272,77 @@ class DistillTask:
         return self.model.get_base_model() if is_peft else self.model
 
     def lengths(self) -> list[int]:
-        return self.rows.lengths
+        return [n for part in self.parts for n in part.lengths]
 
     def batch(self, indices: list[int], device: torch.device) -> StepRows:
-        return collate_chunks(self.rows, list(indices), self.config.row_chunks, self.pad_token_id,
-                              device)
+        """The items `indices` collated part by part (only REAR inputs have score positions);
+        the chunks of all parts in one StepRows. The losses are sums over rows and positions,
+        so the micro-batch's row order is not kept (`order` None)."""
+        steps = []
+        for k, part in enumerate(self.parts):
+            rows = [r for part_k, r in (self.item_rows[i] for i in indices) if part_k == k]
+            if rows:
+                steps.append(collate_chunks(part, rows, self.config.row_chunks, self.pad_token_id,
+                                            device))
+        return StepRows([c for s in steps for c in s.chunks], None, sum(s.tokens for s in steps),
+                        sum(s.padded_tokens for s in steps), sum(s.lm_tokens for s in steps))
 
-    def kl(self, batch: StepRows) -> torch.Tensor:
-        """Mean over the batch's positions of KL(teacher || student) (each position predicting
-        the next token of its row; pads are never read)."""
+    def distances(self, batch: StepRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean over the batch's positions of KL(teacher || student), each position predicting
+        the next token of its row (pads are never read); mean over its REAR inputs of the squared
+        difference of the rank logits, 0 without any)."""
         student = self.student
-        with torch.no_grad():
-            teacher_states = torch.cat([rows_at(causal_hidden(self.teacher, c.input_ids), c.lm_index)
-                                        for c in batch.chunks])  # (positions, D)
-        student_states = torch.cat([rows_at(causal_hidden(student, c.input_ids), c.lm_index)
-                                    for c in batch.chunks])
-        total = chunked_kl_sum(student_states, teacher_states, student.get_output_embeddings(),
+        student_states, teacher_states, student_ranks, teacher_ranks = [], [], [], []
+        for c in batch.chunks:
+            with torch.no_grad():
+                teacher_hidden = causal_hidden(self.teacher, c.input_ids)  # (n, T, D)
+            student_hidden = causal_hidden(student, c.input_ids)
+            teacher_states.append(rows_at(teacher_hidden, c.lm_index))  # (positions, D)
+            student_states.append(rows_at(student_hidden, c.lm_index))
+            if c.score_index is not None:
+                with torch.no_grad():
+                    teacher_ranks.append(self.teacher_rear.rank_logits(
+                        teacher_hidden, c.positions, None, c.passage_mask))
+                student_ranks.append(self.student_rear.rank_logits(
+                    student_hidden, c.positions, None, c.passage_mask))
+        total = chunked_kl_sum(torch.cat(student_states), torch.cat(teacher_states),
+                               student.get_output_embeddings(),
                                self.teacher.get_output_embeddings(), self.config.kd_temperature,
                                self.config.kd_chunk)
-        return total / max(batch.lm_tokens, 1)
+        kl = total / max(batch.lm_tokens, 1)
+        if not student_ranks:
+            return kl, kl.new_zeros(())
+        return kl, F.mse_loss(torch.cat(student_ranks).float(), torch.cat(teacher_ranks).float())
+
+    def kl(self, batch: StepRows) -> torch.Tensor:
+        """The KL part of `distances`."""
+        return self.distances(batch)[0]
+
+    def rank_mse(self, batch: StepRows) -> torch.Tensor:
+        """The rank-logit part of `distances` (0 for a plain student)."""
+        return self.distances(batch)[1]
 
     def losses(self, batch: StepRows, stage: str) -> dict:
-        kl = self.kl(batch)
-        return {"loss": kl, "lm": kl, "rank": kl.new_zeros(())}
+        kl, rank = self.distances(batch)
+        loss = kl + self.config.rank_mse_weight * rank if self.student_rear is not None else kl
+        return {"loss": loss, "lm": kl, "rank": rank}
 
     # ------------------------------------------------------------------ the result
 
     def save_model(self, path: Path) -> None:
-        """lora: the PEFT adapter (the healed reader = the student dir + it, rearqa.reader.
-        finetuned.merge_lora). attention / new: the student's full weights in its own format,
-        in fp32 (a bf16 copy would round away updates below bf16's resolution), with its
-        backbone.json, so that load_causal_lm(path) loads it."""
+        """rearqa.training.distill_result: lora writes the PEFT adapter (a REAR student's healed
+        reader: distill_result.merge_rear_student); attention / new the student's full weights
+        in fp32 with its backbone.json (and a REAR student's REAR files), loading by path."""
         path = Path(path)
         record = {"student": str(self.config.student), "teacher": self.teacher_record,
                   "trainable": self.config.distill_trainable,
                   "kd_temperature": self.config.kd_temperature}
+        if self.student_rear is not None:
+            record["rank_mse_weight"] = self.config.rank_mse_weight
         if self.config.distill_trainable == "lora":
             self.model.save_pretrained(path)
             self.tokenizer.save_pretrained(path)
         else:
             save_full_student(self.model, Path(self.config.student).expanduser(), path,
-                              self.manifest, record)
+                              self.manifest, record, self.student_rear)
         (path / DISTILL_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s state dict in fp32, tied tensors still one tensor (cast once, by storage)."""
-    cast: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key not in cast:
-            cast[key] = tensor.detach().float()
-        out[name] = cast[key]
-    return out
-
-
-def save_full_student(model: torch.nn.Module, student_dir: Path, path: Path, manifest,
-                      record: dict) -> None:
-    """`model` written as the student dir is (weights, config, tokenizer, reports, backbone.json),
-    its weights in fp32 and its backbone.json's source extended with `record`."""
-    from rearqa.reader.backbone.manifest import write_manifest
-
-    shutil.copytree(student_dir, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        "*.safetensors", "*.bin", "*.index.json"))
-    model.save_pretrained(path, state_dict=fp32_state_dict(model))
-    config_file = path / "config.json"
-    saved = json.loads(config_file.read_text())
-    for key in ("dtype", "torch_dtype"):  # the weights are fp32 whatever the model held
-        if key in saved:
-            saved[key] = "float32"
-    config_file.write_text(json.dumps(saved, indent=2) + "\n")
-    if manifest is not None:
-        write_manifest(path, replace(manifest, dtype="float32",
-                                     source={**manifest.source, "distilled": record}))

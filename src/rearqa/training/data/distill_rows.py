@@ -9,10 +9,12 @@ reader will see serves; two kinds are mixed (`distill_data`):
              out, so no held-out question steers what the student sees.
     prompts  the rag-ft chat prompts of the `*-dev-train` questions (question + dense top-k
              passages + the gold answer as the assistant turn), as RagTask builds them, cut to
-             `max_len` tokens.
+             `max_len` tokens. A REAR student reads REAR inputs instead, built as REAR training
+             builds them (the caller passes that builder: rearqa.training.distill_rear).
 
 Every token but a row's first carries the loss (label mask True): collate_chunks then gives
-the index of every position that predicts a token of its row.
+the index of every position that predicts a token of its row. Each kind is its own TokenRows,
+since only REAR inputs have score positions.
 """
 from __future__ import annotations
 
@@ -72,19 +74,22 @@ def prompt_rows(snapshot, tokenizer, config) -> tuple[TokenRows, list[str]]:
             [f"prompt:{ex.id}" for ex in examples])
 
 
-def distill_rows(snapshot, tokenizer, config) -> tuple[TokenRows, list[str]]:
-    """The rows of every kind in `config.distill_data`, in that order, and their ids."""
+def distill_rows(snapshot, tokenizer, config, prompts=prompt_rows
+                 ) -> tuple[list[TokenRows], list[str]]:
+    """The rows of every kind in `config.distill_data`, one TokenRows per kind in that order
+    (kinds without rows left out), and all their ids in the same order; `prompts(snapshot,
+    tokenizer, config)` builds the prompt rows."""
     parts, names = [], []
     for kind in config.distill_data:
         if kind == "corpus":
             rows, ids = corpus_windows(snapshot, tokenizer, config.splits, config.depth,
                                        config.distill_max_len, config.corpus_windows, config.seed)
         else:  # "prompts" (TrainConfig checks the names)
-            rows, ids = prompt_rows(snapshot, tokenizer, config)
+            rows, ids = prompts(snapshot, tokenizer, config)
         if len(rows):
             parts.append(rows)
             names += ids
     if not parts:
         raise ConfigError(f"distill_data={config.distill_data}: no rows (no passages or questions "
                          f"in {config.splits}, or corpus_windows=0)")
-    return TokenRows.concat(parts), names
+    return parts, names
