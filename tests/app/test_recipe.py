@@ -192,3 +192,36 @@ def test_every_shipped_healed_reader_reads_and_its_adapter_fits_the_repo(recipe)
     parsed = read_recipe(recipe)
     if parsed.heal:
         assert (heal_dir(parsed) / "adapter_model.safetensors").stat().st_size <= MAX_HEAL_BYTES
+
+
+def test_the_cli_rebuilds_from_a_recipe_and_takes_no_other_conversion_option(shipped, tmp_path):
+    from typer.testing import CliRunner
+
+    from rearqa.app.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "fingerprint matches" in result.output and "transmla(6+4) healed" in result.output
+    result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--kv-lora-rank", "8",
+                                      "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, ConfigError) and "drop --kv-lora-rank" in str(result.exception)
+    result = CliRunner().invoke(cli, ["convert", "--out", str(tmp_path / "y")])
+    assert isinstance(result.exception, ConfigError) and "or --recipe" in str(result.exception)
+
+
+def test_a_weight_only_recipe_needs_no_calibration_and_refuses_a_calibration_hash(parts, tmp_path,
+                                                                                  prepared_home):
+    root, _, _ = parts
+    settings = {"kv_lora_rank": 6, "rope_dim": 4, "latent_norm": True}
+    plain = convert_reader("xecomla", root / "source", tmp_path / "plain", dict(settings),
+                           home=prepared_home, progress=False, dtype="float32")
+    write_recipe(tmp_path / "r", Recipe("xecomla", settings, str(root / "source"), dtype="float32",
+                                        directory=tmp_path / "r"))
+    rebuilt = convert_recipe(tmp_path / "r", tmp_path / "rebuilt", home=prepared_home, progress=False)
+    expected, got = weights(plain), weights(rebuilt)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert fp.fingerprint(load_causal_lm(rebuilt))["tensors"]["layers.1.self_attn.kv_a_layernorm"]
+    write_recipe(tmp_path / "r", Recipe("xecomla", settings, str(root / "source"),
+                                        calib_sha256="0" * 64, directory=tmp_path / "r"))
+    with pytest.raises(ConfigError, match="takes no calibration"):
+        convert_recipe(tmp_path / "r", tmp_path / "again", home=prepared_home, progress=False)

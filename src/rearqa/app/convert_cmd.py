@@ -10,7 +10,8 @@ the REAR token rows, rank head and routing are kept, and the output is a REAR ch
 backbone is the converted one). Calibration text is drawn from the corpus the retriever serves,
 never from the QA sets. The output directory holds the weights, `backbone.json` (the transform,
 its settings, the calibration, the source) and the tokenizer; `--reader DIR` (or reader.model,
-reader.checkpoint for REAR) loads it everywhere.
+reader.checkpoint for REAR) loads it everywhere. `rearqa convert --recipe DIR` rebuilds a shipped
+healed reader from its recipe (rearqa.app.recipe_cmd) with `convert_model` and `save_reader`.
 """
 from __future__ import annotations
 
