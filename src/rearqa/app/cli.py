@@ -250,9 +250,11 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
 
 # -- convert ------------------------------------------------------------------------------------
 @app.command()
-def convert(transform: Annotated[str, typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla).")],
-            source: Annotated[str, typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")],
-            out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
+def convert(out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
+            transform: Annotated[Optional[str], typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla).")] = None,
+            source: Annotated[Optional[str], typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")] = None,
+            recipe: Annotated[Optional[Path], typer.Option(help="A healed reader's recipe.json (or its directory, e.g. checkpoints/healed/NAME): rebuild its conversion and merge its heal adapter; takes no other conversion option.")] = None,
+            heal: Annotated[bool, typer.Option("--heal/--no-heal", help="With --recipe: merge the heal adapter (--no-heal: the unhealed conversion, the control).")] = True,
             kv_lora_rank: Annotated[Optional[int], typer.Option(help="transmla, xecomla: cached latent width per token and layer (xecomla: unset picks each layer's by --energy).")] = None,
             rope_dim: Annotated[Optional[int], typer.Option(help="transmla, xecomla: rotary key width (divides the head width).")] = None,
             energy: Annotated[Optional[float], typer.Option(help="xecomla: per-layer rank keeping this share of the singular-value energy (default 0.99).")] = None,
@@ -261,18 +263,33 @@ def convert(transform: Annotated[str, typer.Option(help="Backbone transform (rea
             latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla, xecomla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
             pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Seed of the calibration sample.")] = None,
-            dtype: Annotated[str, typer.Option(help="Dtype the converted weights are saved in: bfloat16 (what the reader runs in) | float32 (for parity checks).")] = "bfloat16",
+            dtype: Annotated[Optional[str], typer.Option(help="Dtype the converted weights are saved in: bfloat16 (what the reader runs in; the default) | float32 (for parity checks).")] = None,
             calib_file: Annotated[Optional[Path], typer.Option(help="Calibration token ids from scripts/transmla_calib.py instead of the corpus (a machine without it).")] = None,
             home: HomeOpt = None) -> None:
     """Convert a reader's backbone (TransMLA, X-EcoMLA: GQA to multi-head latent attention) to a
-    new reader directory that loads by path (--reader DIR)."""
-    from rearqa.app.convert_cmd import convert_reader
+    new reader directory that loads by path (--reader DIR); or rebuild a shipped healed reader
+    from its recipe (--recipe checkpoints/healed/NAME)."""
+    from rearqa.config_errors import ConfigError
 
     options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "energy": energy, "freqfold": freqfold,
                "calib_passages": calib_passages, "latent_norm": latent_norm,
                "pad_v_to": pad_v_to, "seed": seed}
-    out_dir = convert_reader(transform, source, out, options, home=home, progress=True, dtype=dtype,
-                             calib_file=calib_file)
+    if recipe is not None:
+        given = {"--transform": transform, "--from": source, "--dtype": dtype, "--calib-file": calib_file,
+                 **{"--" + k.replace("_", "-"): v for k, v in options.items()}}
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise ConfigError(f"--recipe says how to convert; drop {', '.join(extra)}")
+        from rearqa.app.recipe_cmd import convert_recipe
+
+        out_dir = convert_recipe(recipe, out, heal=heal, home=home, progress=True, say=typer.echo)
+    else:
+        if transform is None or source is None or not heal:
+            raise ConfigError("give --transform and --from (and no --no-heal), or --recipe")
+        from rearqa.app.convert_cmd import convert_reader
+
+        out_dir = convert_reader(transform, source, out, options, home=home, progress=True,
+                                 dtype=dtype or "bfloat16", calib_file=calib_file)
     from rearqa.reader.backbone import read_manifest
 
     manifest = read_manifest(out_dir)

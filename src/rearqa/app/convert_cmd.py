@@ -10,12 +10,13 @@ the REAR token rows, rank head and routing are kept, and the output is a REAR ch
 backbone is the converted one). Calibration text is drawn from the corpus the retriever serves,
 never from the QA sets. The output directory holds the weights, `backbone.json` (the transform,
 its settings, the calibration, the source) and the tokenizer; `--reader DIR` (or reader.model,
-reader.checkpoint for REAR) loads it everywhere.
+reader.checkpoint for REAR) loads it everywhere. `rearqa convert --recipe DIR` rebuilds a shipped
+healed reader from its recipe (rearqa.app.recipe_cmd) with `convert_model` and `save_reader`.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,40 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
                    calib_file: Path | None = None) -> Path:
     """Convert the reader `source` with the transform (in float32, its PCAs in float64) and write
     it to `out` in `dtype`; returns `out`."""
+    check_out(out)
+    conversion = convert_model(transform_name, source, options, home, progress, dtype, calib_file)
+    return save_reader(conversion, conversion.model.to(getattr(torch, dtype)), out)
+
+
+@dataclass
+class Conversion:
+    """A converted reader in memory, before it is written."""
+
+    transform: Any  # the BackboneTransform
+    cfg: Any  # its typed config, as resolved by the conversion
+    model: torch.nn.Module  # the converted causal LM, float32
+    tokenizer: Any
+    rear: Any  # the REAR model the source was, or None
+    source: dict  # the source's record for backbone.json
+    calibration: Any  # the CalibrationRecord, or None for a weight-only transform
+
+
+def check_out(out: Path) -> None:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is not empty; choose a new directory")
+
+
+def convert_model(transform_name: str, source: str | Path, options: dict[str, Any],
+                  home: Path | None = None, progress: bool = True, dtype: str = "bfloat16",
+                  calib_file: Path | None = None) -> Conversion:
+    """The reader `source` converted in memory (float32; `dtype` is only checked here)."""
     if dtype not in SAVE_DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {list(SAVE_DTYPES)}")
-    from rearqa import assets
     from rearqa.reader.backbone import get_transform
 
     transform = get_transform(transform_name)
     cfg = transform_config(transform, options)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} is not empty; choose a new directory")
     home = _home_for(home, calib_file, progress)
     lm, tokenizer, rear, source_record = load_source(source, home)
     cfg_check = getattr(cfg, "check_model", None)
@@ -95,14 +120,22 @@ def convert_reader(transform_name: str, source: str | Path, out: Path, options: 
         cfg_check(lm.config)  # a bad rank or rope width fails before calibration is read
     calib, record = calibration_for(cfg, tokenizer, home, calib_file)
     extra = {"record": record} if record is not None else {}
-    converted = transform.apply(lm, calib, cfg, progress=progress, **extra).to(getattr(torch, dtype))
-    transform.export(converted, out, cfg, source=source_record,
-                     calibration=record.to_dict() if record is not None else {})
-    tokenizer.save_pretrained(out)
-    if rear is not None:
+    converted = transform.apply(lm, calib, cfg, progress=progress, **extra)
+    return Conversion(transform, cfg, converted, tokenizer, rear, source_record, record)
+
+
+def save_reader(conversion: Conversion, model: torch.nn.Module, out: Path, **manifest: Any) -> Path:
+    """`model` (the conversion's, cast to the dtype to save, a heal adapter perhaps merged) written
+    to `out` as a reader that loads by path; `manifest` adds backbone.json fields (heal, recipe)."""
+    out = Path(out)
+    record = conversion.calibration
+    conversion.transform.export(model, out, conversion.cfg, source=conversion.source,
+                                calibration=record.to_dict() if record is not None else {}, **manifest)
+    conversion.tokenizer.save_pretrained(out)
+    if conversion.rear is not None:
         from rearqa.reader.rear.checkpoint import write_rear_files
 
-        write_rear_files(rear, converted, out)
+        write_rear_files(conversion.rear, model, out)
     return out
 
 

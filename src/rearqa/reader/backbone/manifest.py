@@ -29,6 +29,9 @@ class BackboneManifest:
     dtype: str = ""  # the dtype the weights were saved in
     calibration: dict[str, Any] = field(default_factory=dict)  # calibration data used (source, size, seed)
     source: dict[str, Any] = field(default_factory=dict)  # what was converted (base, adapter, REAR)
+    # a heal adapter merged after the conversion (adapter path, sha256 of its weights); {}: none
+    heal: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)  # the recipe.json rebuilt (`convert --recipe`)
     format: int = FORMAT  # version of this file's layout
 
     def __post_init__(self) -> None:
@@ -47,10 +50,12 @@ class BackboneManifest:
 
     @property
     def label(self) -> str:
-        """A short name of the backbone for /health, answers and reports ("transmla(96+64)")."""
+        """A short name of the backbone for /health, answers and reports ("transmla(96+64)",
+        "transmla(96+64) healed" with a heal adapter merged)."""
         from rearqa.registry import resolve
 
-        return resolve(TRANSFORMS, self.transform, "backbone transform", ConfigError)().label(self.settings)
+        label = resolve(TRANSFORMS, self.transform, "backbone transform", ConfigError)().label(self.settings)
+        return f"{label} healed" if self.heal else label
 
     @property
     def vllm_servable(self) -> bool:

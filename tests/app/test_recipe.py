@@ -1,0 +1,227 @@
+"""`rearqa convert --recipe`: a healed reader rebuilt from its recipe and adapter, on a tiny Llama
+(2 layers, head 8) with calibration ids in a file, so nothing reads the corpus."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rearqa.app.convert_cmd import convert_reader
+from rearqa.app.recipe_cmd import convert_recipe, package_healed
+from rearqa.config_errors import ConfigError
+from rearqa.reader.backbone import fingerprint as fp
+from rearqa.reader.backbone import read_manifest
+from rearqa.reader.backbone.loading import load_causal_lm
+from rearqa.reader.backbone.recipe import MAX_HEAL_BYTES, Recipe, read_recipe, write_recipe
+from rearqa.reader.backbone.transmla.calibration import CalibrationRecord, save_calibration
+from rearqa.testing import tiny_llama, tiny_tokenizer
+
+SETTINGS = {"kv_lora_rank": 6, "rope_dim": 4}  # a rank below the cap (12): the PCA matters
+SHIPPED = Path(__file__).parents[2] / "checkpoints" / "healed"
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory, prepared_home):
+    """A tiny source model dir, a calibration file, the plain conversion and a heal adapter
+    (LoRA r=2 on every linear layer of the conversion, B drawn non-zero)."""
+    from rearqa.reader.adapters import wrap
+    from rearqa.reader.adapters.lora.config import LoraSettings
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("recipe")
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(root / "source")
+    tokenizer.save_pretrained(root / "source")
+    tokens = torch.randint(6, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0))
+    calib = save_calibration(root / "calib.json", tokens, CalibrationRecord.of(tokens, "tiny", 0))
+    plain = convert_reader("transmla", root / "source", root / "plain", dict(SETTINGS),
+                           home=prepared_home, progress=False, calib_file=calib)
+    torch.manual_seed(1)
+    student = wrap("lora", load_causal_lm(plain, torch.float32), LoraSettings(r=2))
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    student.save_pretrained(root / "adapter")
+    return root, plain, calib
+
+
+@pytest.fixture(scope="module")
+def shipped(parts):
+    """The recipe directory package_healed writes for the plain conversion and its adapter."""
+    root, plain, calib = parts
+    return package_healed(plain, root / "adapter", root / "healed" / "tiny", root / "source", calib,
+                          note="test")
+
+
+def weights(reader: Path) -> dict[str, torch.Tensor]:
+    return load_file(reader / "model.safetensors")
+
+
+def test_the_recipe_records_how_to_rebuild_with_paths_relative_to_itself(shipped, parts):
+    root, plain, _ = parts
+    data = json.loads((shipped / "recipe.json").read_text())
+    assert data["source"] == "../../source" and data["calib_file"] == "../../calib.json"
+    assert data["heal"] == "heal" and data["fingerprint"] == "fingerprint.json"
+    assert data["settings"]["kv_lora_rank"] == 6 and data["dtype"] == "bfloat16"
+    assert data["calib_sha256"] == read_manifest(plain).calibration["sha256"]
+    recipe = read_recipe(shipped)  # the directory or the file
+    assert recipe == read_recipe(shipped / "recipe.json") and recipe.source_path == root / "source"
+
+
+def test_no_heal_rebuilds_the_plain_conversion_and_twice_gives_the_same_weights(shipped, parts, tmp_path):
+    _, plain, _ = parts
+    a = convert_recipe(shipped, tmp_path / "a", heal=False, progress=False)
+    b = convert_recipe(shipped, tmp_path / "b", heal=False, progress=False)
+    expected, got_a, got_b = weights(plain), weights(a), weights(b)
+    assert got_a.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got_a[name], expected[name]) and torch.equal(got_b[name], expected[name]), name
+    manifest = read_manifest(a)
+    assert manifest.heal == {} and manifest.label == "transmla(6+4)"
+    assert manifest.recipe["fingerprint_max_rel_diff"] == 0.0 and manifest.recipe["note"] == "test"
+
+
+def test_the_healed_reader_is_the_conversion_with_its_adapter_merged(shipped, parts, tmp_path):
+    from rearqa.reader.finetuned import merge_lora
+
+    root, plain, _ = parts
+    said = []
+    healed = convert_recipe(shipped, tmp_path / "healed", say=said.append)
+    assert any("fingerprint matches" in line for line in said)
+    manifest = read_manifest(healed)
+    assert manifest.label == "transmla(6+4) healed" and manifest.dtype == "bfloat16"
+    assert manifest.heal["sha256"] == json.loads((shipped / "recipe.json").read_text())["heal_sha256"]
+    merged = merge_lora(load_causal_lm(plain, torch.float32), root / "adapter")  # the student + adapter
+    ids = torch.randint(6, 40, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for param in merged.parameters():  # rounded to the recipe's dtype, as the healed reader is
+            param.copy_(param.to(torch.bfloat16).float())
+        want = merged(input_ids=ids).logits
+        have = load_causal_lm(healed, torch.float32)(input_ids=ids).logits
+        unhealed = load_causal_lm(plain, torch.float32)(input_ids=ids).logits
+    torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-6)
+    assert (want - unhealed).abs().max() > 0.2  # the adapter did change the reader
+    expected, got = merged.state_dict(), weights(healed)
+    assert all(torch.equal(expected[name].to(torch.bfloat16), got[name]) for name in got)  # bit for bit
+
+
+def test_a_changed_or_foreign_adapter_is_refused(shipped, parts, tmp_path, prepared_home):
+    from rearqa.reader.adapters import wrap
+    from rearqa.reader.adapters.lora.config import LoraSettings
+
+    root, _, calib = parts
+    recipe = read_recipe(shipped)
+    # another conversion's adapter (rank 4, not 6): the shapes do not fit the rebuild
+    other = convert_reader("transmla", root / "source", tmp_path / "r4", {"kv_lora_rank": 4, "rope_dim": 4},
+                           home=prepared_home, progress=False, calib_file=calib)
+    wrap("lora", load_causal_lm(other, torch.float32), LoraSettings(r=2)).save_pretrained(tmp_path / "foreign")
+    foreign = Recipe(**{**recipe.to_dict(), "source": str(root / "source"), "calib_file": str(calib),
+                        "heal": str(tmp_path / "foreign"), "heal_sha256": None, "fingerprint": None},
+                     directory=tmp_path)
+    write_recipe(tmp_path, foreign)
+    with pytest.raises(ConfigError, match="does not fit the rebuilt conversion"):
+        convert_recipe(tmp_path, tmp_path / "out1", progress=False)
+    # the shipped adapter's weights changed: its sha256 no longer matches
+    write_recipe(tmp_path, Recipe(**{**foreign.to_dict(), "heal": str(shipped / "heal"),
+                                     "heal_sha256": "0" * 64}, directory=tmp_path))
+    with pytest.raises(ConfigError, match="not the recipe's heal_sha256"):
+        convert_recipe(tmp_path, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()  # refused before converting
+
+
+def test_bad_recipes_are_refused_with_what_is_wrong(shipped, tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        read_recipe(tmp_path / "nowhere")
+    (tmp_path / "recipe.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        read_recipe(tmp_path)
+    recipe = read_recipe(shipped)
+    good = {**recipe.to_dict(), **{name: str(recipe.path(getattr(recipe, name)))  # absolute paths
+                                   for name in ("source", "calib_file", "heal", "fingerprint")}}
+    for change, match in (({"transform": "mla"}, "choose one of"), ({"dtype": "fp8"}, "dtype='fp8'"),
+                          ({"kv_rank": 3}, r"unknown field\(s\) \['kv_rank'\]"),
+                          ({"heal_sha256": "abc"}, "not a sha256"),
+                          ({"source": "nothing"}, "source 'nothing' .* is not a directory"),
+                          ({"calib_file": "gone.json"}, "calib_file 'gone.json'")):
+        (tmp_path / "recipe.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(ConfigError, match=match):
+            read_recipe(tmp_path)
+    (tmp_path / "recipe.json").write_text(json.dumps(good))
+    assert read_recipe(tmp_path).source_path == recipe.source_path
+
+
+def with_head(prints: dict, name: str, scale: float) -> dict:
+    """`prints` with the head values of tensor `name` scaled (-1: a flipped PCA direction)."""
+    changed = json.loads(json.dumps(prints))
+    changed["tensors"][name]["head"] = [x * scale for x in prints["tensors"][name]["head"]]
+    return changed
+
+
+def test_a_rebuild_unlike_the_fingerprint_is_warned_of_or_refused(shipped, tmp_path):
+    prints = json.loads((shipped / "fingerprint.json").read_text())
+    name = "layers.0.self_attn.kv_a_proj_with_mqa"
+    assert fp.check(prints, prints) == ("match", fp.compare(prints, prints))
+    verdict, result = fp.check(with_head(prints, name, 1.05), prints)
+    assert verdict == "warn" and result["worst"] == name and 0.04 < result["max_rel_diff"] < 0.06
+    assert fp.check(with_head(prints, name, -1), prints)[0] == "refuse"
+    missing = json.loads(json.dumps(prints))
+    del missing["tensors"][name]
+    assert fp.compare(missing, prints)["mismatched"] == [f"{name}: not in the expected fingerprint"]
+    try:
+        (shipped / "fingerprint.json").write_text(json.dumps(with_head(prints, name, 1.05)))
+        said = []
+        convert_recipe(shipped, tmp_path / "warned", heal=False, say=said.append)
+        assert any(line.startswith("warning: the rebuilt conversion differs from the fingerprint by 0.0") for line in said)
+        (shipped / "fingerprint.json").write_text(json.dumps(with_head(prints, name, -1)))
+        with pytest.raises(ConfigError, match="is not the one the recipe's fingerprint records"):
+            convert_recipe(shipped, tmp_path / "refused", progress=False)
+    finally:
+        (shipped / "fingerprint.json").write_text(json.dumps(prints))
+
+
+@pytest.mark.parametrize("recipe", sorted(SHIPPED.glob("*/recipe.json")) or [None])
+def test_every_shipped_healed_reader_reads_and_its_adapter_fits_the_repo(recipe):
+    if recipe is None:
+        pytest.skip("no healed reader is shipped yet (checkpoints/healed/<name>/recipe.json)")
+    from rearqa.reader.backbone.recipe import heal_dir
+
+    parsed = read_recipe(recipe)
+    if parsed.heal:
+        assert (heal_dir(parsed) / "adapter_model.safetensors").stat().st_size <= MAX_HEAL_BYTES
+
+
+def test_the_cli_rebuilds_from_a_recipe_and_takes_no_other_conversion_option(shipped, tmp_path):
+    from typer.testing import CliRunner
+
+    from rearqa.app.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "fingerprint matches" in result.output and "transmla(6+4) healed" in result.output
+    result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--kv-lora-rank", "8",
+                                      "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, ConfigError) and "drop --kv-lora-rank" in str(result.exception)
+    result = CliRunner().invoke(cli, ["convert", "--out", str(tmp_path / "y")])
+    assert isinstance(result.exception, ConfigError) and "or --recipe" in str(result.exception)
+
+
+def test_a_weight_only_recipe_needs_no_calibration_and_refuses_a_calibration_hash(parts, tmp_path,
+                                                                                  prepared_home):
+    root, _, _ = parts
+    settings = {"kv_lora_rank": 6, "rope_dim": 4, "latent_norm": True}
+    plain = convert_reader("xecomla", root / "source", tmp_path / "plain", dict(settings),
+                           home=prepared_home, progress=False, dtype="float32")
+    write_recipe(tmp_path / "r", Recipe("xecomla", settings, str(root / "source"), dtype="float32",
+                                        directory=tmp_path / "r"))
+    rebuilt = convert_recipe(tmp_path / "r", tmp_path / "rebuilt", home=prepared_home, progress=False)
+    expected, got = weights(plain), weights(rebuilt)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert fp.fingerprint(load_causal_lm(rebuilt))["tensors"]["layers.1.self_attn.kv_a_layernorm"]
+    write_recipe(tmp_path / "r", Recipe("xecomla", settings, str(root / "source"),
+                                        calib_sha256="0" * 64, directory=tmp_path / "r"))
+    with pytest.raises(ConfigError, match="takes no calibration"):
+        convert_recipe(tmp_path / "r", tmp_path / "again", home=prepared_home, progress=False)
