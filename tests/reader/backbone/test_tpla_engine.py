@@ -134,3 +134,15 @@ def test_reader_settings_tpla_cannot_run_are_refused():
     with pytest.raises(ConfigError, match="not 'rear'"):
         ReaderConfig(method="rear", tp_shards=2)
     assert ReaderConfig().tpla() is None
+
+
+def test_snapshot_runs_name_the_decode_mode_next_to_the_backbone(reader16):
+    from rearqa.eval.bundle import SnapshotPipeline
+    from rearqa.eval.rear_runs import SnapshotRunConfig
+
+    def label(config):
+        run = SnapshotRunConfig(config, "snapshot", {"base_model": str(reader16)})
+        return SnapshotPipeline(None, [], reader=None, config=run).backbone
+
+    assert label(ReaderConfig(tp_shards=2, tp_rotation="pca")) == "transmla(16+8, latent norm) + tpla(2 shards, pca)"
+    assert label(ReaderConfig()) == "transmla(16+8, latent norm)"
