@@ -127,12 +127,15 @@ class Pipeline:
 
     def backbone(self, method: str | None = None) -> str:
         """The backbone `method` reads with: "original", or the transform that converted the
-        weights it loads (backbone.json beside them), e.g. "transmla(96+64)"."""
+        weights it loads (backbone.json beside them), e.g. "transmla(96+64)", and TPLA's decode
+        mode where reader.tp_shards is set ("transmla(192+64) + tpla(2 shards, pca)")."""
         method = method or self.config.reader.method
         if method not in self._backbones:
             from rearqa.reader.backbone.loading import backbone_label
+            from rearqa.reader.config import TPLA_METHODS
 
-            self._backbones[method] = backbone_label(self._weights_dir(method))
+            tpla = self.config.reader.tpla() if method in TPLA_METHODS else None
+            self._backbones[method] = backbone_label(self._weights_dir(method), tpla)
         return self._backbones[method]
 
     def _weights_dir(self, method: str) -> Path:

@@ -44,6 +44,22 @@ ReaderOpt = Annotated[Optional[Path], typer.Option(
     "--reader", help="A reader directory: a transformers checkpoint or a converted reader (rearqa "
     "convert) as reader.model, or a REAR checkpoint as reader.checkpoint.")]
 
+TPShardsOpt = Annotated[int, typer.Option(
+    "--tp-shards", help="TPLA: decode a converted MLA reader with its latent split into this many "
+    "shards, simulated in one process (engine hf; prefill stays full MLA). 0: off.")]
+TPRotationOpt = Annotated[str, typer.Option(
+    "--tp-rotation", help="TPLA latent rotation: none | hadamard (kv_lora_rank a power of two) | pca "
+    "(default: the config's, hadamard).")]
+TPCalibOpt = Annotated[str, typer.Option(
+    "--tp-calib", help="TPLA pca: a calibration file (scripts/transmla_calib.py); default: the "
+    "conversion's own calibration text.")]
+
+
+def _tpla(tp_shards: int, tp_rotation: str, tp_calib: str) -> dict:
+    """The ReaderConfig fields the --tp-* options set (those given)."""
+    given = {"tp_shards": tp_shards, "tp_rotation": tp_rotation, "tp_calib": tp_calib}
+    return {k: v for k, v in given.items() if v}
+
 
 def _reader_dir(reader: Path | None) -> dict[str, str]:
     """The ReaderConfig fields --reader sets: checkpoint for a REAR checkpoint, model otherwise."""
@@ -137,10 +153,12 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
         retriever: Annotated[Optional[str], typer.Option(help="dense | bm25 | hybrid")] = None,
         method: Annotated[Optional[str], typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
-        reader: ReaderOpt = None,
+        reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
+        tp_calib: TPCalibOpt = "",
         config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Answer one question: the answer on the first line, then the citations."""
-    pipe = _pipeline(config, home, collection, **_reader_dir(reader))
+    pipe = _pipeline(config, home, collection, **_reader_dir(reader),
+                     **_tpla(tp_shards, tp_rotation, tp_calib))
     answer = pipe.ask(question, k=k, method=method, retriever=retriever)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2))
@@ -173,12 +191,14 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming --out.")] = False,
              routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
              fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
-             reader: ReaderOpt = None,
+             reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
+             tp_calib: TPCalibOpt = "",
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
 
-    pipe = _pipeline(config, home, routing=routing, fallback=fallback, **_reader_dir(reader))
+    pipe = _pipeline(config, home, routing=routing, fallback=fallback, **_reader_dir(reader),
+                     **_tpla(tp_shards, tp_rotation, tp_calib))
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed)
@@ -232,13 +252,15 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               "--chat/--no-chat", show_default=False,
               help="Mount the web chat at /chat (default: on unless --token is set).")] = None,
           engine: Annotated[str, typer.Option(help="Reader engine: hf | vllm (default: the config's).")] = "",
-          reader: ReaderOpt = None,
+          reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
+          tp_calib: TPCalibOpt = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the HTTP API (FastAPI; docs at /docs, OpenAI-compatible chat at /v1) and the web chat."""
     from rearqa.app.jobs import JobSettings
     from rearqa.app.server import serve as run_server
 
-    pipe = _pipeline(config, home, collection, engine=engine, **_reader_dir(reader))
+    pipe = _pipeline(config, home, collection, engine=engine, **_reader_dir(reader),
+                     **_tpla(tp_shards, tp_rotation, tp_calib))
     from rearqa.app.state import DEFAULT_MAX_BATCH
 
     max_batch = max_batch or DEFAULT_MAX_BATCH[pipe.config.reader.engine]

@@ -138,7 +138,10 @@ class SnapshotPipeline:
         weights = getattr(self.config, "weights", None) or {}
         labels = [backbone_label(weights[key]) for key in ("checkpoint", "base_model")
                   if weights.get(key)]
-        return next((label for label in labels if label != "original"), "original")
+        label = next((label for label in labels if label != "original"), "original")
+        reader = getattr(self.config, "reader", None)  # TPLA's decode mode, where tp_shards is set
+        tpla = reader.tpla() if reader is not None and getattr(reader, "tp_shards", 0) else None
+        return label if tpla is None else f"{label} + {tpla.label}"
 
 
 def main(argv: list[str] | None = None) -> None:

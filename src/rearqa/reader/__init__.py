@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rearqa.reader.base import QuestionError, Reader, check_question
 from rearqa.reader.baseline import BaselineReader
-from rearqa.reader.config import READERS, ReaderConfig
+from rearqa.reader.config import READERS, TPLA_METHODS, ReaderConfig
 from rearqa.registry import lazy_attributes, resolve
 
 __all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "Reader", "ReaderConfig",
@@ -30,6 +30,11 @@ def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
     """A reader for `method`: `cls.from_config(config, base_model_dir)` where the class has one,
     else `cls(config, base_model_dir)` (BaselineReader's constructor)."""
     cls = get_reader_class(method)
+    if config.tp_shards and method not in TPLA_METHODS:
+        from rearqa.config_errors import ConfigError
+
+        raise ConfigError(f"reader.tp_shards={config.tp_shards}: TPLA decode is wired into the readers "
+                          f"of {list(TPLA_METHODS)}, not {method!r}; set reader.tp_shards: 0")
     factory = getattr(cls, "from_config", cls)
     return factory(config, base_model_dir)
 

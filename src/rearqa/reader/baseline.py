@@ -25,11 +25,14 @@ class BaselineReader:
     def __init__(self, config: ReaderConfig, model_dir: str | Path, engine=None) -> None:
         self.config = config
         self.template = get_prompt(config.prompt)
-        # kv_block_size is refused for engines other than vllm (ReaderConfig), so it is passed only when set.
-        block = {"block_size": config.kv_block_size} if config.kv_block_size else {}
+        # Engine-specific settings are passed only when set: ReaderConfig refuses kv_block_size for
+        # engines other than vllm and TPLA (tp_shards) for engines other than hf.
+        extra = {"block_size": config.kv_block_size} if config.kv_block_size else {}
+        if config.tp_shards:
+            extra.update(tpla=config.tpla(), tpla_calib=config.tp_calib)
         self.engine = engine or build_engine(
             config.engine, model_dir=model_dir, dtype=config.dtype, threads=config.threads,
-            trust_remote_code=config.trust_remote_code, **block)
+            trust_remote_code=config.trust_remote_code, **extra)
 
     def close(self) -> None:
         """Stop the engine (vLLM's processes; nothing for transformers)."""

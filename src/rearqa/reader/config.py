@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rearqa.config_errors import ConfigError
 from rearqa.environment import repo_root
+from rearqa.reader.backbone.tpla.config import ROTATIONS as TPLA_ROTATIONS
 from rearqa.reader.engines import ENGINES
 from rearqa.reader.rear.config import FALLBACKS as REAR_FALLBACKS
 from rearqa.reader.rear.config import ROUTING_METHODS
@@ -34,6 +35,9 @@ DTYPES = ("float32", "bfloat16")
 ROUTINGS = ("", *ROUTING_METHODS)
 FALLBACKS = ("", *REAR_FALLBACKS)
 DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
+# The readers whose transformers engine can decode with TPLA (reader.tp_shards); REAR's reader
+# loads its model its own way and is not wired yet.
+TPLA_METHODS = ("closed-book", "rag", "rag-ft", "closed-book-ft")
 
 
 @dataclass
@@ -56,6 +60,11 @@ class ReaderConfig:
     adapter: str = ""  # PEFT LoRA adapter dir over the base model (methods rag-ft, closed-book-ft)
     routing: str = ""  # REAR routing: path_reliability | knowledge_consistency; "" = the checkpoint's
     fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain | best_passage; "" = the checkpoint's
+    # TPLA (reader/backbone/tpla): an MLA reader's decode with its latent split into tp_shards
+    # shards, simulated in one process on engine hf; prefill stays full MLA. 0 = off (full MLA).
+    tp_shards: int = 0
+    tp_rotation: str = "hadamard"  # latent rotation before the split: none | hadamard | pca (TPLA ROTATIONS)
+    tp_calib: str = ""  # pca: a calibration file (scripts/transmla_calib.py); "" = the conversion's own text
 
     def __post_init__(self) -> None:
         for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
@@ -74,10 +83,35 @@ class ReaderConfig:
                               f"this reader runs on {self.engine!r}: set it to 0")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"reader.threads={self.threads!r}: must be 0 (default) or a positive integer")
+        self._check_tpla()
         for name in ("checkpoint", "adapter"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"reader.{name}={getattr(self, name)!r}: must be a directory path "
                                   "(text), or \"\" for the default")
+
+
+    def _check_tpla(self) -> None:
+        if isinstance(self.tp_shards, bool) or not isinstance(self.tp_shards, int) or self.tp_shards < 0:
+            raise ConfigError(f"reader.tp_shards={self.tp_shards!r}: must be 0 (off: full MLA) or a "
+                              "positive integer (the latent shards TPLA decodes with)")
+        if self.tp_rotation not in TPLA_ROTATIONS:
+            raise ConfigError(f"reader.tp_rotation={self.tp_rotation!r}: choose one of {list(TPLA_ROTATIONS)}")
+        if not self.tp_shards:
+            return
+        if self.engine != "hf":
+            raise ConfigError(f"reader.tp_shards={self.tp_shards} runs on reader.engine 'hf' only: TPLA "
+                              "is simulated in the transformers engine here, and vLLM's tensor-parallel "
+                              "MLA path is different (it shards heads, with the latent cache replicated); "
+                              "set reader.engine: hf or reader.tp_shards: 0")
+        if self.method not in TPLA_METHODS:
+            raise ConfigError(f"reader.tp_shards={self.tp_shards}: TPLA decode is wired into the readers "
+                              f"of {list(TPLA_METHODS)}, not {self.method!r}; set reader.tp_shards: 0")
+
+    def tpla(self):
+        """TPLA's settings (tpla.config.TPLAConfig) when tp_shards is set, else None (full MLA)."""
+        from rearqa.reader.backbone.tpla.config import TPLAConfig
+
+        return TPLAConfig(shards=self.tp_shards, rotation=self.tp_rotation) if self.tp_shards else None
 
 
 def default_checkpoint_dir() -> Path:

@@ -45,9 +45,15 @@ class DeviceHFEngine(HFEngine):
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, device: str = "auto",
-                 adapter: str | Path | None = None) -> None:
+                 adapter: str | Path | None = None, tpla=None, tpla_calib: str = "") -> None:
         # Merge in float32, then cast: merging into bf16 weights would round the LoRA delta.
-        super().__init__(model_dir, "float32" if adapter else dtype, threads, trust_remote_code)
+        # TPLA's rotation goes in after the merge (the adapter was trained on the unrotated latent).
+        if tpla is not None:
+            from rearqa.reader.backbone.tpla.engine import check_tpla_manifest
+
+            check_tpla_manifest(model_dir, tpla)
+        full = adapter or tpla is not None
+        super().__init__(model_dir, "float32" if full else dtype, threads, trust_remote_code)
         if adapter:
             from rearqa.reader.engines import saved_eos_id
 
@@ -55,6 +61,9 @@ class DeviceHFEngine(HFEngine):
             eos = saved_eos_id(self.tokenizer, adapter)  # what its answers end with
             if eos is not None:
                 self.extra_eos.add(eos)
+        if tpla is not None:
+            self._use_tpla(tpla, tpla_calib)
+            self.model.eval()
         self.model.to(device=resolve_device(device), dtype=getattr(torch, dtype))  # DTYPES are torch names
         self.adapter = str(adapter) if adapter else None
 
@@ -71,7 +80,8 @@ class FinetunedReader:
         if engine is None:
             adapter = adapter or resolve_adapter(config)
             engine = DeviceHFEngine(model_dir, config.dtype, config.threads,
-                                    config.trust_remote_code, device, adapter)
+                                    config.trust_remote_code, device, adapter, config.tpla(),
+                                    config.tp_calib)
         self.base = BaselineReader(config, model_dir, engine=engine)
 
     @classmethod

@@ -55,8 +55,11 @@ def check_vllm_servable(model_dir: str | Path) -> None:
                           "set reader.engine: hf")
 
 
-def backbone_label(model_dir: str | Path | None) -> str:
+def backbone_label(model_dir: str | Path | None, tpla=None) -> str:
     """What /health, answers and eval reports call the backbone in `model_dir`: the transform and
-    its main settings for a converted reader ("transmla(96+64)"), "original" otherwise."""
+    its main settings for a converted reader ("transmla(96+64)"), "original" otherwise; with
+    `tpla` (a TPLAConfig: reader.tp_shards set) its decode mode after it
+    ("transmla(192+64) + tpla(2 shards, pca)")."""
     manifest = read_manifest(model_dir) if model_dir else None
-    return "original" if manifest is None else manifest.label
+    label = "original" if manifest is None else manifest.label
+    return label if tpla is None else f"{label} + {tpla.label}"

@@ -18,7 +18,10 @@ class HFEngine:
     """A causal LM loaded from a transformers checkpoint directory (converted backbones too)."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, tpla=None, tpla_calib: str = "") -> None:
+        """`tpla` (tpla.config.TPLAConfig, or None for the model as it is): decode an MLA reader
+        with TPLA's g shards simulated in one process; `tpla_calib` a calibration file for its
+        PCA rotation ("" = the conversion's own calibration text)."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import load_causal_lm
@@ -32,10 +35,26 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # generation appends on the right
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_causal_lm(model_dir, _DTYPES[dtype], trust_remote_code)
+        if tpla is not None:
+            from rearqa.reader.backbone.tpla.engine import check_tpla_manifest
+
+            check_tpla_manifest(model_dir, tpla)  # a plain checkpoint is refused before it loads
+        # TPLA's rotation is folded in float32 and the model cast after: one rounding, not two.
+        self.model = load_causal_lm(model_dir, _DTYPES["float32" if tpla else dtype], trust_remote_code)
+        self.tpla = None
+        if tpla is not None:
+            self._use_tpla(tpla, tpla_calib)
+            self.model.to(_DTYPES[dtype])
         self.model.eval()
         self.extra_eos: set[int] = set()  # ids an adapter's training ended answers with
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+
+    def _use_tpla(self, tpla, calib_file: str) -> None:
+        """Fold TPLA's rotation into the (float32) model and install its g-shard decode."""
+        from rearqa.reader.backbone.tpla.engine import prepare_tpla
+
+        self.model = prepare_tpla(self.model, self.model_dir, self.tokenizer, tpla, calib_file)
+        self.tpla = tpla
 
     def render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -33,14 +33,22 @@ class TPLAConfig:
         if not self.nope_scale > 0:
             raise ConfigError(f"tpla.nope_scale={self.nope_scale!r}: must be positive (1: TPLA as described)")
 
-    def check_model(self, config) -> int:
-        """The shard width kv_lora_rank / shards, or a ConfigError naming the valid counts."""
+    @property
+    def label(self) -> str:
+        """How answers, reports and /health name this decode mode ("tpla(2 shards, pca)")."""
+        scale = f", nope x{self.nope_scale:g}" if self.nope_scale != 1.0 else ""
+        return f"tpla({self.shards} shards, {self.rotation}{scale})"
+
+    def check_model(self, config, prefix: str = "tpla.") -> int:
+        """The shard width kv_lora_rank / shards, or a ConfigError naming the valid counts;
+        `prefix` names the settings as the user gave them ("reader.tp_" for a reader's)."""
         rank = config.kv_lora_rank
         if rank % self.shards:
             valid = [g for g in range(1, rank + 1) if rank % g == 0 and g <= 16]
-            raise ConfigError(f"tpla.shards={self.shards}: kv_lora_rank {rank} splits evenly into "
+            raise ConfigError(f"{prefix}shards={self.shards}: kv_lora_rank {rank} splits evenly into "
                               f"one of {valid} shards")
         if self.rotation == "hadamard" and rank & (rank - 1):
-            raise ConfigError(f"tpla.rotation='hadamard': kv_lora_rank {rank} is not a power of "
-                              "two; use 'pca' or 'none'")
+            raise ConfigError(f"{prefix}rotation='hadamard': the Hadamard rotation spans the whole latent "
+                              f"and needs a width that is a power of two; kv_lora_rank {rank} is not; use "
+                              "'pca' (balances any width) or 'none'")
         return rank // self.shards

@@ -125,7 +125,12 @@ def build_rotations(model: nn.Module, cfg: TPLAConfig, calib: Tensor | None = No
 
 
 def rotate_for_tpla(model: nn.Module, cfg: TPLAConfig, calib: Tensor | None = None) -> nn.Module:
-    """Fold the latent norm's gamma, then the rotation `cfg` names, into `model` (in place)."""
+    """Fold the latent norm's gamma, then the rotation `cfg` names, into `model` (in place).
+    Rotation 'none' leaves the weights as they are (no rotation to commute with the norm), so one
+    shard without a rotation is full MLA bit for bit."""
+    if cfg.rotation == "none":
+        cfg.check_model(model.config)
+        return model
     fold_latent_norm(model)
     rotations = build_rotations(model, cfg, calib)
     return model if rotations is None else fold_rotation(model, rotations)
