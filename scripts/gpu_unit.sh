@@ -32,6 +32,21 @@
 #       k = 5) converted at each kv_lora_rank+rope setting with the carried calibration ids
 #       (.gpu/in/transmla-calib.json), then SOURCE's reader as it is and each conversion evaluated
 #       on the answerable questions of $MLA_TESTS, one reader after another, into $UD/<setting>/
+#   distill SOURCE SETTING TRAINABLES BUDGET [--set K=V]... [distill-SOURCE-SETTING-TRAINABLES]
+#       issue 12's heal: SOURCE (as eval-mla) converted at SETTING (RANK+ROPE TransMLA from the
+#       carried calibration ids, xRANK+ROPE X-EcoMLA), then for each of TRAINABLES (comma list of
+#       lora | attention | new) `rearqa train distill` ($DISTILL_CFG, configs/train/distill-gpu.yaml,
+#       lr by heal_lr) for BUDGET tokens (a time share of the call as the safety net); the one
+#       with the lowest KL to the teacher on held-out dev-select rag-ft prompts (scripts/
+#       distill_kl.py, $KL_PER_SPLIT of each of $SEL_SPLITS) is chosen, a chosen lora adapter kept
+#       bf16 as chosen/; then each one's dev-select EM (rear_eval, SOURCE's prompt, $SEL_LIMIT of
+#       each split; lora merged first) as time allows. DISTILL_CONTROLS=1 scores the teacher and
+#       the unhealed conversion too. fingerprint.json, */probe*.json: what a CPU rebuild is
+#       checked against (gpu_units.py probe)
+#   eval-healed DISTILL_ID                      [eval-healed-...] the healed reader the distill unit
+#       DISTILL_ID chose (lora: merged into the conversion; from .gpu/in/DISTILL_ID.tgz when it ran
+#       on another machine) on the answerable questions of $MLA_TESTS; HEALED_CONTROLS=1 the
+#       unhealed conversion too
 # Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
 # finished step is not redone) or, when it is done, sends its archive again.
 # Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
@@ -220,33 +235,45 @@ body_eval_test() {
   fi
 }
 
-body_eval_mla() {  # SOURCE SETTING...: TransMLA conversions of SOURCE evaluated beside it
-  local name=$1; shift
-  local method k from adapter=() calib=$G/in/transmla-calib.json src
+mla_source() {  # NAME: sets method, k, from (the reader to convert), adapter (eval args), teacher
+  local name=$1 src
+  adapter=()
   if [ "$name" = base ]; then
-    method=rag k=5 from=base
+    method=rag k=5 from=base teacher=base
   else
     src=$(trained_unit "$name") || return 2
     method=$(U get "$src/unit.json" method) k=$(U get "$src/unit.json" k) from=$src/chosen
-    adapter=("--adapter-$method" "$src/chosen")
+    adapter=("--adapter-$method" "$src/chosen") teacher=$src/chosen
   fi
-  [ -f "$calib" ] || { echo "eval-mla: no calibration ids: carry .gpu/in/transmla-calib.json (python scripts/transmla_calib.py --out .gpu/in/transmla-calib.json)"; return 2; }
+}
+
+converted() {  # NAME FROM SETTING: the dir of FROM converted at SETTING (made once per machine)
+  local name=$1 from=$2 setting=$3 calib=$G/in/transmla-calib.json dir
+  [[ $setting =~ ^x?[0-9]+\+[0-9]+$ ]] || { echo "setting $setting is not RANK+ROPE (TransMLA, 96+64) or xRANK+ROPE (X-EcoMLA)" >&2; return 2; }
+  [ -f "$calib" ] || { echo "no calibration ids: carry .gpu/in/transmla-calib.json (python scripts/transmla_calib.py --out .gpu/in/transmla-calib.json)" >&2; return 2; }
+  dir=$G/mla/$name/$setting
+  if [ ! -f "$dir/backbone.json" ]; then
+    rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
+    local t=$(date +%s)
+    echo "convert: $from -> $setting" >&2
+    OMP_NUM_THREADS=16 $PY scripts/gpu_units.py convert "$from" "$dir" "$setting" "$calib" \
+        > "$UD/convert-$setting.log" 2>&1 || { tail -n 20 "$UD/convert-$setting.log" >&2; return 1; }
+    echo "convert: $setting in $(( $(date +%s) - t )) s" >&2
+  fi
+  echo "$dir"
+}
+
+body_eval_mla() {  # SOURCE SETTING...: conversions of SOURCE evaluated beside it
+  local name=$1; shift
+  local method k from adapter teacher
+  mla_source "$name" || return 2
   U note "$UD/unit.json" kind=eval-mla name="$name" method="$method" k="$k" "settings=$*" tests="$MLA_TESTS"
   local setting dir
   for setting in original "$@"; do
     dir=""
     if [ "$setting" != original ]; then
-      [[ $setting =~ ^[0-9]+\+[0-9]+$ ]] || { echo "eval-mla: setting $setting is not RANK+ROPE (96+64)"; return 2; }
-      dir=$G/mla/$name/$setting
-      if [ ! -f "$dir/backbone.json" ]; then
-        rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
-        local t=$(date +%s)
-        echo "convert: $from -> $setting"
-        OMP_NUM_THREADS=16 $PY scripts/gpu_units.py convert "$from" "$dir" "${setting%+*}" "${setting#*+}" "$calib" \
-            > "$UD/convert-$setting.log" 2>&1 || { tail -n 20 "$UD/convert-$setting.log"; return 1; }
-        echo "convert: $setting in $(( $(date +%s) - t )) s"
-      fi
-      mkdir -p "$UD/$setting" && cp "$dir"/backbone.json "$dir"/config.json "$dir"/transmla_report.json "$UD/$setting/"
+      dir=$(converted "$name" "$from" "$setting") || return $?
+      mkdir -p "$UD/$setting" && cp "$dir"/backbone.json "$dir"/config.json "$dir"/*_report.json "$UD/$setting/" 2>/dev/null
     fi
     local t=$(date +%s)
     if [ -n "$dir" ]; then
@@ -256,6 +283,136 @@ body_eval_mla() {  # SOURCE SETTING...: TransMLA conversions of SOURCE evaluated
     fi
     echo "eval: $setting in $(( $(date +%s) - t )) s"
   done
+}
+
+heal_lr() {  # TRAINABLE: its learning rate (LR_<trainable> overrides)
+  local var=LR_$1
+  [ -n "${!var:-}" ] && { echo "${!var}"; return; }
+  case $1 in lora) echo 3.0e-4 ;; new) echo 1.0e-4 ;; *) echo 5.0e-5 ;; esac
+}
+
+dev_select_score() {  # NAME METHOD K OUTDIR [MODEL-ARGS...]: rear_eval on $SEL_SPLITS (side by side) -> OUTDIR/score.json
+  local name=$1 method=$2 k=$3 out=$4; shift 4
+  [ -f "$out/score.json" ] && { echo "score: $name done in an earlier call: $(tr -d '\n ' < "$out/score.json")"; return 0; }
+  local split dirs=() pids=() failed=0 i
+  for split in $SEL_SPLITS; do
+    $PY -m rearqa.eval.rear_eval --snapshot "$BUNDLE" --split "$split" --methods "$method" --k "$k" \
+        --batch-size 64 --limit "$SEL_LIMIT" --calibration-split none --out "$out/$split" "$@" > "$out.$split.log" 2>&1 &
+    pids+=($!) dirs+=("$out/$split")
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { failed=1; tail -n 8 "$out.$(basename "${dirs[$i]}").log"; }
+  done
+  [ $failed = 0 ] || return 1
+  echo -n "score: $name: "; U pooled "$out/score.json" "${dirs[@]}"
+}
+
+body_distill() {  # SOURCE SETTING TRAINABLES BUDGET [--set K=V]... [TRAIN ARGS]
+  local name=$1 setting=$2 trainables=${3//,/ } budget=$4; shift 4
+  local method k from adapter teacher conv
+  mla_source "$name" || return 2
+  conv=$(converted "$name" "$from" "$setting") || return $?
+  split_sets "$@"
+  local base_cfg=${DISTILL_CFG:-configs/train/distill-gpu.yaml}
+  U note "$UD/unit.json" kind=distill name="$name" setting="$setting" method="$method" k="$k" \
+      trainables="$trainables" budget="$budget" config="$base_cfg" "args=${ARGS[*]}" "sets=${SETS[*]}"
+  mkdir -p "$UD/select"
+  cp "$conv"/backbone.json "$UD/select/backbone-$setting.json"
+  [ -f "$UD/fingerprint.json" ] || U probe "$conv" "$G/in/transmla-calib.json" "$UD/fingerprint.json" > "$UD/probe.log" 2>&1 || tail -n 5 "$UD/probe.log"
+  if [ "${DISTILL_CONTROLS:-0}" = 1 ]; then  # the teacher on dev-select (the unhealed conversion: at the end)
+    dev_select_score original "$method" "$k" "$UD/select/original" "${adapter[@]}" || return 1
+  fi
+  local tr n=0 total; total=$(wc -w <<< "$trainables")
+  local specs=("$conv")  # distill_kl students: the unhealed conversion, then each candidate
+  for tr in $trainables; do
+    n=$((n + 1))
+    local tud=$UD/$tr cfg
+    mkdir -p "$tud"
+    cfg=$(UD=$tud unit_config_for "$base_cfg" "distill_trainable=$tr" "lr=$(heal_lr "$tr")" "${SETS[@]}") || return 2
+    if [ ! -d "$tud/train/final" ]; then
+      # the safety net: this trainable's share of what is left, keeping ~SCORE_RESERVE s for the
+      # scores; BUDGET (tokens, equal for all) is what is meant to end each run
+      local tl=$(( ($(left) - ${SCORE_RESERVE:-150} - 40 * (total - n + 1)) / (total - n + 1) ))
+      [ $tl -gt 30 ] || { echo "distill: only $(left) s left: run the unit again"; return 75; }
+      echo "distill: $tr ($cfg) budget $budget tokens, time limit $tl s"
+      $PY -m rearqa.app.train_cmd distill -c "$cfg" --snapshot "$BUNDLE" --out "$tud/train" --quiet \
+          --student "$conv" --teacher "$teacher" --token-budget "$budget" --time-limit "$tl" \
+          "${ARGS[@]}" >> "$tud/train.log" 2>&1
+      local rc=$?
+      tail -n 3 "$tud/train.log"
+      [ $rc = 0 ] || { echo "distill: $tr FAILED (rc $rc), see $tr/train.log"; return 1; }
+      if [ ! -d "$tud/train/final" ]; then  # stopped by its time limit: its newest checkpoint
+        local last; last=$(ls -d "$tud"/train/checkpoints/step-*/model 2>/dev/null | tail -n 1)
+        [ -n "$last" ] || { echo "distill: $tr stopped before a checkpoint"; return 75; }
+        echo "distill: $tr stopped at its time limit; scoring $last"
+        cp -r "$last" "$tud/train/final.tmp" && mv "$tud/train/final.tmp" "$tud/train/final"
+      fi
+    fi
+    if [ "$tr" = lora ]; then specs+=("$conv@$tud/train/final"); else specs+=("$tud/train/final"); fi
+  done
+  # dev-select KL (held-out rag-ft prompts, the teacher loaded once): what chooses
+  if [ ! -f "$UD/select/kl.json" ]; then
+    $PY scripts/distill_kl.py --teacher "$teacher" --rows prompts --windows "${KL_PER_SPLIT:-128}" \
+        --splits $SEL_SPLITS --snapshot "$BUNDLE" --max-len 1024 "${specs[@]/#/--student=}" \
+        --json "$UD/select/kl.json" > "$UD/select/kl.log" 2>&1 || { tail -n 8 "$UD/select/kl.log"; return 1; }
+  fi
+  grep -v Loading "$UD/select/kl.log" | tail -n $(( total + 2 ))
+  local chosen
+  chosen=$(U best-kl "$UD/select/kl.json" "$conv" $trainables) || return 1
+  U note "$UD/unit.json" chosen="$chosen"
+  echo "chosen on dev-select (lowest KL): $chosen"
+  if [ "$chosen" = lora ] && [ ! -f "$UD/chosen/adapter_config.json" ]; then
+    keep_chosen "$UD/lora/train/final" adapter || return 1
+  fi
+  # dev-select EM beside the KL (reported; the chosen one first)
+  [ "${DISTILL_CONTROLS:-0}" = 1 ] && { dev_select_score unhealed "$method" "$k" "$UD/select/unhealed" --base-model "$conv" || return 1; }
+  for tr in $chosen $(tr ' ' '\n' <<< "$trainables" | grep -vx "$chosen"); do
+    [ $(left) -gt 45 ] || { echo "score: no time left for $tr's dev-select EM"; continue; }
+    local cand=$UD/$tr/train/final
+    if [ "$tr" = lora ]; then
+      cand=$G/heal/$name-$setting-lora
+      [ -f "$cand/backbone.json" ] || U merge-heal "$conv" "$UD/lora/train/final" "$cand" > "$UD/lora/merge.log" 2>&1 \
+        || { tail -n 5 "$UD/lora/merge.log"; return 1; }
+    fi
+    dev_select_score "$tr" "$method" "$k" "$UD/$tr/select" --base-model "$cand" || return 1
+    [ -f "$UD/$tr/probe.json" ] || U probe "$cand" "$G/in/transmla-calib.json" "$UD/$tr/probe.json" > "$UD/$tr/probe.log" 2>&1 || tail -n 5 "$UD/$tr/probe.log"
+  done
+}
+
+unit_config_for() {  # BASE.yaml K=V...: a copy with the keys set, in $UD/config.yaml
+  local base=$1; shift
+  U config "$base" "$UD/config.yaml" "$@" >&2 || return 1
+  echo "$UD/config.yaml"
+}
+
+body_eval_healed() {  # DISTILL_ID: the healed reader of that distill unit on $MLA_TESTS (answerable)
+  local did=$1 dud=$RUNS/$1 tgz
+  if [ ! -f "$dud/unit.json" ]; then  # not run on this machine: its carried archive
+    tgz=$G/in/$did.tgz
+    [ -f "$tgz" ] || { echo "eval-healed: $did did not run here and .gpu/in/$did.tgz was not carried"; return 2; }
+    tar xzf "$tgz" -C "$RUNS" || { echo "$tgz is unreadable"; return 2; }
+  fi
+  local name setting chosen method k from adapter teacher conv healed
+  name=$(U get "$dud/unit.json" name) setting=$(U get "$dud/unit.json" setting) chosen=$(U get "$dud/unit.json" chosen)
+  mla_source "$name" || return 2
+  conv=$(converted "$name" "$from" "$setting") || return $?
+  if [ "$chosen" = lora ]; then
+    healed=$G/heal/$name-$setting-lora
+    [ -f "$healed/backbone.json" ] || U merge-heal "$conv" "$dud/chosen" "$healed" > "$UD/merge.log" 2>&1 \
+        || { tail -n 5 "$UD/merge.log"; return 1; }
+  else
+    healed=$dud/$chosen/train/final
+    [ -f "$healed/config.json" ] || { echo "eval-healed: $chosen's student is not on this machine (only lora results travel)"; return 2; }
+  fi
+  U note "$UD/unit.json" kind=eval-healed distill="$did" name="$name" setting="$setting" chosen="$chosen" method="$method" k="$k" tests="$MLA_TESTS"
+  mkdir -p "$UD/healed" && cp "$healed/backbone.json" "$UD/healed/"
+  local t=$(date +%s)
+  TESTS=$MLA_TESTS TEST_OUT=$UD/healed BASE_MODEL=$healed run_tests "$method" "$k" --answerable-only || return 1
+  echo "eval: healed $setting ($chosen) in $(( $(date +%s) - t )) s"
+  if [ "${HEALED_CONTROLS:-0}" = 1 ]; then  # the unhealed conversion beside it
+    mkdir -p "$UD/unhealed" && cp "$conv/backbone.json" "$UD/unhealed/"
+    TESTS=$MLA_TESTS TEST_OUT=$UD/unhealed BASE_MODEL=$conv run_tests "$method" "$k" --answerable-only || return 1
+  fi
 }
 
 body_eval_untuned() {
@@ -283,6 +440,8 @@ if [ "${1:-}" = --body ]; then
     eval-test) body_eval_test "$@" ;;
     eval-untuned) body_eval_untuned ;;
     eval-mla) body_eval_mla "$@" ;;
+    distill) body_distill "$@" ;;
+    eval-healed) body_eval_healed "$@" ;;
     bench) body_bench "$@" ;;
     *) echo "unknown unit $UNIT"; exit 2 ;;
   esac
@@ -305,8 +464,10 @@ case $UNIT in
   status) ID=${ID:-status} ;;
   bench|eval-untuned) ID=${ID:-$UNIT} ;;
   train-rear|eval-test|eval-mla) [ $# -ge 1 ] || { echo "usage: $UNIT NAME ..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
+  eval-healed) [ $# -ge 1 ] || { echo "usage: eval-healed DISTILL_ID"; exit 2; }; ID=${ID:-$UNIT-${1#distill-}} ;;
+  distill) [ $# -ge 4 ] || { echo "usage: distill SOURCE SETTING TRAINABLES BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-${2/+/-}-${3//,/-}} ;;
   train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
-  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla"; exit 2 ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed"; exit 2 ;;
 esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"

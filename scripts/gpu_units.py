@@ -10,8 +10,14 @@ safetensors and yaml for `compact-adapter` and `config` only).
     gpu_units.py get FILE.json KEY [DEFAULT]               print one key of a flat JSON file
     gpu_units.py done UNITS.json                           the ids of the units marked done
     gpu_units.py pack ID UNIT_DIR OUT_DIR                  UNIT_DIR -> OUT_DIR/ID.tgz (<= 15 MiB)
-    gpu_units.py convert FROM OUT RANK ROPE CALIB.json      `rearqa convert --transform transmla`
-                                                           with carried calibration ids (rearqa)
+    gpu_units.py convert FROM OUT SETTING CALIB.json        `rearqa convert`: SETTING RANK+ROPE
+                                                           (transmla, carried calibration ids) or
+                                                           xRANK+ROPE (xecomla)
+    gpu_units.py merge-heal STUDENT ADAPTER OUT            the heal LoRA merged, saved bf16
+    gpu_units.py probe MODEL CALIB.json OUT.json           fingerprint + top logits (CPU rebuild check)
+    gpu_units.py pooled OUT.json REPORT_DIR...             EM/F1 over rear_eval reports' rows
+    gpu_units.py best SCORE.json...                        the best trainable's name (EM, then F1)
+    gpu_units.py best-kl KL.json UNHEALED TRAINABLE...     the trainable of lowest dev-select KL
 
 Packing keeps logs, JSON/JSONL, reports, plots and the unit's chosen/ checkpoint (bf16 adapter,
 tokenizer, configs); it leaves out training checkpoints (resumable state: optimiser moments),
@@ -186,14 +192,99 @@ def pack(unit_id: str, unit_dir: str, out_dir: str) -> None:
     print(f"{out} {out.stat().st_size}")
 
 
-def convert(source: str, out: str, rank: str, rope: str, calib: str) -> None:
-    """The TransMLA conversion `rearqa convert` runs, without its command-line layer (the GPU
-    machine's image has no typer); the reader comes from $REARQA_HOME."""
+def convert(source: str, out: str, setting: str, calib: str) -> None:
+    """The conversion `rearqa convert` runs, without its command-line layer (the GPU machine's
+    image has no typer); the reader comes from $REARQA_HOME. SETTING: RANK+ROPE (TransMLA, with
+    the carried calibration ids) or xRANK+ROPE (X-EcoMLA, from the weights alone)."""
     from rearqa.app.convert_cmd import convert_reader
 
-    convert_reader("transmla", source, Path(out), {"kv_lora_rank": int(rank), "rope_dim": int(rope)},
-                   progress=False, calib_file=Path(calib))
-    print(f"converted {source} -> {out} ({rank}+{rope})")
+    transform, rank, rope = parse_setting(setting)
+    convert_reader(transform, source, Path(out), {"kv_lora_rank": rank, "rope_dim": rope},
+                   progress=False, calib_file=Path(calib) if transform == "transmla" else None)
+    print(f"converted {source} -> {out} ({transform} {rank}+{rope})")
+
+
+def parse_setting(setting: str) -> tuple[str, int, int]:
+    """"96+64" -> ("transmla", 96, 64); "x128+32" -> ("xecomla", 128, 32)."""
+    transform = "xecomla" if setting.startswith("x") else "transmla"
+    rank, sep, rope = setting.lstrip("x").partition("+")
+    if not (sep and rank.isdigit() and rope.isdigit()):
+        sys.exit(f"setting {setting!r} is not RANK+ROPE (TransMLA, 96+64) or xRANK+ROPE (X-EcoMLA)")
+    return transform, int(rank), int(rope)
+
+
+def merge_heal(student: str, adapter: str, out: str) -> None:
+    """STUDENT (a converted reader dir) with the heal LoRA in ADAPTER merged (in fp32), saved in
+    bf16 as a reader dir that loads by path (its backbone.json says it was healed)."""
+    import shutil
+
+    import torch
+
+    from rearqa.reader.backbone.loading import load_causal_lm
+    from rearqa.reader.finetuned import merge_lora
+
+    model = merge_lora(load_causal_lm(Path(student), torch.float32), adapter).to(torch.bfloat16)
+    out_p = Path(out)
+    shutil.copytree(student, out_p, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
+    model.save_pretrained(out_p)
+    manifest = json.loads((out_p / "backbone.json").read_text())
+    manifest.setdefault("source", {})["healed_by"] = str(adapter)
+    (out_p / "backbone.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"merged {adapter} into {student} -> {out}")
+
+
+def probe(model_dir: str, calib: str, out: str) -> None:
+    """What a CPU rebuild of MODEL_DIR is checked against: its fingerprint (rearqa.reader.
+    backbone.fingerprint, in the dtype saved) -> OUT, and the top-20 next-token logits at the last
+    4 positions of the first 2 calibration samples (128 tokens each) -> OUT with .logits.json."""
+    import torch
+
+    from rearqa.reader.backbone.fingerprint import fingerprint
+    from rearqa.reader.backbone.loading import load_causal_lm
+
+    model = load_causal_lm(Path(model_dir), torch.bfloat16).eval()
+    Path(out).write_text(json.dumps(fingerprint(model)) + "\n")
+    ids = torch.tensor([row[:128] for row in json.loads(Path(calib).read_text())["tokens"][:2]])
+    with torch.no_grad():
+        logits = model.float()(input_ids=ids).logits[:, -4:]
+    top = logits.topk(20, dim=-1)
+    Path(out).with_suffix(".logits.json").write_text(json.dumps(
+        {"model": model_dir, "top_ids": top.indices.tolist(), "top_logits": top.values.tolist()}) + "\n")
+    print(f"probe: {out}")
+
+
+def pooled(out: str, *report_dirs: str) -> None:
+    """EM and F1 over the rows of rear_eval reports (each a dir with rows.jsonl) -> OUT json."""
+    rows = []
+    for d in report_dirs:
+        for f in Path(d).rglob("rows.jsonl"):
+            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if not rows:
+        sys.exit(f"pooled: no rows.jsonl under {report_dirs}")
+    score = {"n": len(rows), "em": sum(r["em"] for r in rows) / len(rows),
+             "f1": sum(r["f1"] for r in rows) / len(rows),
+             "empty": sum(not str(r.get("prediction", r.get("answer", ""))).strip() for r in rows) / len(rows)}
+    Path(out).write_text(json.dumps(score, indent=2) + "\n")
+    print(f"pooled: {score}")
+
+
+def best_kl(kl_file: str, unhealed: str, *trainables: str) -> None:
+    """The trainable whose student has the lowest mean KL in distill_kl.py's KL_FILE (students
+    listed as the unhealed conversion, then one per trainable in order)."""
+    students = list(json.loads(Path(kl_file).read_text())["students"].items())
+    if len(students) != len(trainables) + 1 or students[0][0] != unhealed:
+        sys.exit(f"best-kl: {kl_file} has {len(students)} students, expected the unhealed one "
+                 f"and {len(trainables)} trainables")
+    kls = {t: s["mean_kl"] for t, (_, s) in zip(trainables, students[1:])}
+    print(min(kls, key=kls.get))
+
+
+def best(*score_files: str) -> None:
+    """The trainable whose score file (UNIT/<trainable>/select/score.json) has the best EM, then F1."""
+    scored = [(json.loads(Path(f).read_text()), Path(f).parent.parent.name) for f in score_files]
+    score, name = max(scored, key=lambda s: (s[0]["em"], s[0]["f1"]))
+    print(name)
 
 
 def main(argv: list[str]) -> None:
@@ -202,7 +293,8 @@ def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     table = {"config": config, "chosen": chosen, "compact-adapter": compact_adapter,
              "record": record, "pack": pack, "note": note, "get": get, "done": done,
-             "convert": convert}
+             "convert": convert, "merge-heal": merge_heal, "probe": probe, "pooled": pooled,
+             "best": best, "best-kl": best_kl}
     if cmd not in table:
         sys.exit(f"unknown command {cmd!r}; one of {sorted(table)}")
     table[cmd](*args)
