@@ -42,7 +42,9 @@
 #       bf16 as chosen/; then each one's dev-select EM (rear_eval, SOURCE's prompt, $SEL_LIMIT of
 #       each split; lora merged first) as time allows. DISTILL_CONTROLS=1 scores the teacher and
 #       the unhealed conversion too. fingerprint.json, */probe*.json: what a CPU rebuild is
-#       checked against (gpu_units.py probe)
+#       checked against (gpu_units.py probe). EXTRACT_RANK=R: a chosen full-weight heal (new,
+#       attention) is shipped as its update truncated to a rank-R LoRA (gpu_units.py
+#       extract-lora; its dev-select KL too); SKIP_SELECT_EM=1: no dev-select EM
 #   eval-healed DISTILL_ID                      [eval-healed-...] the healed reader the distill unit
 #       DISTILL_ID chose (lora: merged into the conversion; from .gpu/in/DISTILL_ID.tgz when it ran
 #       on another machine) on the answerable questions of $MLA_TESTS; HEALED_CONTROLS=1 the
@@ -363,7 +365,21 @@ body_distill() {  # SOURCE SETTING TRAINABLES BUDGET [--set K=V]... [TRAIN ARGS]
   echo "chosen on dev-select (lowest KL): $chosen"
   if [ "$chosen" = lora ] && [ ! -f "$UD/chosen/adapter_config.json" ]; then
     keep_chosen "$UD/lora/train/final" adapter || return 1
+  elif [ "$chosen" != lora ] && [ -n "${EXTRACT_RANK:-}" ] && [ ! -f "$UD/chosen/adapter_config.json" ]; then
+    # the shippable form of a full-weight heal: its update as a rank-EXTRACT_RANK LoRA, and its KL
+    rm -rf "$UD/chosen.tmp"
+    U extract-lora "$conv" "$UD/$chosen/train/final" "$UD/chosen.tmp" "$EXTRACT_RANK" > "$UD/extract.log" 2>&1 \
+        || { tail -n 5 "$UD/extract.log"; return 1; }
+    tail -n 1 "$UD/extract.log"
+    mv "$UD/chosen.tmp" "$UD/chosen"
+    $PY scripts/distill_kl.py --teacher "$teacher" --rows prompts --windows "${KL_PER_SPLIT:-128}" \
+        --splits $SEL_SPLITS --snapshot "$BUNDLE" --student="$conv@$UD/chosen" \
+        --json "$UD/select/kl-extracted.json" > "$UD/select/kl-extracted.log" 2>&1 \
+        || { tail -n 8 "$UD/select/kl-extracted.log"; return 1; }
+    grep -v Loading "$UD/select/kl-extracted.log" | tail -n 1
+    U note "$UD/unit.json" shipped="lora rank $EXTRACT_RANK extracted from $chosen"
   fi
+  [ "${SKIP_SELECT_EM:-0}" = 1 ] && return 0
   # dev-select EM beside the KL (reported; the chosen one first)
   [ "${DISTILL_CONTROLS:-0}" = 1 ] && { dev_select_score unhealed "$method" "$k" "$UD/select/unhealed" --base-model "$conv" || return 1; }
   for tr in $chosen $(tr ' ' '\n' <<< "$trainables" | grep -vx "$chosen"); do
@@ -396,8 +412,8 @@ body_eval_healed() {  # DISTILL_ID: the healed reader of that distill unit on $M
   name=$(U get "$dud/unit.json" name) setting=$(U get "$dud/unit.json" setting) chosen=$(U get "$dud/unit.json" chosen)
   mla_source "$name" || return 2
   conv=$(converted "$name" "$from" "$setting") || return $?
-  if [ "$chosen" = lora ]; then
-    healed=$G/heal/$name-$setting-lora
+  if [ -f "$dud/chosen/adapter_config.json" ]; then  # lora, or a full-weight heal's extracted LoRA: what ships
+    healed=$G/heal/$did-chosen
     [ -f "$healed/backbone.json" ] || U merge-heal "$conv" "$dud/chosen" "$healed" > "$UD/merge.log" 2>&1 \
         || { tail -n 5 "$UD/merge.log"; return 1; }
   else

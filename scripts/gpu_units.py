@@ -18,6 +18,7 @@ safetensors and yaml for `compact-adapter` and `config` only).
     gpu_units.py pooled OUT.json REPORT_DIR...             EM/F1 over rear_eval reports' rows
     gpu_units.py best SCORE.json...                        the best trainable's name (EM, then F1)
     gpu_units.py best-kl KL.json UNHEALED TRAINABLE...     the trainable of lowest dev-select KL
+    gpu_units.py extract-lora STUDENT HEALED OUT RANK      a full-weight heal as a rank-RANK LoRA
 
 Packing keeps logs, JSON/JSONL, reports, plots and the unit's chosen/ checkpoint (bf16 adapter,
 tokenizer, configs); it leaves out training checkpoints (resumable state: optimiser moments),
@@ -254,6 +255,57 @@ def probe(model_dir: str, calib: str, out: str) -> None:
     print(f"probe: {out}")
 
 
+EXTRACT_MODULES = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
+
+
+def extract_lora(student: str, healed: str, out: str, rank: str) -> None:
+    """The shippable form of a full-weight heal (distill_trainable new / attention): per layer and
+    module of EXTRACT_MODULES, the heal's update W_healed - W_student truncated to `rank` by SVD
+    (B = U_r S_r, A = V_r^T, alpha = r: scale 1), saved as a PEFT LoRA adapter over STUDENT (bf16)
+    with extract.json: each update's kept share of its Frobenius norm. Refused when the heal
+    changed anything else (an update a LoRA over these modules cannot carry)."""
+    import torch
+
+    from rearqa.reader.adapters import wrap
+    from rearqa.reader.adapters.lora.config import LoraSettings
+    from rearqa.reader.backbone.loading import load_causal_lm
+
+    r = int(rank)
+    base = load_causal_lm(Path(student), torch.float32)
+    tuned = dict(load_causal_lm(Path(healed), torch.float32).named_parameters())
+    moved = [n for n, p in base.named_parameters()
+             if not torch.equal(p, tuned[n]) and n.rsplit(".", 2)[-2] not in EXTRACT_MODULES]
+    if moved:
+        sys.exit(f"extract-lora: the heal changed {moved[:4]}... too, which a LoRA over "
+                 f"{EXTRACT_MODULES} cannot carry")
+    peft_model = wrap("lora", base, LoraSettings(r=r, alpha=r, dropout=0.0, target=list(EXTRACT_MODULES)))
+    kept = {}
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+                continue
+            key = name.removeprefix("base_model.model.") + ".weight"
+            delta = (tuned[key] - module.base_layer.weight).double()
+            u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+            k = min(r, sv.numel())
+            b = torch.zeros(delta.shape[0], r, dtype=torch.float64)
+            a = torch.zeros(r, delta.shape[1], dtype=torch.float64)
+            b[:, :k], a[:k] = u[:, :k] * sv[:k], vh[:k]
+            module.lora_B["default"].weight.copy_(b.float())
+            module.lora_A["default"].weight.copy_(a.float())
+            total = sv.pow(2).sum().item()
+            kept[key] = (sv[:k].pow(2).sum().item() / total) ** 0.5 if total else 1.0
+    peft_model.save_pretrained(out)
+    compact_adapter(out)
+    values = list(kept.values())
+    Path(out, "extract.json").write_text(json.dumps(
+        {"student": student, "healed": healed, "rank": r, "modules": list(EXTRACT_MODULES),
+         "kept_norm_min": min(values), "kept_norm_mean": sum(values) / len(values),
+         "kept_norm": kept}, indent=2) + "\n")
+    print(f"extract-lora: rank {r}, update norm kept min {min(values):.4f} mean "
+          f"{sum(values) / len(values):.4f} -> {out}")
+
+
 def pooled(out: str, *report_dirs: str) -> None:
     """EM and F1 over the rows of rear_eval reports (each a dir with rows.jsonl) -> OUT json."""
     rows = []
@@ -294,7 +346,7 @@ def main(argv: list[str]) -> None:
     table = {"config": config, "chosen": chosen, "compact-adapter": compact_adapter,
              "record": record, "pack": pack, "note": note, "get": get, "done": done,
              "convert": convert, "merge-heal": merge_heal, "probe": probe, "pooled": pooled,
-             "best": best, "best-kl": best_kl}
+             "best": best, "best-kl": best_kl, "extract-lora": extract_lora}
     if cmd not in table:
         sys.exit(f"unknown command {cmd!r}; one of {sorted(table)}")
     table[cmd](*args)

@@ -2,6 +2,10 @@
 
     python scripts/transmla_report.py runs/mla1/eval-mla-ragft-s0 runs/mla1/eval-mla-base \
         --out docs/results/transmla/test-answers.json
+    python scripts/transmla_report.py runs/mla1/x/eval-mla-ragft-s0 \
+        --extra "96+64 healed=runs/gpu9/x/eval-healed-heal-96-64/healed" \
+        --extra "x128+32 healed=runs/gpu9/x/eval-healed-heal-x128-32/healed" \
+        --out docs/results/distill/test-answers.json
 
 Each unit dir holds <setting>/<split>/<method>/report.json for the unconverted reader
 ("original") and each conversion ("96+64", ...), all on the answerable questions of the same
@@ -20,17 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 METRICS = ("em", "f1", "contained")
 
 
-def unit_rows(unit: Path) -> tuple[list[dict], list[dict]]:
+def unit_rows(unit: Path, extra: dict[str, Path] | None = None) -> tuple[list[dict], list[dict]]:
+    """`extra`: more readers (name -> a dir of <split>/<method>/report.json, e.g. an eval-healed
+    unit's healed/), paired with this unit's original like its own conversions."""
     from rearqa.eval.compare import compare_reports
 
     info = json.loads((unit / "unit.json").read_text())
     method = info["method"]
     settings = ["original", *info.get("settings", "").split()]
+    dirs = {s: unit / s for s in settings} | (extra or {})
     splits = sorted({p.parent.parent.name for p in unit.glob(f"original/*/{method}/report.json")})
     readers, pairs = [], []
     for split in splits:
-        found = {s: unit / s / split / method for s in settings
-                 if (unit / s / split / method / "report.json").is_file()}
+        found = {s: d / split / method for s, d in dirs.items()
+                 if (d / split / method / "report.json").is_file()}
         for setting, path in found.items():
             report = json.loads((path / "report.json").read_text())
             agg = report["aggregate"]["all"]
@@ -56,11 +63,15 @@ def unit_rows(unit: Path) -> tuple[list[dict], list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("units", nargs="+", type=Path, help="eval-mla unit dirs (extracted archives)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                    help="another reader's reports (DIR/<split>/<method>/report.json, e.g. an "
+                         "eval-healed unit's healed/), paired with the first unit's original")
     ap.add_argument("--out", type=Path, help="JSON of both tables")
     args = ap.parse_args()
+    extra = {name: Path(d) for name, _, d in (e.partition("=") for e in args.extra)}
     readers, pairs = [], []
-    for unit in args.units:
-        r, p = unit_rows(unit)
+    for i, unit in enumerate(args.units):
+        r, p = unit_rows(unit, extra if i == 0 else None)
         readers += r
         pairs += p
     print("| source | set | reader | n | EM | F1 | contained | s/question |\n|---|---|---|---|---|---|---|---|")

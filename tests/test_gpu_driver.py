@@ -247,3 +247,57 @@ def test_park_moves_what_no_unit_reads_out_of_the_tree_and_back(tmp_path, monkey
     park.unpark(repo)
     assert (repo / "checkpoints" / "rear" / "w.bin").read_bytes() == b"x" * MIB
     assert stage.travelling_tree_bytes(repo) == before
+
+
+def test_a_full_weight_heal_extracts_to_a_lora_exactly_at_full_rank(tmp_path):
+    """gpu_units.py extract-lora: the heal's update on q_proj / kv_a / kv_b as a LoRA; at a rank
+    no smaller than any update's, merging it gives the healed weights back (to bf16 rounding of
+    the saved adapter); a heal that moved anything else is refused."""
+    import torch
+
+    from rearqa.reader.finetuned import merge_lora
+    from rearqa.testing import tiny_deepseek
+
+    units = load("gpu_units")
+    student, healed = tiny_deepseek(seed=3), tiny_deepseek(seed=3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in healed.named_parameters():
+            if name.rsplit(".", 2)[-2] in units.EXTRACT_MODULES:
+                p.add_(0.05 * torch.randn_like(p))
+    student.save_pretrained(tmp_path / "student")
+    healed.save_pretrained(tmp_path / "healed")
+    units.extract_lora(str(tmp_path / "student"), str(tmp_path / "healed"), str(tmp_path / "lora"), "64")
+    report = json.loads((tmp_path / "lora" / "extract.json").read_text())
+    assert report["kept_norm_min"] > 0.999999
+    merged = merge_lora(tiny_deepseek(seed=3), tmp_path / "lora")
+    ids = torch.randint(0, 20, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, healed.eval()(input_ids=ids).logits,
+                                   rtol=2e-2, atol=2e-2)
+    units.extract_lora(str(tmp_path / "student"), str(tmp_path / "healed"), str(tmp_path / "lora2"), "2")
+    assert json.loads((tmp_path / "lora2" / "extract.json").read_text())["kept_norm_min"] < 0.99
+    with torch.no_grad():
+        healed.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    healed.save_pretrained(tmp_path / "healed2")
+    with pytest.raises(SystemExit, match="up_proj"):
+        units.extract_lora(str(tmp_path / "student"), str(tmp_path / "healed2"), str(tmp_path / "l3"), "8")
+
+
+def test_distill_settings_and_the_kl_choice(tmp_path):
+    units = load("gpu_units")
+    assert units.parse_setting("96+64") == ("transmla", 96, 64)
+    assert units.parse_setting("x128+32") == ("xecomla", 128, 32)
+    with pytest.raises(SystemExit, match="RANK\\+ROPE"):
+        units.parse_setting("96")
+    kl = tmp_path / "kl.json"
+    kl.write_text(json.dumps({"students": {"conv": {"mean_kl": 1.2}, "conv@a": {"mean_kl": 0.3},
+                                           "b": {"mean_kl": 0.2}, "c": {"mean_kl": 0.25}}}))
+    import contextlib
+    import io as _io
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out):
+        units.best_kl(str(kl), "conv", "lora", "attention", "new")
+    assert out.getvalue().strip() == "attention"
+    with pytest.raises(SystemExit, match="expected"):
+        units.best_kl(str(kl), "conv", "lora", "new")

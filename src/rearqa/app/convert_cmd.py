@@ -113,7 +113,7 @@ def convert_model(transform_name: str, source: str | Path, options: dict[str, An
 
     transform = get_transform(transform_name)
     cfg = transform_config(transform, options)
-    home = _home_for(home, calib_file, progress)
+    home = _home_for(home, calib_file is not None or not hasattr(cfg, "calib_passages"), progress)
     lm, tokenizer, rear, source_record = load_source(source, home)
     cfg_check = getattr(cfg, "check_model", None)
     if cfg_check is not None:
@@ -139,13 +139,14 @@ def save_reader(conversion: Conversion, model: torch.nn.Module, out: Path, **man
     return out
 
 
-def _home_for(home: Path | None, calib_file: Path | None, progress: bool) -> Path:
-    """The rearqa home to read the base reader from. With the calibration carried in a file, a
-    home holding only the prepared reader will do (the GPU machine has no corpus); else the
-    home is prepared in full (the corpus is where calibration text comes from)."""
+def _home_for(home: Path | None, reader_only: bool, progress: bool) -> Path:
+    """The rearqa home to read the base reader from. With the calibration carried in a file or
+    none needed (a weight-only transform: `reader_only`), a home holding only the prepared reader
+    will do (the GPU machine has no corpus); else the home is prepared in full (the corpus is
+    where calibration text comes from)."""
     from rearqa import assets
 
-    if calib_file is not None:
+    if reader_only:
         h = assets.home_or_default(home)
         if (assets.reader_model_dir(h) / "config.json").is_file():
             return h

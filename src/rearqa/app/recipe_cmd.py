@@ -126,7 +126,9 @@ def merge_heal(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
 def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path, source: str | Path,
                    calib_file: str | Path | None = None, note: str = "") -> Path:
     """Write a healed reader's recipe directory `out` (recipe.json, heal/, fingerprint.json) for
-    the converted reader `student_dir` (its backbone.json) and the heal adapter trained over it.
+    the converted reader `student_dir` (its backbone.json) and the heal adapter trained over it;
+    `student_dir` may also be the record of a conversion made elsewhere: its backbone.json and
+    the fingerprint.json taken there, no weights.
     `source` ("base" or a directory) and `calib_file` are written relative to `out`, so give the
     paths they will have in the repo."""
     from rearqa.reader.backbone import fingerprint as fp
@@ -146,7 +148,11 @@ def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path
     heal.mkdir(parents=True)
     for name in ("adapter_config.json", HEAL_WEIGHTS):
         shutil.copyfile(adapter / name, heal / name)
-    prints = fp.fingerprint(load_causal_lm(student_dir))
+    recorded = student_dir / FINGERPRINT_FILE
+    if recorded.is_file() and not (student_dir / "config.json").is_file():
+        prints = json.loads(recorded.read_text())  # the machine that healed it took it (gpu_units.py probe)
+    else:
+        prints = fp.fingerprint(load_causal_lm(student_dir))
     (out / FINGERPRINT_FILE).write_text(json.dumps(prints, indent=1) + "\n", encoding="utf-8")
     recipe = Recipe(
         transform=manifest.transform, settings=manifest.settings, dtype=manifest.dtype,
