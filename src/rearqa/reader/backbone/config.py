@@ -13,12 +13,14 @@ from rearqa.config_errors import ConfigError
 TRANSFORMS: dict[str, str] = {
     "transmla": "rearqa.reader.backbone.transmla.transform:TransMLA",
     "xecomla": "rearqa.reader.backbone.xecomla.transform:XEcoMLA",
+    "loraprune": "rearqa.reader.backbone.loraprune.transform:LoRAPrune",
 }
 
 # What a converted reader can be saved as, and so which engines can serve it:
 #   deepseek_v3_mla  a DeepseekV3 (MLA) checkpoint: transformers and vLLM's MLA backends
 #   llama_fewer_kv   a stock Llama checkpoint with fewer num_key_value_heads: any engine
-#   llama_pruned     a stock Llama checkpoint with pruned widths (per-layer shapes): any engine
+#   llama_pruned     a stock Llama checkpoint with pruned widths (fewer heads, a narrower MLP,
+#                    the same in every layer): any engine
 #   hf_only          weights in a layout only this package's modules run (transformers engine)
 EXPORT_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned", "hf_only")
 BACKBONE_FILE = "backbone.json"

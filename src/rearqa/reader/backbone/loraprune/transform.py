@@ -1,0 +1,68 @@
+"""LoRAPrune as a registered backbone transform (the contract of reader/backbone/base.py).
+
+The mask is chosen while a LoRA is fine-tuned (rearqa.training.loraprune); the transform only
+applies a saved mask: `apply` slices the (LoRA-merged) model to `cfg.mask` (prune.py), and
+`export` writes a stock Llama checkpoint with the mask beside it as loraprune_mask.json. So
+`rearqa convert --transform loraprune --from CHECKPOINT --mask MASK.json` rebuilds the pruned
+reader on the CPU from the source checkpoint and the mask.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.reader.backbone.base import BackboneTransform, dense_kv_bytes_per_token
+from rearqa.reader.backbone.loraprune.config import LoRAPruneConfig
+from rearqa.reader.backbone.loraprune.mask import PruneMask
+
+MASK_FILE = "loraprune_mask.json"
+
+
+class LoRAPrune(BackboneTransform):
+    name = "loraprune"
+    config_cls = LoRAPruneConfig
+    export_format = "llama_pruned"
+
+    def label(self, settings: dict[str, Any]) -> str:
+        return f"loraprune({settings.get('kv_groups')} kv, {settings.get('mlp_channels')} mlp)"
+
+    def apply(self, model: torch.nn.Module, calib: Any, cfg: LoRAPruneConfig,
+              progress: bool = False, **_: Any) -> torch.nn.Module:
+        """`model` pruned to the mask file `cfg.mask`; `cfg.kv_groups` / `cfg.mlp_channels` are
+        filled from the mask (and must agree with it when set). `calib` must be None."""
+        from rearqa.reader.backbone.loraprune.prune import prune_model
+
+        if calib is not None:
+            raise ConfigError("loraprune reads no calibration text: its mask comes from training")
+        if not cfg.mask:
+            raise ConfigError("loraprune converts to a saved mask: give --mask MASK.json (written "
+                              "by the LoRAPrune fine-tuning, rearqa.training.loraprune)")
+        mask = PruneMask.load(cfg.mask)
+        mask.check_model(cfg.check_model(model.config))
+        for name in ("kv_groups", "mlp_channels"):
+            given, masked = getattr(cfg, name), getattr(mask, name)
+            if given and given != masked:
+                raise ConfigError(f"loraprune.{name}={given}, but the mask {cfg.mask} keeps {masked}")
+            setattr(cfg, name, masked)
+        pruned = prune_model(model, mask)
+        pruned.loraprune_mask = mask
+        return pruned
+
+    def kv_bytes_per_token(self, config: Any, dtype: torch.dtype | str) -> int:
+        return dense_kv_bytes_per_token(config, dtype)  # fewer KV heads, same layout
+
+    def save_weights(self, model: torch.nn.Module, out_dir: Path, cfg: LoRAPruneConfig) -> None:
+        model.save_pretrained(out_dir)
+        mask = getattr(model, "loraprune_mask", None)
+        if mask is not None:
+            mask.save(out_dir / MASK_FILE)
+
+    def load(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        from transformers import LlamaForCausalLM
+
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        return LlamaForCausalLM.from_pretrained(model_dir, **kwargs)
+
