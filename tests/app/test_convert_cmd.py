@@ -77,3 +77,32 @@ def test_xecomla_takes_energy_and_no_calibration_and_transmla_refuses_energy(tmp
         transform_config(get_transform("transmla"), {"energy": 0.9})
     with pytest.raises(ConfigError, match="does not take --freqfold"):
         transform_config(xecomla, {"freqfold": 2})
+
+
+def test_loraprune_rebuilds_a_pruned_reader_from_a_mask_on_the_command_line(tmp_path, prepared_home):
+    import torch
+    from typer.testing import CliRunner
+
+    from rearqa.app.cli import app as cli
+    from rearqa.reader.backbone import read_manifest
+    from rearqa.reader.backbone.loading import load_causal_lm
+    from rearqa.reader.backbone.loraprune.mask import PruneMask
+    from rearqa.testing import tiny_llama, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    source = tmp_path / "source"
+    tiny_llama(len(tokenizer), hidden_size=32).save_pretrained(source)  # 2 heads on 1 KV head, MLP 64
+    tokenizer.save_pretrained(source)
+    mask = PruneMask(1, 64, [[0], [0]], [list(range(0, 64, 2)), list(range(32))]).save(tmp_path / "m.json")
+    args = ["convert", "--transform", "loraprune", "--from", str(source), "--mask", str(mask),
+            "--dtype", "float32", "--home", str(prepared_home)]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "pruned")])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "pruned")
+    assert manifest.transform == "loraprune" and manifest.settings["mlp_channels"] == 32
+    pruned = load_causal_lm(tmp_path / "pruned")
+    assert pruned.config.intermediate_size == 32 and pruned.config.num_key_value_heads == 1
+    ids = torch.tensor([[2, 7, 9, 11]])
+    assert pruned(ids).logits.shape == (1, 4, len(tokenizer))
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "bad"), "--kv-lora-rank", "4"])
+    assert result.exit_code != 0 and "does not take --kv-lora-rank" in str(result.exception)

@@ -273,7 +273,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
 # -- convert ------------------------------------------------------------------------------------
 @app.command()
 def convert(out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
-            transform: Annotated[Optional[str], typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla).")] = None,
+            transform: Annotated[Optional[str], typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla | loraprune).")] = None,
             source: Annotated[Optional[str], typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")] = None,
             recipe: Annotated[Optional[Path], typer.Option(help="A healed reader's recipe.json (or its directory, e.g. checkpoints/healed/NAME): rebuild its conversion and merge its heal adapter; takes no other conversion option.")] = None,
             heal: Annotated[bool, typer.Option("--heal/--no-heal", help="With --recipe: merge the heal adapter (--no-heal: the unhealed conversion, the control).")] = True,
@@ -285,6 +285,7 @@ def convert(out: Annotated[Path, typer.Option(help="New directory for the conver
             latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla, xecomla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
             pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Seed of the calibration sample.")] = None,
+            mask: Annotated[Optional[Path], typer.Option(help="loraprune: the mask JSON its fine-tuning chose (KV groups and MLP channels kept per layer).")] = None,
             dtype: Annotated[Optional[str], typer.Option(help="Dtype the converted weights are saved in: bfloat16 (what the reader runs in; the default) | float32 (for parity checks).")] = None,
             calib_file: Annotated[Optional[Path], typer.Option(help="Calibration token ids from scripts/transmla_calib.py instead of the corpus (a machine without it).")] = None,
             home: HomeOpt = None) -> None:
@@ -295,7 +296,7 @@ def convert(out: Annotated[Path, typer.Option(help="New directory for the conver
 
     options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "energy": energy, "freqfold": freqfold,
                "calib_passages": calib_passages, "latent_norm": latent_norm,
-               "pad_v_to": pad_v_to, "seed": seed}
+               "pad_v_to": pad_v_to, "seed": seed, "mask": str(mask) if mask else None}
     if recipe is not None:
         given = {"--transform": transform, "--from": source, "--dtype": dtype, "--calib-file": calib_file,
                  **{"--" + k.replace("_", "-"): v for k, v in options.items()}}
