@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rearqa.reader.backbone.loraprune.config import LoRAPruneConfig
-from rearqa.reader.backbone.loraprune.mask import install_mask
-from rearqa.training.loraprune import Pruner, finetune_and_prune, merge_and_prune
+from rearqa.reader.backbone.loraprune.mask import PruneMask, install_mask
+from rearqa.training.loraprune import Pruner, finetune_and_prune, merge_and_prune, window_batches
 
 
 def gqa_llama():
@@ -21,7 +21,7 @@ def gqa_llama():
     return randomize_matrices(LlamaForCausalLM(config).eval(), std=0.1)
 
 
-def test_finetune_prunes_on_the_schedule_and_merges_to_the_masked_function():
+def test_finetune_prunes_on_the_schedule_and_merges_to_the_masked_function(tmp_path):
     from rearqa.reader.adapters import wrap
     from rearqa.reader.adapters.lora.config import LoraSettings
 
@@ -39,6 +39,9 @@ def test_finetune_prunes_on_the_schedule_and_merges_to_the_masked_function():
     assert kept == sorted(kept, reverse=True) and kept[-1] == 8 and events[-1].kv_groups == 1
     assert pruner.mask.kv_groups == 1 and pruner.mask.mlp_channels == 8
 
+    saved = PruneMask.load(pruner.save(tmp_path))
+    assert saved == pruner.mask and (tmp_path / "importance.json").is_file()
+
     ids = batches[0]["input_ids"]
     handles = install_mask(model, pruner.mask, pruner.shape)
     with torch.no_grad():
@@ -50,3 +53,12 @@ def test_finetune_prunes_on_the_schedule_and_merges_to_the_masked_function():
             pruned.config.intermediate_size) == (3, 1, 8)
     with torch.no_grad():
         torch.testing.assert_close(pruned(ids).logits, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_window_batches_cycle_full_windows():
+    from rearqa.training.data.token_rows import TokenRows
+
+    rows = TokenRows.from_lists([[1, 2, 3], [4, 5, 6], [7, 8]], [[True] * 3, [True] * 3, [True] * 2])
+    batches = list(window_batches(rows, 2, 3))
+    assert len(batches) == 3 and all(b["input_ids"].shape == (2, 3) for b in batches)
+    assert {tuple(r) for b in batches for r in b["input_ids"].tolist()} == {(1, 2, 3), (4, 5, 6)}

@@ -12,11 +12,14 @@ rebuilds the checkpoint on the CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
+from rearqa.files import atomic_write_text
 from rearqa.reader.backbone.loraprune.config import LoRAPruneConfig, PruneShape
 from rearqa.reader.backbone.loraprune.groups import lora_importance
 from rearqa.reader.backbone.loraprune.mask import (ImportanceTracker, PruneMask, cubic_sparsity,
@@ -83,6 +86,18 @@ class Pruner:
         self.events.append(event)
         return event
 
+    def save(self, out: str | Path) -> Path:
+        """`out`/mask.json (what `rearqa convert --mask` reads) and `out`/importance.json (the
+        pruning events and the final running importance per layer and group); returns the mask."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        scores = self.tracker.scores
+        report = {"events": [asdict(e) for e in self.events], "total_steps": self.total_steps,
+                  "attn": scores.attn.tolist() if scores else None,
+                  "mlp": scores.mlp.tolist() if scores else None}
+        atomic_write_text(out / "importance.json", json.dumps(report) + "\n")
+        return self.mask.save(out / "mask.json")
+
     def lift_mask(self) -> None:
         """Remove the input gates (before merging: the pruned model needs none)."""
         for handle in self._handles:
@@ -121,3 +136,19 @@ def finetune_and_prune(model: torch.nn.Module, batches: Iterable[dict[str, torch
 def merge_and_prune(model: torch.nn.Module, mask: PruneMask) -> torch.nn.Module:
     """The PEFT LoRA `model` merged into its base and sliced to `mask`: the servable reader."""
     return prune_model(model.merge_and_unload(), mask)
+
+
+def window_batches(rows, batch_size: int, steps: int, device: torch.device | str = "cpu",
+                   seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """`steps` LM batches of `batch_size` equal-length rows of the TokenRows `rows` (corpus
+    windows: rearqa.training.data.distill_rows.corpus_windows), drawn in a seeded order and
+    cycled; rows shorter than the longest (a last partial window) are left out."""
+    full = [i for i, n in enumerate(rows.lengths) if n == max(rows.lengths)]
+    if len(full) < batch_size:
+        raise ValueError(f"{len(full)} full windows for batches of {batch_size}; draw more windows")
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
+    for step in range(steps):
+        picks = [full[order[(step * batch_size + j) % len(full)]] for j in range(batch_size)]
+        ids = torch.stack([rows.ids[rows.starts[i]:rows.starts[i + 1]] for i in picks]).long()
+        ids = ids.to(device)
+        yield {"input_ids": ids, "labels": ids}
