@@ -45,3 +45,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_json_object(path: str | Path, fix: str = "") -> dict:
+    """The JSON object in `path`; a ConfigError naming the file (and `fix`, what to do about it)
+    when it is unreadable, not JSON, or not an object."""
+    import json
+
+    from rearqa.config_errors import ConfigError
+
+    hint = f"; {fix}" if fix else ""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc}){hint}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object{hint}")
+    return data

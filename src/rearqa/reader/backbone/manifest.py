@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rearqa.config_errors import ConfigError
-from rearqa.files import atomic_write_text
+from rearqa.files import atomic_write_text, read_json_object
 from rearqa.reader.backbone.config import BACKBONE_FILE, EXPORT_FORMATS, TRANSFORMS, VLLM_FORMATS
 
 FORMAT = 1
@@ -73,12 +73,7 @@ def read_manifest(model_dir: str | Path) -> BackboneManifest | None:
     path = Path(model_dir) / BACKBONE_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not readable JSON ({exc}); re-export the converted reader") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+    data = read_json_object(path, "re-export the converted reader")
     known = {f for f in BackboneManifest.__dataclass_fields__}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rearqa.config_errors import ConfigError
-from rearqa.files import atomic_write_text
+from rearqa.files import atomic_write_text, read_json_object
 from rearqa.reader.backbone.config import TRANSFORMS
 
 RECIPE_FILE = "recipe.json"
@@ -92,12 +92,7 @@ def read_recipe(path: str | Path) -> Recipe:
         path = path / RECIPE_FILE
     if not path.is_file():
         raise ConfigError(f"--recipe {path}: no such file; give a recipe.json or the directory holding one")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+    data = read_json_object(path)
     known = {f.name for f in fields(Recipe)} - {"directory"}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -70,10 +70,10 @@ class PruneShape:
 
     @classmethod
     def of(cls, config: Any) -> "PruneShape":
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        return cls(config.num_hidden_layers, heads, kv_heads, head_dim, config.intermediate_size)
+        from rearqa.reader.backbone.transmla.config import ModelShape
+
+        s = ModelShape.of(config)  # the attention shape, read one way for every transform
+        return cls(s.layers, s.heads, s.kv_heads, s.head_dim, config.intermediate_size)
 
     @property
     def group_size(self) -> int:
