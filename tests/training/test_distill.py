@@ -209,11 +209,13 @@ def test_the_cli_trains_a_student_by_path(world, student, tmp_path):
     assert load_causal_lm(out / "final") is not None
 
 
-def test_the_shipped_config_parses():
-    cfg = TrainConfig.from_yaml(Path(__file__).parents[2] / "configs" / "train" / "distill.yaml",
+@pytest.mark.parametrize("name", ["distill.yaml", "distill-gpu.yaml", "distill-heal.yaml"])
+def test_the_shipped_configs_parse(name):
+    cfg = TrainConfig.from_yaml(Path(__file__).parents[2] / "configs" / "train" / name,
                                 student="readers/mla96")
-    assert cfg.method == "distill" and cfg.total_steps == cfg.steps
-    assert cfg.distill_data == ["corpus", "prompts"]
+    assert cfg.method == "distill" and cfg.distill_data == ["corpus", "prompts"]
+    assert cfg.token_budget > 0 or cfg.total_steps == cfg.steps
+    assert all(split.endswith("-dev-train") for split in cfg.splits)
 
 
 def test_an_adapter_teacher_is_merged_into_the_base(world, tmp_path):
