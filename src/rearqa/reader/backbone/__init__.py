@@ -8,8 +8,9 @@ Whatever trains a transform (distillation, healing, pruning schedules) lives in 
 calls the transform; this package never imports training.
 
 Registered: `transmla` and `xecomla` (GQA to multi-head latent attention); `tpla/` is not a
-transform but a decode mode of their MLA module (the latent split across processes). KV-head
-merging, LoRAPrune and SpAtten fill the same seam next (docs/architecture.md says how to add one).
+transform but a decode mode of their MLA module (the latent split across processes); `kv_merge`
+(fewer KV heads, a stock Llama). LoRAPrune and SpAtten fill the same seam next
+(docs/architecture.md says how to add one).
 """
 from rearqa.reader.backbone.config import BACKBONE_FILE, EXPORT_FORMATS, TRANSFORMS, TransformConfig
 from rearqa.reader.backbone.manifest import BackboneManifest, read_manifest, write_manifest

@@ -13,6 +13,7 @@ from rearqa.config_errors import ConfigError
 TRANSFORMS: dict[str, str] = {
     "transmla": "rearqa.reader.backbone.transmla.transform:TransMLA",
     "xecomla": "rearqa.reader.backbone.xecomla.transform:XEcoMLA",
+    "kv_merge": "rearqa.reader.backbone.kv_merge.transform:KVMerge",
 }
 
 # What a converted reader can be saved as, and so which engines can serve it:
