@@ -140,3 +140,47 @@ def test_a_merged_reader_exports_as_a_stock_llama_and_loads_by_path(one_thread, 
     for loaded in (load_causal_lm(tmp_path, torch.float32),
                    AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)):
         torch.testing.assert_close(logits(loaded, ids), logits(merged, ids))
+
+
+def test_convert_takes_kv_heads_and_refuses_other_transforms_options():
+    from rearqa.app.convert_cmd import transform_config
+
+    kv_merge = get_transform("kv_merge")
+    cfg = transform_config(kv_merge, {"kv_heads": 1, "calib_passages": 32, "rope_dim": None})
+    assert (cfg.kv_heads, cfg.calib_passages, cfg.calib_tokens) == (1, 32, 256)
+    with pytest.raises(ConfigError, match="does not take --rope-dim"):
+        transform_config(kv_merge, {"rope_dim": 64})
+    with pytest.raises(ConfigError, match="does not take --kv-heads"):
+        transform_config(get_transform("transmla"), {"kv_heads": 1})
+
+
+def test_rearqa_convert_writes_a_merged_reader_from_a_calibration_file(one_thread, tmp_path):
+    """The command line end to end on a tiny checkpoint, with the calibration carried in a file
+    (a home that holds only a reader directory will do then)."""
+    from typer.testing import CliRunner
+
+    from rearqa.app.cli import app
+    from rearqa.reader.backbone.transmla.calibration import CalibrationRecord, save_calibration
+    from rearqa.testing import tiny_tokenizer
+
+    source = tmp_path / "tiny"
+    small_llama().to(torch.float32).save_pretrained(source)
+    tiny_tokenizer().save_pretrained(source)
+    home = tmp_path / "home"
+    (home / "models" / "smollm2-135m-instruct").mkdir(parents=True)
+    (home / "models" / "smollm2-135m-instruct" / "config.json").write_text("{}")
+    tokens = torch.randint(3, 64, (4, 24))
+    calib = save_calibration(tmp_path / "calib.json", tokens, CalibrationRecord.of(tokens, "test", 0))
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["convert", "--transform", "kv_merge", "--from", str(source),
+                                      "--kv-heads", "1", "--calib-file", str(calib), "--dtype",
+                                      "float32", "--home", str(home), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "kv_merge(1 kv heads)" in result.output
+    manifest = read_manifest(out)
+    assert manifest.settings["kv_heads"] == 1 and manifest.calibration["source"] == "test"
+    assert load_causal_lm(out).config.num_key_value_heads == 1
+    bad = CliRunner().invoke(app, ["convert", "--transform", "kv_merge", "--from", str(source),
+                                   "--kv-heads", "2", "--calib-file", str(calib), "--home", str(home),
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "one of [1, 3]" in str(bad.exception) + bad.output
