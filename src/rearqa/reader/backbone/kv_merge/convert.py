@@ -38,16 +38,15 @@ def key_covariance(cov_k: Tensor, members: Tensor, head_dim: int) -> Tensor:
     return torch.complex(block(re, re) + block(im, im), block(im, re) - block(re, im))
 
 
-def top_complex_directions(cov: Tensor) -> tuple[Tensor, Tensor]:
-    """(u (F, s) complex, share of each frequency's energy u keeps (F,)): the top eigenvector per
+def top_complex_directions(cov: Tensor) -> tuple[Tensor, float]:
+    """(u (F, s) complex, share of the key energy, all frequencies, u keeps): the top eigenvector per
     frequency, its phase fixed so its largest-magnitude entry is real and positive (eigenvectors
     are defined up to a phase; this makes a conversion the same weights on every machine)."""
     values, vectors = torch.linalg.eigh(cov)  # ascending
     u = vectors[..., -1]  # (F, s)
     peak = u.gather(1, u.abs().argmax(dim=1, keepdim=True))  # (F, 1)
     u = u * (peak.conj() / peak.abs().clamp_min(1e-300))
-    total = values.sum(-1).clamp_min(1e-300)
-    return u, values[..., -1] / total
+    return u, (values[..., -1].sum() / values.sum().clamp_min(1e-300)).item()
 
 
 def times_conj(x: Tensor, y: Tensor, coeff: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,7 +103,7 @@ def merge_layer(wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, cov: Tensor, sha
             member = h // old_group - j * s
             new_q[h] = scale_query(q[h].T, u[:, member]).T
             new_o[:, h] = o[:, h] @ basis[member * d:(member + 1) * d]
-        key_kept.append(kept.mean().item())
+        key_kept.append(kept)
         value_kept.append(vkept)
     weights = {"q_proj": new_q.reshape(heads * d, -1), "k_proj": torch.cat(new_k),
                "v_proj": torch.cat(new_v), "o_proj": new_o.reshape(o.shape[0], heads * d)}
