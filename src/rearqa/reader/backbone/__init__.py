@@ -7,10 +7,11 @@ base.py. A converted reader is saved with a `backbone.json` (manifest.py) beside
 Whatever trains a transform (distillation, healing, pruning schedules) lives in `training/` and
 calls the transform; this package never imports training.
 
-Registered: `transmla` and `xecomla` (GQA to multi-head latent attention) and `loraprune`
-(structured pruning of KV groups and MLP channels to a saved mask, a stock Llama out); `tpla/` is
-not a transform but a decode mode of their MLA module (the latent split across processes).
-KV-head merging and SpAtten fill the same seam next (docs/architecture.md says how to add one).
+Registered: `transmla` and `xecomla` (GQA to multi-head latent attention), `kv_merge` (fewer KV
+heads, a stock Llama) and `loraprune` (structured pruning of KV groups and MLP channels to a
+saved mask, a stock Llama out); `tpla/` is not a transform but a decode mode of their MLA module
+(the latent split across processes). SpAtten fills the same seam next (docs/architecture.md says
+how to add one).
 """
 from rearqa.reader.backbone.config import BACKBONE_FILE, EXPORT_FORMATS, TRANSFORMS, TransformConfig
 from rearqa.reader.backbone.manifest import BackboneManifest, read_manifest, write_manifest

@@ -14,6 +14,7 @@ TRANSFORMS: dict[str, str] = {
     "transmla": "rearqa.reader.backbone.transmla.transform:TransMLA",
     "xecomla": "rearqa.reader.backbone.xecomla.transform:XEcoMLA",
     "loraprune": "rearqa.reader.backbone.loraprune.transform:LoRAPrune",
+    "kv_merge": "rearqa.reader.backbone.kv_merge.transform:KVMerge",
 }
 
 # What a converted reader can be saved as, and so which engines can serve it:
