@@ -215,23 +215,26 @@ def parse_setting(setting: str) -> tuple[str, int, int]:
 
 
 def merge_heal(student: str, adapter: str, out: str) -> None:
-    """STUDENT (a converted reader dir) with the heal LoRA in ADAPTER merged (in fp32), saved in
-    bf16 as a reader dir that loads by path (its backbone.json says it was healed)."""
+    """STUDENT (a converted reader dir) with the heal LoRA in ADAPTER merged in fp32
+    (rearqa.app.recipe_cmd.merge_heal, as `rearqa convert --recipe` merges it), saved in bf16 as
+    a reader dir that loads by path; its backbone.json names the heal as a rebuild's does."""
     import shutil
+    from dataclasses import replace
 
     import torch
 
+    from rearqa.app.recipe_cmd import merge_heal as merged
     from rearqa.reader.backbone.loading import load_causal_lm
-    from rearqa.reader.finetuned import merge_lora
+    from rearqa.reader.backbone.manifest import read_manifest, write_manifest
+    from rearqa.reader.backbone.recipe import HEAL_WEIGHTS, file_sha256
 
-    model = merge_lora(load_causal_lm(Path(student), torch.float32), adapter).to(torch.bfloat16)
+    model = merged(load_causal_lm(Path(student), torch.float32), Path(adapter)).to(torch.bfloat16)
     out_p = Path(out)
     shutil.copytree(student, out_p, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
     model.save_pretrained(out_p)
-    manifest = json.loads((out_p / "backbone.json").read_text())
-    manifest.setdefault("source", {})["healed_by"] = str(adapter)
-    (out_p / "backbone.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    heal = {"adapter": str(adapter), "sha256": file_sha256(Path(adapter) / HEAL_WEIGHTS)}
+    write_manifest(out_p, replace(read_manifest(out_p), heal=heal))
     print(f"merged {adapter} into {student} -> {out}")
 
 
