@@ -34,7 +34,8 @@
 #       on the answerable questions of $MLA_TESTS, one reader after another, into $UD/<setting>/
 #   distill SOURCE SETTING TRAINABLES BUDGET [--set K=V]... [distill-SOURCE-SETTING-TRAINABLES]
 #       issue 12's heal: SOURCE (as eval-mla) converted at SETTING (RANK+ROPE TransMLA from the
-#       carried calibration ids, xRANK+ROPE X-EcoMLA), then for each of TRAINABLES (comma list of
+#       carried calibration ids, xRANK+ROPE X-EcoMLA, kvN KV-head merging to N heads from the
+#       calibration ids: issue 13), then for each of TRAINABLES (comma list of
 #       lora | attention | new) `rearqa train distill` ($DISTILL_CFG, configs/train/distill-gpu.yaml,
 #       lr by heal_lr) for BUDGET tokens (a time share of the call as the safety net); the one
 #       with the lowest KL to the teacher on held-out dev-select rag-ft prompts (scripts/
@@ -49,6 +50,13 @@
 #       DISTILL_ID chose (lora: merged into the conversion; from .gpu/in/DISTILL_ID.tgz when it ran
 #       on another machine) on the answerable questions of $MLA_TESTS; HEALED_CONTROLS=1 the
 #       unhealed conversion too
+#   loraprune SOURCE KV MLP BUDGET [--set K=V]...  [loraprune-SOURCE-KV-MLP] issue 13: SOURCE's reader
+#       (as eval-mla) pruned by `rearqa train loraprune` ($LORAPRUNE_CFG, configs/train/
+#       loraprune-gpu.yaml) to KV groups and MLP channels per layer for BUDGET tokens (stopped by
+#       the call's time: the unit resumes when run again); chosen/ = the LoRA over the pruned
+#       reader (bf16) + mask.json; the pruned reader (gpu_units.py prune) and it healed: their
+#       dev-select KL to SOURCE's reader, fingerprint.json, then the healed one on the answerable
+#       questions of $MLA_TESTS (SKIP_TESTS=1: not)
 # Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
 # finished step is not redone) or, when it is done, sends its archive again.
 # Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
@@ -251,7 +259,7 @@ mla_source() {  # NAME: sets method, k, from (the reader to convert), adapter (e
 
 converted() {  # NAME FROM SETTING: the dir of FROM converted at SETTING (made once per machine)
   local name=$1 from=$2 setting=$3 calib=$G/in/transmla-calib.json dir
-  [[ $setting =~ ^x?[0-9]+\+[0-9]+$ ]] || { echo "setting $setting is not RANK+ROPE (TransMLA, 96+64) or xRANK+ROPE (X-EcoMLA)" >&2; return 2; }
+  [[ $setting =~ ^(x?[0-9]+\+[0-9]+|kv[0-9]+)$ ]] || { echo "setting $setting is not RANK+ROPE (TransMLA, 96+64), xRANK+ROPE (X-EcoMLA) or kvN (KV-head merging)" >&2; return 2; }
   [ -f "$calib" ] || { echo "no calibration ids: carry .gpu/in/transmla-calib.json (python scripts/transmla_calib.py --out .gpu/in/transmla-calib.json)" >&2; return 2; }
   dir=$G/mla/$name/$setting
   if [ ! -f "$dir/backbone.json" ]; then
@@ -431,6 +439,55 @@ body_eval_healed() {  # DISTILL_ID: the healed reader of that distill unit on $M
   fi
 }
 
+body_loraprune() {  # SOURCE KV MLP BUDGET [--set K=V]... [TRAIN ARGS]: issue 13's LoRAPrune
+  local name=$1 kv=$2 mlp=$3 budget=$4; shift 4
+  local method k from adapter teacher
+  mla_source "$name" || return 2
+  split_sets "$@"
+  local base_cfg=${LORAPRUNE_CFG:-configs/train/loraprune-gpu.yaml} final=$UD/train/final
+  U note "$UD/unit.json" kind=loraprune name="$name" kv="$kv" mlp="$mlp" method="$method" k="$k" \
+      budget="$budget" config="$base_cfg" "args=${ARGS[*]}" "sets=${SETS[*]}" tests="$MLA_TESTS"
+  if [ ! -d "$final" ]; then
+    local cfg tl=$(( $(left) - ${SCORE_RESERVE:-150} ))
+    cfg=$(unit_config_for "$base_cfg" "${SETS[@]}") || return 2
+    [ $tl -gt 30 ] || { echo "loraprune: only $(left) s left: run the unit again (it resumes)"; return 75; }
+    echo "loraprune: $name to $kv KV groups + $mlp MLP channels, budget $budget tokens, time limit $tl s"
+    $PY -m rearqa.app.train_cmd loraprune -c "$cfg" --snapshot "$BUNDLE" --out "$UD/train" --quiet \
+        --teacher "$teacher" --kv-groups "$kv" --mlp-channels "$mlp" --token-budget "$budget" \
+        --time-limit "$tl" "${ARGS[@]}" >> "$UD/train.log" 2>&1
+    local rc=$?
+    tail -n 3 "$UD/train.log"
+    [ $rc = 0 ] || { echo "loraprune: FAILED (rc $rc), see train.log"; return 1; }
+    [ -d "$final" ] || { echo "loraprune: stopped at its time limit before the end of the schedule; run the unit again (it resumes)"; return 75; }
+  fi
+  [ "$(U get "$final/loraprune.json" targets_reached)" = true ] || { echo "loraprune: the mask did not reach the targets"; return 1; }
+  # what ships: the LoRA sliced to the pruned reader (bf16) with the mask and the schedule's record
+  if [ ! -f "$UD/chosen/adapter_config.json" ]; then
+    keep_chosen "$final" adapter || return 1
+    rm -f "$UD"/chosen/tokenizer* "$UD"/chosen/special_tokens_map.json "$UD"/chosen/chat_template.jinja
+  fi
+  local conv=$G/pruned/$ID healed=$G/heal/$ID-chosen
+  if [ ! -f "$conv/backbone.json" ]; then
+    rm -rf "$conv"; mkdir -p "$(dirname "$conv")"
+    U prune "$from" "$conv" "$final/mask.json" > "$UD/prune.log" 2>&1 || { tail -n 8 "$UD/prune.log"; return 1; }
+  fi
+  [ -f "$healed/backbone.json" ] || U merge-heal "$conv" "$UD/chosen" "$healed" > "$UD/merge.log" 2>&1 \
+      || { tail -n 5 "$UD/merge.log"; return 1; }
+  mkdir -p "$UD/select" "$UD/healed"
+  cp "$conv/backbone.json" "$UD/select/backbone-pruned.json" && cp "$healed/backbone.json" "$UD/healed/"
+  [ -f "$UD/fingerprint.json" ] || U probe "$conv" "$G/in/transmla-calib.json" "$UD/fingerprint.json" > "$UD/probe.log" 2>&1 || tail -n 5 "$UD/probe.log"
+  if [ ! -f "$UD/select/kl.json" ]; then  # held-out dev-select KL to the unpruned reader
+    $PY scripts/distill_kl.py --teacher "$teacher" --rows prompts --windows "${KL_PER_SPLIT:-128}" \
+        --splits $SEL_SPLITS --snapshot "$BUNDLE" --max-len 1024 --student="$conv" --student="$healed" \
+        --json "$UD/select/kl.json" > "$UD/select/kl.log" 2>&1 || { tail -n 8 "$UD/select/kl.log"; return 1; }
+  fi
+  grep -v Loading "$UD/select/kl.log" | tail -n 3
+  [ "${SKIP_TESTS:-0}" = 1 ] && return 0
+  local t=$(date +%s)
+  TESTS=$MLA_TESTS TEST_OUT=$UD/healed BASE_MODEL=$healed run_tests "$method" "$k" --answerable-only || return 1
+  echo "eval: pruned + healed in $(( $(date +%s) - t )) s"
+}
+
 body_eval_untuned() {
   U note "$UD/unit.json" kind=eval-untuned methods="closed-book rag" k=5
   run_tests "closed-book rag" 5
@@ -458,6 +515,7 @@ if [ "${1:-}" = --body ]; then
     eval-mla) body_eval_mla "$@" ;;
     distill) body_distill "$@" ;;
     eval-healed) body_eval_healed "$@" ;;
+    loraprune) body_loraprune "$@" ;;
     bench) body_bench "$@" ;;
     *) echo "unknown unit $UNIT"; exit 2 ;;
   esac
@@ -482,8 +540,9 @@ case $UNIT in
   train-rear|eval-test|eval-mla) [ $# -ge 1 ] || { echo "usage: $UNIT NAME ..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
   eval-healed) [ $# -ge 1 ] || { echo "usage: eval-healed DISTILL_ID"; exit 2; }; ID=${ID:-$UNIT-${1#distill-}} ;;
   distill) [ $# -ge 4 ] || { echo "usage: distill SOURCE SETTING TRAINABLES BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-${2/+/-}-${3//,/-}} ;;
+  loraprune) [ $# -ge 4 ] || { echo "usage: loraprune SOURCE KV MLP BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-$2-$3} ;;
   train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
-  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed"; exit 2 ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed | loraprune"; exit 2 ;;
 esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"

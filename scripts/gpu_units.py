@@ -11,8 +11,10 @@ safetensors and yaml for `compact-adapter` and `config` only).
     gpu_units.py done UNITS.json                           the ids of the units marked done
     gpu_units.py pack ID UNIT_DIR OUT_DIR                  UNIT_DIR -> OUT_DIR/ID.tgz (<= 15 MiB)
     gpu_units.py convert FROM OUT SETTING CALIB.json        `rearqa convert`: SETTING RANK+ROPE
-                                                           (transmla, carried calibration ids) or
-                                                           xRANK+ROPE (xecomla)
+                                                           (transmla, carried calibration ids),
+                                                           xRANK+ROPE (xecomla) or kvN (kv_merge,
+                                                           carried calibration ids)
+    gpu_units.py prune FROM OUT MASK.json                  `rearqa convert --transform loraprune`
     gpu_units.py merge-heal STUDENT ADAPTER OUT            the heal LoRA merged, saved bf16
     gpu_units.py probe MODEL CALIB.json OUT.json           fingerprint + top logits (CPU rebuild check)
     gpu_units.py pooled OUT.json REPORT_DIR...             EM/F1 over rear_eval reports' rows
@@ -196,22 +198,38 @@ def pack(unit_id: str, unit_dir: str, out_dir: str) -> None:
 def convert(source: str, out: str, setting: str, calib: str) -> None:
     """The conversion `rearqa convert` runs, without its command-line layer (the GPU machine's
     image has no typer); the reader comes from $REARQA_HOME. SETTING: RANK+ROPE (TransMLA, with
-    the carried calibration ids) or xRANK+ROPE (X-EcoMLA, from the weights alone)."""
+    the carried calibration ids), xRANK+ROPE (X-EcoMLA, from the weights alone) or kvN (KV-head
+    merging to N heads, with the carried calibration ids)."""
     from rearqa.app.convert_cmd import convert_reader
 
-    transform, rank, rope = parse_setting(setting)
-    convert_reader(transform, source, Path(out), {"kv_lora_rank": rank, "rope_dim": rope},
-                   progress=False, calib_file=Path(calib) if transform == "transmla" else None)
-    print(f"converted {source} -> {out} ({transform} {rank}+{rope})")
+    transform, options = parse_setting(setting)
+    convert_reader(transform, source, Path(out), options, progress=False,
+                   calib_file=Path(calib) if transform in CALIBRATED else None)
+    print(f"converted {source} -> {out} ({transform} {options})")
 
 
-def parse_setting(setting: str) -> tuple[str, int, int]:
-    """"96+64" -> ("transmla", 96, 64); "x128+32" -> ("xecomla", 128, 32)."""
+CALIBRATED = ("transmla", "kv_merge")  # transforms fitted to the carried calibration ids
+
+
+def parse_setting(setting: str) -> tuple[str, dict[str, int]]:
+    """"96+64" -> ("transmla", {kv_lora_rank 96, rope_dim 64}); "x128+32" -> ("xecomla", ...);
+    "kv1" -> ("kv_merge", {"kv_heads": 1})."""
+    if setting.startswith("kv") and setting[2:].isdigit():
+        return "kv_merge", {"kv_heads": int(setting[2:])}
     transform = "xecomla" if setting.startswith("x") else "transmla"
     rank, sep, rope = setting.lstrip("x").partition("+")
     if not (sep and rank.isdigit() and rope.isdigit()):
-        sys.exit(f"setting {setting!r} is not RANK+ROPE (TransMLA, 96+64) or xRANK+ROPE (X-EcoMLA)")
-    return transform, int(rank), int(rope)
+        sys.exit(f"setting {setting!r} is not RANK+ROPE (TransMLA, 96+64), xRANK+ROPE (X-EcoMLA) "
+                 "or kvN (KV-head merging)")
+    return transform, {"kv_lora_rank": int(rank), "rope_dim": int(rope)}
+
+
+def prune(source: str, out: str, mask: str) -> None:
+    """`rearqa convert --transform loraprune --mask MASK` of SOURCE (LoRAPrune's servable reader)."""
+    from rearqa.app.convert_cmd import convert_reader
+
+    convert_reader("loraprune", source, Path(out), {"mask": mask}, progress=False)
+    print(f"pruned {source} -> {out} (mask {mask})")
 
 
 def merge_heal(student: str, adapter: str, out: str) -> None:
@@ -258,15 +276,17 @@ def probe(model_dir: str, calib: str, out: str) -> None:
     print(f"probe: {out}")
 
 
-EXTRACT_MODULES = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
+# What a full-weight heal may have moved: the MLA projections (TransMLA / X-EcoMLA `new`) and a
+# Llama's attention (a KV-merged reader's `attention`).
+EXTRACT_MODULES = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "k_proj", "v_proj", "o_proj")
 
 
 def extract_lora(student: str, healed: str, out: str, rank: str) -> None:
     """The shippable form of a full-weight heal (distill_trainable new / attention): per layer and
-    module of EXTRACT_MODULES, the heal's update W_healed - W_student truncated to `rank` by SVD
-    (B = U_r S_r, A = V_r^T, alpha = r: scale 1), saved as a PEFT LoRA adapter over STUDENT (bf16)
-    with extract.json: each update's kept share of its Frobenius norm. Refused when the heal
-    changed anything else (an update a LoRA over these modules cannot carry)."""
+    module the heal moved (of EXTRACT_MODULES), the heal's update W_healed - W_student truncated
+    to `rank` by SVD (B = U_r S_r, A = V_r^T, alpha = r: scale 1), saved as a PEFT LoRA adapter
+    over STUDENT (bf16) with extract.json: each update's kept share of its Frobenius norm.
+    Refused when the heal changed anything else (an update a LoRA over these modules cannot carry)."""
     import torch
 
     from rearqa.reader.adapters import wrap
@@ -276,12 +296,15 @@ def extract_lora(student: str, healed: str, out: str, rank: str) -> None:
     r = int(rank)
     base = load_causal_lm(Path(student), torch.float32)
     tuned = dict(load_causal_lm(Path(healed), torch.float32).named_parameters())
-    moved = [n for n, p in base.named_parameters()
-             if not torch.equal(p, tuned[n]) and n.rsplit(".", 2)[-2] not in EXTRACT_MODULES]
-    if moved:
-        sys.exit(f"extract-lora: the heal changed {moved[:4]}... too, which a LoRA over "
+    moved = [n for n, p in base.named_parameters() if not torch.equal(p, tuned[n])]
+    other = [n for n in moved if not n.endswith(".weight") or n.rsplit(".", 2)[-2] not in EXTRACT_MODULES]
+    if other:
+        sys.exit(f"extract-lora: the heal changed {other[:4]}... too, which a LoRA over "
                  f"{EXTRACT_MODULES} cannot carry")
-    peft_model = wrap("lora", base, LoraSettings(r=r, alpha=r, dropout=0.0, target=list(EXTRACT_MODULES)))
+    modules = sorted({n.rsplit(".", 2)[-2] for n in moved})
+    if not modules:
+        sys.exit(f"extract-lora: {healed} has the weights of {student}: nothing was healed")
+    peft_model = wrap("lora", base, LoraSettings(r=r, alpha=r, dropout=0.0, target=modules))
     kept = {}
     with torch.no_grad():
         for name, module in peft_model.named_modules():
@@ -302,7 +325,7 @@ def extract_lora(student: str, healed: str, out: str, rank: str) -> None:
     compact_adapter(out)
     values = list(kept.values())
     Path(out, "extract.json").write_text(json.dumps(
-        {"student": student, "healed": healed, "rank": r, "modules": list(EXTRACT_MODULES),
+        {"student": student, "healed": healed, "rank": r, "modules": modules,
          "kept_norm_min": min(values), "kept_norm_mean": sum(values) / len(values),
          "kept_norm": kept}, indent=2) + "\n")
     print(f"extract-lora: rank {r}, update norm kept min {min(values):.4f} mean "
@@ -348,7 +371,7 @@ def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     table = {"config": config, "chosen": chosen, "compact-adapter": compact_adapter,
              "record": record, "pack": pack, "note": note, "get": get, "done": done,
-             "convert": convert, "merge-heal": merge_heal, "probe": probe, "pooled": pooled,
+             "convert": convert, "prune": prune, "merge-heal": merge_heal, "probe": probe, "pooled": pooled,
              "best": best, "best-kl": best_kl, "extract-lora": extract_lora}
     if cmd not in table:
         sys.exit(f"unknown command {cmd!r}; one of {sorted(table)}")

@@ -284,10 +284,43 @@ def test_a_full_weight_heal_extracts_to_a_lora_exactly_at_full_rank(tmp_path):
         units.extract_lora(str(tmp_path / "student"), str(tmp_path / "healed2"), str(tmp_path / "l3"), "8")
 
 
+def test_an_attention_heal_of_a_llama_extracts_over_the_modules_it_moved(tmp_path):
+    """A KV-merged reader is a Llama: its `attention` heal moves q/k/v/o_proj, and the extracted
+    LoRA covers exactly those (at full rank the healed weights come back); the fingerprint of a
+    Llama records its attention and MLP projections."""
+    import torch
+
+    from rearqa.reader.backbone.fingerprint import fingerprint
+    from rearqa.reader.finetuned import merge_lora
+    from rearqa.testing import tiny_llama
+
+    units = load("gpu_units")
+    student, healed = tiny_llama(40, seed=2), tiny_llama(40, seed=2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in healed.named_parameters():
+            if ".self_attn." in name:
+                p.add_(0.05 * torch.randn_like(p))
+    student.save_pretrained(tmp_path / "student")
+    healed.save_pretrained(tmp_path / "healed")
+    units.extract_lora(str(tmp_path / "student"), str(tmp_path / "healed"), str(tmp_path / "lora"), "64")
+    report = json.loads((tmp_path / "lora" / "extract.json").read_text())
+    assert report["modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert report["kept_norm_min"] > 0.999999
+    merged = merge_lora(tiny_llama(40, seed=2), tmp_path / "lora")
+    for name, p in merged.named_parameters():
+        torch.testing.assert_close(p, dict(healed.named_parameters())[name], rtol=0, atol=2e-3)
+    with pytest.raises(SystemExit, match="nothing was healed"):
+        units.extract_lora(str(tmp_path / "student"), str(tmp_path / "student"), str(tmp_path / "l2"), "8")
+    names = set(fingerprint(student)["tensors"])
+    assert "layers.0.self_attn.k_proj" in names and "layers.0.mlp.down_proj" in names
+
+
 def test_distill_settings_and_the_kl_choice(tmp_path):
     units = load("gpu_units")
-    assert units.parse_setting("96+64") == ("transmla", 96, 64)
-    assert units.parse_setting("x128+32") == ("xecomla", 128, 32)
+    assert units.parse_setting("96+64") == ("transmla", {"kv_lora_rank": 96, "rope_dim": 64})
+    assert units.parse_setting("x128+32") == ("xecomla", {"kv_lora_rank": 128, "rope_dim": 32})
+    assert units.parse_setting("kv1") == ("kv_merge", {"kv_heads": 1})
     with pytest.raises(SystemExit, match="RANK\\+ROPE"):
         units.parse_setting("96")
     kl = tmp_path / "kl.json"

@@ -7,7 +7,7 @@ healed a conversion writes `fingerprint(student)` beside it, and `rearqa convert
 the CPU rebuild with it before merging the adapter.
 
 Per layer, each tensor the conversion wrote (q_proj, kv_a_proj_with_mqa, kv_b_proj and, with a
-latent norm, kv_a_layernorm) gives its shape, its sum and absolute sum in float64, and its first
+latent norm, kv_a_layernorm; in a KV-merged or pruned Llama every attention and MLP projection) gives its shape, its sum and absolute sum in float64, and its first
 `HEAD` values (row 0: for kv_a_proj_with_mqa the top latent direction, for kv_b_proj the read-out
 of the top latent directions). The numbers are taken in the dtype the weights are saved in.
 
@@ -27,25 +27,34 @@ import torch
 
 FORMAT = 1
 HEAD = 16  # first values of each tensor recorded
-TENSORS = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "kv_a_layernorm")
+# The tensors a conversion writes, per layer: an MLA conversion's (DeepseekV3 layout), and, in a
+# model without them (a KV-merged or pruned Llama), every projection of attention and MLP.
+TENSORS = ("self_attn.q_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj",
+           "self_attn.kv_a_layernorm")
+LLAMA_TENSORS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 WARN_REL = 1e-2  # above: reported (more than bf16 rounding noise; a PCA that differs a little)
 REFUSE_REL = 0.5  # above: refused (a flipped PCA direction, another calibration, another model)
 
 
 def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     """{"format", "dtype", "tensors": {"layers.3.self_attn.kv_b_proj": {shape, sum, abs_sum, head}}}
-    over the converted attention weights of `model` (a converted reader: DeepseekV3 layout)."""
+    over the converted weights of `model`: TENSORS in a converted MLA reader, LLAMA_TENSORS in a
+    Llama (kv_merge, loraprune)."""
     tensors: dict[str, dict[str, Any]] = {}
     dtype = None
     for i, layer in enumerate(model.model.layers):
-        attn = layer.self_attn
-        for name in TENSORS:
-            weight = getattr(getattr(attn, name, None), "weight", None)
+        names = TENSORS if hasattr(layer.self_attn, "kv_b_proj") else LLAMA_TENSORS
+        for name in names:
+            module = layer
+            for part in name.split("."):
+                module = getattr(module, part, None)
+            weight = getattr(module, "weight", None)
             if weight is None:  # no latent norm (an identity), or not a converted layer
                 continue
             dtype = dtype or str(weight.dtype).removeprefix("torch.")
             w = weight.detach().to("cpu", torch.float64)
-            tensors[f"layers.{i}.self_attn.{name}"] = {
+            tensors[f"layers.{i}.{name}"] = {
                 "shape": list(w.shape), "sum": w.sum().item(), "abs_sum": w.abs().sum().item(),
                 "head": w.flatten()[:HEAD].tolist()}
     if not tensors:
