@@ -188,6 +188,31 @@ def distill(student: Annotated[Optional[str], typer.Option(
          save_every=save_every, batch=batch, grad_accum=grad_accum)
 
 
+@train_app.command("loraprune")
+def loraprune(teacher: Annotated[Optional[str], typer.Option(
+                  help="The reader to prune: base | checkpoint dir | adapter dir (rag-ft, merged).")] = None,
+              kv_groups: Annotated[Optional[int], typer.Option(
+                  help="KV heads each layer keeps (with their query heads), e.g. 2 of SmolLM2's 3.")] = None,
+              mlp_channels: Annotated[Optional[int], typer.Option(
+                  help="MLP channels each layer keeps, e.g. 1024 of 1536.")] = None,
+              config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
+              base_model: BaseOpt = None, token_budget: BudgetOpt = None,
+              steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")] = None,
+              max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
+              threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
+              time_limit: TimeOpt = None, quiet: QuietOpt = False,
+              batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
+              grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
+    """LoRAPrune: a LoRA learns the reader's own distribution (the distill data and KL) while the
+    least important attention groups and MLP channels are pruned on a cubic schedule; final/ holds
+    mask.json and the LoRA over the pruned reader (rearqa.training.loraprune_task)."""
+    _run("loraprune", config, stop_after, time_limit, quiet, sets, teacher=teacher,
+         prune_kv_groups=kv_groups, prune_mlp_channels=mlp_channels, snapshot=snapshot, out=out,
+         base_model=base_model, token_budget=token_budget, steps=steps,
+         max_questions=max_questions, seed=seed, device=device, threads=threads,
+         save_every=save_every, batch=batch, grad_accum=grad_accum)
+
+
 def main() -> None:
     from rearqa.config_errors import ConfigError
 

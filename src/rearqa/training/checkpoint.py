@@ -109,6 +109,9 @@ def save_checkpoint(out: Path, step: int, task, opt, sched, trainer_state: dict,
     save_optimizer(opt, task.param_names, tmp)
     save_json(tmp / "scheduler.json", sched.state_dict())
     save_rng(tmp)
+    if hasattr(task, "state_json"):  # a task's own state (loraprune: importance, mask, events)
+        save_file(task.state_tensors(), tmp / "task_state.safetensors")
+        save_json(tmp / "task_state.json", task.state_json())
     save_json(tmp / "trainer_state.json", {"format": CHECKPOINT_FORMAT, **trainer_state})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -140,4 +143,10 @@ def load_checkpoint(directory: Path, task, opt, sched) -> dict:
     load_optimizer(opt, task.param_names, directory)
     sched.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
     load_rng(directory)
+    if hasattr(task, "load_state"):
+        if not (directory / "task_state.json").is_file():
+            raise ConfigMismatchError(f"{directory}: no task_state.json, which this task keeps; "
+                                      "the checkpoint is from another kind of run")
+        task.load_state(load_file(directory / "task_state.safetensors"),
+                        json.loads((directory / "task_state.json").read_text()))
     return json.loads((directory / "trainer_state.json").read_text())

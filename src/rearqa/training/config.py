@@ -15,6 +15,10 @@ schedule) and one question set (the `*-dev-train` splits of a retrieval snapshot
                     converted from (`teacher`): KL(teacher || student) at every position of corpus
                     windows and rag-ft prompts (a REAR student: its REAR inputs, plus
                     `rank_mse_weight` x the MSE of the rank logits; rearqa.training.distill_task)
+    loraprune       LoRAPrune: a LoRA over the `teacher` reader learns its distribution (the
+                    distill data and loss) while attention groups and MLP channels are pruned on
+                    a cubic schedule to prune_kv_groups / prune_mlp_channels per layer
+                    (rearqa.training.loraprune_task)
 
 The baselines train for a token budget (`token_budget`, or the tokens a finished REAR run logged,
 `token_budget_from`), so all three see the same number of training tokens.
@@ -39,13 +43,14 @@ TASKS: dict[str, str] = {
     "rag-ft": "rearqa.training.chat_task:RagTask",
     "closed-book-ft": "rearqa.training.chat_task:ClosedBookTask",
     "distill": "rearqa.training.distill_task:DistillTask",
+    "loraprune": "rearqa.training.loraprune_task:LoRAPruneTask",
 }
 METHODS = tuple(TASKS)
 BASELINES = ("rag-ft", "closed-book-ft")  # trained for a token budget, one LM-loss stage
 # Methods whose result is a reader's backbone, not a reader method of its own: a healed
 # converted reader is read by whichever reader method loads it (reader.model, or the student dir
 # + the adapter), so these are not in rearqa.reader.config.READERS.
-BACKBONE_METHODS = ("distill",)
+BACKBONE_METHODS = ("distill", "loraprune")
 # One stage, trained for `token_budget` tokens (or `steps` steps without a budget).
 BUDGETED_METHODS = (*BASELINES, *BACKBONE_METHODS)
 # distill: what the student trains (rearqa.training.distill_task.trainable_selection).
@@ -149,6 +154,14 @@ class TrainConfig:
     # on the REAR inputs of the train questions (the vocabulary KL barely constrains the logit)
     rank_mse_weight: float = 1.0
 
+    # -- loraprune (the distill keys above set its data and loss; it trains a LoRA, lora_* keys)
+    prune_kv_groups: int = 0  # loraprune: KV heads kept per layer (with their query heads)
+    prune_mlp_channels: int = 0  # loraprune: MLP channels kept per layer
+    prune_ema: float = 0.9  # loraprune: weight of the running importance against each step's
+    prune_start: float = 0.1  # loraprune: fraction of the steps before pruning begins
+    prune_end: float = 0.7  # loraprune: fraction of the steps by which the targets are reached
+    prune_every: int = 10  # loraprune: steps between pruning steps
+
     # -- baselines' length
     token_budget: int = 0  # baselines: stop once this many training tokens are seen (0 = use steps)
     token_budget_from: str = ""  # baselines: a REAR run's train_log.jsonl; its last token count
@@ -223,8 +236,26 @@ class TrainConfig:
                               "dir (rearqa convert --out DIR), e.g. --student readers/mla96")
         if self.method == "distill" and not self.teacher:
             raise ConfigError("train.teacher is empty: give base, a checkpoint dir or an adapter dir")
-        if self.method == "distill" and not (self.steps or self.token_budget or self.token_budget_from):
+        if self.method in BACKBONE_METHODS and not (self.steps or self.token_budget or self.token_budget_from):
             raise ConfigError("train.steps is 0 and no token budget is set: nothing to train")
+        if self.method == "loraprune":
+            self._check_loraprune()
+
+    def _check_loraprune(self) -> None:
+        from rearqa.reader.backbone.loraprune.config import LoRAPruneConfig
+
+        if self.distill_trainable != "lora":
+            raise ConfigError(f"train.distill_trainable={self.distill_trainable!r}: loraprune trains "
+                              "a LoRA (its importance comes from the LoRA's gradients); use lora")
+        if self.student:
+            raise ConfigError("train.student is set: loraprune prunes the teacher reader itself "
+                              "(train.teacher); leave student empty")
+        if not (self.prune_kv_groups and self.prune_mlp_channels):
+            raise ConfigError("train.prune_kv_groups and train.prune_mlp_channels: give the KV heads "
+                              "and MLP channels each layer keeps, e.g. 2 and 1024 for SmolLM2")
+        LoRAPruneConfig(kv_groups=self.prune_kv_groups, mlp_channels=self.prune_mlp_channels,
+                        ema=self.prune_ema, prune_start=self.prune_start, prune_end=self.prune_end,
+                        prune_every=self.prune_every)  # its own checks, with its messages
 
     def _check_ints(self) -> None:
         positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words", "negative_samplings",

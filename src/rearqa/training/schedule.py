@@ -24,7 +24,7 @@ WARMUP_STAGE, MAIN_STAGE, LM_STAGE, DISTILL_STAGE = "warmup", "main", "lm", "dis
 def stages(config: TrainConfig, total_steps: int) -> list[dict]:
     """[{name, start, steps}]: rear has warmup (pointwise BCE) then main; a baseline one stage."""
     if config.one_stage:
-        name = DISTILL_STAGE if config.method == "distill" else LM_STAGE
+        name = DISTILL_STAGE if config.method in ("distill", "loraprune") else LM_STAGE
         return [{"name": name, "start": 0, "steps": total_steps}]
     parts = [(WARMUP_STAGE, config.warmup_stage_steps), (MAIN_STAGE, config.steps)]
     out, start = [], 0

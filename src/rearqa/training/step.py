@@ -51,6 +51,8 @@ def optimizer_step(task, order, opt, sched, params: list[torch.nn.Parameter], co
         (parts["loss"] / accum).backward()
         losses += torch.stack([parts[k].detach().float() for k in LOSS_KEYS]) / accum
         tokens, padded = tokens + batch.tokens, padded + batch.padded_tokens
+    if hasattr(task, "after_backward"):  # reads the step's gradients before clipping and zeroing
+        task.after_backward()
     grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                  if config.max_grad_norm > 0 else None)
     lr = opt.param_groups[0]["lr"]

@@ -8,6 +8,9 @@ LoRA-wrapped `model`, its data `stats`, `n_items` training items (`item_ids`) ta
 `items_per_micro` per micro-batch, the parameters kept out of weight decay (`no_decay_names`),
 and makes `batch(indices, device)`, `losses(batch, stage)` -> {"loss", "lm", "rank"} and
 `save_model(path)`; a baseline's `lengths()` (tokens per item) plans its token budget. A task
+that acts around the optimiser step (loraprune) has `plan_steps(total)`, `after_backward()` (the
+step's gradients complete, rearqa.training.step) and `after_step(step)`, and keeps state of its
+own in the checkpoints (`state_tensors`, `state_json`, `load_state`: rearqa.training.checkpoint). A task
 tokenises its data when it is built; a batch is rows collated into chunks on the device, with
 their token counts known on the host (rearqa.training.data.token_rows.StepRows). A task may add
 AdamW parameter groups of its own (`extra_param_groups`, see `make_optimizer`). The loop is the
@@ -163,6 +166,8 @@ def train(config: TrainConfig, progress: bool = False, stop_after_steps: int | N
     plan_stages = stages(config, total)
     _check_plan(out, {"total_steps": total, "token_budget": budget, "stages": plan_stages,
                       "items": task.n_items, "data_digest": _digest(task.item_ids)})
+    if hasattr(task, "plan_steps"):  # a task that schedules by step (loraprune's pruning)
+        task.plan_steps(total)
     opt = make_optimizer(task, config)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(plan_stages, config.warmup_ratio, min(s, total - 1)))
@@ -214,6 +219,8 @@ def _loop(config, task, order, opt, sched, plan_stages, total, state, device, am
             stage = stage_at(plan_stages, state["step"])["name"]
             result = optimizer_step(task, order, opt, sched, params, config, state["step"], stage,
                                     device, autocast)
+            if hasattr(task, "after_step"):  # loraprune: prunes on its schedule's steps
+                task.after_step(state["step"] + 1)
             if state["step"] + 1 in (total, stopping_step):
                 _synchronize(device)  # the seconds of the last step of a call include its work
             elapsed = time.perf_counter() - started

@@ -65,15 +65,16 @@ def lora_importance(model: torch.nn.Module, shape: PruneShape) -> GroupScores:
     without a LoRA add nothing; a model with no LoRA on any attention or MLP projection is refused."""
     from peft.tuners.lora import LoraLayer
 
-    attn = torch.zeros(shape.layers, shape.kv_heads)
-    mlp = torch.zeros(shape.layers, shape.intermediate)
+    device = next(model.parameters()).device  # kept there: no host sync per step
+    attn = torch.zeros(shape.layers, shape.kv_heads, device=device)
+    mlp = torch.zeros(shape.layers, shape.intermediate, device=device)
     seen = {"self_attn": False, "mlp": False}
     for name, module in model.named_modules():
         match = _TARGET.search(name)
         if match is None or not isinstance(module, LoraLayer):
             continue
         layer, block, proj = int(match[1]), match[2], match[3]
-        sums = _group_sums(proj, weight_importance(module), shape).cpu()
+        sums = _group_sums(proj, weight_importance(module), shape).to(device)
         (attn if block == "self_attn" else mlp)[layer] += sums
         seen[block] = True
     missing = [block for block, found in seen.items() if not found]

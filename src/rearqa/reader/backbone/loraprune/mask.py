@@ -143,7 +143,7 @@ def select_mask(scores: GroupScores, kv_keep: int, mlp_keep: int,
         chosen = []
         for layer, row in enumerate(rows):
             allowed = torch.full_like(row, float("-inf"))
-            idx = torch.tensor(prior[layer]) if prior is not None else torch.arange(row.numel())
+            idx = (torch.tensor(prior[layer]) if prior is not None else torch.arange(row.numel())).to(row.device)
             allowed[idx] = row[idx]
             if keep > idx.numel():
                 raise ConfigError(f"keep {keep} groups: only {idx.numel()} are left in layer {layer}")
@@ -160,13 +160,14 @@ def install_mask(model: torch.nn.Module, mask: PruneMask, shape: PruneShape) -> 
     """Forward pre-hooks zeroing the pruned heads' o_proj inputs and the pruned channels' down_proj
     inputs of `model` (plain or PEFT-wrapped); returns the handles (remove them to lift the mask)."""
     mask.check_model(shape)
+    device = next(model.parameters()).device
     handles = []
     for name, module in model.named_modules():
         for suffix, gates in (("self_attn.o_proj", _head_gates(mask, shape)),
                               ("mlp.down_proj", _channel_gates(mask))):
             parts = name.split(".")
             if name.endswith(suffix) and len(parts) >= 4 and parts[-4] == "layers":
-                gate = gates[int(parts[-3])]
+                gate = gates[int(parts[-3])].to(device)
                 handles.append(module.register_forward_pre_hook(_gate_hook(gate)))
     return handles
 

@@ -7,6 +7,10 @@ and up_proj rows and its down_proj column. The result is a new LlamaForCausalLM 
 the kept counts (num_attention_heads, num_key_value_heads, intermediate_size) and an explicit
 head_dim (hidden_size / heads no longer gives it), the same function as the masked model
 (mask.install_mask) and a checkpoint any engine loads.
+
+`slice_lora` cuts a LoRA trained over the unpruned model the same way (B's rows where the weight's
+rows go, A's columns where its columns go), so merging the sliced LoRA into the pruned model is
+exactly pruning the merged model: the heal ships as an adapter over the pruned reader.
 """
 from __future__ import annotations
 
@@ -71,3 +75,32 @@ def _slice_mlp(state: dict, prefix: str, keep: list[int]) -> None:
                 state[key] = state[key][index].contiguous()
     key = f"{prefix}.down_proj.weight"
     state[key] = state[key][:, index].contiguous()
+
+
+def slice_lora(state: dict[str, torch.Tensor], mask: PruneMask, shape: PruneShape
+               ) -> dict[str, torch.Tensor]:
+    """A PEFT LoRA state dict over the unpruned model (keys ...layers.N.self_attn.q_proj.lora_A.weight)
+    sliced to `mask`: lora_B rows of q/k/v_proj and gate/up_proj, lora_A columns of o_proj and
+    down_proj; everything else as it is. Merged into prune_model's output it gives prune_model
+    of the merged model."""
+    import re
+
+    target = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])\.")
+    out = {}
+    for key, tensor in state.items():
+        match = target.search(key)
+        if match is None:
+            out[key] = tensor
+            continue
+        layer, proj, side = int(match[1]), match[2], match[3]
+        kv_keep, mlp_keep = mask.kv_keep[layer], mask.mlp_keep[layer]
+        q_heads = [g * shape.group_size + j for g in kv_keep for j in range(shape.group_size)]
+        index = {"q_proj": _rows(q_heads, shape.head_dim), "o_proj": _rows(q_heads, shape.head_dim),
+                 "k_proj": _rows(kv_keep, shape.head_dim), "v_proj": _rows(kv_keep, shape.head_dim),
+                 "gate_proj": torch.tensor(mlp_keep), "up_proj": torch.tensor(mlp_keep),
+                 "down_proj": torch.tensor(mlp_keep)}[proj].to(tensor.device)
+        if proj in ("o_proj", "down_proj"):
+            out[key] = tensor[:, index].contiguous() if side == "A" else tensor
+        else:
+            out[key] = tensor[index].contiguous() if side == "B" else tensor
+    return out
