@@ -96,6 +96,14 @@ def test_the_run_prunes_to_the_targets_and_ships_the_lora_over_the_pruned_reader
     with torch.no_grad():
         torch.testing.assert_close(pruned(input_ids=ids).logits, masked_model(input_ids=ids).logits,
                                    atol=1e-5, rtol=1e-5)
+    from rearqa.app.convert_cmd import convert_reader
+    from rearqa.reader.backbone.manifest import read_manifest
+
+    out = convert_reader("loraprune", str(reader), Path(cfg.out) / "pruned", {"mask": str(final / "mask.json")},
+                         progress=False, dtype="float32")
+    settings = read_manifest(out).settings  # the schedule that chose the mask, not the defaults
+    assert (settings["prune_start"], settings["prune_end"], settings["prune_every"]) == (0.25, 0.75, 2)
+    assert (settings["kv_groups"], settings["mlp_channels"]) == (1, 8)
     stats = json.loads((Path(cfg.out) / "data_stats.json").read_text())
     assert stats["prune"] == {"kv_groups": 1, "mlp_channels": 8} and stats["trainable"] == "lora"
 

@@ -152,6 +152,7 @@ class LoRAPruneTask(DistillTask):
                               "mlp_channels": self.prune_cfg.mlp_channels},
                   "schedule": {"total_steps": pruner.total_steps, "start": pruner.start,
                                "end": pruner.end, "every": self.prune_cfg.prune_every,
-                               "ema": self.prune_cfg.ema},
+                               "ema": self.prune_cfg.ema, "prune_start": self.prune_cfg.prune_start,
+                               "prune_end": self.prune_cfg.prune_end},
                   "kd_temperature": self.config.kd_temperature}
         (path / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -47,6 +47,7 @@ class LoRAPrune(BackboneTransform):
             if given and given != masked:
                 raise ConfigError(f"loraprune.{name}={given}, but the mask {cfg.mask} keeps {masked}")
             setattr(cfg, name, masked)
+        _schedule_from_run(cfg)
         pruned = prune_model(model, mask)
         pruned.loraprune_mask = mask
         return pruned
@@ -66,3 +67,20 @@ class LoRAPrune(BackboneTransform):
         kwargs = {"dtype": dtype} if dtype is not None else {}
         return LlamaForCausalLM.from_pretrained(model_dir, **kwargs)
 
+
+
+def _schedule_from_run(cfg: LoRAPruneConfig) -> None:
+    """A mask written by a training run has its record beside it (loraprune.json: the schedule
+    that chose it); its ema / prune_start / prune_end / prune_every go into `cfg`, so
+    backbone.json records how the mask was chosen, not the config's defaults."""
+    import json
+
+    record = Path(cfg.mask).with_name("loraprune.json")
+    if not record.is_file():
+        return
+    try:
+        schedule = json.loads(record.read_text(encoding="utf-8")).get("schedule", {})
+        values = (schedule["ema"], schedule["every"], schedule["prune_start"], schedule["prune_end"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # a record of another shape: the settings stay as given
+    cfg.ema, cfg.prune_every, cfg.prune_start, cfg.prune_end = values
