@@ -158,3 +158,29 @@ def test_settings_depth_and_normalised_recall_ks():
     settings = EvalSettings("nq-test", k=30, recall_ks=[20, 1, 5, 5])
     assert settings.recall_ks == (1, 5, 20) and settings.depth == 30
     assert EvalSettings("q.jsonl").to_dict()["recall_ks"] == [1, 5, 10, 20]
+
+
+def test_the_reader_gets_its_passages_in_the_order_asked(run, make_pipeline):
+    """Issue 14's passage-order runs: reversed and shuffled:SEED reorder only what the reader
+    reads (given_ids); the retrieval columns keep the ranking; a shuffle is the same for a
+    question in every run of a seed and differs across seeds; another order does not resume."""
+    from rearqa.eval.passage_order import reorder
+
+    order = {}
+    for name in ("retrieval", "reversed", "shuffled:0", "shuffled:1"):
+        pipeline = make_pipeline()
+        report = run(pipeline, out=f"order-{name}", k=3, passage_order=name)
+        read = [ids for _, batch, _ in pipeline.read_calls for ids in batch]
+        rows = report["rows"]
+        assert [r["given_ids"] for r in rows] == read
+        order[name] = {r["id"]: (r["retrieved_ids"], r["given_ids"]) for r in rows}
+    for qid, (ranked, given) in order["retrieval"].items():
+        assert given == ranked and all(order[o][qid][0] == ranked for o in order)
+        assert order["reversed"][qid][1] == ranked[::-1]
+        assert sorted(order["shuffled:0"][qid][1]) == sorted(ranked)
+        assert order["shuffled:0"][qid][1] == reorder(ranked, "shuffled:0", qid)
+    assert any(order["shuffled:0"][q][1] != order["shuffled:1"][q][1] for q in order["retrieval"])
+    with pytest.raises(ResumeError, match="passage_order"):
+        run(make_pipeline(), out="order-reversed", k=3, passage_order="retrieval")
+    with pytest.raises(ConfigError, match="shuffled:SEED"):
+        EvalSettings(dataset="nq-test", passage_order="random")

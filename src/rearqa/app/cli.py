@@ -188,6 +188,7 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              limit: Annotated[Optional[int], typer.Option(help="First N questions only.")] = None,
              batch_size: Annotated[Optional[int], typer.Option(help="Questions per batch.")] = None,
              seed: Annotated[int, typer.Option(help="Seed recorded in the report.")] = 0,
+             passage_order: Annotated[str, typer.Option(help="retrieval | reversed | shuffled:SEED: the order the reader sees its k passages in.")] = "retrieval",
              overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming --out.")] = False,
              routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
              fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
@@ -201,7 +202,7 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
                      **_tpla(tp_shards, tp_rotation, tp_calib))
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
-                            out_dir=out, seed=seed)
+                            out_dir=out, seed=seed, passage_order=passage_order)
     run_eval(pipe, settings, progress=True, overwrite=overwrite, home=pipe.home)  # writes report.md
     typer.echo((out / "report.md").read_text())
 

@@ -95,6 +95,8 @@ def parse_settings(argv: list[str] | None = None) -> RearEvalSettings:
                         "dev-select, e.g. nq-test -> nq-dev-select); 'none' skips their ECE")
     p.add_argument("--resamples", type=int, default=_default("resamples"), help="question-bootstrap resamples")
     p.add_argument("--seed", type=int, default=_default("seed"))
+    p.add_argument("--passage-order", default=_default("passage_order"),
+                   help="the reader's top-k passages in retrieval order, reversed, or shuffled:SEED")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="start each method's run over")
     p.add_argument("--choose-threshold", action="store_true",

@@ -171,7 +171,7 @@ def run_method(method: str, settings: RearEvalSettings, snapshot: Snapshot, data
     out_dir = settings.out / method
     run = EvalSettings(dataset=settings.split, method=method, retriever=settings.retriever,
                        k=settings.k, limit=settings.limit, batch_size=settings.batch_size,
-                       out_dir=out_dir, seed=settings.seed)
+                       out_dir=out_dir, seed=settings.seed, passage_order=settings.passage_order)
     config = SnapshotRunConfig(reader_config(settings, method), str(snapshot.dir), weights)
     pipeline = SnapshotPipeline(snapshot, [settings.split], reader, config)
     report = run_eval(pipeline, run, progress=True, overwrite=settings.overwrite, dataset=dataset)

@@ -68,6 +68,7 @@ class RearEvalSettings:
     choose_threshold: bool = False  # select REAR's threshold and routing variant on this (dev) split
     grid_size: int = 101  # threshold candidates (score quantiles) of the selection
     dry_run: bool = False  # with choose_threshold: do not write the choice into the checkpoint
+    passage_order: str = "retrieval"  # retrieval | reversed | shuffled:SEED (rearqa.eval.passage_order)
 
     def __post_init__(self) -> None:
         self.snapshot, self.out = Path(self.snapshot), Path(self.out)
@@ -103,6 +104,9 @@ class RearEvalSettings:
         for name in ("overwrite", "choose_threshold", "dry_run"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be True or False")
+        from rearqa.eval.passage_order import parse_order
+
+        parse_order(self.passage_order)
 
     def adapter(self, method: str) -> str:
         """The adapter directory given for `method`, "" when none."""

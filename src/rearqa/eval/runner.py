@@ -36,6 +36,7 @@ from rearqa.config_errors import ConfigError
 from rearqa.data_prep import QAExample
 from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, load_dataset
 from rearqa.eval.metrics import passages_with_answer, recall_from_hits, score_predictions
+from rearqa.eval.passage_order import reorder
 from rearqa.eval.report import aggregate_rows, write_json, write_report
 from rearqa.reader.config import CLOSED_BOOK_METHODS
 from rearqa.retriever.base import RETRIEVERS as RETRIEVER_REGISTRY
@@ -80,9 +81,13 @@ class EvalSettings:
     recall_ks: tuple[int, ...] = (1, 5, 10, 20)  # k values of answer-recall@k in the tables
     out_dir: Path = Path("runs/eval")  # run directory (rows.jsonl, reports)
     seed: int = 0  # seeds python/numpy/torch and the bootstrap intervals
+    passage_order: str = "retrieval"  # retrieval | reversed | shuffled:SEED (rearqa.eval.passage_order)
 
     def __post_init__(self) -> None:
+        from rearqa.eval.passage_order import parse_order
         from rearqa.reader.config import READER_METHODS
+
+        parse_order(self.passage_order)
 
         self.dataset, self.out_dir = str(self.dataset), Path(self.out_dir)
         if self.dataset not in DATASET_NAMES and not self.dataset.endswith(".jsonl"):
@@ -256,15 +261,18 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
     retrieved_at = time.perf_counter()
     if len(retrieved) != len(examples):
         raise RuntimeError(f"retrieve_batch returned {len(retrieved)} lists for {len(examples)} questions")
-    given = [[] if settings.method in CLOSED_BOOK_METHODS else list(p[:settings.k]) for p in retrieved]
+    given = [[] if settings.method in CLOSED_BOOK_METHODS
+             else reorder(p[:settings.k], settings.passage_order, e.id)
+             for p, e in zip(retrieved, examples)]
     answers = pipeline.read_batch(questions, given, settings.method)
     per_question = (time.perf_counter() - start) / len(examples)
     if len(answers) != len(examples):
         raise RuntimeError(f"read_batch returned {len(answers)} answers for {len(examples)} questions")
     _, scores = score_predictions([a.text for a in answers], [e.answers for e in examples])
     rows = []
-    for example, passages, answer, score, n_given in zip(
-            examples, retrieved, answers, scores, map(len, given)):
+    for example, passages, answer, score, given_passages in zip(
+            examples, retrieved, answers, scores, given):
+        n_given = len(given_passages)
         hits = passages_with_answer([p.text for p in passages], example.answers)
         rows.append({
             "id": example.id, "question": example.question, "answers": example.answers,
@@ -274,6 +282,7 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
             "from_own_knowledge": answer.from_own_knowledge, "passages_read": n_given,
             "backbone": answer.backbone or "original",
             **_passage_row(passages[:settings.k], hits[:settings.k]),
+            "given_ids": [p.id for p in given_passages],
             "first_hit_rank": hits.index(True) + 1 if any(hits) else None,
             "recall": {str(k): v for k, v in recall_from_hits(hits, settings.recall_ks).items()},
             **score,
