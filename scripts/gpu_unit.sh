@@ -57,6 +57,9 @@
 #       reader (bf16) + mask.json; the pruned reader (gpu_units.py prune) and it healed: their
 #       dev-select KL to SOURCE's reader, fingerprint.json, then the healed one on the answerable
 #       questions of $MLA_TESTS (SKIP_TESTS=1: not)
+#   eval-order NAME ORDER...        [eval-order-NAME] issue 14: NAME's reader (a train-baseline or
+#       train-rear unit, as eval-mla) on the answerable questions of $MLA_TESTS with its passages
+#       in each ORDER (retrieval | reversed | shuffled:SEED), one after another into $UD/<order>/
 # Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
 # finished step is not redone) or, when it is done, sends its archive again.
 # Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
@@ -488,6 +491,22 @@ body_loraprune() {  # SOURCE KV MLP BUDGET [--set K=V]... [TRAIN ARGS]: issue 13
   echo "eval: pruned + healed in $(( $(date +%s) - t )) s"
 }
 
+body_eval_order() {  # NAME ORDER...: NAME's reader on $MLA_TESTS (answerable), passages in each ORDER
+  local name=$1; shift
+  local method k from adapter teacher order
+  mla_source "$name" || return 2
+  [ "$method" = rear ] && adapter=(--checkpoint "$from")
+  U note "$UD/unit.json" kind=eval-order name="$name" method="$method" k="$k" "orders=$*" tests="$MLA_TESTS"
+  for order in "$@"; do
+    local od=$UD/${order/:/-}
+    [ -f "$od/done" ] && { echo "eval: $order done in an earlier call"; continue; }
+    local t=$(date +%s)
+    TESTS=$MLA_TESTS TEST_OUT=$od run_tests "$method" "$k" --answerable-only --passage-order "$order" "${adapter[@]}" || return 1
+    touch "$od/done"
+    echo "eval: $name, passages $order, in $(( $(date +%s) - t )) s"
+  done
+}
+
 body_eval_untuned() {
   U note "$UD/unit.json" kind=eval-untuned methods="closed-book rag" k=5
   run_tests "closed-book rag" 5
@@ -516,6 +535,7 @@ if [ "${1:-}" = --body ]; then
     distill) body_distill "$@" ;;
     eval-healed) body_eval_healed "$@" ;;
     loraprune) body_loraprune "$@" ;;
+    eval-order) body_eval_order "$@" ;;
     bench) body_bench "$@" ;;
     *) echo "unknown unit $UNIT"; exit 2 ;;
   esac
@@ -541,8 +561,9 @@ case $UNIT in
   eval-healed) [ $# -ge 1 ] || { echo "usage: eval-healed DISTILL_ID"; exit 2; }; ID=${ID:-$UNIT-${1#distill-}} ;;
   distill) [ $# -ge 4 ] || { echo "usage: distill SOURCE SETTING TRAINABLES BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-${2/+/-}-${3//,/-}} ;;
   loraprune) [ $# -ge 4 ] || { echo "usage: loraprune SOURCE KV MLP BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-$2-$3} ;;
+  eval-order) [ $# -ge 2 ] || { echo "usage: eval-order NAME ORDER..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
   train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
-  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed | loraprune"; exit 2 ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed | loraprune | eval-order"; exit 2 ;;
 esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
