@@ -1,9 +1,12 @@
-"""`rearqa convert --recipe`: a healed reader rebuilt from its recipe and adapter, on a tiny Llama
-(2 layers, head 8) with calibration ids in a file, so nothing reads the corpus."""
+"""`rearqa convert --recipe`: a healed reader rebuilt from its recipe and adapter, on tiny Llamas
+with calibration ids in a file, so nothing reads the corpus: TransMLA of a 2-layer Llama (head 8),
+and KV-head merging (3 -> 1) and LoRAPrune (to a mask the recipe carries) of a 2-layer GQA Llama
+(6 query heads on 3 KV heads of 8, MLP 32)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,30 +18,94 @@ from rearqa.config_errors import ConfigError
 from rearqa.reader.backbone import fingerprint as fp
 from rearqa.reader.backbone import read_manifest
 from rearqa.reader.backbone.loading import load_causal_lm
-from rearqa.reader.backbone.recipe import MAX_HEAL_BYTES, Recipe, read_recipe, write_recipe
+from rearqa.reader.backbone.loraprune.mask import PruneMask
+from rearqa.reader.backbone.recipe import MAX_HEAL_BYTES, Recipe, file_sha256, read_recipe, write_recipe
 from rearqa.reader.backbone.transmla.calibration import CalibrationRecord, save_calibration
-from rearqa.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import randomize_matrices, tiny_llama, tiny_tokenizer
 
 SETTINGS = {"kv_lora_rank": 6, "rope_dim": 4}  # a rank below the cap (12): the PCA matters
+MASK = PruneMask(3, 32, [[0, 2], [1, 2]], [list(range(0, 32, 2)), list(range(5, 21))])
+# transform -> (settings, the rebuilt reader's label); loraprune's mask is written by `parts`
+CASES = {"transmla": (SETTINGS, "transmla(6+4)"),
+         "kv_merge": ({"kv_heads": 1, "calib_passages": 4, "calib_tokens": 16}, "kv_merge(1 kv heads)"),
+         "loraprune": ({}, "loraprune(2 kv, 16 mlp)")}
+EVERY_TRANSFORM = pytest.mark.parametrize("parts", list(CASES), indirect=True)
 SHIPPED = Path(__file__).parents[2] / "checkpoints" / "healed"
 
 
+class Parts(NamedTuple):
+    root: Path
+    plain: Path  # the conversion the adapter is over
+    calib: Path | None  # its calibration ids (None: a transform that takes none)
+    label: str
+
+
+def gqa_llama(vocab_size: int):
+    """2 layers, 6 query heads on 3 KV heads of 8 (GQA as SmolLM2), MLP 32, random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                         max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=1,
+                         bos_token_id=2, eos_token_id=3)
+    return randomize_matrices(LlamaForCausalLM(config).eval())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def llama_fingerprints():
+    """fingerprint.py records a KV-merged or pruned Llama's projections once the main checkout's
+    generalisation is merged (its LLAMA_TENSORS); until then a stand-in with the same records."""
+    if hasattr(fp, "LLAMA_TENSORS"):
+        yield
+        return
+    mla = fp.fingerprint
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+    def fingerprint(model):
+        if hasattr(model.model.layers[0].self_attn, "kv_b_proj"):
+            return mla(model)
+        tensors = {}
+        for i, layer in enumerate(model.model.layers):
+            for name in names:
+                weight = layer.get_submodule(name).weight
+                w = weight.detach().double()
+                tensors[f"layers.{i}.{name}"] = {"shape": list(w.shape), "sum": w.sum().item(),
+                                                 "abs_sum": w.abs().sum().item(), "head": w.flatten()[:16].tolist()}
+        return {"format": fp.FORMAT, "dtype": str(weight.dtype).removeprefix("torch."), "tensors": tensors}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fp, "fingerprint", fingerprint)
+        yield
+
+
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory, prepared_home):
+def parts(request, tmp_path_factory, prepared_home):
     """A tiny source model dir, a calibration file, the plain conversion and a heal adapter
-    (LoRA r=2 on every linear layer of the conversion, B drawn non-zero)."""
+    (LoRA r=2 on every linear layer of the conversion, B drawn non-zero), for the transform
+    `request.param` (default transmla)."""
     from rearqa.reader.adapters import wrap
     from rearqa.reader.adapters.lora.config import LoraSettings
 
+    transform = getattr(request, "param", "transmla")
+    settings, label = CASES[transform]
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("recipe")
+    root = tmp_path_factory.mktemp(f"recipe-{transform}")
     tokenizer = tiny_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(root / "source")
+    source = tiny_llama(len(tokenizer)) if transform == "transmla" else gqa_llama(len(tokenizer))
+    source.save_pretrained(root / "source")
     tokenizer.save_pretrained(root / "source")
-    tokens = torch.randint(6, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0))
-    calib = save_calibration(root / "calib.json", tokens, CalibrationRecord.of(tokens, "tiny", 0))
-    plain = convert_reader("transmla", root / "source", root / "plain", dict(SETTINGS),
+    calib = None
+    if transform != "loraprune":
+        tokens = torch.randint(6, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0))
+        calib = save_calibration(root / "calib.json", tokens, CalibrationRecord.of(tokens, "tiny", 0))
+    else:
+        settings = {"mask": str(MASK.save(root / "chosen.json"))}
+    plain = convert_reader(transform, root / "source", root / "plain", dict(settings),
                            home=prepared_home, progress=False, calib_file=calib)
+    if transform == "loraprune":  # gone, as on another machine: the recipe takes the reader's copy
+        (root / "chosen.json").unlink()
     torch.manual_seed(1)
     student = wrap("lora", load_causal_lm(plain, torch.float32), LoraSettings(r=2))
     with torch.no_grad():
@@ -46,34 +113,49 @@ def parts(tmp_path_factory, prepared_home):
             if "lora_B" in name:
                 param.normal_(std=0.1)
     student.save_pretrained(root / "adapter")
-    return root, plain, calib
+    return Parts(root, plain, calib, label)
 
 
 @pytest.fixture(scope="module")
 def shipped(parts):
     """The recipe directory package_healed writes for the plain conversion and its adapter."""
-    root, plain, calib = parts
-    return package_healed(plain, root / "adapter", root / "healed" / "tiny", root / "source", calib,
-                          note="test")
+    return package_healed(parts.plain, parts.root / "adapter", parts.root / "healed" / "tiny",
+                          parts.root / "source", parts.calib, note="test")
 
 
 def weights(reader: Path) -> dict[str, torch.Tensor]:
     return load_file(reader / "model.safetensors")
 
 
+@EVERY_TRANSFORM
 def test_the_recipe_records_how_to_rebuild_with_paths_relative_to_itself(shipped, parts):
-    root, plain, _ = parts
     data = json.loads((shipped / "recipe.json").read_text())
-    assert data["source"] == "../../source" and data["calib_file"] == "../../calib.json"
+    manifest = read_manifest(parts.plain)
+    assert data["source"] == "../../source" and data["calib_file"] == ("../../calib.json" if parts.calib else None)
     assert data["heal"] == "heal" and data["fingerprint"] == "fingerprint.json"
-    assert data["settings"]["kv_lora_rank"] == 6 and data["dtype"] == "bfloat16"
-    assert data["calib_sha256"] == read_manifest(plain).calibration["sha256"]
+    assert data["settings"] == {**manifest.settings, **{k: f"{k}.json" for k in data["settings_sha256"]}}
+    assert data["dtype"] == "bfloat16" and data["calib_sha256"] == manifest.calibration.get("sha256")
     recipe = read_recipe(shipped)  # the directory or the file
-    assert recipe == read_recipe(shipped / "recipe.json") and recipe.source_path == root / "source"
+    assert recipe == read_recipe(shipped / "recipe.json") and recipe.source_path == parts.root / "source"
 
 
+@EVERY_TRANSFORM
+def test_a_recipe_carries_the_files_its_settings_name(shipped, parts):
+    """loraprune's mask: copied from the pruned reader (loraprune_mask.json) into the recipe as
+    mask.json, named relative to it, with its sha256; the other transforms name no file."""
+    data = json.loads((shipped / "recipe.json").read_text())
+    if "mask" not in read_manifest(parts.plain).settings:
+        assert data["settings_sha256"] == {}
+        return
+    assert data["settings"]["mask"] == "mask.json" and data["settings_sha256"] == {
+        "mask": file_sha256(shipped / "mask.json")}
+    assert PruneMask.load(shipped / "mask.json") == MASK
+    assert read_recipe(shipped).conversion_settings()["mask"] == str((shipped / "mask.json").resolve())
+
+
+@EVERY_TRANSFORM
 def test_no_heal_rebuilds_the_plain_conversion_and_twice_gives_the_same_weights(shipped, parts, tmp_path):
-    _, plain, _ = parts
+    plain = parts.plain
     a = convert_recipe(shipped, tmp_path / "a", heal=False, progress=False)
     b = convert_recipe(shipped, tmp_path / "b", heal=False, progress=False)
     expected, got_a, got_b = weights(plain), weights(a), weights(b)
@@ -81,19 +163,22 @@ def test_no_heal_rebuilds_the_plain_conversion_and_twice_gives_the_same_weights(
     for name in expected:
         assert torch.equal(got_a[name], expected[name]) and torch.equal(got_b[name], expected[name]), name
     manifest = read_manifest(a)
-    assert manifest.heal == {} and manifest.label == "transmla(6+4)"
+    assert manifest.heal == {} and manifest.label == parts.label
     assert manifest.recipe["fingerprint_max_rel_diff"] == 0.0 and manifest.recipe["note"] == "test"
 
 
+@EVERY_TRANSFORM
 def test_the_healed_reader_is_the_conversion_with_its_adapter_merged(shipped, parts, tmp_path):
+    """For loraprune the adapter is over the pruned model (sliced to the kept heads and channels):
+    it is merged after the pruning, as after any conversion."""
     from rearqa.reader.finetuned import merge_lora
 
-    root, plain, _ = parts
+    root, plain = parts.root, parts.plain
     said = []
     healed = convert_recipe(shipped, tmp_path / "healed", say=said.append)
     assert any("fingerprint matches" in line for line in said)
     manifest = read_manifest(healed)
-    assert manifest.label == "transmla(6+4) healed" and manifest.dtype == "bfloat16"
+    assert manifest.label == f"{parts.label} healed" and manifest.dtype == "bfloat16"
     assert manifest.heal["sha256"] == json.loads((shipped / "recipe.json").read_text())["heal_sha256"]
     merged = merge_lora(load_causal_lm(plain, torch.float32), root / "adapter")  # the student + adapter
     ids = torch.randint(6, 40, (2, 12), generator=torch.Generator().manual_seed(2))
@@ -113,7 +198,7 @@ def test_a_changed_or_foreign_adapter_is_refused(shipped, parts, tmp_path, prepa
     from rearqa.reader.adapters import wrap
     from rearqa.reader.adapters.lora.config import LoraSettings
 
-    root, _, calib = parts
+    root, calib = parts.root, parts.calib
     recipe = read_recipe(shipped)
     # another conversion's adapter (rank 4, not 6): the shapes do not fit the rebuild
     other = convert_reader("transmla", root / "source", tmp_path / "r4", {"kv_lora_rank": 4, "rope_dim": 4},
@@ -133,6 +218,24 @@ def test_a_changed_or_foreign_adapter_is_refused(shipped, parts, tmp_path, prepa
     assert not (tmp_path / "out2").exists()  # refused before converting
 
 
+@pytest.mark.parametrize("parts", ["loraprune"], indirect=True)
+def test_a_recipe_whose_mask_is_missing_or_changed_is_refused(shipped, parts, tmp_path):
+    recipe = read_recipe(shipped)
+    moved = Recipe(**{**recipe.to_dict(), **{name: str(recipe.path(getattr(recipe, name)))  # absolute
+                                             for name in ("source", "heal", "fingerprint")}}, directory=tmp_path)
+    write_recipe(tmp_path, moved)
+    with pytest.raises(ConfigError, match=r"settings.mask 'mask.json' .* does not exist"):
+        convert_recipe(tmp_path, tmp_path / "out", progress=False)
+    other = PruneMask(3, 32, [[0, 1], [1, 2]], MASK.mlp_keep)  # the same counts, other heads
+    other.save(tmp_path / "mask.json")
+    with pytest.raises(ConfigError, match="settings.mask .* is not the file the recipe was written with"):
+        convert_recipe(tmp_path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before converting
+    (tmp_path / "mask.json").write_bytes((shipped / "mask.json").read_bytes())
+    rebuilt = convert_recipe(tmp_path, tmp_path / "out", heal=False, progress=False)
+    assert PruneMask.load(rebuilt / "loraprune_mask.json") == MASK
+
+
 def test_bad_recipes_are_refused_with_what_is_wrong(shipped, tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         read_recipe(tmp_path / "nowhere")
@@ -146,7 +249,8 @@ def test_bad_recipes_are_refused_with_what_is_wrong(shipped, tmp_path):
                           ({"kv_rank": 3}, r"unknown field\(s\) \['kv_rank'\]"),
                           ({"heal_sha256": "abc"}, "not a sha256"),
                           ({"source": "nothing"}, "source 'nothing' .* is not a directory"),
-                          ({"calib_file": "gone.json"}, "calib_file 'gone.json'")):
+                          ({"calib_file": "gone.json"}, "calib_file 'gone.json'"),
+                          ({"settings_sha256": {"mask": "0" * 64}}, r"has \['mask'\], which name no file")):
         (tmp_path / "recipe.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(ConfigError, match=match):
             read_recipe(tmp_path)
@@ -194,14 +298,15 @@ def test_every_shipped_healed_reader_reads_and_its_adapter_fits_the_repo(recipe)
         assert (heal_dir(parsed) / "adapter_model.safetensors").stat().st_size <= MAX_HEAL_BYTES
 
 
-def test_the_cli_rebuilds_from_a_recipe_and_takes_no_other_conversion_option(shipped, tmp_path):
+@EVERY_TRANSFORM
+def test_the_cli_rebuilds_from_a_recipe_and_takes_no_other_conversion_option(shipped, parts, tmp_path):
     from typer.testing import CliRunner
 
     from rearqa.app.cli import app as cli
 
     result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert "fingerprint matches" in result.output and "transmla(6+4) healed" in result.output
+    assert "fingerprint matches" in result.output and f"{parts.label} healed" in result.output
     result = CliRunner().invoke(cli, ["convert", "--recipe", str(shipped), "--kv-lora-rank", "8",
                                       "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, ConfigError) and "drop --kv-lora-rank" in str(result.exception)
@@ -211,7 +316,7 @@ def test_the_cli_rebuilds_from_a_recipe_and_takes_no_other_conversion_option(shi
 
 def test_a_weight_only_recipe_needs_no_calibration_and_refuses_a_calibration_hash(parts, tmp_path,
                                                                                   prepared_home):
-    root, _, _ = parts
+    root = parts.root
     settings = {"kv_lora_rank": 6, "rope_dim": 4, "latent_norm": True}
     plain = convert_reader("xecomla", root / "source", tmp_path / "plain", dict(settings),
                            home=prepared_home, progress=False, dtype="float32")

@@ -8,9 +8,12 @@ The conversion the recipe describes (rearqa.reader.backbone.recipe) is rebuilt e
 rounded to the recipe's dtype (what the adapter was trained over), and the heal adapter is merged
 in float32 and the result saved in that dtype. backbone.json records the recipe and, healed, the
 adapter and the sha256 of its weights. `--no-heal` writes the plain conversion: the control.
+The adapter is always over the converted model (for loraprune the pruned one, sliced to the
+kept heads and channels), so it is merged after the conversion, whichever the transform.
 
 `package_healed` is the other end: on the machine that healed a conversion, it writes the
-recipe directory (recipe.json, heal/, fingerprint.json) from the student directory and adapter.
+recipe directory (recipe.json, heal/, fingerprint.json, and the files the settings name:
+loraprune's mask.json) from the student directory and adapter.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def convert_recipe(recipe_path: str | Path, out: Path, heal: bool = True, home: 
     check_out(out)
     calib_file = recipe.path(recipe.calib_file) if recipe.calib_file else None
     say(f"rebuilding {recipe.transform} of {recipe.source} from {recipe.directory / RECIPE_FILE}")
-    conversion = convert_model(recipe.transform, recipe.source_path, recipe.settings, home,
+    conversion = convert_model(recipe.transform, recipe.source_path, recipe.conversion_settings(), home,
                                progress, recipe.dtype, calib_file)
     check_calibration(recipe, conversion.calibration)
     model = conversion.model.to(getattr(torch, recipe.dtype))  # the weights the adapter was trained over
@@ -125,10 +128,11 @@ def merge_heal(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
 
 def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path, source: str | Path,
                    calib_file: str | Path | None = None, note: str = "") -> Path:
-    """Write a healed reader's recipe directory `out` (recipe.json, heal/, fingerprint.json) for
-    the converted reader `student_dir` (its backbone.json) and the heal adapter trained over it;
-    `student_dir` may also be the record of a conversion made elsewhere: its backbone.json and
-    the fingerprint.json taken there, no weights.
+    """Write a healed reader's recipe directory `out` (recipe.json, heal/, fingerprint.json and
+    the files its settings name, such as loraprune's mask.json) for the converted reader
+    `student_dir` (its backbone.json) and the heal adapter trained over it; `student_dir` may
+    also be the record of a conversion made elsewhere: its backbone.json and the fingerprint.json
+    taken there, no weights.
     `source` ("base" or a directory) and `calib_file` are written relative to `out`, so give the
     paths they will have in the repo."""
     from rearqa.reader.backbone import fingerprint as fp
@@ -143,6 +147,7 @@ def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path
     if size > MAX_HEAL_BYTES:
         raise ConfigError(f"heal adapter {adapter / HEAL_WEIGHTS}: {size / 2**20:.1f} MB, over the "
                           f"{MAX_HEAL_BYTES // 2**20} MB a shipped adapter may take; save it in bf16")
+    setting_files = student_setting_files(manifest, student_dir)  # found before `out` is made
     check_out(out)
     heal = out / "heal"
     heal.mkdir(parents=True)
@@ -154,8 +159,14 @@ def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path
     else:
         prints = fp.fingerprint(load_causal_lm(student_dir))
     (out / FINGERPRINT_FILE).write_text(json.dumps(prints, indent=1) + "\n", encoding="utf-8")
+    settings, settings_sha256 = dict(manifest.settings), {}
+    for name, file in setting_files.items():  # carried in the recipe, named relative to it
+        settings[name] = f"{name}{file.suffix}"
+        shutil.copyfile(file, out / settings[name])
+        settings_sha256[name] = file_sha256(out / settings[name])
     recipe = Recipe(
-        transform=manifest.transform, settings=manifest.settings, dtype=manifest.dtype,
+        transform=manifest.transform, settings=settings, settings_sha256=settings_sha256,
+        dtype=manifest.dtype,
         source="base" if str(source) == "base" else os.path.relpath(Path(source).resolve(), out.resolve()),
         calib_file=os.path.relpath(Path(calib_file).resolve(), out.resolve()) if calib_file else None,
         calib_sha256=manifest.calibration.get("sha256"), heal="heal",
@@ -163,3 +174,25 @@ def package_healed(student_dir: str | Path, adapter: str | Path, out: str | Path
         directory=out.resolve())
     write_recipe(out, recipe)
     return out
+
+
+def student_setting_files(manifest, student_dir: Path) -> dict[str, Path]:
+    """The file each file setting of the conversion named (loraprune's mask), by setting: the copy
+    the export wrote beside the weights (`setting_copies`), else the path the setting records."""
+    from rearqa.reader.backbone import get_transform
+
+    transform = get_transform(manifest.transform)
+    files = {}
+    for name in transform.config_cls.file_settings:
+        if not manifest.settings.get(name):
+            continue
+        copy = transform.setting_copies.get(name)
+        file = student_dir / copy if copy else None
+        if file is None or not file.is_file():
+            file = Path(manifest.settings[name]).expanduser()
+        if not file.is_file():
+            kept = f" nor {student_dir / copy}" if copy else ""
+            raise ConfigError(f"{student_dir}: its {manifest.transform} setting {name}="
+                              f"{manifest.settings[name]!r} is not a file{kept}; the recipe must carry it")
+        files[name] = file
+    return files

@@ -52,6 +52,9 @@ class BackboneTransform(ABC):
     config_cls: ClassVar[type[TransformConfig]]  # its typed settings
     export_format: ClassVar[str]  # one of EXPORT_FORMATS
     inference_only: ClassVar[bool] = False  # acts at run time only; weights unchanged
+    # file settings (config_cls.file_settings) whose file `export` copies beside the weights:
+    # setting -> the copy's name in the reader directory
+    setting_copies: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, calib: Any, cfg: TransformConfig) -> torch.nn.Module:

@@ -7,6 +7,7 @@ when its folder lands.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rearqa.config_errors import ConfigError
 
@@ -34,6 +35,9 @@ class TransformConfig:
     """Settings every transform's typed config shares (each method subclasses it)."""
 
     seed: int = 0  # seeds any sampling the transform does (calibration subsets, random init)
+    # settings that name a file (loraprune's mask): a recipe carries the file and resolves the
+    # setting against its own directory (reader/backbone/recipe.py)
+    file_settings: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -11,6 +11,11 @@ Shipped healed readers live in `checkpoints/healed/<name>/` (beside the shipped 
 checkpoints): recipe.json, heal/ (adapter_config.json + adapter_model.safetensors, at most
 MAX_HEAL_BYTES) and fingerprint.json. Relative paths in a recipe resolve against its own
 directory, so a recipe names the shipped rag-ft adapter as "../../rag-ft-smollm2".
+
+A setting that names a file (the transform config's `file_settings`: loraprune's mask) names it
+relative to the recipe too; the file lives in the recipe directory ("mask": "mask.json") and
+its sha256 is recorded in settings_sha256, so a changed mask is refused, not rebuilt into
+another model that the heal adapter does not fit.
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ class Recipe:
     dtype: str = "bfloat16"  # the dtype the conversion is saved in (and the adapter was trained over)
     calib_file: str | None = None  # calibration token ids (scripts/transmla_calib.py); None: the corpus
     calib_sha256: str | None = None  # sha256 of the calibration ids the rebuild must reproduce
+    # sha256 of each file a setting names (loraprune's mask), by setting; {}: none recorded
+    settings_sha256: dict[str, str] = field(default_factory=dict)
     heal: str | None = None  # the heal adapter's directory (PEFT LoRA over the converted weights)
     heal_sha256: str | None = None  # sha256 of the adapter's adapter_model.safetensors
     fingerprint: str | None = None  # fingerprint.json of the conversion the adapter was trained over
@@ -63,8 +70,11 @@ class Recipe:
             raise ConfigError(f"{where}: source must be 'base' or a reader directory")
         if self.dtype not in DTYPES:
             raise ConfigError(f"{where}: dtype={self.dtype!r}; choose one of {list(DTYPES)}")
-        for name in ("calib_sha256", "heal_sha256"):
-            value = getattr(self, name)
+        hashes = {"calib_sha256": self.calib_sha256, "heal_sha256": self.heal_sha256}
+        if not isinstance(self.settings_sha256, dict):
+            raise ConfigError(f"{where}: settings_sha256 must be an object: setting -> sha256 of its file")
+        hashes.update({f"settings_sha256.{k}": v for k, v in self.settings_sha256.items()})
+        for name, value in hashes.items():
             if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
                 raise ConfigError(f"{where}: {name}={value!r} is not a sha256 (64 lowercase hex digits)")
         if self.heal_sha256 and not self.heal:
@@ -77,6 +87,19 @@ class Recipe:
     @property
     def source_path(self) -> str | Path:
         return "base" if self.source == "base" else self.path(self.source)
+
+    @property
+    def file_settings(self) -> dict[str, str]:
+        """The settings that name a file (the transform's `file_settings`), as given, when set."""
+        from rearqa.reader.backbone import get_transform
+
+        names = get_transform(self.transform).config_cls.file_settings
+        return {name: self.settings[name] for name in names if self.settings.get(name)}
+
+    def conversion_settings(self) -> dict[str, Any]:
+        """The settings to convert with: each file setting resolved against the recipe's directory."""
+        return {**self.settings, **{name: str(self.path(value))
+                                    for name, value in self.file_settings.items()}}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,7 +130,28 @@ def read_recipe(path: str | Path) -> Recipe:
             raise ConfigError(f"{path}: {name} {value!r} ({recipe.path(value)}) does not exist")
     if recipe.source != "base" and not recipe.path(recipe.source).is_dir():
         raise ConfigError(f"{path}: source {recipe.source!r} ({recipe.path(recipe.source)}) is not a directory")
+    check_setting_files(recipe)
     return recipe
+
+
+def check_setting_files(recipe: Recipe) -> None:
+    """Each file a setting names is there and, where settings_sha256 records it, unchanged."""
+    where = recipe.directory / RECIPE_FILE
+    named = recipe.file_settings
+    stray = sorted(set(recipe.settings_sha256) - set(named))
+    if stray:
+        raise ConfigError(f"{where}: settings_sha256 has {stray}, which name no file; the settings that "
+                          f"name a file here are {sorted(named)}")
+    for name, value in named.items():
+        file = recipe.path(value)
+        if not file.is_file():
+            raise ConfigError(f"{where}: settings.{name} {value!r} ({file}) does not exist; the recipe "
+                              "directory must hold the file (package_healed copies it there)")
+        expected = recipe.settings_sha256.get(name)
+        if expected and file_sha256(file) != expected:
+            raise ConfigError(f"{where}: settings.{name} {file} is not the file the recipe was written "
+                              f"with (its sha256 differs from settings_sha256.{name}); the rebuild would "
+                              "be another model, which the heal adapter does not fit")
 
 
 def write_recipe(directory: str | Path, recipe: Recipe) -> Path:

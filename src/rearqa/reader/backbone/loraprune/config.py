@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rearqa.config_errors import ConfigError
 from rearqa.reader.backbone.config import TransformConfig
@@ -19,6 +19,7 @@ class LoRAPruneConfig(TransformConfig):
     prune_start: float = 0.1  # fraction of the steps after which pruning begins (importance warms up)
     prune_end: float = 0.7  # fraction of the steps by which the target sparsity is reached
     prune_every: int = 10  # steps between pruning steps on the cubic schedule
+    file_settings: ClassVar[tuple[str, ...]] = ("mask",)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,6 +25,7 @@ class LoRAPrune(BackboneTransform):
     name = "loraprune"
     config_cls = LoRAPruneConfig
     export_format = "llama_pruned"
+    setting_copies = {"mask": MASK_FILE}
 
     def label(self, settings: dict[str, Any]) -> str:
         return f"loraprune({settings.get('kv_groups')} kv, {settings.get('mlp_channels')} mlp)"
