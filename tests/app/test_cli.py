@@ -9,7 +9,8 @@ import yaml
 
 DATA = Path(__file__).parents[1] / "data"
 COMMANDS = [[], ["data", "prepare"], ["index", "add"], ["index", "delete"], ["index", "stats"],
-            ["index", "rebuild"], ["ask"], ["eval"], ["compare"], ["ui"], ["serve"]]
+            ["index", "rebuild"], ["ask"], ["eval"], ["compare"], ["ui"], ["serve"], ["inspect"],
+            ["inspect", "heads"]]
 
 
 def rearqa(*args, check=True):

@@ -29,6 +29,9 @@ app.add_typer(index_app, name="index")
 from rearqa.app.train_cmd import train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
+from rearqa.app.inspect_cmd import inspect_app  # noqa: E402
+
+app.add_typer(inspect_app, name="inspect")
 
 
 @app.callback()
