@@ -52,34 +52,6 @@ def gqa_llama(vocab_size: int):
     return randomize_matrices(LlamaForCausalLM(config).eval())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def llama_fingerprints():
-    """fingerprint.py records a KV-merged or pruned Llama's projections once the main checkout's
-    generalisation is merged (its LLAMA_TENSORS); until then a stand-in with the same records."""
-    if hasattr(fp, "LLAMA_TENSORS"):
-        yield
-        return
-    mla = fp.fingerprint
-    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-    def fingerprint(model):
-        if hasattr(model.model.layers[0].self_attn, "kv_b_proj"):
-            return mla(model)
-        tensors = {}
-        for i, layer in enumerate(model.model.layers):
-            for name in names:
-                weight = layer.get_submodule(name).weight
-                w = weight.detach().double()
-                tensors[f"layers.{i}.{name}"] = {"shape": list(w.shape), "sum": w.sum().item(),
-                                                 "abs_sum": w.abs().sum().item(), "head": w.flatten()[:16].tolist()}
-        return {"format": fp.FORMAT, "dtype": str(weight.dtype).removeprefix("torch."), "tensors": tensors}
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fp, "fingerprint", fingerprint)
-        yield
-
-
 @pytest.fixture(scope="module")
 def parts(request, tmp_path_factory, prepared_home):
     """A tiny source model dir, a calibration file, the plain conversion and a heal adapter
