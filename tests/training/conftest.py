@@ -3,6 +3,7 @@ tiny base checkpoint (module-scoped: each test module builds its own)."""
 import json
 
 import pytest
+import torch
 
 from rearqa.eval.bundle import write_jsonl_gz
 from rearqa.testing import tiny_llama, tiny_tokenizer
@@ -39,3 +40,23 @@ def world(tmp_path_factory):
     tiny_llama(len(tok)).save_pretrained(base)
     tok.save_pretrained(base)
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one torch thread beats two on a shared machine; the setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def config_yaml(tmp_path):
+    """config_yaml(settings, drop=()) -> a YAML file of the TrainConfig dict `settings` without the
+    keys in `drop` (what the CLI tests pass with -c)."""
+    def write(settings: dict, drop=(), name: str = "train.yaml"):
+        path = tmp_path / name
+        path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items() if k not in drop))
+        return path
+    return write

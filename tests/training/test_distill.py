@@ -19,14 +19,6 @@ from rearqa.training.losses import chunked_kl_sum
 from rearqa.training.train import build_task, make_optimizer, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def student(world):
     """The tiny base converted with TransMLA to a 4-wide latent + 4 rotary dims (cap: 12),
@@ -189,16 +181,13 @@ def test_bad_settings_are_refused(world, student, tmp_path):
         build_task(config(world, student, "x", teacher=str(adapter)), torch.device("cpu"))
 
 
-def test_the_cli_trains_a_student_by_path(world, student, tmp_path):
+def test_the_cli_trains_a_student_by_path(world, student, tmp_path, config_yaml):
     from typer.testing import CliRunner
 
     from rearqa.app.train_cmd import train_app
 
-    settings = config(world, student, "unused").to_dict()
-    for key in ("method", "student", "teacher", "distill_trainable", "out", "steps"):
-        settings.pop(key)
-    yaml_file = tmp_path / "distill.yaml"
-    yaml_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items()))
+    yaml_file = config_yaml(config(world, student, "unused").to_dict(), drop=(
+        "method", "student", "teacher", "distill_trainable", "out", "steps"))
     out = tmp_path / "cli"
     done = CliRunner().invoke(train_app, [
         "distill", "--student", str(student), "--teacher", "base", "--trainable", "new",

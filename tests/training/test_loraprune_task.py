@@ -17,14 +17,6 @@ from rearqa.training.config import TrainConfig
 from rearqa.training.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reader(world):
     """A tiny GQA Llama (6 query heads, 2 KV heads of 4, MLP 20) with the tiny tokenizer."""
@@ -138,16 +130,13 @@ def test_bad_settings_are_refused(world, reader):
         train(config(world, reader, "x-heads", prune_kv_groups=3), echo=lambda *_: None)
 
 
-def test_the_cli_runs_loraprune(world, reader, tmp_path):
+def test_the_cli_runs_loraprune(world, reader, tmp_path, config_yaml):
     from typer.testing import CliRunner
 
     from rearqa.app.train_cmd import train_app
 
-    settings = config(world, reader, "unused").to_dict()
-    for key in ("method", "teacher", "prune_kv_groups", "prune_mlp_channels", "out", "steps"):
-        settings.pop(key)
-    yaml_file = tmp_path / "lp.yaml"
-    yaml_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items()))
+    yaml_file = config_yaml(config(world, reader, "unused").to_dict(), drop=(
+        "method", "teacher", "prune_kv_groups", "prune_mlp_channels", "out", "steps"))
     out = tmp_path / "cli"
     done = CliRunner().invoke(train_app, [
         "loraprune", "--teacher", str(reader), "--kv-groups", "1", "--mlp-channels", "10",

@@ -16,14 +16,6 @@ from rearqa.training.train import build_task
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(world, **kw):
     base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
                 splits=["nq-dev-train"], out=str(world / "unused"), depth=4, group_size=4,

@@ -16,14 +16,6 @@ from rearqa.training.train import (DataOrder, build_task, lr_factor, make_optimi
                                    stages, train)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread beats two on a shared machine; restore the setting after."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def config(world, out, **kw):
     base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
                 splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,

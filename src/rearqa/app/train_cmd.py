@@ -47,6 +47,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 BudgetFromOpt = Annotated[Optional[str], typer.Option("--token-budget-from", help="A finished REAR run's train_log.jsonl: train for as many tokens.")]
 BudgetOpt = Annotated[Optional[int], typer.Option("--token-budget", help="Stop once this many training tokens are seen.")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Groups per micro-batch (baselines: x group_size examples).")]
+# distill / loraprune: a backbone run's length and micro-batch
+BackboneStepsOpt = Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")]
+SequencesOpt = Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="KEY=VALUE: any TrainConfig setting, VALUE read as YAML (repeatable; "
@@ -172,11 +175,11 @@ def distill(student: Annotated[Optional[str], typer.Option(
                 help="What of the student trains: attention | lora | new (MLA projections).")] = None,
             config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
             base_model: BaseOpt = None, token_budget: BudgetOpt = None,
-            steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")] = None,
+            steps: BackboneStepsOpt = None,
             max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
             threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
             time_limit: TimeOpt = None, quiet: QuietOpt = False,
-            batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
+            batch: SequencesOpt = None,
             grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
     """Heal a converted reader: KL(teacher || student) at every position of corpus windows and
     rag-ft prompts of the train splits; a converted REAR reader: its REAR inputs instead, plus
@@ -197,20 +200,20 @@ def loraprune(teacher: Annotated[Optional[str], typer.Option(
                   help="MLP channels each layer keeps, e.g. 1024 of 1536.")] = None,
               config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = None,
               base_model: BaseOpt = None, token_budget: BudgetOpt = None,
-              steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")] = None,
+              steps: BackboneStepsOpt = None,
               max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
               threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
               time_limit: TimeOpt = None, quiet: QuietOpt = False,
-              batch: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
+              batch: SequencesOpt = None,
               grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
     """LoRAPrune: a LoRA learns the reader's own distribution (the distill data and KL) while the
     least important attention groups and MLP channels are pruned on a cubic schedule; final/ holds
     mask.json and the LoRA over the pruned reader (rearqa.training.loraprune_task)."""
     _run("loraprune", config, stop_after, time_limit, quiet, sets, teacher=teacher,
          prune_kv_groups=kv_groups, prune_mlp_channels=mlp_channels, snapshot=snapshot, out=out,
-         base_model=base_model, token_budget=token_budget, steps=steps,
-         max_questions=max_questions, seed=seed, device=device, threads=threads,
-         save_every=save_every, batch=batch, grad_accum=grad_accum)
+         base_model=base_model, token_budget=token_budget, steps=steps, max_questions=max_questions,
+         seed=seed, device=device, threads=threads, save_every=save_every, batch=batch,
+         grad_accum=grad_accum)
 
 
 def main() -> None:
