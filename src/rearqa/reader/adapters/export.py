@@ -1,0 +1,102 @@
+"""Export a LoRA-family adapter as plain PEFT LoRA: the form vLLM's `enable_lora` serves.
+
+Each wrapped layer gives factors (A (R, d_in), B (d_out, R)) with B A equal to its weight delta
+and the method's scaling folded into A; the exported config sets lora_alpha = r, so PEFT's
+scaling is 1 and the exported delta is exactly B A. Exact, not an SVD fit (PEFT's
+`convert_to_lora` truncates an SVD of `get_delta_weight`): Hydra at rank r + r_s, DV-LoRA and
+GDV-LoRA with an input-independent gate at rank r. A method whose delta depends on the input
+(GDV-LoRA's input gate) is refused with the reason. The rank is kept as is: vLLM accepts any
+rank up to its `max_lora_rank` (one of VLLM_MAX_LORA_RANKS) and pads internally; serve with
+`max_lora_rank=vllm_max_lora_rank(r)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks (0.32)
+
+
+def vllm_max_lora_rank(r: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves rank `r`."""
+    for rank in VLLM_MAX_LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"rank {r} exceeds vLLM's largest max_lora_rank {VLLM_MAX_LORA_RANKS[-1]}")
+
+
+def lora_factors(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-LoRA factors (A, B), scaling folded into A, of one wrapped layer."""
+    from rearqa.reader.adapters.custom import RearLoraLinear
+
+    if isinstance(layer, RearLoraLinear):
+        layer._refuse(adapter, "export as plain LoRA")
+        w0 = layer.base_weight(adapter)
+        return layer.lora_factors(adapter, w0)
+    if layer.lora_variant.get(adapter) is not None or layer.fan_in_fan_out:
+        raise ValueError(f"cannot export {type(layer).__name__} with a LoRA variant or fan_in_fan_out")
+    if layer.merged:
+        raise ValueError("unmerge the adapter before exporting it")
+    return layer.lora_A[adapter].weight * layer.scaling[adapter], layer.lora_B[adapter].weight
+
+
+def _check_exportable(peft_model: nn.Module, adapter: str) -> None:
+    config = peft_model.peft_config[adapter]
+    if getattr(config, "trainable_token_indices", None) or getattr(config, "modules_to_save", None):
+        raise ValueError(f"adapter {adapter!r} trains token rows or whole modules besides its LoRA "
+                         "layers; vLLM's LoRA loader takes LoRA A/B only: merge it instead")
+
+
+def _target_names(base: nn.Module, wrapped: list[str]) -> list[str]:
+    """Leaf names (q_proj, ...) when each picks exactly the wrapped modules, else full names."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in wrapped})
+    same_leaf = [n for n, m in base.named_modules()
+                 if n.rsplit(".", 1)[-1] in leaves and isinstance(m, (nn.Linear, LoraLayer))]
+    return leaves if sorted(same_leaf) == sorted(wrapped) else sorted(wrapped)
+
+
+def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "default",
+                dtype: torch.dtype = torch.float32) -> Path:
+    """Write `adapter` of `peft_model` as a plain PEFT LoRA dir (adapter_config.json +
+    adapter_model.safetensors) that PEFT loads without any registration; returns `out_dir`."""
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import LoraLayer
+    from safetensors.torch import save_file
+
+    _check_exportable(peft_model, adapter)
+    base = peft_model.get_base_model()
+    tensors: dict[str, torch.Tensor] = {}
+    wrapped: list[str] = []
+    ranks = set()
+    with torch.no_grad():
+        for name, layer in base.named_modules():
+            if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
+                continue
+            a, b = lora_factors(layer, adapter)
+            key = f"base_model.model.{name}"
+            tensors[f"{key}.lora_A.weight"] = a.to(dtype).contiguous()
+            tensors[f"{key}.lora_B.weight"] = b.to(dtype).contiguous()
+            wrapped.append(name)
+            ranks.add(a.shape[0])
+    if not wrapped:
+        raise ValueError(f"no LoRA layers of adapter {adapter!r} in the model")
+    if len(ranks) != 1:
+        raise ValueError(f"layers of adapter {adapter!r} have different ranks {sorted(ranks)}")
+    rank = ranks.pop()
+    source = peft_model.peft_config[adapter]
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                        target_modules=_target_names(base, wrapped), task_type="CAUSAL_LM",
+                        base_model_name_or_path=source.base_model_name_or_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    (out / "rearqa_export.json").write_text(json.dumps(
+        {"from_method": getattr(source, "rearqa_method", "") or "lora", "rank": rank,
+         "vllm_max_lora_rank": vllm_max_lora_rank(rank)}, indent=2))
+    return out
