@@ -8,6 +8,8 @@ from rearqa.config_errors import ConfigError
 # method -> "module:Class" of its AdapterMethod.
 ADAPTERS: dict[str, str] = {
     "lora": "rearqa.reader.adapters.lora:LoraMethod",
+    "hydra": "rearqa.reader.adapters.hydra:HydraMethod",
+    "dvlora": "rearqa.reader.adapters.dvlora:DVLoraMethod",
 }
 
 

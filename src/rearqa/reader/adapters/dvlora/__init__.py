@@ -1,0 +1,50 @@
+"""DV-LoRA and GDV-LoRA (Cui et al., 2025, Endo3DAC: "Learning to Efficiently Adapt Foundation
+Models for Self-Supervised Endoscopic 3D Scene Reconstruction from Any Cameras", arXiv 2503.15917;
+DV-LoRA first in their EndoDAC).
+
+LoRA whose rank bottleneck is wrapped in trainable scaling vectors, delta = diag(b) B diag(d) A
+(LoRA's trainable A and B plus VeRA-style vectors), and in the gated variant a gate g on the
+update. One method with a `gate` setting rather than two names: DV-LoRA is GDV-LoRA with the gate
+off; the layer, the vectors and the export are the same. An input-independent gate ("none",
+"scalar") merges exactly and exports exactly as plain LoRA of rank r by folding g, b and d into
+A and B; the input gate ("input") is hf only (layer.py). See docs/adapters.md for what of the
+paper's equations could be checked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+from rearqa.reader.adapters.custom import RearLoraConfig, wrap_with
+from rearqa.reader.adapters.dvlora.config import DVLoraSettings
+from rearqa.reader.adapters.dvlora.layer import DVLoraLinear
+
+
+@dataclass
+class DVLoraConfig(RearLoraConfig):
+    """PEFT's LoraConfig plus DV-LoRA's vectors and gate (saved in adapter_config.json)."""
+
+    layer_cls: ClassVar[type] = DVLoraLinear
+    rearqa_method: str = field(default="dvlora")
+    dvlora_gate: str = field(default="none")
+    dvlora_vector_init: float = field(default=1.0)
+    dvlora_init: str = field(default="zero")
+
+
+class DVLoraMethod:
+    name: ClassVar[str] = "dvlora"
+    config_cls: ClassVar[type[DVLoraSettings]] = DVLoraSettings
+    peft_config_cls: ClassVar[type[RearLoraConfig]] = DVLoraConfig
+    exports_to_lora: ClassVar[bool] = True  # with gate "none" or "scalar"; "input" is hf only
+
+    @staticmethod
+    def wrap(model: nn.Module, settings: DVLoraSettings,
+             trainable_token_indices: dict[str, list[int]] | None = None) -> nn.Module:
+        extra = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
+        config = DVLoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                              target_modules=settings.target, task_type="CAUSAL_LM",
+                              dvlora_gate=settings.gate, dvlora_vector_init=settings.vector_init,
+                              dvlora_init=settings.init, **extra)
+        return wrap_with(config, model)
