@@ -27,17 +27,11 @@ PROMPT_METHOD = {"rag-ft": "rag", "closed-book-ft": "closed-book"}
 
 
 def merge_lora(model, adapter_dir: str | Path):
-    """`model` with the PEFT LoRA adapter in `adapter_dir` merged into its weights."""
-    from peft import PeftModel
+    """`model` with the saved LoRA-family adapter in `adapter_dir` merged into its weights (any
+    registered method: rearqa.reader.adapters.load_adapter)."""
+    from rearqa.reader.adapters import load_adapter
 
-    from rearqa.reader.adapters.peft_compat import dense_targets
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; give the directory "
-                                "peft's save_pretrained wrote")
-    with dense_targets(model):
-        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return load_adapter(model, Path(adapter_dir)).merge_and_unload()
 
 
 class DeviceHFEngine(HFEngine):

@@ -123,12 +123,9 @@ def load_rear(cls, path: str | Path, base_model_dir: str | Path | None, dtype: t
         if model.base_vocab_size != meta["base_vocab_size"]:
             raise ValueError(f"base model {base_dir} has {model.base_vocab_size} base tokens, the "
                              f"checkpoint was trained on {meta['base_vocab_size']}: wrong base model")
-        from peft import PeftModel
+        from rearqa.reader.adapters import load_adapter
 
-        from rearqa.reader.adapters.peft_compat import dense_targets
-
-        with dense_targets(model.lm):
-            model.lm = PeftModel.from_pretrained(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
+        model.lm = load_adapter(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
     else:
         lm = load_causal_lm(path, dtype)
         model = cls.from_base(lm, tokenizer, config, init_new_rows=False,
