@@ -50,6 +50,8 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Groups per micro-batch (b
 # distill / loraprune: a backbone run's length and micro-batch
 BackboneStepsOpt = Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")]
 SequencesOpt = Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")]
+AdapterOpt = Annotated[Optional[str], typer.Option(
+    help="LoRA-family method: lora | hydra | dvlora (its own settings: --set adapter_options=...).")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="KEY=VALUE: any TrainConfig setting, VALUE read as YAML (repeatable; "
@@ -119,7 +121,7 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
          max_questions: QuestionsOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
          threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
          time_limit: TimeOpt = None, quiet: QuietOpt = False, batch: BatchOpt = None,
-         grad_accum: AccumOpt = None, sets: SetOpt = None,
+         grad_accum: AccumOpt = None, sets: SetOpt = None, adapter: AdapterOpt = None,
          head: Annotated[Optional[str], typer.Option(
              help="Rank head: linear (vLLM-servable) | lowrank_attn.")] = None,
          count_tokens: Annotated[Optional[list[int]], typer.Option(
@@ -130,7 +132,7 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
     settings = dict(snapshot=snapshot, out=out, base_model=base_model, steps=steps,
                     warmup_stage_steps=warmup_steps, max_questions=max_questions, seed=seed,
                     device=device, threads=threads, save_every=save_every, batch=batch,
-                    grad_accum=grad_accum, rear_head=head)
+                    grad_accum=grad_accum, rear_head=head, adapter=adapter)
     if count_tokens:
         from rearqa.training.config import TrainConfig
         from rearqa.training.train import rear_token_count
@@ -151,12 +153,12 @@ def _baseline(method: str):
                 device: DeviceOpt = None, threads: ThreadsOpt = None, save_every: SaveOpt = None,
                 stop_after: StopOpt = None, time_limit: TimeOpt = None,
                 quiet: QuietOpt = False, batch: BatchOpt = None,
-                grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
+                grad_accum: AccumOpt = None, sets: SetOpt = None, adapter: AdapterOpt = None) -> None:
         _run(method, config, stop_after, time_limit, quiet, sets, snapshot=snapshot, out=out,
              base_model=base_model, token_budget_from=token_budget_from,
              token_budget=token_budget, steps=steps, max_questions=max_questions, seed=seed,
              device=device, threads=threads, save_every=save_every, batch=batch,
-             grad_accum=grad_accum)
+             grad_accum=grad_accum, adapter=adapter)
     return command
 
 

@@ -24,7 +24,6 @@ class ChatLMTask:
 
     def __init__(self, config: TrainConfig, snapshot, tokenizer, lm, device: torch.device) -> None:
         from rearqa.reader.adapters import wrap
-        from rearqa.reader.adapters.lora.config import LoraSettings
 
         examples = self.examples(config, snapshot)
         started = time.perf_counter()  # tokenised once; a batch only collates (data.token_rows)
@@ -36,8 +35,7 @@ class ChatLMTask:
         lengths = self.lengths()
         self.stats = {"questions": len(examples), "mean_tokens": sum(lengths) / max(1, len(lengths)),
                       "max_tokens": max(lengths, default=0)}
-        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
-        self.model = wrap("lora", lm, lora).to(device)
+        self.model = wrap(config.adapter, lm, config.adapter_settings()).to(device)
         self.tokenizer = tokenizer
         self.no_decay_names: list[str] = []
         self.n_items = len(examples)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,10 @@ class TrainConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input
+    adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora
+    # the method's own settings beyond lora_r / lora_alpha / lora_dropout, e.g. {sequential_r: 8}
+    # for hydra or {gate: scalar} for dvlora; turned into its typed settings at once (adapter_settings)
+    adapter_options: dict = field(default_factory=dict)
 
     # -- optimisation
     lr: float = 2e-4  # peak learning rate (AdamW)
@@ -190,6 +194,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be a string")
         self._check_ints()
         self._check_floats()
+        self.adapter_settings()  # an unknown method or a bad method setting fails here, named
         for name in ("chat_template", "question_first", "warmup_rank_only", "head_center"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be true or false")
@@ -244,6 +249,9 @@ class TrainConfig:
     def _check_loraprune(self) -> None:
         from rearqa.reader.backbone.loraprune.config import LoRAPruneConfig
 
+        if self.adapter != "lora":
+            raise ConfigError(f"train.adapter={self.adapter!r}: loraprune's importance reads plain "
+                              "LoRA's A and B gradients; use adapter: lora")
         if self.distill_trainable != "lora":
             raise ConfigError(f"train.distill_trainable={self.distill_trainable!r}: loraprune trains "
                               "a LoRA (its importance comes from the LoRA's gradients); use lora")
@@ -298,6 +306,26 @@ class TrainConfig:
             raise ConfigError("train.lr=0: nothing would be learned; e.g. lr: 2.0e-4")
 
     # ------------------------------------------------------------------ derived settings
+    def adapter_settings(self):
+        """The typed settings of `adapter`: lora_r / lora_alpha / lora_dropout plus adapter_options."""
+        from rearqa.reader.adapters import get_adapter
+
+        if not isinstance(self.adapter, str):
+            raise ConfigError(f"train.adapter={self.adapter!r}: give a method name, e.g. adapter: hydra")
+        if not isinstance(self.adapter_options, dict):
+            raise ConfigError(f"train.adapter_options={self.adapter_options!r}: give a mapping of "
+                              "the method's settings, e.g. {sequential_r: 8}")
+        settings_cls = get_adapter(self.adapter).config_cls
+        shared = {"r", "alpha", "dropout", "target"}
+        known = {f.name for f in fields(settings_cls)} - shared
+        unknown = sorted(set(self.adapter_options) - known)
+        if unknown:
+            raise ConfigError(f"train.adapter_options: {unknown} are not {self.adapter} settings; "
+                              f"it takes {sorted(known)} (rank, alpha and dropout are lora_r, "
+                              "lora_alpha and lora_dropout)")
+        return settings_cls(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            **self.adapter_options)
+
 
     @property
     def is_baseline(self) -> bool:

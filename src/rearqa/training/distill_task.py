@@ -218,10 +218,8 @@ class DistillTask:
             select_trainable(student, config.distill_trainable)
             return student
         from rearqa.reader.adapters import wrap
-        from rearqa.reader.adapters.lora.config import LoraSettings
 
-        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
-        return wrap("lora", student, lora)
+        return wrap(config.adapter, student, config.adapter_settings())
 
     def _stats(self) -> dict:
         lengths, ids = self.lengths(), self.item_ids

@@ -105,7 +105,7 @@ class RearTask:
         rear = RearConfig(head=config.rear_head, use_chat_template=config.chat_template,
                           question_first=config.question_first)
         model = RearModel.from_base(lm, tokenizer, rear, base_model_dir=config.base_model_dir())
-        self.model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout).to(device)
+        self.model = add_lora(model, method=config.adapter, settings=config.adapter_settings()).to(device)
         self.tokenizer = tokenizer
         self.no_decay_names = no_decay_parameter_names(self.model)
         self.n_items, self.items_per_micro = len(self.groups), config.batch

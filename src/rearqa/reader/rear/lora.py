@@ -19,7 +19,7 @@ toward zero.
 """
 from __future__ import annotations
 
-from rearqa.reader.adapters import wrap
+from rearqa.reader.adapters import AdapterSettings, wrap
 from rearqa.reader.adapters.lora.config import LoraSettings
 from rearqa.reader.rear.model import RearModel
 
@@ -41,13 +41,16 @@ def trainable_token_indices(model: RearModel) -> dict[str, list[int]]:
 
 
 def add_lora(model: RearModel, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-             target: str | list[str] = "all-linear") -> RearModel:
-    """Wrap `model.lm` with LoRA (in place; returns the model). Trainable afterwards: the LoRA
-    matrices, the REAR rows of `trainable_token_indices`, and the lowrank_attn head if any."""
+             target: str | list[str] = "all-linear", method: str = "lora",
+             settings: AdapterSettings | None = None) -> RearModel:
+    """Wrap `model.lm` with LoRA, or the LoRA-family `method` with its `settings` (which then
+    replace r / alpha / dropout / target), in place; returns the model. Trainable afterwards: the
+    adapter's tensors, the REAR rows of `trainable_token_indices`, and the lowrank_attn head if any."""
     if model.is_lora:
         raise ValueError("the model already has LoRA adapters")
-    settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target=target)
-    model.lm = wrap("lora", model.causal_lm, settings, trainable_token_indices(model))
+    if settings is None:
+        settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target=target)
+    model.lm = wrap(method, model.causal_lm, settings, trainable_token_indices(model))
     if model.rank_head is not None:
         model.rank_head.requires_grad_(True)
     return model

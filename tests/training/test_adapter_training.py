@@ -1,0 +1,65 @@
+"""`adapter:` chooses the LoRA-family method a run trains (rearqa.reader.adapters): a hydra
+rag-ft run and a GDV-LoRA REAR run on the tiny world train, save, and load back merged."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.training.config import TrainConfig
+from rearqa.training.train import train
+
+
+def config(world, out, **kw):
+    base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
+                splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
+                grad_accum=1, warmup_stage_steps=1, steps=2, lora_r=4, lora_alpha=8,
+                lora_dropout=0.0, lr=1e-2, save_every=100, max_answer_tokens=5, rag_k=2,
+                max_passage_words=20, threads=1, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_hydra_run_trains_saves_and_its_merged_model_loads(world):
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.reader.adapters import load_adapter
+    from rearqa.reader.finetuned import merge_lora
+
+    cfg = config(world, "hydra-ft", method="rag-ft", adapter="hydra",
+                 adapter_options={"sequential_r": 2, "sequential_alpha": 4})
+    final = train(cfg, echo=lambda *_: None)
+    assert '"rearqa_method": "hydra"' in (Path(final) / "adapter_config.json").read_text()
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+    model = load_adapter(base, final).eval()
+    seq_b = [p for n, p in model.named_parameters() if "lora_seq_B" in n]
+    assert seq_b and any(p.abs().sum() > 0 for p in seq_b)  # the sequential branch trained
+    ids = torch.tensor([[2, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(ids).logits
+        merged = merge_lora(AutoModelForCausalLM.from_pretrained(cfg.base_model), final)
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_a_gated_dvlora_rear_run_trains_and_its_checkpoint_loads(world):
+    from rearqa.reader.rear import RearModel
+
+    cfg = config(world, "gdv-rear", adapter="dvlora", adapter_options={"gate": "scalar"})
+    final = train(cfg, echo=lambda *_: None)
+    model = RearModel.from_pretrained(final, cfg.base_model)
+    assert any("lora_gate" in n for n, _ in model.named_parameters())
+    scores = model.score_texts("who wrote hamlet ?", ["hamlet is a tragedy", "paris is a city"])
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(adapter="ia3"), "unknown adapter method 'ia3'"),
+    (dict(adapter="hydra", adapter_options={"gate": "scalar"}), r"\['gate'\] are not hydra settings"),
+    (dict(adapter="dvlora", adapter_options={"gate": "always"}), "gate='always'"),
+    (dict(adapter="hydra", method="loraprune", adapter_options={}), "loraprune"),
+])
+def test_a_bad_adapter_choice_is_refused_with_the_value(world, bad, match):
+    kw = dict(bad)
+    if kw.get("method") == "loraprune":
+        kw.update(teacher="base", prune_kv_groups=1, prune_mlp_channels=8)
+    with pytest.raises(ConfigError, match=match):
+        config(world, "bad", **kw)
