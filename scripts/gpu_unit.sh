@@ -60,6 +60,9 @@
 #   eval-order NAME ORDER...        [eval-order-NAME] issue 14: NAME's reader (a train-baseline or
 #       train-rear unit, as eval-mla) on the answerable questions of $MLA_TESTS with its passages
 #       in each ORDER (retrieval | reversed | shuffled:SEED), one after another into $UD/<order>/
+#   eval-spatten NAME SPLITS BUDGET...  [eval-spatten-NAME] issue 14: NAME's rag / rag-ft reader on the
+#       answerable questions of SPLITS ("nq-dev-select:500 tqa-dev-select:500", as $TESTS) with
+#       each SpAtten BUDGET (spatten:tokens=0.6,...; none: without) into $UD/<budget>/
 # Re-running a unit on the same machine resumes it (training from its newest checkpoint, a
 # finished step is not redone) or, when it is done, sends its archive again.
 # Exit: 0 the unit is done (or status with the env ready); 3 a part was refused; 4 env not
@@ -507,6 +510,23 @@ body_eval_order() {  # NAME ORDER...: NAME's reader on $MLA_TESTS (answerable), 
   done
 }
 
+body_eval_spatten() {  # NAME SPLITS BUDGET...: NAME's reader with each SpAtten BUDGET (none: without) on SPLITS
+  local name=$1 splits=$2; shift 2
+  local method k from adapter teacher b
+  mla_source "$name" || return 2
+  [ "$method" = rear ] && { echo "eval-spatten: SpAtten runs in the rag / rag-ft readers, not REAR's"; return 2; }
+  U note "$UD/unit.json" kind=eval-spatten name="$name" method="$method" k="$k" "budgets=$*" splits="$splits"
+  for b in "$@"; do
+    local bd=$UD/$(tr ':=,' '-__' <<< "$b") extra=()
+    [ "$b" = none ] || extra=(--backbone "$b")
+    [ -f "$bd/done" ] && { echo "eval: $b done in an earlier call"; continue; }
+    local t=$(date +%s)
+    TESTS=$splits TEST_OUT=$bd run_tests "$method" "$k" --answerable-only "${extra[@]}" "${adapter[@]}" || return 1
+    touch "$bd/done"
+    echo "eval: $name with $b in $(( $(date +%s) - t )) s"
+  done
+}
+
 body_eval_untuned() {
   U note "$UD/unit.json" kind=eval-untuned methods="closed-book rag" k=5
   run_tests "closed-book rag" 5
@@ -536,6 +556,7 @@ if [ "${1:-}" = --body ]; then
     eval-healed) body_eval_healed "$@" ;;
     loraprune) body_loraprune "$@" ;;
     eval-order) body_eval_order "$@" ;;
+    eval-spatten) body_eval_spatten "$@" ;;
     bench) body_bench "$@" ;;
     *) echo "unknown unit $UNIT"; exit 2 ;;
   esac
@@ -562,8 +583,9 @@ case $UNIT in
   distill) [ $# -ge 4 ] || { echo "usage: distill SOURCE SETTING TRAINABLES BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-${2/+/-}-${3//,/-}} ;;
   loraprune) [ $# -ge 4 ] || { echo "usage: loraprune SOURCE KV MLP BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$1-$2-$3} ;;
   eval-order) [ $# -ge 2 ] || { echo "usage: eval-order NAME ORDER..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
+  eval-spatten) [ $# -ge 3 ] || { echo "usage: eval-spatten NAME SPLITS BUDGET..."; exit 2; }; ID=${ID:-$UNIT-$1} ;;
   train-baseline) [ $# -ge 4 ] || { echo "usage: train-baseline METHOD NAME SEED BUDGET ..."; exit 2; }; ID=${ID:-$UNIT-$2} ;;
-  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed | loraprune | eval-order"; exit 2 ;;
+  *) echo "unknown unit $UNIT: status | bench | train-rear | train-baseline | eval-test | eval-untuned | eval-mla | distill | eval-healed | loraprune | eval-order | eval-spatten"; exit 2 ;;
 esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
