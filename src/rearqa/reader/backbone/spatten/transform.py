@@ -1,0 +1,26 @@
+"""SpAtten as an inference-time backbone: parse its budget string, install it, name it."""
+from __future__ import annotations
+
+import torch
+
+from rearqa.reader.backbone.spatten.config import SpAttenConfig, parse_budgets
+
+
+class SpAtten:
+    """The `spatten` entry of INFERENCE_BACKBONES."""
+
+    name = "spatten"
+    config_cls = SpAttenConfig
+
+    def parse(self, text: str) -> SpAttenConfig:
+        return parse_budgets(text)
+
+    def apply(self, model: torch.nn.Module, cfg: SpAttenConfig) -> torch.nn.Module:
+        """`model` running SpAtten attention at `cfg` (eager math; the weights untouched)."""
+        from rearqa.reader.backbone.spatten.attention import install
+
+        install(model, cfg)
+        return model
+
+    def label(self, cfg: SpAttenConfig) -> str:
+        return cfg.label
