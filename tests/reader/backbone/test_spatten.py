@@ -265,3 +265,38 @@ def test_evidence_rate_on_a_constructed_prompt():
     assert none.answer_tokens == 0 and none.share is None
     with pytest.raises(ValueError, match="padding"):
         prompt_evidence_rate(text, words, passages, ["Paris"], pruned + [-1])
+
+
+# ------------------------------------------------------------------ wiring
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(backbone="spatten:tokens=2"), "tokens"),
+    (dict(backbone="spatten", engine="vllm"), "engine 'hf' only"),
+    (dict(backbone="spatten", method="rear"), "not 'rear'"),
+    (dict(backbone="h2o:tokens=0.5"), "one of \\['spatten'\\]")])
+def test_reader_config_refuses_what_cannot_run(fields, match):
+    from rearqa.reader.config import ReaderConfig
+
+    with pytest.raises(ConfigError, match=match):
+        ReaderConfig(**fields)
+
+
+def test_hf_engine_generates_with_spatten_and_names_it(tmp_path):
+    from rearqa.reader.backbone.loading import backbone_label
+    from rearqa.reader.engines.hf import HFEngine
+    from rearqa.testing import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    budgets = "spatten:tokens=0.5,start_layer=1,recent=2"
+    engine = HFEngine(tmp_path, "float32", backbone=budgets)
+    plain = HFEngine(tmp_path, "float32")
+    assert engine.model.config._attn_implementation == "spatten"
+    assert engine.backbone == parse_budgets(budgets).label
+    assert backbone_label(tmp_path, inference=budgets) == f"original + {engine.backbone}"
+    messages = [[{"role": "user", "content": "the cat sat on the mat . what sat ?"}]]
+    with track(engine.model) as history:
+        engine.generate(messages, max_new_tokens=3)
+    assert history and (history[0].pruned_layer >= 0).any()
+    assert plain.backbone == "" and plain.generate(messages, max_new_tokens=3)

@@ -1,7 +1,6 @@
-"""SpAtten as an inference-time backbone: parse its budget string, install it, name it."""
+"""SpAtten as an inference-time backbone: parse its budget string, install it, name it.
+Torch-free at import, so ReaderConfig can check a budget string where it enters."""
 from __future__ import annotations
-
-import torch
 
 from rearqa.reader.backbone.spatten.config import SpAttenConfig, parse_budgets
 
@@ -15,7 +14,7 @@ class SpAtten:
     def parse(self, text: str) -> SpAttenConfig:
         return parse_budgets(text)
 
-    def apply(self, model: torch.nn.Module, cfg: SpAttenConfig) -> torch.nn.Module:
+    def apply(self, model, cfg: SpAttenConfig):
         """`model` running SpAtten attention at `cfg` (eager math; the weights untouched)."""
         from rearqa.reader.backbone.spatten.attention import install
 
