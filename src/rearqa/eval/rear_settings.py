@@ -68,6 +68,7 @@ class RearEvalSettings:
     choose_threshold: bool = False  # select REAR's threshold and routing variant on this (dev) split
     grid_size: int = 101  # threshold candidates (score quantiles) of the selection
     dry_run: bool = False  # with choose_threshold: do not write the choice into the checkpoint
+    backbone: str = ""  # an inference-time backbone with its budgets ("spatten:tokens=0.6,..."); "" none
 
     def __post_init__(self) -> None:
         self.snapshot, self.out = Path(self.snapshot), Path(self.out)
