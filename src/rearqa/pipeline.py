@@ -128,14 +128,16 @@ class Pipeline:
     def backbone(self, method: str | None = None) -> str:
         """The backbone `method` reads with: "original", or the transform that converted the
         weights it loads (backbone.json beside them), e.g. "transmla(96+64)", and TPLA's decode
-        mode where reader.tp_shards is set ("transmla(192+64) + tpla(2 shards, pca)")."""
+        mode where reader.tp_shards is set ("transmla(192+64) + tpla(2 shards, pca)"), and the
+        inference-time backbone where reader.backbone is set ("original + spatten:tokens=0.6,...")."""
         method = method or self.config.reader.method
         if method not in self._backbones:
             from rearqa.reader.backbone.loading import backbone_label
-            from rearqa.reader.config import TPLA_METHODS
+            from rearqa.reader.config import INFERENCE_BACKBONE_METHODS, TPLA_METHODS
 
             tpla = self.config.reader.tpla() if method in TPLA_METHODS else None
-            self._backbones[method] = backbone_label(self._weights_dir(method), tpla)
+            inference = self.config.reader.backbone if method in INFERENCE_BACKBONE_METHODS else ""
+            self._backbones[method] = backbone_label(self._weights_dir(method), tpla, inference)
         return self._backbones[method]
 
     def _weights_dir(self, method: str) -> Path:

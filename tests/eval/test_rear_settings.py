@@ -41,3 +41,18 @@ def test_command_line_fills_the_settings():
 def test_bad_settings_are_refused_with_the_fix(change, message):
     with pytest.raises(ConfigError, match=message):
         RearEvalSettings(**{"snapshot": "s", "split": "nq-test", "out": "o", **change})
+
+
+def test_the_backbone_reaches_the_readers_config():
+    """`--backbone spatten:...` on the snapshot runner (the GPU units' eval): the reader's config
+    carries it, so its engine runs SpAtten; a bad budget is refused where the config is built."""
+    from rearqa.eval.rear_runs import reader_config
+
+    settings = parse_settings(["--snapshot", "snap", "--split", "nq-dev-select", "--out", "o",
+                               "--methods", "rag-ft", "--backbone", "spatten:tokens=0.6"])
+    assert reader_config(settings, "rag-ft").backbone == "spatten:tokens=0.6"
+    assert reader_config(parse_settings(["--snapshot", "s", "--split", "nq-test", "--out", "o"]),
+                         "rag-ft").backbone == ""
+    with pytest.raises(ConfigError, match="spatten"):
+        reader_config(parse_settings(["--snapshot", "s", "--split", "nq-test", "--out", "o",
+                                      "--backbone", "spatten:tokens=2"]), "rag-ft")

@@ -56,6 +56,10 @@ TPRotationOpt = Annotated[str, typer.Option(
 TPCalibOpt = Annotated[str, typer.Option(
     "--tp-calib", help="TPLA pca: a calibration file (scripts/transmla_calib.py); default: the "
     "conversion's own calibration text.")]
+BackboneOpt = Annotated[str, typer.Option(
+    "--backbone", help="An inference-time backbone over the reader's weights, with its budgets "
+    "(reader.backbone), e.g. spatten:tokens=0.6,heads=0.8,key_bits=4 (engine hf; methods rag, "
+    "closed-book, rag-ft, closed-book-ft). Default: the config's (none).")]
 
 
 def _tpla(tp_shards: int, tp_rotation: str, tp_calib: str) -> dict:
@@ -157,11 +161,11 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
         method: Annotated[Optional[str], typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
         reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
-        tp_calib: TPCalibOpt = "",
+        tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
         config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Answer one question: the answer on the first line, then the citations."""
     pipe = _pipeline(config, home, collection, **_reader_dir(reader),
-                     **_tpla(tp_shards, tp_rotation, tp_calib))
+                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
     answer = pipe.ask(question, k=k, method=method, retriever=retriever)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2))
@@ -196,13 +200,13 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
              fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
              reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
-             tp_calib: TPCalibOpt = "",
+             tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
 
     pipe = _pipeline(config, home, routing=routing, fallback=fallback, **_reader_dir(reader),
-                     **_tpla(tp_shards, tp_rotation, tp_calib))
+                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed, passage_order=passage_order)
@@ -257,14 +261,14 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               help="Mount the web chat at /chat (default: on unless --token is set).")] = None,
           engine: Annotated[str, typer.Option(help="Reader engine: hf | vllm (default: the config's).")] = "",
           reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
-          tp_calib: TPCalibOpt = "",
+          tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the HTTP API (FastAPI; docs at /docs, OpenAI-compatible chat at /v1) and the web chat."""
     from rearqa.app.jobs import JobSettings
     from rearqa.app.server import serve as run_server
 
     pipe = _pipeline(config, home, collection, engine=engine, **_reader_dir(reader),
-                     **_tpla(tp_shards, tp_rotation, tp_calib))
+                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
     from rearqa.app.state import DEFAULT_MAX_BATCH
 
     max_batch = max_batch or DEFAULT_MAX_BATCH[pipe.config.reader.engine]

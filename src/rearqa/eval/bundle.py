@@ -133,7 +133,7 @@ class SnapshotPipeline:
     def backbone(self) -> str:
         """The backbone of the weights the reader loaded (config.weights: a REAR checkpoint's own,
         else the base model's): "original" or the transform's label, as Pipeline.backbone."""
-        from rearqa.reader.backbone.loading import backbone_label
+        from rearqa.reader.backbone.loading import backbone_label, inference_label
 
         weights = getattr(self.config, "weights", None) or {}
         labels = [backbone_label(weights[key]) for key in ("checkpoint", "base_model")
@@ -141,7 +141,9 @@ class SnapshotPipeline:
         label = next((label for label in labels if label != "original"), "original")
         reader = getattr(self.config, "reader", None)  # TPLA's decode mode, where tp_shards is set
         tpla = reader.tpla() if reader is not None and getattr(reader, "tp_shards", 0) else None
-        return label if tpla is None else f"{label} + {tpla.label}"
+        label = label if tpla is None else f"{label} + {tpla.label}"
+        inference = getattr(reader, "backbone", "") if reader is not None else ""
+        return f"{label} + {inference_label(inference)}" if inference else label
 
 
 def main(argv: list[str] | None = None) -> None:

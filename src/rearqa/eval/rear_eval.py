@@ -97,6 +97,8 @@ def parse_settings(argv: list[str] | None = None) -> RearEvalSettings:
     p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--passage-order", default=_default("passage_order"),
                    help="the reader's top-k passages in retrieval order, reversed, or shuffled:SEED")
+    p.add_argument("--backbone", default=_default("backbone"),
+                   help="an inference-time backbone over the reader's weights, e.g. spatten:tokens=0.6,heads=0.8")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="start each method's run over")
     p.add_argument("--choose-threshold", action="store_true",

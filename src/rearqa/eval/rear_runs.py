@@ -78,7 +78,8 @@ def reader_config(settings: RearEvalSettings, method: str) -> ReaderConfig:
                         batch_size=settings.batch_size, dtype=dtype, prompt=settings.prompt,
                         max_passage_words=settings.max_passage_words,
                         checkpoint=str(settings.checkpoint or ""), routing=settings.routing,
-                        fallback=settings.fallback, adapter=settings.adapter(method))
+                        fallback=settings.fallback, adapter=settings.adapter(method),
+                        backbone=settings.backbone)
 
 
 def load_reader(method: str, settings: RearEvalSettings):

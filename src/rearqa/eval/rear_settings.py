@@ -69,6 +69,7 @@ class RearEvalSettings:
     grid_size: int = 101  # threshold candidates (score quantiles) of the selection
     dry_run: bool = False  # with choose_threshold: do not write the choice into the checkpoint
     passage_order: str = "retrieval"  # retrieval | reversed | shuffled:SEED (rearqa.eval.passage_order)
+    backbone: str = ""  # an inference-time backbone with its budgets ("spatten:tokens=0.6,..."); "" none
 
     def __post_init__(self) -> None:
         self.snapshot, self.out = Path(self.snapshot), Path(self.out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rearqa.reader.base import QuestionError, Reader, check_question
 from rearqa.reader.baseline import BaselineReader
-from rearqa.reader.config import READERS, TPLA_METHODS, ReaderConfig
+from rearqa.reader.config import INFERENCE_BACKBONE_METHODS, READERS, TPLA_METHODS, ReaderConfig
 from rearqa.registry import lazy_attributes, resolve
 
 __all__ = ["BaselineReader", "FinetunedReader", "QuestionError", "READERS", "Reader", "ReaderConfig",
@@ -35,6 +35,11 @@ def build_reader(method: str, config: ReaderConfig, base_model_dir: str | Path):
 
         raise ConfigError(f"reader.tp_shards={config.tp_shards}: TPLA decode is wired into the readers "
                           f"of {list(TPLA_METHODS)}, not {method!r}; set reader.tp_shards: 0")
+    if config.backbone and method not in INFERENCE_BACKBONE_METHODS:
+        from rearqa.config_errors import ConfigError
+
+        raise ConfigError(f"reader.backbone={config.backbone!r} is wired into the readers of "
+                          f"{list(INFERENCE_BACKBONE_METHODS)}, not {method!r}; set reader.backbone: \"\"")
     factory = getattr(cls, "from_config", cls)
     return factory(config, base_model_dir)
 

@@ -26,10 +26,13 @@ class BaselineReader:
         self.config = config
         self.template = get_prompt(config.prompt)
         # Engine-specific settings are passed only when set: ReaderConfig refuses kv_block_size for
-        # engines other than vllm and TPLA (tp_shards) for engines other than hf.
+        # engines other than vllm, and TPLA (tp_shards) and inference-time backbones for engines
+        # other than hf.
         extra = {"block_size": config.kv_block_size} if config.kv_block_size else {}
         if config.tp_shards:
             extra.update(tpla=config.tpla(), tpla_calib=config.tp_calib)
+        if config.backbone:
+            extra.update(backbone=config.backbone)
         self.engine = engine or build_engine(
             config.engine, model_dir=model_dir, dtype=config.dtype, threads=config.threads,
             trust_remote_code=config.trust_remote_code, **extra)

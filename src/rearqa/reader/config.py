@@ -38,6 +38,9 @@ DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 # The readers whose transformers engine can decode with TPLA (reader.tp_shards); REAR's reader
 # loads its model its own way and is not wired yet.
 TPLA_METHODS = ("closed-book", "rag", "rag-ft", "closed-book-ft")
+# The readers whose transformers engine can run an inference-time backbone (reader.backbone:
+# SpAtten); REAR's reader loads its model its own way and is not wired yet.
+INFERENCE_BACKBONE_METHODS = TPLA_METHODS
 
 
 @dataclass
@@ -65,6 +68,9 @@ class ReaderConfig:
     tp_shards: int = 0
     tp_rotation: str = "hadamard"  # latent rotation before the split: none | hadamard | pca (TPLA ROTATIONS)
     tp_calib: str = ""  # pca: a calibration file (scripts/transmla_calib.py); "" = the conversion's own text
+    # An inference-time backbone over the loaded weights, with its budgets (backbone/spatten):
+    # "spatten:tokens=0.6,heads=0.8,key_bits=4,..."; engine hf only. "" = the model as it loads.
+    backbone: str = ""
 
     def __post_init__(self) -> None:
         for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
@@ -84,6 +90,7 @@ class ReaderConfig:
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"reader.threads={self.threads!r}: must be 0 (default) or a positive integer")
         self._check_tpla()
+        self._check_backbone()
         for name in ("checkpoint", "adapter"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"reader.{name}={getattr(self, name)!r}: must be a directory path "
@@ -106,6 +113,25 @@ class ReaderConfig:
         if self.method not in TPLA_METHODS:
             raise ConfigError(f"reader.tp_shards={self.tp_shards}: TPLA decode is wired into the readers "
                               f"of {list(TPLA_METHODS)}, not {self.method!r}; set reader.tp_shards: 0")
+
+    def _check_backbone(self) -> None:
+        if not isinstance(self.backbone, str):
+            raise ConfigError(f"reader.backbone={self.backbone!r}: a string such as "
+                              "'spatten:tokens=0.6,heads=0.8', or \"\" for the model as it loads")
+        if not self.backbone:
+            return
+        from rearqa.reader.backbone import inference_backbone
+
+        inference_backbone(self.backbone)  # an unknown name or a bad budget raises here
+        if self.engine != "hf":
+            raise ConfigError(f"reader.backbone={self.backbone!r} runs on reader.engine 'hf' only: "
+                              "SpAtten prunes tokens and heads per layer inside transformers' attention, "
+                              "which vLLM's paged attention kernels cannot run; set reader.engine: hf "
+                              "or reader.backbone: \"\"")
+        if self.method not in INFERENCE_BACKBONE_METHODS:
+            raise ConfigError(f"reader.backbone={self.backbone!r} is wired into the readers of "
+                              f"{list(INFERENCE_BACKBONE_METHODS)}, not {self.method!r}; set "
+                              "reader.backbone: \"\"")
 
     def tpla(self):
         """TPLA's settings (tpla.config.TPLAConfig) when tp_shards is set, else None (full MLA)."""

@@ -39,7 +39,8 @@ class DeviceHFEngine(HFEngine):
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, device: str = "auto",
-                 adapter: str | Path | None = None, tpla=None, tpla_calib: str = "") -> None:
+                 adapter: str | Path | None = None, tpla=None, tpla_calib: str = "",
+                 backbone: str = "") -> None:
         # Merge in float32, then cast: merging into bf16 weights would round the LoRA delta.
         # TPLA's rotation goes in after the merge (the adapter was trained on the unrotated latent).
         if tpla is not None:
@@ -59,6 +60,8 @@ class DeviceHFEngine(HFEngine):
             self._use_tpla(tpla, tpla_calib)
             self.model.eval()
         self.model.to(device=resolve_device(device), dtype=getattr(torch, dtype))  # DTYPES are torch names
+        if backbone:  # over the merged weights: SpAtten changes how they attend, not what they are
+            self._use_backbone(backbone)
         self.adapter = str(adapter) if adapter else None
 
     def _encode(self, batch: list[list[dict]]):
@@ -75,7 +78,7 @@ class FinetunedReader:
             adapter = adapter or resolve_adapter(config)
             engine = DeviceHFEngine(model_dir, config.dtype, config.threads,
                                     config.trust_remote_code, device, adapter, config.tpla(),
-                                    config.tp_calib)
+                                    config.tp_calib, config.backbone)
         self.base = BaselineReader(config, model_dir, engine=engine)
 
     @classmethod

@@ -18,6 +18,24 @@ TRANSFORMS: dict[str, str] = {
     "kv_merge": "rearqa.reader.backbone.kv_merge.transform:KVMerge",
 }
 
+# Inference-time backbones: methods that change how a loaded reader attends, not its weights, with
+# settings chosen per run (`reader.backbone: "spatten:tokens=0.6,..."`): nothing to convert or
+# export, so not TRANSFORMS. Each class has parse(text) -> config, apply(model, config) -> model
+# and label(config); the transformers engine applies one over whatever reader it loaded.
+INFERENCE_BACKBONES: dict[str, str] = {
+    "spatten": "rearqa.reader.backbone.spatten.transform:SpAtten",
+}
+
+
+def inference_backbone_name(text: str) -> str:
+    """The method of a `name[:settings]` backbone string; an unknown one lists the valid names."""
+    name = text.strip().partition(":")[0]
+    if name not in INFERENCE_BACKBONES:
+        raise ConfigError(f"backbone {text!r}: an inference-time backbone is one of "
+                          f"{list(INFERENCE_BACKBONES)}, written name[:key=value,...] "
+                          "(converted backbones load by path: reader.model)")
+    return name
+
 # What a converted reader can be saved as, and so which engines can serve it:
 #   deepseek_v3_mla  a DeepseekV3 (MLA) checkpoint: transformers and vLLM's MLA backends
 #   llama_fewer_kv   a stock Llama checkpoint with fewer num_key_value_heads: any engine

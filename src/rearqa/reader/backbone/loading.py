@@ -55,11 +55,23 @@ def check_vllm_servable(model_dir: str | Path) -> None:
                           "set reader.engine: hf")
 
 
-def backbone_label(model_dir: str | Path | None, tpla=None) -> str:
+def backbone_label(model_dir: str | Path | None, tpla=None, inference: str = "") -> str:
     """What /health, answers and eval reports call the backbone in `model_dir`: the transform and
     its main settings for a converted reader ("transmla(96+64)"), "original" otherwise; with
     `tpla` (a TPLAConfig: reader.tp_shards set) its decode mode after it
-    ("transmla(192+64) + tpla(2 shards, pca)")."""
+    ("transmla(192+64) + tpla(2 shards, pca)"); with `inference` (reader.backbone: an
+    inference-time backbone string) its canonical budgets after that
+    ("original + spatten:tokens=0.6,heads=1,...")."""
     manifest = read_manifest(model_dir) if model_dir else None
     label = "original" if manifest is None else manifest.label
-    return label if tpla is None else f"{label} + {tpla.label}"
+    label = label if tpla is None else f"{label} + {tpla.label}"
+    return f"{label} + {inference_label(inference)}" if inference else label
+
+
+def inference_label(text: str) -> str:
+    """The canonical label of an inference-time backbone string ("spatten:tokens=0.6" ->
+    "spatten:tokens=0.6,heads=1,...": every budget, so reports name exactly what ran)."""
+    from rearqa.reader.backbone import inference_backbone
+
+    method, cfg = inference_backbone(text)
+    return method.label(cfg)

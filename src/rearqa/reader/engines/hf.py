@@ -18,10 +18,12 @@ class HFEngine:
     """A causal LM loaded from a transformers checkpoint directory (converted backbones too)."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
-                 trust_remote_code: bool = False, tpla=None, tpla_calib: str = "") -> None:
+                 trust_remote_code: bool = False, tpla=None, tpla_calib: str = "",
+                 backbone: str = "") -> None:
         """`tpla` (tpla.config.TPLAConfig, or None for the model as it is): decode an MLA reader
         with TPLA's g shards simulated in one process; `tpla_calib` a calibration file for its
-        PCA rotation ("" = the conversion's own calibration text)."""
+        PCA rotation ("" = the conversion's own calibration text); `backbone` an inference-time
+        backbone with its budgets ("spatten:tokens=0.6,..."; "" = none) run over the weights."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import load_causal_lm
@@ -46,6 +48,9 @@ class HFEngine:
             self._use_tpla(tpla, tpla_calib)
             self.model.to(_DTYPES[dtype])
         self.model.eval()
+        self.backbone = ""  # the inference-time backbone's label, once one is installed
+        if backbone:
+            self._use_backbone(backbone)
         self.extra_eos: set[int] = set()  # ids an adapter's training ended answers with
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
 
@@ -55,6 +60,14 @@ class HFEngine:
 
         self.model = prepare_tpla(self.model, self.model_dir, self.tokenizer, tpla, calib_file)
         self.tpla = tpla
+
+    def _use_backbone(self, text: str) -> None:
+        """Run the model with the inference-time backbone `text` names (SpAtten: its attention)."""
+        from rearqa.reader.backbone import inference_backbone
+
+        method, cfg = inference_backbone(text)
+        self.model = method.apply(self.model, cfg)
+        self.backbone = method.label(cfg)
 
     def render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
