@@ -201,7 +201,7 @@ def parity(hf: list[list[int]], vllm: list[list[int]]) -> dict:
 
 # -- vLLM, one subprocess per reader -------------------------------------------------------------
 
-def run_vllm(model_dir: Path, job: dict, scratch: Path, name: str) -> dict:
+def run_vllm(model_dir: Path, job: dict, scratch: Path, index: int) -> dict:
     """The worker's result on `model_dir`, or {"error": ...} with the end of its log when vLLM
     refused the reader or failed (the table shows it; the other readers still run)."""
     from rearqa.config_errors import ConfigError
@@ -211,7 +211,7 @@ def run_vllm(model_dir: Path, job: dict, scratch: Path, name: str) -> dict:
         check_vllm_servable(model_dir)
     except ConfigError as exc:
         return {"error": str(exc)}
-    job_file, out_file, log_file = (scratch / f"vllm-{name}.{ext}" for ext in ("job.json", "out.json", "log"))
+    job_file, out_file, log_file = (scratch / f"vllm-{index}.{ext}" for ext in ("job.json", "out.json", "log"))
     job_file.write_text(json.dumps({**job, "model": str(model_dir)}))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "VLLM_CPU_OMP_THREADS_BIND": f"0-{job['threads'] - 1}" if job["threads"] > 1 else "0"}
@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                    "new_tokens": args.new_tokens, "speed_prompts": prompts.tolist(),
                    "parity_prompts": parity_ids, "parity_tokens": args.parity_tokens,
                    "timeout_s": args.vllm_timeout}
-            for name, d in dirs.items():
+            for index, (name, d) in enumerate(dirs.items()):  # files by index: a name may hold '/'
                 print(f"vLLM on {name}", flush=True)
-                vllm = run_vllm(d, job, scratch, name)
+                vllm = run_vllm(d, job, scratch, index)
                 result["readers"][name]["vllm"] = vllm
                 if "error" in vllm:
                     print(f"vLLM failed on {name}: {vllm['error']}", file=sys.stderr, flush=True)
