@@ -351,6 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--parity-prompts", type=int, default=4)
     ap.add_argument("--parity-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="free text kept in the JSON (what the readers are)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--vllm-worker", type=Path, help=argparse.SUPPRESS)  # internal: one reader's vLLM side
     return ap.parse_args(argv)
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                           if k != "vllm_worker"}
     result["readers_given"] = {name: str(directory) for name, directory in readers}
     result["baseline"] = baseline
+    result["note"] = args.note
     result["machine"] = machine(args.threads)
     result["prompts"] = (f"speed: {args.context} random token ids (seed {args.seed}, ids >= {FIRST_ORDINARY_ID}), "
                          "the same for every reader; parity: nq-dev-select questions, 'short' closed-book chat prompt")
