@@ -196,11 +196,16 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 @functools.cache
 def _pipeline_defaults() -> dict[str, Any]:
-    """Every pipeline setting at its default, flattened as `_check_resume` compares them."""
+    """Every pipeline setting and every run setting with a default (passage_order, added after
+    runs were saved without it), flattened as `_check_resume` compares them."""
+    from dataclasses import MISSING, fields
+
     from rearqa.config import PipelineConfig
     from rearqa.config_base import to_dict
 
-    return _flatten({"pipeline": json.loads(json.dumps(to_dict(PipelineConfig())))})
+    run = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
+    return _flatten({"pipeline": json.loads(json.dumps(to_dict(PipelineConfig()))),
+                     "settings": json.loads(json.dumps(run, default=str))})
 
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
