@@ -187,3 +187,24 @@ def wrap_with(config: RearLoraConfig, model: nn.Module) -> nn.Module:
         peft_model = get_peft_model(model, config)
     check_all_wrapped(peft_model, config.layer_cls)
     return peft_model
+
+
+class CustomMethod:
+    """What a method with its own layer registers (hydra, dvlora): `peft_config_cls` (its
+    RearLoraConfig) and `method_fields(settings)`, the config fields beyond plain LoRA's."""
+
+    peft_config_cls: ClassVar[type[RearLoraConfig]]
+    exports_to_lora: ClassVar[bool] = True
+
+    @staticmethod
+    def method_fields(settings) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def wrap(cls, model: nn.Module, settings, trainable_token_indices: dict[str, list[int]] | None = None
+             ) -> nn.Module:
+        extra = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
+        config = cls.peft_config_cls(r=settings.r, lora_alpha=settings.alpha,
+                                     lora_dropout=settings.dropout, target_modules=settings.target,
+                                     task_type="CAUSAL_LM", **cls.method_fields(settings), **extra)
+        return wrap_with(config, model)

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from torch import nn
-
-from rearqa.reader.adapters.custom import RearLoraConfig, wrap_with
+from rearqa.reader.adapters.custom import CustomMethod, RearLoraConfig
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.dvlora.layer import DVLoraLinear
 
@@ -33,18 +31,13 @@ class DVLoraConfig(RearLoraConfig):
     dvlora_init: str = field(default="zero")
 
 
-class DVLoraMethod:
+class DVLoraMethod(CustomMethod):
     name: ClassVar[str] = "dvlora"
     config_cls: ClassVar[type[DVLoraSettings]] = DVLoraSettings
     peft_config_cls: ClassVar[type[RearLoraConfig]] = DVLoraConfig
     exports_to_lora: ClassVar[bool] = True  # with gate "none" or "scalar"; "input" is hf only
 
     @staticmethod
-    def wrap(model: nn.Module, settings: DVLoraSettings,
-             trainable_token_indices: dict[str, list[int]] | None = None) -> nn.Module:
-        extra = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
-        config = DVLoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                              target_modules=settings.target, task_type="CAUSAL_LM",
-                              dvlora_gate=settings.gate, dvlora_vector_init=settings.vector_init,
-                              dvlora_init=settings.init, **extra)
-        return wrap_with(config, model)
+    def method_fields(settings: DVLoraSettings) -> dict:
+        return {"dvlora_gate": settings.gate, "dvlora_vector_init": settings.vector_init,
+                "dvlora_init": settings.init}

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from torch import nn
-
-from rearqa.reader.adapters.custom import RearLoraConfig, wrap_with
+from rearqa.reader.adapters.custom import CustomMethod, RearLoraConfig
 from rearqa.reader.adapters.hydra.config import HydraSettings
 from rearqa.reader.adapters.hydra.layer import HydraLinear
 
@@ -30,19 +28,12 @@ class HydraLoraConfig(RearLoraConfig):
     hydra_init: str = field(default="zero")
 
 
-class HydraMethod:
+class HydraMethod(CustomMethod):
     name: ClassVar[str] = "hydra"
     config_cls: ClassVar[type[HydraSettings]] = HydraSettings
     peft_config_cls: ClassVar[type[RearLoraConfig]] = HydraLoraConfig
-    exports_to_lora: ClassVar[bool] = True
 
     @staticmethod
-    def wrap(model: nn.Module, settings: HydraSettings,
-             trainable_token_indices: dict[str, list[int]] | None = None) -> nn.Module:
-        extra = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
-        config = HydraLoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                                 target_modules=settings.target, task_type="CAUSAL_LM",
-                                 hydra_sequential_r=settings.sequential_r,
-                                 hydra_sequential_alpha=settings.sequential_alpha,
-                                 hydra_init=settings.init, **extra)
-        return wrap_with(config, model)
+    def method_fields(settings: HydraSettings) -> dict:
+        return {"hydra_sequential_r": settings.sequential_r,
+                "hydra_sequential_alpha": settings.sequential_alpha, "hydra_init": settings.init}
