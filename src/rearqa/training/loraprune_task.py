@@ -28,6 +28,7 @@ merged into it is the trained one.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -62,8 +63,7 @@ class LoRAPruneTask(DistillTask):
             raise ConfigError("train.teacher is a REAR checkpoint: loraprune prunes a plain reader "
                               "(base, a checkpoint or a rag-ft adapter)")
         teacher, record = load_teacher(config, device)
-        student, _ = load_teacher(config, device)  # the same reader: its frozen copy gets the LoRA
-        student = student.to(dtype)
+        student = copy.deepcopy(teacher).to(dtype)  # the same reader: its frozen copy gets the LoRA
         source = Path(config.teacher).expanduser() if config.teacher != "base" else None
         tokenizer_dir = (source if source is not None and (source / "tokenizer_config.json").is_file()
                          else config.base_model_dir())
