@@ -34,7 +34,7 @@ class Pipeline:
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.home = Path(home) if home else assets.home()
         self._collection = None
-        self._readers: dict[type, Any] = {}  # reader class -> reader
+        self._readers: dict[tuple, Any] = {}  # (reader class, method or None) -> reader
         self._backbones: dict[str, str] = {}  # method -> its backbone's label
 
     @classmethod
@@ -79,13 +79,18 @@ class Pipeline:
         """The reader that serves `method`, opened on first use and kept (one per reader class
         and settings, so rag and closed-book share one model)."""
         method = method or self.config.reader.method
-        key = get_reader_class(method)  # raises for an unknown method, listing the valid ones
+        cls = get_reader_class(method)  # raises for an unknown method, listing the valid ones
+        # rag-ft and closed-book-ft load different adapters into one reader class: one each
+        key = (cls, method if getattr(cls, "reader_per_method", False) else None)
         if key not in self._readers:
             model_dir = self.config.reader.model
             if not model_dir:
                 assets.ensure_prepared(self.home)
                 model_dir = assets.reader_model_dir(self.home)
-            self._readers[key] = build_reader(method, self.config.reader, model_dir)
+            config = self.config.reader
+            if config.method != method:  # a reader built for `method` reads its own settings
+                config = dataclasses.replace(config, method=method)
+            self._readers[key] = build_reader(method, config, model_dir)
         return self._readers[key]
 
     def close_readers(self) -> None:

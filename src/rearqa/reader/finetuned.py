@@ -71,6 +71,8 @@ class DeviceHFEngine(HFEngine):
 class FinetunedReader:
     """rag-ft / closed-book-ft: BaselineReader's prompts over the LoRA fine-tuned weights."""
 
+    reader_per_method = True  # each method merges its own adapter: a pipeline keeps one per method
+
     def __init__(self, config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None,
                  device: str = "auto", engine=None) -> None:
         self.config = config
