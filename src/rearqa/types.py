@@ -58,6 +58,12 @@ class Answer:
     # The reader's backbone: "original", or the transform that converted it ("transmla(96+64)");
     # set by the pipeline, "" where no pipeline labelled it.
     backbone: str = ""
+    # What an inference-time backbone (SpAtten) spent on this answer against the unpruned model:
+    # attention FLOPs, KV bytes, tokens pruned ({} without one). `trace` says which prompt tokens
+    # it pruned (evidence.PromptTrace) for an evaluation to check against gold answers; it stays
+    # in memory (no JSON).
+    backbone_cost: dict[str, Any] = field(default_factory=dict)
+    trace: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bad = [i for i in self.cited if not 0 <= i < len(self.citations)]
@@ -69,4 +75,4 @@ class Answer:
         return {"question": self.question, "text": self.text, "method": self.method,
                 "abstained": self.abstained, "from_own_knowledge": self.from_own_knowledge,
                 "citations": [c.to_dict() for c in self.citations], "cited": list(self.cited),
-                "backbone": self.backbone}
+                "backbone": self.backbone, "backbone_cost": dict(self.backbone_cost)}

@@ -116,6 +116,11 @@ class AnswerOut(BaseModel):
                     "for closed-book answers and abstentions. The chat shows them as [i + 1].")
     backbone: str = Field("", description="The reader's backbone: 'original', or the transform "
                                            "that converted it, e.g. 'transmla(96+64)'.")
+    backbone_cost: dict[str, float] = Field(
+        default_factory=dict,
+        description="What an inference-time backbone (SpAtten) spent on this answer: attention "
+                    "FLOPs and KV bytes per phase, unpruned (dense_*) beside pruned, and the prompt "
+                    "tokens it pruned; empty without one.")
 
 
 class DocumentOut(BaseModel):

@@ -118,6 +118,18 @@ def report_markdown(report: dict[str, Any], n_example_rows: int = 10) -> str:
              "(`rearqa.normalize.answer_type`); `answerable` = a normalised gold answer occurs "
              "as whole words in some corpus passage. Many such matches are spurious (a bare year "
              "in an unrelated article): check the per-question rows in report.json.", ""]
+    cost = report.get("backbone_cost")
+    if cost:
+        evidence = cost["evidence"]
+        lines += [f"Backbone {report.get('backbone', '')}: against the unpruned reader, attention "
+                  f"FLOPs x{_fmt(cost['prefill_attention_flops_ratio'])} (prefill) / "
+                  f"x{_fmt(cost['decode_attention_flops_ratio'])} (decode), decode KV bytes "
+                  f"x{_fmt(cost['decode_kv_bytes_ratio'])}, total FLOPs "
+                  f"x{_fmt(cost['prefill_total_flops_ratio'])} / x{_fmt(cost['decode_total_flops_ratio'])}; "
+                  f"{_fmt(cost['pruned_prompt_token_share'])} of prompt tokens pruned, "
+                  f"{_fmt(evidence['share'])} of the gold-answer tokens in the given passages "
+                  f"({evidence['answer_tokens']} tokens, {evidence['questions_with_evidence']} "
+                  "questions). Masked, not evicted: FLOPs and bytes are what eviction would spend.", ""]
     if report.get("load_errors"):
         lines += [f"{len(report['load_errors'])} bad line(s) in the question file were skipped:",
                   "", *(f"- {e}" for e in report["load_errors"][:20]), ""]

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from rearqa.config_errors import ConfigError
 from rearqa.data_prep import QAExample
+from rearqa.eval.backbone_cost import cost_summary
 from rearqa.eval.datasets import DATASET_NAMES, SUBSETS, QADataset, load_dataset
 from rearqa.eval.metrics import passages_with_answer, recall_from_hits, score_predictions
 from rearqa.eval.passage_order import reorder
@@ -294,8 +295,20 @@ def evaluate_batch(pipeline: EvalPipeline, examples: Sequence[QAExample], settin
             "citations": [{"id": c.passage.id, "relevance": c.relevance, "judgment": c.judgment,
                            "answer": c.answer, "probability": c.probability} for c in answer.citations],
             "seconds": per_question,
-            "retrieve_seconds": (retrieved_at - start) / len(examples)})
+            "retrieve_seconds": (retrieved_at - start) / len(examples),
+            **_backbone_row(answer, example)})
     return rows
+
+
+def _backbone_row(answer: Answer, example: QAExample) -> dict[str, Any]:
+    """An inference-time backbone's cost of this answer and, for a traced prompt, how much of the
+    gold answers' evidence it pruned (nothing for a reader without one)."""
+    row: dict[str, Any] = {}
+    if answer.backbone_cost:
+        row["backbone_cost"] = answer.backbone_cost
+    if answer.trace is not None:
+        row["evidence"] = answer.trace.evidence(example.answers).as_dict()
+    return row
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -361,6 +374,8 @@ def build_report(out_dir: str | Path) -> dict[str, Any]:
         "complete": len(rows) == len(selected),
         "rows_outside_selection": len(by_id) - len(rows),
         "aggregate": aggregate,
+        # what an inference-time backbone saved, summed over the rows (None without one)
+        "backbone_cost": cost_summary(rows),
         "seconds_per_question": aggregate["all"]["seconds_per_question"],
         "rows": rows,
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 from rearqa.reader.base import StreamItem, first_line, stream_then_answer
 from rearqa.reader.config import READER_METHODS, ReaderConfig
 from rearqa.reader.engines import build_engine
-from rearqa.reader.prompts import build_messages, get_prompt
+from rearqa.reader.prompts import build_messages, get_prompt, shown_text
 from rearqa.types import Answer, Citation, Passage
 
 
@@ -70,9 +70,25 @@ class BaselineReader:
         for start in range(0, len(questions), size):
             qs, ps = questions[start:start + size], passages[start:start + size]
             batch = [self.messages(q, p, method) for q, p in zip(qs, ps)]
+            if getattr(self.engine, "backbone", ""):  # an inference-time backbone says what it did
+                answers += [self._traced_answer(q, p, method, *g) for q, p, g in
+                            zip(qs, ps, self.engine.generate_traced(batch, self.config.max_new_tokens))]
+                continue
             texts = self.engine.generate(batch, self.config.max_new_tokens)
             answers += [self.make_answer(q, t, p, method) for q, t, p in zip(qs, texts, ps)]
         return answers
+
+    def _traced_answer(self, question: str, passages: list[Passage], method: str, text: str,
+                       cost: dict, trace) -> Answer:
+        answer = self.make_answer(question, text, passages, method)
+        answer.backbone_cost = cost
+        if trace is not None and method == "rag":
+            from rearqa.reader.backbone.spatten.evidence import passage_spans
+
+            trace.passages = passage_spans(trace.text, [shown_text(p, self.config.max_passage_words)
+                                                        for p in passages])
+        answer.trace = trace
+        return answer
 
     def stream(self, question: str, passages: list[Passage], method: str | None = None,
                history: list[dict] | None = None) -> Iterator[StreamItem]:

@@ -52,13 +52,18 @@ def get_prompt(name: str) -> PromptTemplate:
         raise ValueError(f"unknown prompt {name!r}; valid prompts are {sorted(PROMPTS)}") from None
 
 
+def shown_text(passage: Passage, max_words: int) -> str:
+    """A passage's text as a prompt shows it: its first `max_words` words."""
+    words = passage.text.split()
+    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+
+
 def format_passages(passages: list[Passage], max_words: int, best_last: bool = False) -> str:
     """Numbered passages ([1] is the best ranked), cut to `max_words` words each."""
     blocks = []
     numbered = list(enumerate(passages, start=1))
     for i, passage in reversed(numbered) if best_last else numbered:
-        words = passage.text.split()
-        text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+        text = shown_text(passage, max_words)
         head = f"[{i}] {passage.title}" if passage.title else f"[{i}]"
         blocks.append(f"{head}\n{text}")
     return "\n\n".join(blocks)

@@ -68,6 +68,7 @@ class HFEngine:
         method, cfg = inference_backbone(text)
         self.model = method.apply(self.model, cfg)
         self.backbone = method.label(cfg)
+        self._backbone_method = method
 
     def render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -98,6 +99,37 @@ class HFEngine:
             output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def generate_traced(self, batch: list[list[dict]], max_new_tokens: int = 32) -> list[tuple]:
+        """Greedy answers with what the inference-time backbone did to each prompt:
+        (answer, cost dict, trace) per conversation; ({}, None) without a backbone. The trace
+        (SpAtten: evidence.PromptTrace) holds the rendered prompt and which of its tokens were
+        pruned where, for an evaluation to check against gold answers."""
+        if not self.backbone:
+            return [(text, {}, None) for text in self.generate(batch, max_new_tokens)]
+        if not batch:
+            return []
+        with self._lock:
+            inputs = self._encode(batch)
+            with self._backbone_method.track(self.model) as history:
+                output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
+            texts = [self.render(messages) for messages in batch]
+            offsets = [self.tokenizer(t, return_offsets_mapping=True, add_special_tokens=False)
+                       ["offset_mapping"] for t in texts]
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
+        answers = [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        records = self._backbone_method.records(history, inputs["attention_mask"], texts, offsets)
+        linear = self.linear_flops_per_token()
+        for cost, _ in records:
+            cost["linear_flops_per_token"] = linear
+        return [(answer, cost, trace) for answer, (cost, trace) in zip(answers, records)]
+
+    def linear_flops_per_token(self) -> float:
+        """2 x the weights of the model's linear layers (lm_head included): the matmul FLOPs every
+        token costs outside attention, whatever an inference-time backbone prunes there."""
+        return 2.0 * sum(m.weight.numel() for m in self.model.modules()
+                         if isinstance(m, torch.nn.Linear))
 
     def stream(self, messages: list[dict], max_new_tokens: int = 32) -> Iterator[str]:
         """Yield the greedy answer to one conversation piece by piece."""

@@ -71,3 +71,44 @@ def prompt_evidence_rate(text: str, offsets: Sequence[tuple[int, int]],
         raise ValueError(f"{len(pruned_layer)} pruning entries for {len(offsets)} prompt tokens; pass "
                          "the example's row without its left padding")
     return evidence_rate(pruned_layer, evidence_positions(offsets, answer_spans(text, passage_spans, answers)))
+
+
+def passage_spans(text: str, bodies: Sequence[str]) -> list[tuple[int, int]]:
+    """Character span of each passage body (as the prompt shows it) inside the rendered `text`; a
+    body shown twice gets a different occurrence each time."""
+    spans, used = [], set()
+    for i, body in enumerate(bodies):
+        start = text.find(body)
+        while start in used:
+            start = text.find(body, start + 1)
+        if start < 0:
+            raise ValueError(f"passage {i} ({body[:40]!r}...) is not in the rendered prompt")
+        used.add(start)
+        spans.append((start, start + len(body)))
+    return spans
+
+
+@dataclass
+class PromptTrace:
+    """What SpAtten did to one prompt: its rendered text, each token's character offsets, the
+    layer each token was pruned at (-1: alive to the end), and where its passages are."""
+
+    text: str
+    offsets: list[tuple[int, int]]
+    pruned_layer: list[int]
+    passages: list[tuple[int, int]] = field(default_factory=list)  # passage character spans
+
+    def __post_init__(self) -> None:
+        if len(self.pruned_layer) != len(self.offsets):
+            raise ValueError(f"{len(self.pruned_layer)} pruning entries for {len(self.offsets)} "
+                             "prompt tokens")
+
+    @property
+    def pruned(self) -> int:
+        """Prompt tokens the cascade pruned."""
+        return sum(layer >= 0 for layer in self.pruned_layer)
+
+    def evidence(self, answers: Sequence[str]) -> EvidenceRate:
+        """The evidence rate of this prompt for the gold `answers` (a reader does not know them: an
+        evaluation asks)."""
+        return prompt_evidence_rate(self.text, self.offsets, self.passages, answers, self.pruned_layer)

@@ -11,6 +11,7 @@ and values were evicted rather than masked (this simulation masks; nothing is fr
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +54,26 @@ class SpAttenStats:
         rows = self.counts["rows"][phase].sum()
         return float(self.counts["flat_rows"][phase].sum() / rows) if rows else 0.0
 
+    def example_cost(self, example: int) -> dict:
+        """One example's counters summed over layers, per phase: the absolute FLOPs and bytes (so a
+        report can sum them over questions), with the decode steps they were spent over."""
+        cost = {"decode_steps": self.decode_steps}
+        for phase, tag in ((PREFILL, "prefill"), (DECODE, "decode")):
+            for name in COUNTERS:
+                cost[f"{tag}_{name}"] = float(self.counts[name][phase, :, example].sum())
+        cost["alive_tokens_last_layer"] = int(self.alive_tokens[PREFILL, -1, example])
+        cost["alive_heads_last_layer"] = int(self.alive_heads[PREFILL, -1, example])
+        return cost
+
+    def select(self, rows: list[int]) -> "SpAttenStats":
+        """These stats restricted to batch `rows` (a copy)."""
+        out = copy.copy(self)
+        out.batch = len(rows)
+        out.counts = {name: c[..., rows].clone() for name, c in self.counts.items()}
+        out.alive_tokens, out.alive_heads = self.alive_tokens[..., rows], self.alive_heads[..., rows]
+        out.pruned_layer, out.pruned_step = self.pruned_layer[rows], self.pruned_step[rows]
+        return out
+
     def summary(self) -> dict:
         """Aggregate numbers of this generation (ratios are SpAtten over unpruned)."""
         return {"decode_steps": self.decode_steps,
@@ -80,6 +101,16 @@ class SpAttenState:
         self.stats = SpAttenStats(num_layers, batch)
         self.stats.pruned_layer = torch.full((batch, 0), -1, dtype=torch.long)
         self.stats.pruned_step = torch.full((batch, 0), -1, dtype=torch.long)
+
+    def select(self, rows: list[int]) -> "SpAttenState":
+        """A copy of this state restricted to batch `rows`, to continue those rows a second way
+        (REAR's confidence pass over the prompts its greedy answers already continued)."""
+        out = copy.copy(self)
+        index = torch.tensor(rows, device=self.alive.device)
+        for name in ("alive", "received", "seen_by", "head_alive", "head_importance"):
+            setattr(out, name, getattr(self, name)[index].clone())
+        out.stats = self.stats.select(rows)
+        return out
 
     def grow(self, length: int) -> None:
         """Append positions up to `length` (the cache after this step's keys): alive, unscored."""

@@ -1,6 +1,9 @@
-"""SpAtten as an inference-time backbone: parse its budget string, install it, name it.
-Torch-free at import, so ReaderConfig can check a budget string where it enters."""
+"""SpAtten as an inference-time backbone: parse its budget string, install it, name it, and say
+what it did to each prompt of a generation. Torch-free at import, so ReaderConfig can check a
+budget string where it enters."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from rearqa.reader.backbone.spatten.config import SpAttenConfig, parse_budgets
 
@@ -23,3 +26,29 @@ class SpAtten:
 
     def label(self, cfg: SpAttenConfig) -> str:
         return cfg.label
+
+    def track(self, model):
+        """A context collecting the stats of each generation run inside it (attention.track)."""
+        from rearqa.reader.backbone.spatten.attention import track
+
+        return track(model)
+
+    def records(self, history: list, attention_mask, texts: Sequence[str],
+                offsets: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[dict, object]]:
+        """Per example of ONE left-padded generation: its cost (SpAttenStats.example_cost plus its
+        prompt and pruned token counts) and its evidence.PromptTrace. `attention_mask` (B, S) is
+        the prompts' mask, `offsets` each prompt's token character offsets (no padding)."""
+        from rearqa.reader.backbone.spatten.evidence import PromptTrace
+
+        if len(history) != 1:
+            raise ValueError(f"{len(history)} SpAtten generations were tracked; records reads one")
+        stats, width = history[0], attention_mask.shape[1]
+        out = []
+        for b, (text, spans) in enumerate(zip(texts, offsets)):
+            # Left padding: the example's prompt is the last len(spans) of the first `width` positions.
+            pruned = stats.pruned_layer[b, width - len(spans):width].tolist()
+            trace = PromptTrace(text, [tuple(s) for s in spans], pruned)
+            cost = stats.example_cost(b)
+            cost.update(prompt_tokens=len(spans), pruned_prompt_tokens=trace.pruned)
+            out.append((cost, trace))
+        return out
