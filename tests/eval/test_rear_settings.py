@@ -56,3 +56,17 @@ def test_the_backbone_reaches_the_readers_config():
     with pytest.raises(ConfigError, match="spatten"):
         reader_config(parse_settings(["--snapshot", "s", "--split", "nq-test", "--out", "o",
                                       "--backbone", "spatten:tokens=2"]), "rag-ft")
+
+
+def test_the_rag_builder_runs_the_backbone_it_is_given(tmp_path):
+    """The rag reader of the snapshot runner builds its own engine: it must install it too."""
+    from rearqa.eval.rear_runs import build_baseline_reader
+    from rearqa.reader.config import ReaderConfig
+    from rearqa.testing import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = ReaderConfig(method="rag", backbone="spatten:tokens=0.5,start_layer=1")
+    reader, _ = build_baseline_reader(config, str(tmp_path), "cpu")
+    assert reader.engine.backbone.startswith("spatten:tokens=0.5")

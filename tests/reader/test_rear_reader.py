@@ -365,3 +365,55 @@ def test_pipeline_dispatches_by_method_and_keeps_one_reader_per_class(tmp_path):
     assert [a.method for a in answers] == ["rear", "rear"]
     assert pipe.reader_for("rear") is pipe.reader_for("rear")
     assert isinstance(pipe.reader_for("rear"), RearReader)
+
+
+# --- SpAtten (reader.backbone) over REAR: at full budgets it reads as the unpruned reader; with
+# pruning the rank head judges the pruned attention, and the confidence pass continues the prompts
+# from what the prefill pruned, not from what the greedy answers' decode pruned after it.
+
+def spatten_reader(backbone: str = "") -> RearReader:
+    reader = RearReader(ReaderConfig(dtype="float32", max_new_tokens=MAX_NEW, backbone=backbone,
+                                     routing="knowledge_consistency"), make_model(), device="cpu")
+    reader.routing.threshold = -1e9  # every passage relevant: every row needs a confidence
+    return reader
+
+
+def test_spatten_at_full_budgets_reads_as_the_unpruned_reader():
+    plain = spatten_reader().read(QUESTIONS, PASSAGES)
+    full = spatten_reader("spatten:start_layer=1").read(QUESTIONS, PASSAGES)
+    for a, b in zip(plain, full):
+        assert a.answers == b.answers
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+        assert a.confidences == pytest.approx(b.confidences, abs=1e-4)
+
+
+def test_spatten_pruned_scores_move_and_confidences_continue_from_the_prefill():
+    budgets = "spatten:tokens=0.5,start_layer=1,recent=2"
+    reader = spatten_reader(budgets)
+    assert reader.backbone.startswith("spatten:tokens=0.5")
+    readings = reader.read(QUESTIONS[:1], PASSAGES[:1])
+    plain = spatten_reader().read(QUESTIONS[:1], PASSAGES[:1])
+    assert readings[0].scores != pytest.approx(plain[0].scores, abs=1e-6)
+
+    # The same confidences straight after the prefill, with no greedy decode in between.
+    owners, inputs = reader._layout(QUESTIONS[:1], PASSAGES[:1], False)
+    batch = collate_rear_inputs(inputs, reader.pad_id, padding_side="left")
+    rows = list(range(len(owners)))
+    with torch.inference_mode():
+        _, cache = reader.score_with_cache(batch, rows)
+        saved = reader._saved_pruning()
+        reader._restore_pruning(saved, rows)
+        direct = reader._confidences(cache, batch["attention_mask"], readings[0].answers)
+    assert readings[0].confidences == pytest.approx(direct, abs=1e-6)
+
+
+def test_the_backbone_label_names_spatten_for_rear(tmp_path):
+    from rearqa.config import PipelineConfig
+    from rearqa.pipeline import Pipeline
+
+    make_model().save_pretrained(tmp_path / "rear")
+    config = ReaderConfig(dtype="float32", max_new_tokens=MAX_NEW, checkpoint=str(tmp_path / "rear"),
+                          model=str(tmp_path / "unused-base"), backbone="spatten:tokens=0.5,start_layer=1")
+    pipe = Pipeline(PipelineConfig(reader=config), home=tmp_path / "home")
+    answer = pipe.read_batch(QUESTIONS[:1], PASSAGES[:1], method="rear")[0]
+    assert "spatten:tokens=0.5" in answer.backbone

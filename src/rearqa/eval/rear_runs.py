@@ -136,7 +136,7 @@ def build_baseline_reader(config: ReaderConfig, base: str | None, device: str):
     from rearqa.reader.baseline import BaselineReader
     from rearqa.reader.finetuned import DeviceHFEngine
 
-    engine = DeviceHFEngine(base, config.dtype, device=device)
+    engine = DeviceHFEngine(base, config.dtype, device=device, backbone=config.backbone)
     return BaselineReader(config, base, engine=engine), {"base_model": base}
 
 

@@ -39,8 +39,8 @@ DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 # loads its model its own way and is not wired yet.
 TPLA_METHODS = ("closed-book", "rag", "rag-ft", "closed-book-ft")
 # The readers whose transformers engine can run an inference-time backbone (reader.backbone:
-# SpAtten); REAR's reader loads its model its own way and is not wired yet.
-INFERENCE_BACKBONE_METHODS = TPLA_METHODS
+# SpAtten), REAR's transformers reader included.
+INFERENCE_BACKBONE_METHODS = (*TPLA_METHODS, "rear")
 
 
 @dataclass

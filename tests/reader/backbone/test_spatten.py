@@ -272,7 +272,6 @@ def test_evidence_rate_on_a_constructed_prompt():
 @pytest.mark.parametrize("fields,match", [
     (dict(backbone="spatten:tokens=2"), "tokens"),
     (dict(backbone="spatten", engine="vllm"), "engine 'hf' only"),
-    (dict(backbone="spatten", method="rear"), "not 'rear'"),
     (dict(backbone="h2o:tokens=0.5"), "one of \\['spatten'\\]")])
 def test_reader_config_refuses_what_cannot_run(fields, match):
     from rearqa.reader.config import ReaderConfig

@@ -75,6 +75,18 @@ class RearReader(RearReaderBase):
                                     device=self.device)
         self._masked = torch.tensor(model.suppressed_token_ids(), device=self.device)
         self._stops = StopTable(self.tokenizer, model.causal_lm, self.device)
+        self.backbone = ""  # an inference-time backbone's label (SpAtten), once installed
+        if config.backbone:
+            self._use_backbone(config.backbone)
+
+    def _use_backbone(self, text: str) -> None:
+        """Run the causal LM with the inference-time backbone `text` names: scoring, judgment and
+        answer all read the pruned attention, so the rank head judges what is left."""
+        from rearqa.reader.backbone import inference_backbone
+
+        method, cfg = inference_backbone(text)
+        method.apply(self.model.causal_lm, cfg)
+        self.backbone = method.label(cfg)
 
     @classmethod
     def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> RearReaderBase:
@@ -100,21 +112,38 @@ class RearReader(RearReaderBase):
         need = self._need_confidence(passage_rows, judgments, all_confidences)
         # The decode loop extends the cache in place; confidences need the prompts alone, of the
         # rows that need them.
-        prompt_cache = None
+        prompt_cache = pruning = None
         if need:
             prompt_cache = copy.deepcopy(cache)
             prompt_cache.batch_select_indices(torch.tensor(need, device=self.device))
+            pruning = self._saved_pruning()
 
         first = torch.tensor([self.model.token_ids.judgment(j) for j in judgments], device=self.device)
         answers = self._greedy(cache, batch["attention_mask"], first)
         del cache
         confidences: dict[int, float] = {}
         if need:
+            self._restore_pruning(pruning, need)
             values = self._confidences(prompt_cache, batch["attention_mask"][need],
                                        [answers[r] for r in need])
             confidences = dict(zip(need, values))
         return self._collect(len(questions), owners, passage_rows, scores, judgments, answers,
                              confidences)
+
+    def _saved_pruning(self):
+        """With SpAtten: what the prefill pruned, for the confidence pass that continues the
+        prompts a second time (after the greedy answers continued them once)."""
+        if not self.backbone:
+            return None
+        from rearqa.reader.backbone.spatten.attention import saved_state
+
+        return saved_state(self.model.causal_lm)
+
+    def _restore_pruning(self, saved, rows: list[int]) -> None:
+        if saved is not None:
+            from rearqa.reader.backbone.spatten.attention import restore_state
+
+            restore_state(self.model.causal_lm, saved, rows)
 
     def score_with_cache(self, batch: dict[str, torch.Tensor], rows: list[int]):
         """`RearModel.score` of `rows` of a left-padded batch, plus the KV cache of ALL rows.

@@ -194,6 +194,19 @@ def install(model: torch.nn.Module, cfg: SpAttenConfig) -> SpAttenRun:
     return run
 
 
+def saved_state(model: torch.nn.Module) -> SpAttenState | None:
+    """A copy of the current generation's state (after a prefill, say), to continue it again later
+    with `restore_state`; None before any generation."""
+    state = attention_modules(model)[0].spatten_run.state
+    return None if state is None else state.select(list(range(state.alive.shape[0])))
+
+
+def restore_state(model: torch.nn.Module, state: SpAttenState, rows: list[int]) -> None:
+    """Continue batch `rows` of a `saved_state` once more: the next forward over a cache of those
+    rows sees what was pruned up to the save, not what a continuation since then pruned."""
+    attention_modules(model)[0].spatten_run.state = state.select(rows)
+
+
 @contextmanager
 def track(model: torch.nn.Module):
     """Collect the SpAttenStats of every generation run inside the block (a list, filled as they start)."""
