@@ -302,6 +302,19 @@ def test_finetuned_reader_merges_the_adapter(tmp_path):
     with pytest.raises(ValueError, match="rag-ft"):
         reader.read_batch(QUESTIONS[:1], PASSAGES[:1], "rear")
 
+    # A pipeline whose reader.method is another method builds each fine-tuned reader for its own
+    # method (its adapter is that method's), one per method.
+    from rearqa.config import PipelineConfig
+    from rearqa.pipeline import Pipeline
+
+    pipe = Pipeline(PipelineConfig(reader=ReaderConfig(
+        method="rag", dtype="float32", max_new_tokens=3, model=str(tmp_path / "base"),
+        adapter=str(tmp_path / "adapter"))), home=tmp_path / "home")
+    rag_ft, closed_ft = pipe.reader_for("rag-ft"), pipe.reader_for("closed-book-ft")
+    assert rag_ft is not closed_ft and rag_ft is pipe.reader_for("rag-ft")
+    assert (rag_ft.config.method, closed_ft.config.method) == ("rag-ft", "closed-book-ft")
+    assert pipe.read_batch(QUESTIONS[:1], PASSAGES[:1], "rag-ft")[0].method == "rag-ft"
+
 
 def test_saved_eos_names_the_token_an_adapter_trained_to_end_with(tmp_path):
     from rearqa.reader.engines import saved_eos_id
