@@ -98,6 +98,7 @@ def test_every_up_projection_block_gets_the_same_gradient():
         torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")  # PEFT on our config fields
 def test_a_saved_adapter_does_not_load_silently_as_plain_lora(tmp_path):
     """lora_A has r / n rows: PEFT's plain loader (no rearqa registration) fails on the shape
     instead of building a wrong model; load_adapter is the way (test_adapter_methods.py)."""
