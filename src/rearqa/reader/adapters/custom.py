@@ -1,4 +1,4 @@
-"""The machinery every LoRA-family method with its own layer shares (hydra, dvlora).
+"""The machinery every LoRA-family method with its own layer shares (hydra, dvlora, blocklora).
 
 A method is a PEFT LoRA custom module: `RearLoraConfig` (a `LoraConfig` subclass) carries the
 method's own settings as dataclass fields, so they are saved in `adapter_config.json` with the
@@ -190,7 +190,7 @@ def wrap_with(config: RearLoraConfig, model: nn.Module) -> nn.Module:
 
 
 class CustomMethod:
-    """What a method with its own layer registers (hydra, dvlora): `peft_config_cls` (its
+    """What a method with its own layer registers (hydra, dvlora, blocklora): `peft_config_cls` (its
     RearLoraConfig) and `method_fields(settings)`, the config fields beyond plain LoRA's."""
 
     peft_config_cls: ClassVar[type[RearLoraConfig]]

@@ -4,10 +4,10 @@ Each wrapped layer gives factors (A (R, d_in), B (d_out, R)) with B A equal to i
 and the method's scaling folded into A; the exported config sets lora_alpha = r, so PEFT's
 scaling is 1 and the exported delta is exactly B A. Exact, not an SVD fit (PEFT's
 `convert_to_lora` truncates an SVD of `get_delta_weight`): Hydra at rank r + r_s, DV-LoRA and
-GDV-LoRA with an input-independent gate at rank r. A method whose delta depends on the input
-(GDV-LoRA's input gate) is refused with the reason. The rank is kept as is: vLLM accepts any
-rank up to its `max_lora_rank` (one of VLLM_MAX_LORA_RANKS) and pads internally; serve with
-`max_lora_rank=vllm_max_lora_rank(r)`.
+GDV-LoRA with an input-independent gate at rank r, Block-LoRA at rank r / blocks. A method whose
+delta depends on the input (GDV-LoRA's input gate) is refused with the reason. The rank is kept
+as is: vLLM accepts any rank up to its `max_lora_rank` (one of VLLM_MAX_LORA_RANKS) and pads
+internally; serve with `max_lora_rank=vllm_max_lora_rank(r)`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,120 @@
+"""Block-LoRA's own checks (rearqa.reader.adapters.blocklora): its forward is LoRA with every
+down-projection block shared, the parameter count, the settings it refuses, and what sharing
+implies for training. Merge, unmerge, export and reload in a fresh process are tested with the
+other methods in test_adapter_methods.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rearqa.config_errors import ConfigError
+from rearqa.reader.adapters import wrap
+from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
+from rearqa.reader.adapters.blocklora.layer import BlockLoraLinear
+from rearqa.testing import tiny_llama
+
+IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
+
+
+def base_model():
+    return tiny_llama(64, tied=False, hidden_size=16, seed=3)
+
+
+def adapted(r=4, blocks=2, alpha=8):
+    """The tiny Llama with Block-LoRA, every adapter tensor moved off its init."""
+    settings = BlockLoraSettings(r=r, alpha=alpha, dropout=0.0, blocks=blocks, init="random")
+    model = wrap("blocklora", base_model(), settings).eval()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+def layers(model):
+    return [m for m in model.modules() if isinstance(m, BlockLoraLinear)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_the_forward_is_lora_with_every_down_projection_block_shared(blocks):
+    """h = W0 x + s B A x with A = [A_s; ...; A_s] (n row blocks, all A_s): the partitioned LoRA of
+    the definition, written out without the layer's own sum of B blocks."""
+    model = adapted(r=4, blocks=blocks)
+    torch.manual_seed(0)
+    for layer in layers(model):
+        a_s, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert a_s.shape == (4 // blocks, layer.in_features) and b.shape == (layer.out_features, 4)
+        x = torch.randn(3, 5, layer.in_features)
+        a_full = a_s.repeat(blocks, 1)  # (r, d_in): row block i is A_i = A_s
+        expected = layer.base_layer(x) + layer.scaling["default"] * (x @ a_full.T @ b.T)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+            assert (layer(x) - layer.base_layer(x)).abs().max() > 1e-3
+
+
+def test_one_block_is_plain_lora():
+    """blocks: 1 shares nothing: its saved tensors load into PEFT's plain LoRA and compute the same."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    block = adapted(r=4, blocks=1)
+    plain = get_peft_model(base_model(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                    target_modules="all-linear")).eval()
+    result = set_peft_model_state_dict(plain, get_peft_model_state_dict(block))
+    assert not result.unexpected_keys
+    with torch.no_grad():
+        torch.testing.assert_close(plain(IDS).logits, block(IDS).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_trainable_parameters_are_r_over_n_d_in_plus_r_d_out_per_layer(blocks):
+    """Per layer (r / n) d_in + r d_out, against plain LoRA's r (d_in + d_out) at the same r."""
+    r = 4
+    model = wrap("blocklora", base_model(), BlockLoraSettings(r=r, alpha=8, blocks=blocks))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dims = [(layer.in_features, layer.out_features) for layer in layers(model)]
+    assert trainable == sum(r // blocks * d_in + r * d_out for d_in, d_out in dims)
+    plain_lora = sum(r * (d_in + d_out) for d_in, d_out in dims)
+    assert plain_lora - trainable == sum((r - r // blocks) * d_in for d_in, _ in dims)
+
+
+def test_every_up_projection_block_gets_the_same_gradient():
+    """A property of sharing A that docs/adapters.md states: dL/dB_i = s dL/dh (A_s x)^T for every
+    i, so the blocks move together and their sum moves n times as far as one block (SGD, Adam)."""
+    model = wrap("blocklora", base_model(), BlockLoraSettings(r=4, alpha=8, dropout=0.0, blocks=2))
+    model.train()
+    model(IDS, labels=IDS).loss.backward()
+    for layer in layers(model):
+        assert layer.lora_A["default"].weight.grad is not None
+        grad = layer.lora_B["default"].weight.grad  # (d_out, r)
+        first, second = grad[:, :2], grad[:, 2:]
+        assert first.abs().max() > 0
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")  # PEFT on our config fields
+def test_a_saved_adapter_does_not_load_silently_as_plain_lora(tmp_path):
+    """lora_A has r / n rows: PEFT's plain loader (no rearqa registration) fails on the shape
+    instead of building a wrong model; load_adapter is the way (test_adapter_methods.py)."""
+    from peft import PeftModel
+
+    adapted(r=4, blocks=2).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        PeftModel.from_pretrained(base_model(), tmp_path)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(r=4, blocks=3), r"blocks=3 does not divide r=4 .* use blocks in \[1, 2, 4\]"),
+    (dict(blocks=0), "blocks=0: must be a positive integer"),
+    (dict(blocks=2.0), "blocks=2.0: must be a positive integer"),
+    (dict(init="ones"), "init='ones'"),
+])
+def test_bad_settings_name_the_value_and_the_fix(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        BlockLoraSettings(**bad)
