@@ -71,3 +71,43 @@ def test_lora_reaches_the_dense_mlp_of_a_converted_reader(tmp_path):
     merged = merge_lora(tiny_deepseek(seed=1), tmp_path / "adapter")
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_target_the_model_lacks_is_refused_with_the_names_it_has():
+    model = tiny_llama(64)
+    with pytest.raises(ConfigError, match=r"\['qkv_proj'\] not in LlamaForCausalLM: its linear layers "
+                                          r".*\['down_proj', 'gate_proj', 'k_proj', 'o_proj'"):
+        wrap("lora", model, LoraSettings(r=2, target=["q_proj", "qkv_proj"]))
+    with pytest.raises(ConfigError, match="matches no module"):
+        wrap("lora", model, LoraSettings(r=2, target=r".*\.c_attn"))
+    peft_model = wrap("lora", model, LoraSettings(r=2, target=["self_attn.q_proj", "v_proj"]))
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "v_proj"}
+
+
+RECIPES = sorted((__import__("pathlib").Path(__file__).parents[2] / "configs" / "adapters").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_adapter_recipe_trains_a_config_and_wraps_a_llama(path):
+    from rearqa.training.config import TrainConfig, read_adapter_recipe
+
+    config = TrainConfig(method="rag-ft", **read_adapter_recipe(path.stem))
+    peft_model = wrap(config.adapter, tiny_llama(64), config.adapter_settings())
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    expected = config.lora_target if isinstance(config.lora_target, list) else \
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert wrapped == set(expected)
+
+
+def test_recipes_are_named_and_hold_adapter_keys_only(tmp_path):
+    from rearqa.training.config import read_adapter_recipe
+
+    assert {"lora-all-linear", "lora-attention", "hydra", "dvlora", "gdvlora", "blocklora"} <= \
+        {p.stem for p in RECIPES}
+    with pytest.raises(ConfigError, match=r"recipe 'nope': .* the recipes are \[.*'lora-attention'"):
+        read_adapter_recipe("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("adapter: lora\nlr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"\['lr'\] are not recipe keys"):
+        read_adapter_recipe(bad)

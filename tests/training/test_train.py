@@ -227,3 +227,17 @@ def test_set_options_read_yaml_values_and_refuse_bad_ones():
             parse_sets([bad])
     with pytest.raises(ConfigError, match="unknown setting"):
         TrainConfig.from_yaml(None, method="rear", **parse_sets(["learning_rate=1e-4"]))
+
+
+def test_an_adapter_recipe_sits_between_the_config_file_and_the_set_options(tmp_path):
+    from rearqa.app.train_cmd import run_settings
+    from rearqa.training.config import TrainConfig
+
+    run = tmp_path / "run.yaml"
+    run.write_text("lora_r: 4\nlr: 1.0e-3\n")
+    settings = run_settings(["lora_alpha=8"], "lora-attention", {"adapter": None, "seed": 3})
+    cfg = TrainConfig.from_yaml(run, method="rag-ft", **settings)
+    assert cfg.lora_target == ["q_proj", "k_proj", "v_proj", "o_proj"]  # the recipe's
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.seed) == (16, 8, 1e-3, 3)  # recipe, --set, file, option
+    hydra = TrainConfig.from_yaml(run, method="rag-ft", **run_settings(None, "hydra", {}))
+    assert hydra.adapter == "hydra" and hydra.adapter_settings().sequential_r == 8

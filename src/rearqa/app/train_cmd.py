@@ -7,7 +7,8 @@
     python -m rearqa.app.train_cmd rear ...          (the same, without the main CLI)
 
 A YAML file fills `rearqa.training.config.TrainConfig` (its keys, at the top level or under
-`train:`); options override it. Run the same command again to resume from the newest checkpoint
+`train:`); an adapter recipe (`--recipe lora-attention`, configs/adapters/) overrides its adapter
+keys, and --set and options override both. Run the same command again to resume from the newest checkpoint
 in --out; `--time-limit` / `--stop-after` end a call early (with a checkpoint) for machines that
 limit how long one command may run.
 """
@@ -53,6 +54,9 @@ SequencesOpt = Annotated[Optional[int], typer.Option(help="Sequences per micro-b
 AdapterOpt = Annotated[Optional[str], typer.Option(
     help="LoRA-family method: lora | hydra | dvlora | blocklora (its own settings: --set adapter_options=...).")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
+RecipeOpt = Annotated[Optional[str], typer.Option(
+    "--recipe", help="Adapter recipe: a name in configs/adapters/ (lora-all-linear, lora-attention, "
+    "hydra, ...) or a YAML path; its keys override --config, --set and options override it.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="KEY=VALUE: any TrainConfig setting, VALUE read as YAML (repeatable; "
     "applied after the YAML file, before the named options).")]
@@ -99,8 +103,16 @@ def _yaml_method(path: Path | None) -> str | None:
     return data.get("method")
 
 
+def run_settings(sets: list[str] | None, recipe: str | None, named: dict[str, object]) -> dict[str, object]:
+    """What overrides the --config file: the adapter recipe's keys, then `merged_settings`."""
+    from rearqa.training.config import read_adapter_recipe
+
+    return {**(read_adapter_recipe(recipe) if recipe else {}), **merged_settings(sets, named)}
+
+
 def _run(method: str, config: Path | None, stop_after: int | None, time_limit: float | None,
-         quiet: bool, sets: list[str] | None = None, **overrides: object) -> None:
+         quiet: bool, sets: list[str] | None = None, recipe: str | None = None,
+         **overrides: object) -> None:
     from rearqa.config_errors import ConfigError
     from rearqa.training.config import TrainConfig
     from rearqa.training.train import train
@@ -109,7 +121,7 @@ def _run(method: str, config: Path | None, stop_after: int | None, time_limit: f
     if named is not None and named != method:
         raise ConfigError(f"{config} is a {named!r} config but the command is `train {method}`; "
                           f"run `train {named}` or change method: in the file")
-    cfg = TrainConfig.from_yaml(config, method=method, **merged_settings(sets, overrides))
+    cfg = TrainConfig.from_yaml(config, method=method, **run_settings(sets, recipe, overrides))
     path = train(cfg, progress=not quiet, stop_after_steps=stop_after, time_limit_s=time_limit,
                  echo=typer.echo)
     typer.echo(f"{'final model' if path.name == 'final' else 'checkpoint'}: {path}")
@@ -122,6 +134,7 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
          threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
          time_limit: TimeOpt = None, quiet: QuietOpt = False, batch: BatchOpt = None,
          grad_accum: AccumOpt = None, sets: SetOpt = None, adapter: AdapterOpt = None,
+         recipe: RecipeOpt = None,
          head: Annotated[Optional[str], typer.Option(
              help="Rank head: linear (vLLM-servable) | lowrank_attn.")] = None,
          count_tokens: Annotated[Optional[list[int]], typer.Option(
@@ -137,12 +150,12 @@ def rear(config: ConfigOpt = None, snapshot: SnapshotOpt = None, out: OutOpt = N
         from rearqa.training.config import TrainConfig
         from rearqa.training.train import rear_token_count
 
-        cfg = TrainConfig.from_yaml(config, method="rear", **merged_settings(sets, settings))
+        cfg = TrainConfig.from_yaml(config, method="rear", **run_settings(sets, recipe, settings))
         steps_wanted = [n or cfg.total_steps for n in count_tokens]
         for step, tokens in rear_token_count(cfg, steps_wanted).items():
             typer.echo(f"step {step}: {tokens} tokens")
         return
-    _run("rear", config, stop_after, time_limit, quiet, sets, **settings)
+    _run("rear", config, stop_after, time_limit, quiet, sets, recipe, **settings)
 
 
 def _baseline(method: str):
@@ -153,8 +166,9 @@ def _baseline(method: str):
                 device: DeviceOpt = None, threads: ThreadsOpt = None, save_every: SaveOpt = None,
                 stop_after: StopOpt = None, time_limit: TimeOpt = None,
                 quiet: QuietOpt = False, batch: BatchOpt = None,
-                grad_accum: AccumOpt = None, sets: SetOpt = None, adapter: AdapterOpt = None) -> None:
-        _run(method, config, stop_after, time_limit, quiet, sets, snapshot=snapshot, out=out,
+                grad_accum: AccumOpt = None, sets: SetOpt = None, adapter: AdapterOpt = None,
+                recipe: RecipeOpt = None) -> None:
+        _run(method, config, stop_after, time_limit, quiet, sets, recipe, snapshot=snapshot, out=out,
              base_model=base_model, token_budget_from=token_budget_from,
              token_budget=token_budget, steps=steps, max_questions=max_questions, seed=seed,
              device=device, threads=threads, save_every=save_every, batch=batch,
@@ -182,11 +196,11 @@ def distill(student: Annotated[Optional[str], typer.Option(
             threads: ThreadsOpt = None, save_every: SaveOpt = None, stop_after: StopOpt = None,
             time_limit: TimeOpt = None, quiet: QuietOpt = False,
             batch: SequencesOpt = None,
-            grad_accum: AccumOpt = None, sets: SetOpt = None) -> None:
+            grad_accum: AccumOpt = None, sets: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """Heal a converted reader: KL(teacher || student) at every position of corpus windows and
     rag-ft prompts of the train splits; a converted REAR reader: its REAR inputs instead, plus
     rank_mse_weight x the rank logits' MSE (rearqa.training.distill_task)."""
-    _run("distill", config, stop_after, time_limit, quiet, sets, student=student,
+    _run("distill", config, stop_after, time_limit, quiet, sets, recipe, student=student,
          teacher=teacher, distill_trainable=trainable, snapshot=snapshot, out=out,
          base_model=base_model, token_budget=token_budget, steps=steps,
          max_questions=max_questions, seed=seed, device=device, threads=threads,

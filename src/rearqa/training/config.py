@@ -120,6 +120,9 @@ class TrainConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input
+    # the layers the adapter goes on: all-linear (every linear layer but lm_head; embed_tokens is
+    # no linear layer) or module names, e.g. [q_proj, k_proj, v_proj, o_proj] (attention only)
+    lora_target: str | list[str] = "all-linear"
     adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora | blocklora
     # the method's own settings beyond lora_r / lora_alpha / lora_dropout, e.g. {sequential_r: 8}
     # for hydra or {gate: scalar} for dvlora; turned into its typed settings at once (adapter_settings)
@@ -321,10 +324,10 @@ class TrainConfig:
         unknown = sorted(set(self.adapter_options) - known)
         if unknown:
             raise ConfigError(f"train.adapter_options: {unknown} are not {self.adapter} settings; "
-                              f"it takes {sorted(known)} (rank, alpha and dropout are lora_r, "
-                              "lora_alpha and lora_dropout)")
+                              f"it takes {sorted(known)} (rank, alpha, dropout and target are "
+                              "lora_r, lora_alpha, lora_dropout and lora_target)")
         return settings_cls(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                            **self.adapter_options)
+                            target=self.lora_target, **self.adapter_options)
 
 
     @property
@@ -373,6 +376,38 @@ class TrainConfig:
             where = path.name
         data.update({k: v for k, v in overrides.items() if v is not None})
         return from_dict(cls, data, where)
+
+
+# An adapter recipe (configs/adapters/<name>.yaml) sets these keys and no others: which method,
+# its settings, rank, scale, dropout and target layers; the run's own file says the rest.
+RECIPE_KEYS = ("adapter", "adapter_options", "lora_r", "lora_alpha", "lora_dropout", "lora_target")
+
+
+def recipes_dir() -> Path:
+    from rearqa.environment import repo_root
+
+    return repo_root() / "configs" / "adapters"
+
+
+def read_adapter_recipe(ref: str | Path) -> dict[str, Any]:
+    """The settings of adapter recipe `ref`: a name in configs/adapters/ (e.g. lora-attention) or
+    a YAML file path. A key outside RECIPE_KEYS is refused: a recipe says how to adapt, not what
+    to train on."""
+    from rearqa.config_base import read_yaml
+
+    path = Path(ref)
+    if not path.suffix:
+        path = recipes_dir() / f"{ref}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+        raise ConfigError(f"adapter recipe {str(ref)!r}: no file {path}; the recipes are {names}, "
+                          "or give a YAML path")
+    data = read_yaml(path)
+    extra = sorted(set(data) - set(RECIPE_KEYS))
+    if extra:
+        raise ConfigError(f"adapter recipe {path.name}: {extra} are not recipe keys; a recipe sets "
+                          f"only {list(RECIPE_KEYS)} (put the others in the run's --config)")
+    return data
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -15,7 +15,8 @@ one for vLLM with `rearqa.reader.adapters.export.export_lora`.
 """
 from rearqa.reader.adapters.config import ADAPTERS, AdapterSettings
 
-__all__ = ["ADAPTERS", "AdapterSettings", "get_adapter", "load_adapter", "wrap"]
+__all__ = ["ADAPTERS", "AdapterSettings", "check_targets", "get_adapter", "linear_names",
+           "load_adapter", "wrap"]
 
 
 def get_adapter(name: str):
@@ -34,7 +35,45 @@ def wrap(name: str, model, settings: AdapterSettings | None = None,
     if not isinstance(settings, method.config_cls):
         raise TypeError(f"adapter {name!r} takes {method.config_cls.__name__}, "
                         f"not {type(settings).__name__}")
+    check_targets(model, settings.target)
     return method.wrap(model, settings, trainable_token_indices)
+
+
+def linear_names(model) -> list[str]:
+    """The names (last dotted part) of `model`'s linear layers but its output layer: what an
+    adapter's target list may name."""
+    return sorted({name.rsplit(".", 1)[-1] for name in _linear_modules(model)})
+
+
+def _linear_modules(model) -> list[str]:
+    from torch import nn
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module is not output]
+
+
+def check_targets(model, target: str | list[str]) -> None:
+    """Refuse a target the model does not have, naming the ones it has. PEFT matches a list entry
+    as the end of a module name and only complains when nothing matches, so one misspelt name
+    among correct ones would otherwise leave that layer untrained without a word."""
+    import re
+
+    from rearqa.config_errors import ConfigError
+
+    if target == "all-linear":
+        return
+    have = linear_names(model)
+    if isinstance(target, str):  # PEFT reads a single string as a regex over full module names
+        if not any(re.fullmatch(target, name) for name, _ in model.named_modules()):
+            raise ConfigError(f"adapter target {target!r} matches no module of "
+                              f"{type(model).__name__}; its linear layers are {have}")
+        return
+    full = _linear_modules(model)  # an entry names a module's last part(s), as PEFT matches them
+    missing = [t for t in target if not any(n == t or n.endswith("." + t) for n in full)]
+    if missing:
+        raise ConfigError(f"adapter target {missing} not in {type(model).__name__}: its linear "
+                          f"layers (but the output layer) are {have}; or use all-linear")
 
 
 def load_adapter(model, adapter_dir, is_trainable: bool = False):
