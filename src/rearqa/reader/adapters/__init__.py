@@ -58,4 +58,7 @@ def load_adapter(model, adapter_dir, is_trainable: bool = False):
     method = get_adapter(name)
     config = method.peft_config_cls.from_saved(saved) if hasattr(method, "peft_config_cls") else None
     with dense_targets(model):
-        return PeftModel.from_pretrained(model, adapter_dir, config=config, is_trainable=is_trainable)
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, config=config, is_trainable=is_trainable)
+    if config is not None:
+        config.injected()
+    return peft_model
