@@ -120,7 +120,7 @@ class TrainConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input
-    adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora
+    adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora | masa
     # the method's own settings beyond lora_r / lora_alpha / lora_dropout, e.g. {sequential_r: 8}
     # for hydra or {gate: scalar} for dvlora; turned into its typed settings at once (adapter_settings)
     adapter_options: dict = field(default_factory=dict)

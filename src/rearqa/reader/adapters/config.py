@@ -10,6 +10,7 @@ ADAPTERS: dict[str, str] = {
     "lora": "rearqa.reader.adapters.lora:LoraMethod",
     "hydra": "rearqa.reader.adapters.hydra:HydraMethod",
     "dvlora": "rearqa.reader.adapters.dvlora:DVLoraMethod",
+    "masa": "rearqa.reader.adapters.masa:MasaMethod",
 }
 
 
