@@ -7,7 +7,8 @@ not PEFT's own keeps it in `<method>/layer.py` (forward, merge, unmerge, delta w
 whether it exports to plain LoRA A/B matrices for vLLM (`exports_to_lora`).
 
 Registered: `lora` (plain LoRA: PEFT's own layer, the recipe REAR and the baselines train with),
-`hydra` (parallel + sequential branch) and `dvlora` (DV-LoRA / GDV-LoRA, the `gate` setting).
+`hydra` (parallel + sequential branch), `dvlora` (DV-LoRA / GDV-LoRA, the `gate` setting) and
+`masa` (matrix atoms shared across layers; exports to plain LoRA only by a truncated SVD).
 A method with its own layer saves its settings in adapter_config.json (`rearqa_method`); load every
 adapter with `load_adapter`, which registers the layer again (PEFT does not save that), and export
 one for vLLM with `rearqa.reader.adapters.export.export_lora`.
