@@ -37,14 +37,14 @@ def tiny_tokenizer(bos: bool = True):
     return tokenizer
 
 
-def tiny_llama(vocab_size: int, tied: bool = True, hidden_size: int = 16, seed: int = 0):
-    """A 2-layer Llama (2 query heads, 1 KV head) with random weights."""
+def tiny_llama(vocab_size: int, tied: bool = True, hidden_size: int = 16, seed: int = 0, layers: int = 2):
+    """A Llama of `layers` layers (2 query heads, 1 KV head) with random weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                         intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                          tie_word_embeddings=tied, pad_token_id=1, bos_token_id=2, eos_token_id=3)
     return randomize_matrices(LlamaForCausalLM(config).eval())

@@ -103,7 +103,7 @@ def test_every_adapter_recipe_trains_a_config_and_wraps_a_llama(path):
 def test_recipes_are_named_and_hold_adapter_keys_only(tmp_path):
     from rearqa.training.config import read_adapter_recipe
 
-    assert {"lora-all-linear", "lora-attention", "hydra", "dvlora", "gdvlora", "blocklora"} <= \
+    assert {"lora-all-linear", "lora-attention", "hydra", "dvlora", "gdvlora", "blocklora", "masa"} <= \
         {p.stem for p in RECIPES}
     with pytest.raises(ConfigError, match=r"recipe 'nope': .* the recipes are \[.*'lora-attention'"):
         read_adapter_recipe("nope")

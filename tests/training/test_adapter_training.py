@@ -1,6 +1,6 @@
 """`adapter:` chooses the LoRA-family method a run trains (rearqa.reader.adapters): a hydra
-rag-ft run, a GDV-LoRA REAR run and a Block-LoRA rag-ft run on the tiny world train, save, and
-load back merged."""
+rag-ft run, a MASA rag-ft run, a GDV-LoRA REAR run and a Block-LoRA rag-ft run on the tiny world
+train, save, and load back merged."""
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,30 @@ def test_a_hydra_run_trains_saves_and_its_merged_model_loads(world):
     model = load_adapter(base, final).eval()
     seq_b = [p for n, p in model.named_parameters() if "lora_seq_B" in n]
     assert seq_b and any(p.abs().sum() > 0 for p in seq_b)  # the sequential branch trained
+    ids = torch.tensor([[2, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(ids).logits
+        merged = merge_lora(AutoModelForCausalLM.from_pretrained(cfg.base_model), final)
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_a_masa_run_trains_its_shared_atoms_saves_them_once_and_merges_back(world):
+    """MASA's atoms are shared across layers: the optimizer sees each dictionary once, the run
+    moves it off zero, the checkpoint holds it once per projection type, and the reload merges
+    back to the adapter model's logits."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.reader.adapters import load_adapter
+    from rearqa.reader.finetuned import merge_lora
+
+    cfg = config(world, "masa-ft", method="rag-ft", adapter="masa", adapter_options={"atoms": 2})
+    final = train(cfg, echo=lambda *_: None)
+    saved = load_file(Path(final) / "adapter_model.safetensors")
+    atoms = {k: v for k, v in saved.items() if "lora_masa_atoms" in k}
+    assert len(atoms) == 4 and all(v.abs().sum() > 0 for v in atoms.values())  # q, k, v, o: trained
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+    model = load_adapter(base, final).eval()
     ids = torch.tensor([[2, 5, 6, 7, 8]])
     with torch.no_grad():
         expected = model(ids).logits
@@ -78,6 +102,7 @@ def test_a_blocklora_run_trains_saves_and_its_merged_model_loads(world):
     (dict(adapter="hydra", adapter_options={"gate": "scalar"}), r"\['gate'\] are not hydra settings"),
     (dict(adapter="dvlora", adapter_options={"gate": "always"}), "gate='always'"),
     (dict(adapter="blocklora", adapter_options={"blocks": 3}), "blocks=3 does not divide r=4"),
+    (dict(adapter="masa", adapter_options={"atoms": 0}), "atoms=0"),
     (dict(adapter="hydra", method="loraprune", adapter_options={}), "loraprune"),
 ])
 def test_a_bad_adapter_choice_is_refused_with_the_value(world, bad, match):

@@ -281,7 +281,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
 # -- convert ------------------------------------------------------------------------------------
 @app.command()
 def convert(out: Annotated[Path, typer.Option(help="New directory for the converted reader.")],
-            transform: Annotated[Optional[str], typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla | kv_merge | loraprune).")] = None,
+            transform: Annotated[Optional[str], typer.Option(help="Backbone transform (reader/backbone: transmla | xecomla | kv_merge | loraprune | masa).")] = None,
             source: Annotated[Optional[str], typer.Option("--from", help="base | a transformers checkpoint | a PEFT adapter (merged first) | a REAR checkpoint (its LoRA merged; rows and head kept).")] = None,
             recipe: Annotated[Optional[Path], typer.Option(help="A healed reader's recipe.json (or its directory, e.g. checkpoints/healed/NAME): rebuild its conversion and merge its heal adapter; takes no other conversion option.")] = None,
             heal: Annotated[bool, typer.Option("--heal/--no-heal", help="With --recipe: merge the heal adapter (--no-heal: the unhealed conversion, the control).")] = True,
@@ -290,6 +290,8 @@ def convert(out: Annotated[Path, typer.Option(help="New directory for the conver
             energy: Annotated[Optional[float], typer.Option(help="xecomla: per-layer rank keeping this share of the singular-value energy (default 0.99).")] = None,
             freqfold: Annotated[Optional[int], typer.Option(help="transmla: frequencies pooled per RoRoPE rotation (default: the smallest valid).")] = None,
             kv_heads: Annotated[Optional[int], typer.Option(help="kv_merge: KV heads kept (a divisor of the model's; SmolLM2: 1 or 3).")] = None,
+            atoms: Annotated[Optional[int], typer.Option(help="masa: atoms per projection type, shared by the layers (1 to the layer count; the count rebuilds exactly).")] = None,
+            projections: Annotated[Optional[str], typer.Option(help="masa: the projections that share atoms, comma-separated (default q_proj,k_proj,v_proj,o_proj; gate_proj,up_proj,down_proj too on request).")] = None,
             calib_passages: Annotated[Optional[int], typer.Option(help="Calibration samples drawn from the corpus.")] = None,
             latent_norm: Annotated[Optional[bool], typer.Option("--latent-norm/--no-latent-norm", show_default=False, help="transmla, xecomla: RMSNorm on the latent (what vLLM's DeepSeek model runs; not exact).")] = None,
             pad_v_to: Annotated[Optional[int], typer.Option(help="transmla: zero-pad value heads to this width (a vLLM CUDA prefill shape; exact).")] = None,
@@ -305,7 +307,8 @@ def convert(out: Annotated[Path, typer.Option(help="New directory for the conver
 
     options = {"kv_lora_rank": kv_lora_rank, "rope_dim": rope_dim, "energy": energy, "freqfold": freqfold,
                "kv_heads": kv_heads, "calib_passages": calib_passages, "latent_norm": latent_norm,
-               "pad_v_to": pad_v_to, "seed": seed, "mask": str(mask) if mask else None}
+               "pad_v_to": pad_v_to, "seed": seed, "mask": str(mask) if mask else None,
+               "atoms": atoms, "projections": projections}
     if recipe is not None:
         given = {"--transform": transform, "--from": source, "--dtype": dtype, "--calib-file": calib_file,
                  **{"--" + k.replace("_", "-"): v for k, v in options.items()}}

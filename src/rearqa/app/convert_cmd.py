@@ -4,6 +4,7 @@
     rearqa convert --transform transmla --from checkpoints/rear-smollm2 --kv-lora-rank 128 --rope-dim 32 --out readers/rear-mla
     rearqa convert --transform xecomla --from base --energy 0.99 --rope-dim 32 --out readers/xeco99
     rearqa convert --transform loraprune --from base --mask runs/lp/mask.json --out readers/pruned
+    rearqa convert --transform masa --from checkpoints/rag-ft-smollm2 --atoms 10 --out readers/ragft-masa10
 
 `--from` is `base` (the bundled reader), a transformers checkpoint directory, a PEFT adapter
 (rag-ft / closed-book-ft: merged into its base first) or a REAR checkpoint (its LoRA merged first;

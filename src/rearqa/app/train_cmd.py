@@ -52,7 +52,7 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Groups per micro-batch (b
 BackboneStepsOpt = Annotated[Optional[int], typer.Option(help="Optimiser steps (without a token budget).")]
 SequencesOpt = Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")]
 AdapterOpt = Annotated[Optional[str], typer.Option(
-    help="LoRA-family method: lora | hydra | dvlora | blocklora (its own settings: --set adapter_options=...).")]
+    help="LoRA-family method: lora | hydra | dvlora | blocklora | masa (its own settings: --set adapter_options=...).")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimiser step (same step, less memory).")]
 RecipeOpt = Annotated[Optional[str], typer.Option(
     "--recipe", help="Adapter recipe: a name in configs/adapters/ (lora-all-linear, lora-attention, "

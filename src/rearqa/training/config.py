@@ -121,9 +121,10 @@ class TrainConfig:
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input
     # the layers the adapter goes on: all-linear (every linear layer but lm_head; embed_tokens is
-    # no linear layer) or module names, e.g. [q_proj, k_proj, v_proj, o_proj] (attention only)
-    lora_target: str | list[str] = "all-linear"
-    adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora | blocklora
+    # no linear layer), module names such as [q_proj, k_proj, v_proj, o_proj] (attention only),
+    # or "" for the method's own default (all-linear; masa: q, k, v, o)
+    lora_target: str | list[str] = ""
+    adapter: str = "lora"  # LoRA-family method (rearqa.reader.adapters.ADAPTERS): lora | hydra | dvlora | blocklora | masa
     # the method's own settings beyond lora_r / lora_alpha / lora_dropout, e.g. {sequential_r: 8}
     # for hydra or {gate: scalar} for dvlora; turned into its typed settings at once (adapter_settings)
     adapter_options: dict = field(default_factory=dict)
@@ -326,8 +327,9 @@ class TrainConfig:
             raise ConfigError(f"train.adapter_options: {unknown} are not {self.adapter} settings; "
                               f"it takes {sorted(known)} (rank, alpha, dropout and target are "
                               "lora_r, lora_alpha, lora_dropout and lora_target)")
+        target = {"target": self.lora_target} if self.lora_target else {}
         return settings_cls(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                            target=self.lora_target, **self.adapter_options)
+                            **target, **self.adapter_options)
 
 
     @property

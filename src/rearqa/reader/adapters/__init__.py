@@ -7,8 +7,9 @@ not PEFT's own keeps it in `<method>/layer.py` (forward, merge, unmerge, delta w
 whether it exports to plain LoRA A/B matrices for vLLM (`exports_to_lora`).
 
 Registered: `lora` (plain LoRA: PEFT's own layer, the recipe REAR and the baselines train with),
-`hydra` (parallel + sequential branch), `dvlora` (DV-LoRA / GDV-LoRA, the `gate` setting) and
-`blocklora` (Block-LoRA: n up-projection blocks sharing one down-projection).
+`hydra` (parallel + sequential branch), `dvlora` (DV-LoRA / GDV-LoRA, the `gate` setting),
+`blocklora` (Block-LoRA: n up-projection blocks sharing one down-projection),
+and `masa` (matrix atoms shared across layers; exports to plain LoRA only by a truncated SVD).
 A method with its own layer saves its settings in adapter_config.json (`rearqa_method`); load every
 adapter with `load_adapter`, which registers the layer again (PEFT does not save that), and export
 one for vLLM with `rearqa.reader.adapters.export.export_lora`.
@@ -98,4 +99,7 @@ def load_adapter(model, adapter_dir, is_trainable: bool = False):
     method = get_adapter(name)
     config = method.peft_config_cls.from_saved(saved) if hasattr(method, "peft_config_cls") else None
     with dense_targets(model):
-        return PeftModel.from_pretrained(model, adapter_dir, config=config, is_trainable=is_trainable)
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, config=config, is_trainable=is_trainable)
+    if config is not None:
+        config.injected()
+    return peft_model

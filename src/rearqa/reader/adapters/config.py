@@ -11,6 +11,7 @@ ADAPTERS: dict[str, str] = {
     "hydra": "rearqa.reader.adapters.hydra:HydraMethod",
     "dvlora": "rearqa.reader.adapters.dvlora:DVLoraMethod",
     "blocklora": "rearqa.reader.adapters.blocklora:BlockLoraMethod",
+    "masa": "rearqa.reader.adapters.masa:MasaMethod",
 }
 
 

@@ -43,6 +43,10 @@ class RearLoraConfig(LoraConfig):
             raise ValueError(f"{self.rearqa_method}: lora_bias and use_dora are not supported")
         self._register_custom_module({nn.Linear: type(self).layer_cls})
 
+    def injected(self) -> None:
+        """Called once PEFT has built every layer of this config (`wrap_with`, `load_adapter`): a
+        method whose layers shared state while they were built (masa's atoms) lets go of it."""
+
     @classmethod
     def from_saved(cls, saved: dict) -> "RearLoraConfig":
         """The config rebuilt from a saved adapter_config.json (so the layer is registered again)."""
@@ -60,6 +64,9 @@ class RearLoraLinear(LoraLinear):
 
     method_name: ClassVar[str] = "rearqa"  # the registered method (repr, errors)
     method_containers: ClassVar[dict[str, type]] = {}  # name -> nn.ModuleDict or nn.ParameterDict
+    # True: `lora_factors` gives B A equal to the delta (export is exact). False: the delta has no
+    # low-rank form of its own and export takes a truncated SVD of it, with the error recorded.
+    exports_exactly: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -90,6 +97,14 @@ class RearLoraLinear(LoraLinear):
         """(A (R, d_in), B (d_out, R)) with B @ A == delta_weight(adapter, w0), scaling folded in."""
         raise NotImplementedError
 
+    def holds(self, adapter: str) -> bool:
+        """Whether this layer carries `adapter` (a method without lora_A / lora_B overrides it)."""
+        return adapter in self.lora_A
+
+    def adapter_dtype(self, adapter: str) -> torch.dtype:
+        """The dtype the adapter computes in (the layer input is cast to it)."""
+        return self.lora_A[adapter].weight.dtype
+
     def export_refusal(self, adapter: str) -> str | None:
         """Why this adapter cannot merge or export as plain LoRA (None: it can)."""
         return None
@@ -119,7 +134,7 @@ class RearLoraLinear(LoraLinear):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         for adapter in check_adapters_to_merge(self, adapter_names):
-            if adapter not in self.lora_A:
+            if not self.holds(adapter):
                 continue
             self._refuse(adapter, "merge")
             weight = self.get_base_layer().weight
@@ -133,7 +148,7 @@ class RearLoraLinear(LoraLinear):
     def unmerge(self) -> None:
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
-            if adapter in self.lora_A:
+            if self.holds(adapter):
                 weight = self.get_base_layer().weight
                 weight.data = self.unmerged_weight(adapter, weight.data.double()).to(weight.dtype)
 
@@ -150,8 +165,8 @@ class RearLoraLinear(LoraLinear):
         base_out = self.base_layer(x, *args, **kwargs)
         result = base_out
         for adapter in self.active_adapters:
-            if adapter in self.lora_A:
-                xa = self._cast_input_dtype(x, self.lora_A[adapter].weight.dtype)
+            if self.holds(adapter):
+                xa = self._cast_input_dtype(x, self.adapter_dtype(adapter))
                 result = result + self.adapter_output(adapter, xa, base_out).to(result.dtype)
         return result
 
@@ -185,6 +200,7 @@ def wrap_with(config: RearLoraConfig, model: nn.Module) -> nn.Module:
 
     with dense_targets(model):
         peft_model = get_peft_model(model, config)
+    config.injected()
     check_all_wrapped(peft_model, config.layer_cls)
     return peft_model
 

@@ -8,8 +8,9 @@ Whatever trains a transform (distillation, healing, pruning schedules) lives in 
 calls the transform; this package never imports training.
 
 Registered: `transmla` and `xecomla` (GQA to multi-head latent attention), `kv_merge` (fewer KV
-heads, a stock Llama) and `loraprune` (structured pruning of KV groups and MLP channels to a
-saved mask, a stock Llama out); `tpla/` is not a transform but a decode mode of their MLA module
+heads, a stock Llama), `loraprune` (structured pruning of KV groups and MLP channels to a
+saved mask, a stock Llama out) and `masa` (projections rebuilt from atoms shared across layers:
+a storage saving, served rebuilt); `tpla/` is not a transform but a decode mode of their MLA module
 (the latent split across processes). docs/architecture.md says how to add one.
 
 Inference-time backbones change how a loaded reader attends and take their settings per run

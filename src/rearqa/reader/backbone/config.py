@@ -16,6 +16,7 @@ TRANSFORMS: dict[str, str] = {
     "xecomla": "rearqa.reader.backbone.xecomla.transform:XEcoMLA",
     "loraprune": "rearqa.reader.backbone.loraprune.transform:LoRAPrune",
     "kv_merge": "rearqa.reader.backbone.kv_merge.transform:KVMerge",
+    "masa": "rearqa.reader.backbone.masa.transform:Masa",
 }
 
 # Inference-time backbones: methods that change how a loaded reader attends, not its weights, with
@@ -41,11 +42,14 @@ def inference_backbone_name(text: str) -> str:
 #   llama_fewer_kv   a stock Llama checkpoint with fewer num_key_value_heads: any engine
 #   llama_pruned     a stock Llama checkpoint with pruned widths (fewer heads, a narrower MLP,
 #                    the same in every layer): any engine
+#   llama_rebuilt    a stock checkpoint of the source's own architecture and shapes whose weights
+#                    were rebuilt from a compact form stored beside them (MASA's shared atoms):
+#                    any engine that serves the source
 #   hf_only          weights in a layout only this package's modules run (transformers engine)
-EXPORT_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned", "hf_only")
+EXPORT_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned", "llama_rebuilt", "hf_only")
 BACKBONE_FILE = "backbone.json"
 # Formats a stock vLLM loads without this package's code.
-VLLM_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned")
+VLLM_FORMATS = ("deepseek_v3_mla", "llama_fewer_kv", "llama_pruned", "llama_rebuilt")
 
 
 @dataclass
