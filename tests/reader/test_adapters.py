@@ -85,14 +85,16 @@ def test_a_target_the_model_lacks_is_refused_with_the_names_it_has():
     assert wrapped == {"q_proj", "v_proj"}
 
 
-RECIPES = sorted((__import__("pathlib").Path(__file__).parents[2] / "configs" / "adapters").glob("*.yaml"))
+RECIPES_DIR = __import__("pathlib").Path(__file__).parents[2] / "configs" / "adapters"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+ALL_RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))  # budget/: scripts/adapter_budget.py's choices
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=[str(p.relative_to(RECIPES_DIR)) for p in ALL_RECIPES])
 def test_every_adapter_recipe_trains_a_config_and_wraps_a_llama(path):
     from rearqa.training.config import TrainConfig, read_adapter_recipe
 
-    config = TrainConfig(method="rag-ft", **read_adapter_recipe(path.stem))
+    config = TrainConfig(method="rag-ft", **read_adapter_recipe(path))
     peft_model = wrap(config.adapter, tiny_llama(64), config.adapter_settings())
     wrapped = {name.rsplit(".", 1)[-1] for name, m in peft_model.named_modules() if hasattr(m, "lora_A")}
     expected = config.lora_target if isinstance(config.lora_target, list) else \
