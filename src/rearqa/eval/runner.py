@@ -308,6 +308,7 @@ def _backbone_row(answer: Answer, example: QAExample) -> dict[str, Any]:
         row["backbone_cost"] = answer.backbone_cost
     if answer.trace is not None:
         row["evidence"] = answer.trace.evidence(example.answers).as_dict()
+        row["pruned_heads"] = answer.trace.pruned_heads  # per query head: layer pruned from, -1 alive
     return row
 
 

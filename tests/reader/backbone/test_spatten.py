@@ -171,6 +171,10 @@ def test_head_pruning_cascades_and_zeroes_the_pruned_heads():
                 assert set(worst.tolist()) == set(newly[b].nonzero().flatten().tolist())
         previous = alive
     assert run.state.head_alive.sum(1).tolist() == [2, 2]
+    # the stats name each pruned head with the layer it was pruned from, the first layer it is dead
+    first_dead = [[next((layer for layer, alive, *_ in seen if not alive[b, h]), -1)
+                   for h in range(HEADS)] for b in range(2)]
+    assert run.state.stats.pruned_heads.tolist() == first_dead
 
 
 # ------------------------------------------------------------------ progressive quantisation

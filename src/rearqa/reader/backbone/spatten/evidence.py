@@ -97,6 +97,7 @@ class PromptTrace:
     offsets: list[tuple[int, int]]
     pruned_layer: list[int]
     passages: list[tuple[int, int]] = field(default_factory=list)  # passage character spans
+    pruned_heads: list[int] = field(default_factory=list)  # per query head: layer pruned from; -1 alive
 
     def __post_init__(self) -> None:
         if len(self.pruned_layer) != len(self.offsets):

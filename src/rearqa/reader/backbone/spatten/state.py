@@ -35,6 +35,7 @@ class SpAttenStats:
     alive_heads: torch.Tensor | None = None  # (phase, L, B) alive query heads
     pruned_layer: torch.Tensor | None = None  # (B, S) the layer a position was pruned at; -1 alive
     pruned_step: torch.Tensor | None = None  # (B, S) the step (0 prefill, t decode) it was pruned at
+    pruned_heads: torch.Tensor | None = None  # (B, H) the layer a query head was pruned from; -1 alive
 
     def __post_init__(self) -> None:
         shape = (2, self.num_layers, self.batch)
@@ -72,6 +73,7 @@ class SpAttenStats:
         out.counts = {name: c[..., rows].clone() for name, c in self.counts.items()}
         out.alive_tokens, out.alive_heads = self.alive_tokens[..., rows], self.alive_heads[..., rows]
         out.pruned_layer, out.pruned_step = self.pruned_layer[rows], self.pruned_step[rows]
+        out.pruned_heads = self.pruned_heads[rows]
         return out
 
     def summary(self) -> dict:
@@ -101,6 +103,7 @@ class SpAttenState:
         self.stats = SpAttenStats(num_layers, batch)
         self.stats.pruned_layer = torch.full((batch, 0), -1, dtype=torch.long)
         self.stats.pruned_step = torch.full((batch, 0), -1, dtype=torch.long)
+        self.stats.pruned_heads = torch.full((batch, heads), -1, dtype=torch.long)
 
     def select(self, rows: list[int]) -> "SpAttenState":
         """A copy of this state restricted to batch `rows`, to continue those rows a second way
@@ -162,7 +165,10 @@ class SpAttenState:
         excess = (self.head_alive.sum(1) - target).clamp_min(0)  # (B,)
         score = self.head_importance.masked_fill(~self.head_alive, float("inf"))
         rank = score.argsort(dim=1, stable=True).argsort(dim=1)
-        self.head_alive &= ~(self.head_alive & (rank < excess[:, None]))
+        drop = self.head_alive & (rank < excess[:, None])
+        if drop.any():
+            self.head_alive &= ~drop
+            self.stats.pruned_heads[drop.cpu()] = layer
 
     def accumulate(self, probs: torch.Tensor, allowed: torch.Tensor, query_alive: torch.Tensor,
                    out: torch.Tensor) -> None:

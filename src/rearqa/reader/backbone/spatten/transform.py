@@ -47,7 +47,8 @@ class SpAtten:
         for b, (text, spans) in enumerate(zip(texts, offsets)):
             # Left padding: the example's prompt is the last len(spans) of the first `width` positions.
             pruned = stats.pruned_layer[b, width - len(spans):width].tolist()
-            trace = PromptTrace(text, [tuple(s) for s in spans], pruned)
+            trace = PromptTrace(text, [tuple(s) for s in spans], pruned,
+                                pruned_heads=stats.pruned_heads[b].tolist())
             cost = stats.example_cost(b)
             cost.update(prompt_tokens=len(spans), pruned_prompt_tokens=trace.pruned)
             out.append((cost, trace))
