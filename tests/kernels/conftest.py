@@ -21,11 +21,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ON_GPU = HAS_TRITON and torch.cuda.is_available() and not INTERPRET
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: runs Triton kernels on a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "interpret: runs Triton kernels under TRITON_INTERPRET=1 on CPU")
-
-
 def _patch_interpreter_bf16_dot(monkeypatch) -> None:
     import numpy as np
     import triton.language as tl
