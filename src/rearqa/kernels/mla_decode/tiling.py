@@ -71,5 +71,6 @@ def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, ite
         num_splits = split_count(batch, head_blocks, max_len, block_n, heads, rank, rope, itemsize, sms)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits={num_splits}: must be in 1..{MAX_SPLITS}")
-    num_warps = 8 if block_h * rank_pad >= 16 * 512 else 4
-    return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits, num_warps)
+    # 8 warps: compiled for sm_90a on the CPU (Triton 3.9, docs/kernels.md), 4 warps spilled
+    # registers at 96+64 paged and at 192+64; 8 spilled nowhere in the benchmark's shapes
+    return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits, num_warps=8)
