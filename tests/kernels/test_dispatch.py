@@ -42,3 +42,9 @@ def test_cuda_tensors_pick_the_kernel(monkeypatch):
 def test_unknown_op_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown kernel op 'no_such_op'; valid ops are"):
         get_kernel("no_such_op")
+
+
+def test_keyword_tensors_count_for_the_device(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    with pytest.raises(ConfigError, match="needs its tensors on a CUDA device"):
+        double.backend(x=torch.ones(2))

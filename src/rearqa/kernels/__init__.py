@@ -5,8 +5,9 @@ compare with; triton.py: the kernel) and is one `KernelOp` (dispatch.py) registe
 (config.py): on CUDA tensors it runs Triton, elsewhere (and whenever REARQA_KERNELS=reference) the
 reference. This package imports only torch, triton and the shared leaves, so any wing may use it.
 
-No op is registered yet: the wing holds the seam that the MLA decode, fused LoRA and top-k kernels
-fill (docs/architecture.md says how to add one).
+Ops (docs/kernels.md): `mla_decode` (MLA absorbed decode, split-KV), `lora_linear` (fused LoRA
+forward) and `topk` (SpAtten's token selection; torch.topk until a GPU benchmark says otherwise).
+docs/architecture.md says how to add one.
 """
 from rearqa.kernels.config import BACKENDS, KERNELS
 

@@ -32,10 +32,11 @@ class KernelOp:
         self.reference = reference
         self.triton = triton  # "module:attr" (loaded on first CUDA call), a callable, or None
 
-    def backend(self, *args: Any) -> str:
-        """"triton" or "reference": what a call with these arguments runs."""
+    def backend(self, *args: Any, **kwargs: Any) -> str:
+        """"triton" or "reference": what a call with these arguments runs (keyword tensors count)."""
         setting = backend_setting()
-        on_cuda = [a.is_cuda for a in args if isinstance(a, torch.Tensor)]
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        on_cuda = [t.is_cuda for t in tensors]
         if setting == "reference":
             return "reference"
         if setting == "triton":
@@ -48,6 +49,6 @@ class KernelOp:
         return "triton" if self.triton is not None and on_cuda and all(on_cuda) else "reference"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.backend(*args) == "reference":
+        if self.backend(*args, **kwargs) == "reference":
             return self.reference(*args, **kwargs)
         return load(self.triton)(*args, **kwargs)

@@ -3,6 +3,7 @@ its paths, a cache holding only the latent and the rotary key, and a round trip 
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
@@ -132,3 +133,66 @@ def test_a_lora_wrapped_up_projection_decodes_through_the_adapter(one_thread):
         merged = peft_model.merge_and_unload()  # the adapter in the weights: absorbed decode again
         expected = merged(input_ids=ids, attention_mask=mask).logits[:, -1]
     torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_decode_step_through_the_kernel_op_equals_the_torch_path(one_thread, dtype, masked):
+    """On the CPU the op runs its reference, which must give MLAAttention's numbers bit for bit."""
+    attn = install_mla(deepseek(16, 32, 32, 64, 9)).model.layers[0].self_attn.to(dtype)
+    torch.manual_seed(2)
+    q_nope, q_rot = torch.randn(3, 9, 1, 32, dtype=dtype), torch.randn(3, 9, 1, 32, dtype=dtype)
+    latent, k_rot = torch.randn(3, 1, 11, 16, dtype=dtype), torch.randn(3, 1, 11, 32, dtype=dtype)
+    mask = None
+    if masked:  # left padding of 4 and 1 tokens, as transformers' sdpa mask (B, 1, 1, S) bool
+        mask = torch.ones(3, 1, 1, 11, dtype=torch.bool)
+        mask[0, ..., :4] = False
+        mask[2, ..., :1] = False
+    with torch.no_grad():
+        want = attn._absorbed_torch(q_nope, q_rot, latent, k_rot, mask)
+        got = attn._decode_step(q_nope, q_rot, latent, k_rot, mask)
+    assert torch.equal(got, want)
+
+
+def test_decode_steps_run_the_kernel_op_and_other_steps_do_not(one_thread, monkeypatch):
+    from rearqa.kernels.mla_decode import mla_decode_reference
+    from rearqa.reader.backbone.transmla import modeling
+
+    calls = []
+    monkeypatch.setattr(modeling, "mla_decode", lambda *a, **k: calls.append(1) or mla_decode_reference(*a, **k))
+    mla = install_mla(deepseek(16, 32, 32, 64, 9))
+    ids, mask = batch()
+    with torch.no_grad():
+        out = mla(input_ids=ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
+        assert not calls  # a prefill of 6 tokens takes the torch path
+        mla(input_ids=ids[:, 6:7], attention_mask=mask[:, :7], past_key_values=out.past_key_values,
+            use_cache=True)
+    assert len(calls) == len(mla.model.layers)
+    with torch.enable_grad():  # a step that keeps a graph stays on torch (no kernel backward)
+        assert not modeling._kernel_step(1, None, torch.ones(1, requires_grad=True))
+    assert not modeling._kernel_step(1, torch.zeros(1, 1, 1, 4), torch.ones(1))  # additive mask
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                    reason="needs a CUDA GPU and triton (the GPU machine; CI has neither)")
+def test_decode_on_the_gpu_runs_the_triton_kernel(monkeypatch):
+    """bf16 on CUDA: each decode step's attention is the Triton kernel, and the steps' logits stay
+    within bf16 rounding of the same model decoding through the torch reference."""
+    from rearqa.kernels.mla_decode import mla_decode
+
+    mla = install_mla(deepseek(16, 32, 32, 64, 9)).to("cuda", torch.bfloat16)
+    ids, mask = (t.cuda() for t in batch())
+    runs = {}
+    for backend in ("auto", "reference"):
+        monkeypatch.setenv("REARQA_KERNELS", backend)
+        with torch.no_grad():
+            out = mla(input_ids=ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
+            steps = [mla(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1],
+                         past_key_values=out.past_key_values, use_cache=True).logits.float()
+                     for t in range(6, ids.shape[1])]
+        runs[backend] = torch.cat(steps, 1)
+    monkeypatch.setenv("REARQA_KERNELS", "auto")
+    assert mla_decode.backend(torch.ones(1, device="cuda")) == "triton"
+    error = (runs["auto"] - runs["reference"]).norm() / runs["reference"].norm()
+    assert error < 2e-2, f"kernel decode differs from the torch path by {error:.2e}"

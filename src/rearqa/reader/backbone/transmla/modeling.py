@@ -10,7 +10,11 @@ ways to get them:
   absorbed  (decode, a few queries)  fold W_UK into the query, q_lat[h] = W_UK[h]^T q_nope[h], so
             logits = q_lat . c + q_rope . k_rope straight off the cache, and apply W_UV after
             attention to the weighted sum of latents: the cache is read once and never expanded.
-Both compute the same function (tests/reader/backbone/test_transmla_modeling.py).
+Both compute the same function (tests/reader/backbone/test_transmla_modeling.py). A decode step
+(one query token, a boolean or no mask, no gradient) runs the absorbed maths through the kernel op
+`rearqa.kernels.mla_decode`: the split-KV Triton kernel on CUDA, on the CPU its torch reference,
+which takes the same steps in the same dtypes as the torch path `_absorbed_torch` (equal bit for
+bit, a test). TPLA overrides `_absorbed` whole, so its sharded decode stays torch.
 
 `MLAAttention` subclasses transformers' `DeepseekV3Attention` so it loads the same weights; a
 converted reader without the latent RMSNorm (`config.latent_norm` False) runs with an identity
@@ -25,6 +29,7 @@ from torch import nn
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     DeepseekV3Attention, apply_rotary_pos_emb, apply_rotary_pos_emb_interleave)
 
+from rearqa.kernels.mla_decode import mla_decode
 from rearqa.reader.backbone.base import dtype_bytes
 
 # Query lengths up to this use the absorbed path: decode steps (1 token) and short appends.
@@ -68,6 +73,12 @@ class MLAAttention(DeepseekV3Attention):
         return w[:, :self.qk_nope_head_dim], w[:, self.qk_nope_head_dim:]
 
     def _absorbed(self, q_nope, q_rot, latent, k_rot, attention_mask) -> torch.Tensor:
+        """(B, T, H, v): a decode step through the kernel op where it applies, else torch."""
+        if _kernel_step(q_nope.shape[2], attention_mask, q_nope, latent, self.kv_b_proj.weight):
+            return self._decode_step(q_nope, q_rot, latent, k_rot, attention_mask)
+        return self._absorbed_torch(q_nope, q_rot, latent, k_rot, attention_mask)
+
+    def _absorbed_torch(self, q_nope, q_rot, latent, k_rot, attention_mask) -> torch.Tensor:
         w_uk, w_uv = self._up_weights()
         batch, heads, length, _ = q_nope.shape
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
@@ -81,6 +92,19 @@ class MLAAttention(DeepseekV3Attention):
         out_lat = (probs.reshape(batch, rows, -1) @ latent[:, 0]).view(batch, heads, length, -1)  # (B, H, T, r)
         return torch.einsum("bhtr,hvr->bthv", out_lat, w_uv)  # (B, T, H, v)
 
+    def _decode_step(self, q_nope, q_rot, latent, k_rot, attention_mask) -> torch.Tensor:
+        """`_absorbed_torch` for one query token, through the mla_decode kernel op (B, 1, H, v)."""
+        w_uk, w_uv = self._up_weights()
+        batch, keys = q_nope.shape[0], latent.shape[2]
+        q_lat = torch.einsum("bhn,hnr->bhr", q_nope[:, :, 0], w_uk)  # (B, H, r)
+        seq_lens = torch.full((batch,), keys, dtype=torch.int32, device=latent.device)
+        kv_mask = None  # (B, S) bool: the query's row of a (B or 1, 1, 1, >= S) mask
+        if attention_mask is not None:
+            kv_mask = attention_mask[:, 0, -1, -keys:].expand(batch, keys)
+        out_lat = mla_decode(q_lat, q_rot[:, :, 0], latent[:, 0], k_rot[:, 0], seq_lens, None, kv_mask,
+                             scale=self.scaling)  # (B, H, r)
+        return torch.einsum("bhr,hvr->bhv", out_lat, w_uv)[:, None]  # (B, 1, H, v)
+
     def _expanded(self, query, latent, k_rot, attention_mask, **kwargs) -> torch.Tensor:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import eager_attention_forward
@@ -92,6 +116,15 @@ class MLAAttention(DeepseekV3Attention):
                            dropout=0.0 if not self.training else self.attention_dropout,
                            scaling=self.scaling, **kwargs)
         return out  # (B, T, H, v)
+
+
+def _kernel_step(length: int, attention_mask: torch.Tensor | None, *tensors: torch.Tensor) -> bool:
+    """Whether a step may run the mla_decode op: one query token, a boolean mask or none (an
+    additive float mask could carry biases the op does not take), and no autograd graph to keep
+    (the Triton kernel has no backward)."""
+    if length != 1 or (attention_mask is not None and attention_mask.dtype != torch.bool):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 16 on the GPU machine in one device call (<= 10 minutes), from the repo root there:
+#   bash scripts/gpu_kernels.sh
+# Needs nothing carried: the image's python3 has torch and triton, and the kernels import only
+# them and rearqa's leaves. Steps, each under its own time share of CALL_LIMIT (default 570 s):
+#   1. env: GPU name, driver, clocks, torch and triton versions   -> $OUT/kernels-env.txt
+#   2. the GPU tests (tests/kernels, and the MLA reader's decode through the kernel in
+#      tests/reader/backbone/test_transmla_modeling.py), pytest-xdist over XDIST workers
+#      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml
+#   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
+# Settings: CALL_LIMIT (570), TEST_BUDGET (280 s), XDIST (8), BENCH_ARGS (extra kernel_bench args,
+# e.g. "--parts mla" for a second call that only times).
+# Exit: 0 tests passed and the benchmark finished; 1 otherwise (the logs say which).
+set -uo pipefail
+: "${OUT:?OUT is unset: this runs on the device machine (or set OUT for a rehearsal)}"
+T0=$(date +%s)
+LIMIT=${CALL_LIMIT:-570}
+export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset TRITON_INTERPRET REARQA_KERNELS
+mkdir -p "$OUT"
+
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
+torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, "SMs")'
+} > "$OUT/kernels-env.txt" 2>&1
+cat "$OUT/kernels-env.txt"
+
+status=0
+timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider -n "${XDIST:-8}" -ra \
+  --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \
+  2>&1 | tail -n 400 > "$OUT/kernels-tests.log" || status=1
+tail -n 15 "$OUT/kernels-tests.log"
+
+left=$(( LIMIT - $(date +%s) + T0 - 5 ))
+if [ "$left" -gt 30 ]; then
+  # shellcheck disable=SC2086
+  timeout "$left" python3 scripts/kernel_bench.py --out "$OUT/kernel-bench.json" ${BENCH_ARGS:-} \
+    > "$OUT/kernel-bench.log" 2>&1 || status=1
+  tail -n 100 "$OUT/kernel-bench.log"
+else
+  echo "gpu_kernels: no time left for the benchmark ($left s)"; status=1
+fi
+echo "gpu_kernels: exit $status after $(( $(date +%s) - T0 )) s"
+exit $status
