@@ -25,8 +25,24 @@ torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processo
 } > "$OUT/kernels-env.txt" 2>&1
 cat "$OUT/kernels-env.txt"
 
+# The image's package list (device KINDS.md) names no pytest: carry it as wheels in .whl/ (git-
+# ignored: `carry: [".whl"]`), made here with
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl pytest pluggy iniconfig packaging pytest-xdist execnet
+if ! python3 -c 'import pytest' 2>/dev/null; then
+  if ls .whl/pytest-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/kernels-site .whl/*.whl \
+      && export PYTHONPATH="/tmp/kernels-site:$PYTHONPATH"
+  else
+    echo "gpu_kernels: no pytest on this machine and no .whl/pytest-*.whl carried (see above)"
+  fi
+fi
+XD=""  # pytest-xdist when it is there (kernel compiles are the slow part), one process otherwise
+python3 -c 'import xdist' 2>/dev/null && XD="-n ${XDIST:-8}"
+
 status=0
-timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider -n "${XDIST:-8}" -ra \
+# shellcheck disable=SC2086
+timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \
   2>&1 | tail -n 400 > "$OUT/kernels-tests.log" || status=1
 tail -n 15 "$OUT/kernels-tests.log"
