@@ -195,6 +195,7 @@ def plot_norms(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """q_max (solid) and k_max (dashed) of every layer over the measured steps, coloured from the
     first layer (dark) to the last (light), on a log scale, with the sqrt(ln L) line."""
     from matplotlib import colormaps
+    from matplotlib.ticker import ScalarFormatter
 
     from rearqa.eval.report import new_figure, save_figure
 
@@ -213,6 +214,8 @@ def plot_norms(rows: list[dict], path: str | Path, title: str = "") -> Path:
     axes.plot(steps, [line[s] for s in steps], color="red", linewidth=2,
               label=f"sqrt(ln L), L = {rows[-1]['L']}")
     axes.set_yscale("log")
+    for axis in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+        axis(ScalarFormatter())  # 2, 3, 10, 20 rather than 2 x 10^0 ...
     axes.set_xlabel("optimiser step")
     axes.set_ylabel("max entry of X W_Q, X W_K (before RoPE)")
     return save_figure(figure, axes, path, title or "max-entry norms per layer vs sqrt(ln L)")
