@@ -14,6 +14,7 @@
     precision    device, autocast, the frozen base's dtype, fp32 trainable parameters
     step         one optimiser step with no host sync
     train        the resumable loop
+    norms        norm monitoring: max |X W_Q|, max |X W_K| per layer against sqrt(log L), and its plot
     benchmark    training throughput (scripts/bench_train.py)
 """
 

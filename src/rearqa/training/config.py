@@ -69,8 +69,10 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Keys that may change between a run and its resumption: where and how often it writes, and
 # where it runs. Everything else changes the data, the model or the schedule.
 # row_chunks changes how a step is computed, not what (the same losses up to rounding).
+# norm_monitor_every only writes norms.jsonl more or less often (norm_probe_rows changes what it
+# measures, so a resumed run keeps it).
 RESUMABLE_KEYS = ("device", "threads", "out", "save_every", "keep_checkpoints", "log_every",
-                  "row_chunks")
+                  "row_chunks", "norm_monitor_every")
 
 
 class ConfigMismatchError(ConfigError):
@@ -184,6 +186,10 @@ class TrainConfig:
     save_every: int = 200  # checkpoint every N optimiser steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept in out/checkpoints
     log_every: int = 1  # train_log.jsonl record every N steps
+    # norms.jsonl: max |X W_Q|, max |X W_K| per layer every N steps, and at 0 and the end (0 = off;
+    # rearqa.training.norms), over norm_probe_rows training rows fixed for the run
+    norm_monitor_every: int = 0
+    norm_probe_rows: int = 8  # rows of the norm monitor's probe, spread over the training rows
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -273,9 +279,9 @@ class TrainConfig:
         positive = ("depth", "group_size", "agree_top", "rag_k", "max_passage_words", "negative_samplings",
                     "max_passage_tokens", "max_question_tokens", "max_answer_tokens", "lora_r",
                     "batch", "grad_accum", "save_every", "keep_checkpoints", "log_every",
-                    "row_chunks", "distill_max_len", "kd_chunk")
+                    "row_chunks", "distill_max_len", "kd_chunk", "norm_probe_rows")
         non_negative = ("max_questions", "warmup_stage_steps", "steps", "token_budget", "seed",
-                        "threads", "corpus_windows")
+                        "threads", "corpus_windows", "norm_monitor_every")
         for name in positive + non_negative:
             value = getattr(self, name)
             low = 1 if name in positive else 0

@@ -55,7 +55,7 @@ from rearqa.training.precision import (autocast_dtype, keep_trainable_fp32, reso
 # rear_token_count is re-exported: `rearqa train rear --count-tokens` imports it from here.
 from rearqa.training.rear_task import rear_token_count as rear_token_count
 from rearqa.training.run_files import (CONFIG_FILE, FINAL, LOG_FILE, PLAN_FILE, STATS_FILE,
-                                       SUMMARY_FILE, save_json)
+                                       SUMMARY_FILE, save_json, truncate_records)
 from rearqa.training.schedule import (DataOrder, budget_from_log, lr_factor, plan_budget, stage_at,
                                       stages)
 from rearqa.training.step import LOSS_KEYS, optimizer_step
@@ -177,9 +177,15 @@ def train(config: TrainConfig, progress: bool = False, stop_after_steps: int | N
         state = load_checkpoint(found[-1], task, opt, sched)
         echo(f"resuming {out} at step {state['step']} of {total} ({state['tokens']} tokens)")
     final = out / FINAL
-    _truncate_log(out / LOG_FILE, state["step"])
+    truncate_records(out / LOG_FILE, state["step"])  # the records after the checkpoint are redone
+    monitor = None
+    if config.norm_monitor_every:  # rearqa.training.norms: max |X W_Q|, max |X W_K| per layer
+        from rearqa.training.norms import NormMonitor
+
+        monitor = NormMonitor(task, config, out, device, amp, total)
+        monitor.start(state["step"])
     result = _loop(config, task, order, opt, sched, plan_stages, total, state, device, amp, out,
-                   progress, stop_after_steps, time_limit_s, echo)
+                   progress, stop_after_steps, time_limit_s, echo, monitor)
     if state["step"] < total:
         return result
     shutil.rmtree(final, ignore_errors=True)
@@ -192,18 +198,10 @@ def train(config: TrainConfig, progress: bool = False, stop_after_steps: int | N
     return final
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop records after the resumed step (they are about to be redone)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
 def _loop(config, task, order, opt, sched, plan_stages, total, state, device, amp, out, progress,
-          stop_after_steps, time_limit_s, echo) -> Path:
-    """Steps until `total` (or the call's step / time limit); log, checkpoint, report throughput."""
+          stop_after_steps, time_limit_s, echo, monitor=None) -> Path:
+    """Steps until `total` (or the call's step / time limit); log, measure the norms (`monitor`,
+    on its steps only), checkpoint, report throughput."""
     from tqdm import tqdm
 
     params = list(trainable_parameters(task.model).values())
@@ -239,6 +237,8 @@ def _loop(config, task, order, opt, sched, plan_stages, total, state, device, am
                 log.flush()
                 bar.set_postfix(loss=f"{parts['loss']:.3f}",
                                 tok_s=f"{(state['tokens'] - start_tokens) / max(elapsed, 1e-9):.0f}")
+            if monitor is not None:  # before the checkpoint: a resume keeps the rows up to it
+                monitor.after_step(state["step"])
             ran = state["step"] - start_step
             stopping = ((stop_after_steps is not None and ran >= stop_after_steps)
                         or (time_limit_s is not None and elapsed >= time_limit_s))
