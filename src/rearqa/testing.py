@@ -87,6 +87,20 @@ def randomize_matrices(model, std: float = 0.3):
     return model
 
 
+def moved_off_init(model, seed: int = 7, scale: float = 0.1):
+    """`model` (a wrapped adapter model) with every adapter tensor (a "lora_" name) moved off its
+    init by seeded noise: merge and export tests need non-identity adapters (B = 0 would pass
+    them trivially)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param) * scale)
+    return model
+
+
 # ------------------------------------------------------------------ the package's import graph
 
 PACKAGE_DIR = Path(__file__).resolve().parent

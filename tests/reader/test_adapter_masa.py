@@ -17,7 +17,7 @@ from rearqa.reader.adapters import get_adapter, load_adapter, wrap
 from rearqa.reader.adapters.export import export_lora, svd_factors
 from rearqa.reader.adapters.masa.config import MasaSettings
 from rearqa.reader.adapters.masa.layer import MasaLinear
-from rearqa.testing import tiny_llama
+from rearqa.testing import moved_off_init, tiny_llama
 
 SRC = Path(__file__).parents[2] / "src"
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
@@ -31,22 +31,14 @@ def base_model():
 
 def adapted(settings: MasaSettings = SETTINGS):
     """The tiny Llama with MASA, every atom and coefficient moved off its init."""
-    model = wrap("masa", base_model(), settings).eval()
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
+    return moved_off_init(wrap("masa", base_model(), settings).eval())
 
 
 def masa_layers(model):
     return [m for m in model.modules() if isinstance(m, MasaLinear)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 def test_each_projection_type_shares_one_atom_tensor_across_the_layers():

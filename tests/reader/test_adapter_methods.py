@@ -19,7 +19,7 @@ from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.export import export_lora
 from rearqa.reader.adapters.hydra.config import HydraSettings
-from rearqa.testing import tiny_llama
+from rearqa.testing import moved_off_init, tiny_llama
 
 SRC = Path(__file__).parents[2] / "src"
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
@@ -40,13 +40,7 @@ def base_model():
 def adapted(case: str):
     """The tiny Llama with the adapter of `case`, every adapter tensor moved off its init."""
     name, settings = CASES[case]
-    model = wrap(name, base_model(), settings).eval()
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "lora_" in pname:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
+    return moved_off_init(wrap(name, base_model(), settings).eval())
 
 
 def lora_layers(model):
@@ -55,9 +49,7 @@ def lora_layers(model):
     return [m for m in model.modules() if isinstance(m, RearLoraLinear)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("case", list(CASES))

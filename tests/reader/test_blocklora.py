@@ -11,7 +11,7 @@ from rearqa.config_errors import ConfigError
 from rearqa.reader.adapters import wrap
 from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
 from rearqa.reader.adapters.blocklora.layer import BlockLoraLinear
-from rearqa.testing import tiny_llama
+from rearqa.testing import moved_off_init, tiny_llama
 
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
 
@@ -23,22 +23,14 @@ def base_model():
 def adapted(r=4, blocks=2, alpha=8):
     """The tiny Llama with Block-LoRA, every adapter tensor moved off its init."""
     settings = BlockLoraSettings(r=r, alpha=alpha, dropout=0.0, blocks=blocks, init="random")
-    model = wrap("blocklora", base_model(), settings).eval()
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
+    return moved_off_init(wrap("blocklora", base_model(), settings).eval())
 
 
 def layers(model):
     return [m for m in model.modules() if isinstance(m, BlockLoraLinear)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])
