@@ -51,7 +51,7 @@ def timed(engine, batch: list[list[int]], tokens: int) -> dict:
 
 def bench(label: str, engine, config, args) -> dict:
     batch = prompts(engine, config, args.n)
-    timed(engine, batch[:2], 4)  # warm-up: first-call compilation and LoRA loading
+    timed(engine, batch, 2)  # warm-up at the batch size timed: compilation, LoRA loading
     result = {"engine": label, "prompt_tokens_mean": sum(map(len, batch)) / len(batch),
               "batch": timed(engine, batch, args.tokens)}
     singles = [timed(engine, [p], args.tokens) for p in batch[:args.single]]
