@@ -40,7 +40,11 @@ def prompts(engine, config, n: int) -> list[list[int]]:
 
 
 def timed(engine, batch: list[list[int]], tokens: int) -> dict:
-    params = engine.greedy_params(tokens, ignore_eos=True)
+    from vllm import SamplingParams
+
+    # Not engine.greedy_params: its stop ids (the adapter's saved eos) would end some requests
+    # early on the lora engine only; every request here makes exactly `tokens` tokens.
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True, detokenize=False)
     start = time.perf_counter()
     outputs = engine.run(batch, params)
     seconds = time.perf_counter() - start
@@ -55,6 +59,8 @@ def bench(label: str, engine, config, args) -> dict:
     result = {"engine": label, "prompt_tokens_mean": sum(map(len, batch)) / len(batch),
               "batch": timed(engine, batch, args.tokens)}
     singles = [timed(engine, [p], args.tokens) for p in batch[:args.single]]
+    if any(t["generated_tokens"] != t["prompts"] * args.tokens for t in (result["batch"], *singles)):
+        raise RuntimeError(f"{label}: a request stopped before {args.tokens} tokens")
     result["single"] = {"prompts": len(singles), "seconds": sum(s["seconds"] for s in singles),
                         "tokens_per_s": sum(s["generated_tokens"] for s in singles)
                         / sum(s["seconds"] for s in singles)}
