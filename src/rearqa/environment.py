@@ -1,4 +1,4 @@
-"""The process environment rearqa runs in: no model hub, and where the source tree is.
+"""The process environment rearqa runs in: no model hub, where the source tree and the data home are.
 
 Models and data are read from local folders only (../shared/ASSETS.md); code that reaches a hub at
 run time is a bug, so every entry point sets the hub switches before transformers is imported.
@@ -55,6 +55,14 @@ def configure_logging(level: str | None = None) -> str:
     if logging.getLevelName(name) > logging.INFO:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return name
+
+
+def data_home() -> Path:
+    """$REARQA_HOME or ~/.cache/rearqa, created on demand: where models, data and derived files
+    (the reader's vLLM adapter exports) live. `rearqa.assets.home()` is this."""
+    path = Path(os.environ.get("REARQA_HOME") or Path.home() / ".cache" / "rearqa").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def repo_root() -> Path:

@@ -332,12 +332,3 @@ def test_stop_rule_is_rear_readers(reader_dir):
                 break
         assert stop_index(tokens, lambda t: tokenizer.decode([t]), eos) == expected, \
             [tokenizer.decode([t]) for t in tokens]
-
-
-def test_finetuned_readers_refuse_vllm(tmp_path):
-    from rearqa.config_errors import ConfigError
-    from rearqa.reader.finetuned import FinetunedReader
-
-    config = ReaderConfig(method="rag-ft", engine="vllm", adapter=str(tmp_path))
-    with pytest.raises(ConfigError, match="runs on reader.engine 'hf' only"):
-        FinetunedReader.from_config(config, tmp_path)

@@ -75,6 +75,24 @@ def test_results_come_back_in_prompt_order_each_to_its_caller():
     assert max(len(s) for s in engine.steps) > 1  # requests of different callers stepped together
 
 
+def test_every_request_carries_the_loops_lora_request():
+    class LoraEngine(CountingEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lora: list = []
+
+        def add_request(self, request_id, prompt, params, lora_request=None):
+            self.lora.append(lora_request)
+            super().add_request(request_id, prompt, params)
+
+    engine = LoraEngine()
+    loop = EngineLoop(engine, lora_request="the adapter")
+    loop.results(loop.submit([[1, 2], [3]], None))
+    list(loop.outputs(loop.submit([[4, 5]], None)))
+    loop.close()
+    assert engine.lora == ["the adapter"] * 3
+
+
 def test_a_stream_sees_only_its_own_outputs_and_others_run_beside_it():
     engine = CountingEngine()
     loop = EngineLoop(engine)

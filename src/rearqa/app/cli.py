@@ -260,6 +260,12 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
               "--chat/--no-chat", show_default=False,
               help="Mount the web chat at /chat (default: on unless --token is set).")] = None,
           engine: Annotated[str, typer.Option(help="Reader engine: hf | vllm (default: the config's).")] = "",
+          method: Annotated[str, typer.Option(
+              help="Default reader method: rag | closed-book | rear | rag-ft | closed-book-ft "
+                   "(default: the config's; a request may ask for another).")] = "",
+          adapter: Annotated[str, typer.Option(
+              help="rag-ft / closed-book-ft adapter dir (default: the config's, else the shipped "
+                   "one); merged on engine hf, served as a LoRA on vllm (docs/adapters.md).")] = "",
           reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
           tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
@@ -267,7 +273,8 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
     from rearqa.app.jobs import JobSettings
     from rearqa.app.server import serve as run_server
 
-    pipe = _pipeline(config, home, collection, engine=engine, **_reader_dir(reader),
+    pipe = _pipeline(config, home, collection, engine=engine, method=method, adapter=adapter,
+                     **_reader_dir(reader),
                      **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
     from rearqa.app.state import DEFAULT_MAX_BATCH
 

@@ -51,7 +51,8 @@ CITATION_HEADERS = ["#", "title", "retrieval score", "relevance", "p(holds answe
 ENGINE_CHOICES = list(ENGINES)
 ROUTING_CHOICES = [("checkpoint default", ""), ("path reliability", "path_reliability"),
                    ("knowledge consistency", "knowledge_consistency")]
-# What a method needs beyond the base model: each check raises ConfigError naming what is missing.
+# What a method needs beyond the base model: each check raises ConfigError naming what is missing
+# (resolve_adapter also refuses, on engine vllm, an adapter vLLM's LoRA loader cannot take).
 METHOD_REQUIREMENTS = {"rear": resolve_checkpoint, "rag-ft": resolve_adapter,
                        "closed-book-ft": resolve_adapter}
 UPLOAD_TYPES = sorted(LOADERS)  # the file suffixes the collection has loaders for
@@ -59,13 +60,14 @@ JOB_POLL_S = 0.5  # how often an upload's progress is read from its job
 
 
 # -- settings ------------------------------------------------------------------------------------
-def method_problem(method: str, config: ReaderConfig) -> str | None:
-    """Why `method` cannot run with `config` (a missing checkpoint or adapter), or None."""
+def method_problem(method: str, config: ReaderConfig, engine: str = "") -> str | None:
+    """Why `method` cannot run with `config` on `engine` ("" = config's): a missing checkpoint or
+    adapter, or one that engine cannot serve (an adapter vLLM's LoRA loader refuses); or None."""
     check = METHOD_REQUIREMENTS.get(method)
     if check is None:
         return None
     try:
-        check(dataclasses.replace(config, method=method))
+        check(dataclasses.replace(config, method=method, engine=engine or config.engine))
     except ConfigError as exc:
         return str(exc)
     return None
@@ -200,7 +202,7 @@ class ChatHandlers:
         """The pipeline with these reader settings; one per (engine, routing), sharing the
         collection. Routing only changes the rear reader, so other methods ignore it."""
         base = self.base
-        if (problem := engine_problem(engine)) or (problem := method_problem(method, base)):
+        if (problem := engine_problem(engine)) or (problem := method_problem(method, base, engine)):
             raise gr.Error(problem)
         routing = routing if method == "rear" else base.routing
         if (engine, routing) == (base.engine, base.routing):

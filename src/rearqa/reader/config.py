@@ -60,7 +60,7 @@ class ReaderConfig:
     max_question_chars: int = 2000  # longer questions are refused with a clear error
     trust_remote_code: bool = False  # never needed for the bundled model; off for safety
     checkpoint: str = ""  # REAR checkpoint dir (method rear); "" = <repo>/checkpoints/rear-smollm2
-    adapter: str = ""  # PEFT LoRA adapter dir over the base model (methods rag-ft, closed-book-ft)
+    adapter: str = ""  # PEFT LoRA-family adapter dir over the base model (rag-ft, closed-book-ft; merged on hf, a LoRARequest on vllm)
     routing: str = ""  # REAR routing: path_reliability | knowledge_consistency; "" = the checkpoint's
     fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain | best_passage; "" = the checkpoint's
     # TPLA (reader/backbone/tpla): an MLA reader's decode with its latent split into tp_shards
@@ -165,19 +165,25 @@ def default_adapter_dir(method: str) -> Path:
 def resolve_adapter(config: ReaderConfig) -> Path | None:
     """The LoRA adapter directory for rag-ft / closed-book-ft (reader.adapter, else the shipped
     one of that method); None when reader.model is a converted reader whose adapter was merged
-    before the conversion (`rearqa convert --from ADAPTER`); a clear error when missing."""
+    before the conversion (`rearqa convert --from ADAPTER`); a clear error when missing, or, on
+    reader.engine vllm, when vLLM cannot serve it (read from its adapter_config.json:
+    adapters/vllm_lora.py)."""
     if not config.adapter and config.model and _merged_adapter(config.model):
         return None
     if not config.adapter:
-        shipped = default_adapter_dir(config.method)
-        if (shipped / "adapter_config.json").is_file():
-            return shipped
-        raise ConfigError(f"reader.method={config.method!r} needs reader.adapter: the directory a "
-                          f"PEFT LoRA adapter was saved to (adapter_config.json); none is shipped at {shipped}")
-    path = Path(config.adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
-                          "directory peft's save_pretrained wrote")
+        path = default_adapter_dir(config.method)
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"reader.method={config.method!r} needs reader.adapter: the directory a "
+                              f"PEFT LoRA adapter was saved to (adapter_config.json); none is shipped at {path}")
+    else:
+        path = Path(config.adapter).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
+                              "directory peft's save_pretrained wrote")
+    if config.engine == "vllm":
+        from rearqa.reader.adapters.vllm_lora import check_vllm_adapter
+
+        check_vllm_adapter(path)
     return path
 
 

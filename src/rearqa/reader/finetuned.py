@@ -6,8 +6,11 @@ weights. They are the controls for REAR: the same base, the same fine-tuning bud
 head or routing. The adapter directory is what `peft.PeftModel.save_pretrained` writes
 (adapter_config.json + adapter_model.safetensors).
 
-The adapter is merged (`merge_and_unload`) in float32 and the model then cast to the reader
-dtype, so generation costs exactly what the base model costs.
+On engine hf the adapter is merged (`merge_and_unload`) in float32 and the model then cast to
+the reader dtype, so generation costs exactly what the base model costs. On engine vllm it is
+served unmerged through vLLM's LoRA support (one `LoRARequest` with every request): a plain PEFT
+LoRA as it is, a rearqa method through its plain-LoRA export (adapters/vllm_lora.py, which also
+says what is refused).
 """
 from __future__ import annotations
 
@@ -68,15 +71,34 @@ class DeviceHFEngine(HFEngine):
         return super()._encode(batch).to(self.model.device)
 
 
-class FinetunedReader:
-    """rag-ft / closed-book-ft: BaselineReader's prompts over the LoRA fine-tuned weights."""
+def vllm_engine(config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None):
+    """A VllmEngine over `model_dir` serving the reader's adapter (`adapter`, else
+    resolve_adapter's) through vLLM's LoRA support; the checkpoint alone when its adapter was merged
+    before a conversion. The adapter is checked, and exported once if it is a rearqa method,
+    before vLLM starts."""
+    from rearqa.reader.adapters.vllm_lora import vllm_lora_dir
+    from rearqa.reader.engines.vllm_engine import VllmEngine
 
-    reader_per_method = True  # each method merges its own adapter: a pipeline keeps one per method
+    adapter = adapter or resolve_adapter(config)
+    served = vllm_lora_dir(adapter, model_dir, trust_remote_code=config.trust_remote_code) \
+        if adapter else None
+    extra = {"block_size": config.kv_block_size} if config.kv_block_size else {}
+    return VllmEngine(model_dir, config.dtype, config.threads, config.trust_remote_code,
+                      adapter=served, **extra)
+
+
+class FinetunedReader:
+    """rag-ft / closed-book-ft: BaselineReader's prompts over the LoRA fine-tuned weights, on
+    reader.engine hf (adapter merged) or vllm (adapter served as a LoRA); `device`: hf only."""
+
+    reader_per_method = True  # each method has its own adapter: a pipeline keeps one reader per method
 
     def __init__(self, config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None,
                  device: str = "auto", engine=None) -> None:
         self.config = config
-        if engine is None:
+        if engine is None and config.engine == "vllm":
+            engine = vllm_engine(config, model_dir, adapter)
+        elif engine is None:
             adapter = adapter or resolve_adapter(config)
             engine = DeviceHFEngine(model_dir, config.dtype, config.threads,
                                     config.trust_remote_code, device, adapter, config.tpla(),
@@ -85,17 +107,15 @@ class FinetunedReader:
 
     @classmethod
     def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> "FinetunedReader":
-        if config.engine != "hf":
-            from rearqa.config_errors import ConfigError
-
-            raise ConfigError(f"reader.method={config.method!r} runs on reader.engine 'hf' only, "
-                              f"not {config.engine!r} (vLLM serving of the LoRA adapter is not "
-                              "wired yet); set reader.engine: hf")
         return cls(config, base_model_dir)
 
     @property
     def engine(self):
         return self.base.engine
+
+    def close(self) -> None:
+        """Stop the engine (vLLM's processes; nothing for transformers)."""
+        self.base.close()
 
     def _method(self, method: str | None) -> str:
         method = method or self.config.method

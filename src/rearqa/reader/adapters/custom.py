@@ -216,6 +216,13 @@ class CustomMethod:
     def method_fields(settings) -> dict[str, Any]:
         raise NotImplementedError
 
+    @staticmethod
+    def saved_export_refusal(saved: dict) -> str | None:
+        """Why the adapter saved with config `saved` (its adapter_config.json) cannot export as
+        plain LoRA, read from the file alone, before any model is loaded (None: it can). The
+        layer's `export_refusal` says the same once the adapter is loaded."""
+        return None
+
     @classmethod
     def wrap(cls, model: nn.Module, settings, trainable_token_indices: dict[str, list[int]] | None = None
              ) -> nn.Module:

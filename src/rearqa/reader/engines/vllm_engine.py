@@ -14,6 +14,13 @@ processes, so a script that builds this engine needs an `if __name__ == "__main_
 
 vLLM's own log (its engine process writes to the file descriptors it inherits) goes to a file,
 `engine.log_path`; a failed start raises `VllmStartError` with the end of that log.
+
+With `adapter` (a plain PEFT LoRA directory vLLM's loader accepts; a rearqa method is exported
+first: adapters/vllm_lora.py) the engine starts with `enable_lora`, `max_loras=1` and the smallest
+max_lora_rank that holds the adapter's rank, and every request it submits (generate, stream,
+`run`) carries the one `LoRARequest`: the weights stay as they are and vLLM adds B A x per layer.
+Generation also stops at the eos the adapter's training ended answers with (its saved tokenizer
+config, `saved_eos_id`), as the transformers engine does with the adapter merged.
 """
 from __future__ import annotations
 
@@ -93,13 +100,14 @@ class VllmEngine:
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, *, max_model_len: int | None = None,
                  kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None,
-                 block_size: int | None = None) -> None:
+                 block_size: int | None = None, adapter: str | Path | None = None) -> None:
         """Start vLLM on `model_dir` (a plain transformers checkpoint). max_model_len: longest
         prompt + answer, None = the model's own limit as with transformers (vLLM refuses to start
         when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
         kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
         (default: a new temp file); block_size: tokens per KV-cache block, None =
-        DEFAULT_BLOCK_SIZE (see there; vLLM's own CPU default, 128, must be asked for)."""
+        DEFAULT_BLOCK_SIZE (see there; vLLM's own CPU default, 128, must be asked for);
+        adapter: a plain PEFT LoRA directory served with every request (module docstring)."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import check_vllm_servable
@@ -110,13 +118,46 @@ class VllmEngine:
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.suppressed_words = self._suppressed_words(model_dir)
+        self.adapter = Path(adapter) if adapter else None
+        self.extra_eos: set[int] = set()  # ids an adapter's training ended answers with
+        lora_settings = self._lora_settings(self.adapter) if self.adapter else {}
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
         self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed,
-                               block_size or DEFAULT_BLOCK_SIZE)
+                               block_size or DEFAULT_BLOCK_SIZE, lora_settings)
         # Every call (batches, streams, REAR's scoring) goes through this one thread, which owns
         # the engine; concurrent callers are batched step by step (vllm_loop.py).
-        self.loop = EngineLoop(self.llm.llm_engine)
+        self.loop = EngineLoop(self.llm.llm_engine, lora_request=self._lora_request())
+
+    def _lora_settings(self, adapter: Path) -> dict:
+        """vLLM's LoRA start arguments for `adapter`, checked before vLLM starts; records the
+        adapter's saved eos as a stop id."""
+        from rearqa.reader.adapters.custom import METHOD_KEY
+        from rearqa.reader.adapters.export import vllm_max_lora_rank
+        from rearqa.reader.adapters.vllm_lora import adapter_rank, plain_lora_problem, saved_adapter_config
+        from rearqa.reader.engines import saved_eos_id
+
+        saved = saved_adapter_config(adapter)
+        if saved.get(METHOD_KEY):
+            raise ValueError(f"adapter {adapter} is a rearqa {saved[METHOD_KEY]!r} adapter, which "
+                             "vLLM cannot load: serve its plain-LoRA export "
+                             "(rearqa.reader.adapters.vllm_lora.vllm_lora_dir)")
+        if (problem := plain_lora_problem(saved)) is not None:
+            raise ValueError(f"adapter {adapter} cannot be served by vLLM: {problem}")
+        eos = saved_eos_id(self.tokenizer, adapter)
+        if eos is not None:
+            self.extra_eos.add(eos)
+        return {"enable_lora": True, "max_loras": 1,
+                "max_lora_rank": vllm_max_lora_rank(adapter_rank(saved))}
+
+    def _lora_request(self):
+        if self.adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        # One adapter for the engine's life: id 1, named after its directory (vLLM tells adapters
+        # apart by name).
+        return LoRARequest(f"rearqa-{self.adapter.name}", 1, str(self.adapter))
 
     def _suppressed_words(self, model_dir: Path) -> list[str]:
         """generation_config.suppress_tokens (a REAR checkpoint's control tokens) as bad_words.
@@ -134,7 +175,7 @@ class VllmEngine:
         return words
 
     def _start(self, dtype: str, threads: int, trust_remote_code: bool, max_model_len: int | None,
-               kv_cache_gib: int, seed: int, block_size: int):
+               kv_cache_gib: int, seed: int, block_size: int, lora_settings: dict):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         if threads:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}" if threads > 1 else "0"
@@ -152,7 +193,7 @@ class VllmEngine:
                            compilation_config=self._compilation_config(),
                            # REAR reads its relevance logit from logprobs AFTER allowed_token_ids
                            # restricts them to two tokens (rear.model docstring).
-                           logprobs_mode="processed_logprobs")
+                           logprobs_mode="processed_logprobs", **lora_settings)
         except Exception as exc:  # re-raised with the log, which holds the real cause
             gc.collect()  # the half-built engine's finalizer stops the process it spawned
             raise VllmStartError(
@@ -188,8 +229,10 @@ class VllmEngine:
         kwargs.setdefault("detokenize", False)  # outputs are decoded here, from token ids
         banned = set(kwargs.pop("bad_words", None) or [])
         banned = sorted(banned | set(self.suppressed_words if suppress else []))
+        # vLLM stops at the checkpoint's eos ids by itself; an adapter's saved eos is added here.
+        stops = sorted(set(kwargs.pop("stop_token_ids", None) or []) | self.extra_eos)
         return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, bad_words=banned or None,
-                              **kwargs)
+                              stop_token_ids=stops or None, **kwargs)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)

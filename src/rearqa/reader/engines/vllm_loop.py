@@ -57,8 +57,11 @@ class EngineClosed(RuntimeError):
 class EngineLoop:
     """The thread that adds, steps and dispatches for one `LLMEngine` (see the module docstring)."""
 
-    def __init__(self, engine, name: str = "rearqa-vllm-loop") -> None:
+    def __init__(self, engine, name: str = "rearqa-vllm-loop", lora_request=None) -> None:
+        """lora_request: a `vllm.lora.request.LoRARequest` added with every request (the engine's
+        one adapter, VllmEngine), or None."""
         self._engine = engine
+        self._add_kwargs = {"lora_request": lora_request} if lora_request is not None else {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, queue.SimpleQueue] = {}  # request id -> its caller's queue (loop thread only)
         self._ids = itertools.count()
@@ -162,7 +165,8 @@ class EngineLoop:
                 self._engine.abort_request(live)
             return
         try:
-            self._engine.add_request(item.request_id, {"prompt_token_ids": item.prompt_ids}, item.params)
+            self._engine.add_request(item.request_id, {"prompt_token_ids": item.prompt_ids}, item.params,
+                                     **self._add_kwargs)
         except Exception as exc:  # this request's fault (too long, bad params): its caller's error
             item.outputs.put(exc)
             return

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from rearqa.reader.adapters.custom import CustomMethod, RearLoraConfig
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
-from rearqa.reader.adapters.dvlora.layer import DVLoraLinear
+from rearqa.reader.adapters.dvlora.layer import INPUT_GATE_REFUSAL, DVLoraLinear
 
 
 @dataclass
@@ -36,6 +36,10 @@ class DVLoraMethod(CustomMethod):
     config_cls: ClassVar[type[DVLoraSettings]] = DVLoraSettings
     peft_config_cls: ClassVar[type[RearLoraConfig]] = DVLoraConfig
     exports_to_lora: ClassVar[bool] = True  # with gate "none" or "scalar"; "input" is hf only
+
+    @staticmethod
+    def saved_export_refusal(saved: dict) -> str | None:
+        return INPUT_GATE_REFUSAL if saved.get("dvlora_gate") == "input" else None
 
     @staticmethod
     def method_fields(settings: DVLoraSettings) -> dict:

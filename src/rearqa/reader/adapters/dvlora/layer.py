@@ -19,6 +19,8 @@ from torch import nn
 from rearqa.reader.adapters.custom import RearLoraLinear
 
 RANDOM_STD = 0.02  # init "random": B ~ N(0, this); b and d ~ vector_init + N(0, 10 * this)
+INPUT_GATE_REFUSAL = ("its GDV-LoRA gate depends on the input (gate 'input'), so the update is no "
+                      "weight: it runs unmerged on the transformers engine only")
 
 
 class DVLoraLinear(RearLoraLinear):
@@ -48,10 +50,7 @@ class DVLoraLinear(RearLoraLinear):
             self.lora_gate_proj[adapter] = proj
 
     def export_refusal(self, adapter: str) -> str | None:
-        if self.dv_gate[adapter] == "input":
-            return ("its GDV-LoRA gate depends on the input (gate 'input'), so the update is no "
-                    "weight: it runs unmerged on the transformers engine only")
-        return None
+        return INPUT_GATE_REFUSAL if self.dv_gate[adapter] == "input" else None
 
     def _gate(self, adapter: str) -> torch.Tensor | float:
         return torch.sigmoid(self.lora_gate[adapter]) if self.dv_gate[adapter] == "scalar" else 1.0
