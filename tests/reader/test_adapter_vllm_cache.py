@@ -19,9 +19,10 @@ from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.hydra.config import HydraSettings
 from rearqa.reader.adapters.lora.config import LoraSettings
 from rearqa.reader.adapters.masa.config import MasaSettings
-from rearqa.reader.adapters.vllm_lora import plain_lora_problem, vllm_adapter_problem, vllm_lora_dir
+from rearqa.reader.adapters.vllm_lora import (merged_checkpoint_dir, plain_lora_problem,
+                                              vllm_adapter_problem, vllm_lora_dir)
 from rearqa.reader.config import ReaderConfig, resolve_adapter
-from rearqa.testing import tiny_llama, tiny_tokenizer
+from rearqa.testing import moved_off_init, tiny_llama, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,18 +31,14 @@ def base(tmp_path, seed: int = 0):
     path = tmp_path / f"base-{seed}"
     if not path.exists():
         tiny_llama(64, seed=seed).save_pretrained(path)
+        tiny_tokenizer().save_pretrained(path)
     return path
 
 
 def saved_adapter(tmp_path, name: str, settings, label: str = ""):
     """`name` on the tiny base, its tensors moved off their init, saved beside a tokenizer whose
     eos is <|im_start|> (as the shipped rag-ft adapter's)."""
-    model = wrap(name, tiny_llama(64), settings).eval()
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "lora_" in pname:
-                param.add_(torch.randn_like(param) * 0.1)
+    model = moved_off_init(wrap(name, tiny_llama(64), settings).eval(), seed=5)
     out = tmp_path / (label or name)
     model.save_pretrained(out)
     tokenizer = tiny_tokenizer()
@@ -157,3 +154,33 @@ def test_features_vllms_loader_rejects_are_named(change, reason):
     assert plain_lora_problem(saved) is None
     assert plain_lora_problem({**saved, "init_lora_weights": "gaussian"}) is None
     assert reason in plain_lora_problem({**saved, **change})
+
+
+def test_the_merged_default_writes_the_merged_checkpoint_once(tmp_path):
+    """reader.vllm_adapter 'merged': the base with the adapter merged in fp32, a plain checkpoint
+    (MASA exactly too, whose LoRA export is approximate), written once and reused; an update that
+    is no weight is refused, and so is an unknown mode."""
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.reader.adapters.masa.config import ATTENTION_PROJECTIONS
+
+    cache = tmp_path / "exports"
+    ids = torch.tensor([[5, 17, 33, 8, 9, 40, 7]])
+    for name, settings in (("hydra", HydraSettings(r=8, alpha=16, dropout=0.0, sequential_r=4, init="random")),
+                           ("masa", MasaSettings(r=4, alpha=8, dropout=0.0, atoms=2, init="random",
+                                                 target=list(ATTENTION_PROJECTIONS)))):
+        adapter, model = saved_adapter(tmp_path, name, settings)
+        served = merged_checkpoint_dir(adapter, base(tmp_path), cache_root=cache)
+        assert served.parent == cache and served.name.startswith("merged-")
+        with torch.no_grad():
+            expected = model.merge_and_unload()(ids).logits
+            got = AutoModelForCausalLM.from_pretrained(served)(ids).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        stamp = (served / "model.safetensors").stat().st_mtime_ns
+        assert merged_checkpoint_dir(adapter, base(tmp_path), cache_root=cache) == served
+        assert (served / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    gated, _ = saved_adapter(tmp_path, "dvlora", DVLoraSettings(r=4, alpha=8, dropout=0.0, gate="input"))
+    with pytest.raises(ConfigError, match="cannot be merged.*engine: hf"):
+        merged_checkpoint_dir(gated, base(tmp_path), cache_root=cache)
+    with pytest.raises(ConfigError, match="vllm_adapter='unmerged'"):
+        ReaderConfig(vllm_adapter="unmerged")

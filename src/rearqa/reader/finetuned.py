@@ -7,10 +7,11 @@ head or routing. The adapter directory is what `peft.PeftModel.save_pretrained` 
 (adapter_config.json + adapter_model.safetensors).
 
 On engine hf the adapter is merged (`merge_and_unload`) in float32 and the model then cast to
-the reader dtype, so generation costs exactly what the base model costs. On engine vllm it is
-served unmerged through vLLM's LoRA support (one `LoRARequest` with every request): a plain PEFT
-LoRA as it is, a rearqa method through its plain-LoRA export (adapters/vllm_lora.py, which also
-says what is refused).
+the reader dtype, so generation costs exactly what the base model costs. On engine vllm
+(reader.vllm_adapter) it is merged the same way into a plain checkpoint cached under the rearqa
+home (the default), or served unmerged through vLLM's LoRA support (one `LoRARequest` with every
+request): a plain PEFT LoRA as it is, a rearqa method through its plain-LoRA export
+(adapters/vllm_lora.py, which also says what is refused).
 """
 from __future__ import annotations
 
@@ -72,17 +73,21 @@ class DeviceHFEngine(HFEngine):
 
 
 def vllm_engine(config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None):
-    """A VllmEngine over `model_dir` serving the reader's adapter (`adapter`, else
-    resolve_adapter's) through vLLM's LoRA support; the checkpoint alone when its adapter was merged
-    before a conversion. The adapter is checked, and exported once if it is a rearqa method,
-    before vLLM starts."""
-    from rearqa.reader.adapters.vllm_lora import vllm_lora_dir
+    """A VllmEngine serving the reader's adapter (`adapter`, else resolve_adapter's) over
+    `model_dir` as reader.vllm_adapter says: merged into a cached plain checkpoint, or through
+    vLLM's LoRA support (exported once first if it is a rearqa method); the checkpoint alone when
+    its adapter was merged before a conversion. Checked before vLLM starts."""
+    from rearqa.reader.adapters.vllm_lora import merged_checkpoint_dir, vllm_lora_dir
     from rearqa.reader.engines.vllm_engine import VllmEngine
 
     adapter = adapter or resolve_adapter(config)
+    extra = {"block_size": config.kv_block_size} if config.kv_block_size else {}
+    if adapter and config.vllm_adapter == "merged":
+        merged = merged_checkpoint_dir(adapter, model_dir, trust_remote_code=config.trust_remote_code)
+        return VllmEngine(merged, config.dtype, config.threads, config.trust_remote_code,
+                          eos_from=adapter, **extra)
     served = vllm_lora_dir(adapter, model_dir, trust_remote_code=config.trust_remote_code) \
         if adapter else None
-    extra = {"block_size": config.kv_block_size} if config.kv_block_size else {}
     return VllmEngine(model_dir, config.dtype, config.threads, config.trust_remote_code,
                       adapter=served, **extra)
 

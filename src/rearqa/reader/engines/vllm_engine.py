@@ -100,14 +100,16 @@ class VllmEngine:
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, *, max_model_len: int | None = None,
                  kv_cache_gib: int = 1, seed: int = 0, log_path: str | Path | None = None,
-                 block_size: int | None = None, adapter: str | Path | None = None) -> None:
+                 block_size: int | None = None, adapter: str | Path | None = None,
+                 eos_from: str | Path | None = None) -> None:
         """Start vLLM on `model_dir` (a plain transformers checkpoint). max_model_len: longest
         prompt + answer, None = the model's own limit as with transformers (vLLM refuses to start
         when the KV cache cannot hold one such sequence: raise kv_cache_gib or lower this);
         kv_cache_gib: VLLM_CPU_KVCACHE_SPACE unless already set; log_path: vLLM's log file
         (default: a new temp file); block_size: tokens per KV-cache block, None =
         DEFAULT_BLOCK_SIZE (see there; vLLM's own CPU default, 128, must be asked for);
-        adapter: a plain PEFT LoRA directory served with every request (module docstring)."""
+        adapter: a plain PEFT LoRA directory served with every request (module docstring);
+        eos_from: an adapter directory merged into `model_dir`, whose saved eos stops generation."""
         from transformers import AutoTokenizer
 
         from rearqa.reader.backbone.loading import check_vllm_servable
@@ -121,6 +123,9 @@ class VllmEngine:
         self.adapter = Path(adapter) if adapter else None
         self.extra_eos: set[int] = set()  # ids an adapter's training ended answers with
         lora_settings = self._lora_settings(self.adapter) if self.adapter else {}
+        for directory in (self.adapter, eos_from):
+            if directory is not None:
+                self._stop_at_saved_eos(Path(directory))
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="rearqa-vllm-", suffix=".log")[1])
         self.llm = self._start(dtype, threads, trust_remote_code, max_model_len, kv_cache_gib, seed,
@@ -130,12 +135,10 @@ class VllmEngine:
         self.loop = EngineLoop(self.llm.llm_engine, lora_request=self._lora_request())
 
     def _lora_settings(self, adapter: Path) -> dict:
-        """vLLM's LoRA start arguments for `adapter`, checked before vLLM starts; records the
-        adapter's saved eos as a stop id."""
+        """vLLM's LoRA start arguments for `adapter`, checked before vLLM starts."""
         from rearqa.reader.adapters.custom import METHOD_KEY
         from rearqa.reader.adapters.export import vllm_max_lora_rank
         from rearqa.reader.adapters.vllm_lora import adapter_rank, plain_lora_problem, saved_adapter_config
-        from rearqa.reader.engines import saved_eos_id
 
         saved = saved_adapter_config(adapter)
         if saved.get(METHOD_KEY):
@@ -144,11 +147,16 @@ class VllmEngine:
                              "(rearqa.reader.adapters.vllm_lora.vllm_lora_dir)")
         if (problem := plain_lora_problem(saved)) is not None:
             raise ValueError(f"adapter {adapter} cannot be served by vLLM: {problem}")
-        eos = saved_eos_id(self.tokenizer, adapter)
-        if eos is not None:
-            self.extra_eos.add(eos)
         return {"enable_lora": True, "max_loras": 1,
                 "max_lora_rank": vllm_max_lora_rank(adapter_rank(saved))}
+
+    def _stop_at_saved_eos(self, directory: Path) -> None:
+        """Stop generation also at the eos the adapter saved in `directory` ended answers with."""
+        from rearqa.reader.engines import saved_eos_id
+
+        eos = saved_eos_id(self.tokenizer, directory)
+        if eos is not None:
+            self.extra_eos.add(eos)
 
     def _lora_request(self):
         if self.adapter is None:
