@@ -101,6 +101,39 @@ def moved_off_init(model, seed: int = 7, scale: float = 0.1):
     return model
 
 
+FRESH_RELOAD = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from rearqa.reader.adapters import load_adapter
+base, adapter, ids, out = sys.argv[1:5]
+model = load_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+{check}
+with torch.no_grad():
+    torch.save(model(torch.load(ids, weights_only=True)).logits, out)
+"""
+
+
+def logits_in_a_fresh_process(base_dir, adapter_dir, ids, workdir, check: str = ""):
+    """(logits, stderr) of the base checkpoint with the saved adapter loaded by `load_adapter` in a
+    new Python process, which has none of this one's PEFT registrations: what a saved adapter
+    must survive. `check`: statements run there on `model` before the forward."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    workdir = Path(workdir)
+    torch.save(ids, workdir / "ids.pt")
+    run = subprocess.run([sys.executable, "-c", FRESH_RELOAD.format(check=check), str(base_dir),
+                          str(adapter_dir), str(workdir / "ids.pt"), str(workdir / "out.pt")],
+                         env={**os.environ, "PYTHONPATH": str(SRC_DIR), "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode:
+        raise AssertionError(f"the fresh process failed:\n{run.stderr[-3000:]}")
+    return torch.load(workdir / "out.pt", weights_only=True), run.stderr
+
+
 # ------------------------------------------------------------------ the package's import graph
 
 PACKAGE_DIR = Path(__file__).resolve().parent

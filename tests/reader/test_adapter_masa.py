@@ -4,10 +4,6 @@ export to plain LoRA by truncated SVD with its error recorded, and the refusals.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +13,8 @@ from rearqa.reader.adapters import get_adapter, load_adapter, wrap
 from rearqa.reader.adapters.export import export_lora, svd_factors
 from rearqa.reader.adapters.masa.config import MasaSettings
 from rearqa.reader.adapters.masa.layer import MasaLinear
-from rearqa.testing import moved_off_init, tiny_llama
+from rearqa.testing import logits_in_a_fresh_process, moved_off_init, tiny_llama
 
-SRC = Path(__file__).parents[2] / "src"
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
 LAYERS = 3
 SETTINGS = MasaSettings(r=4, alpha=8, dropout=0.0, atoms=2, init="random")
@@ -166,18 +161,11 @@ def test_an_exact_method_refuses_an_export_rank(tmp_path):
         export_lora(model, tmp_path / "x", rank=8)
 
 
-RELOAD = """
-import sys, torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
-from rearqa.reader.adapters import load_adapter
-base, adapter, ids, out = sys.argv[1:5]
-model = load_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+# In the fresh process: every layer reads the atoms of its type's one owner.
+SHARED_ATOMS = """
 layers = [m for m in model.modules() if type(m).__name__ == "MasaLinear"]
 assert all(m.atoms("default") is next(o for o in layers if o._masa_target.rsplit(".", 1)[-1] ==
            m._masa_target.rsplit(".", 1)[-1] and o.owns_atoms("default")).atoms("default") for m in layers)
-with torch.no_grad():
-    torch.save(model(torch.load(ids)).logits, out)
 """
 
 
@@ -193,15 +181,11 @@ def test_a_saved_adapter_stores_each_dictionary_once_and_reloads_in_a_fresh_proc
     assert not any(".lora_A." in k or ".lora_B." in k for k in saved)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["rearqa_method"] == "masa" and config["masa_atoms"] == 2
-    torch.save(IDS, tmp_path / "ids.pt")
-    run = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path / "base"), str(tmp_path / "adapter"),
-                          str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-                         env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "missing" not in run.stderr.lower() and "unexpected" not in run.stderr.lower(), run.stderr
+    logits, stderr = logits_in_a_fresh_process(tmp_path / "base", tmp_path / "adapter", IDS, tmp_path,
+                                               check=SHARED_ATOMS)
+    assert "missing" not in stderr.lower() and "unexpected" not in stderr.lower(), stderr
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model(IDS).logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(logits, model(IDS).logits, rtol=0, atol=1e-6)
 
 
 def test_two_models_wrapped_with_masa_share_nothing():

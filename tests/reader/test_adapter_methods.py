@@ -5,10 +5,6 @@ own checks are in test_blocklora.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +15,8 @@ from rearqa.reader.adapters.blocklora.config import BlockLoraSettings
 from rearqa.reader.adapters.dvlora.config import DVLoraSettings
 from rearqa.reader.adapters.export import export_lora
 from rearqa.reader.adapters.hydra.config import HydraSettings
-from rearqa.testing import moved_off_init, tiny_llama
+from rearqa.testing import logits_in_a_fresh_process, moved_off_init, tiny_llama
 
-SRC = Path(__file__).parents[2] / "src"
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 2, 40]])
 CASES = {
     "hydra": ("hydra", HydraSettings(r=4, alpha=8, dropout=0.0, sequential_r=2, sequential_alpha=3,
@@ -110,31 +105,15 @@ def test_an_input_dependent_gate_runs_but_neither_merges_nor_exports(tmp_path):
         model.merge_and_unload()
 
 
-RELOAD = """
-import sys, torch
-from transformers import AutoModelForCausalLM
-from rearqa.reader.adapters import load_adapter
-base, adapter, ids, out = sys.argv[1:5]
-model = load_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
-with torch.no_grad():
-    torch.save(model(torch.load(ids)).logits, out)
-"""
-
-
 @pytest.mark.parametrize("case", ["hydra", "gdvlora-scalar", "blocklora"])
 def test_a_saved_adapter_reloads_in_a_fresh_process(case, tmp_path):
     """PEFT saves no custom-module registration; load_adapter restores it from the saved config."""
     model = adapted(case)
     base_model().save_pretrained(tmp_path / "base")
     model.save_pretrained(tmp_path / "adapter")
-    torch.save(IDS, tmp_path / "ids.pt")
-    run = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path / "base"), str(tmp_path / "adapter"),
-                          str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-                         env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    logits, _ = logits_in_a_fresh_process(tmp_path / "base", tmp_path / "adapter", IDS, tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model(IDS).logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(logits, model(IDS).logits, rtol=0, atol=1e-6)
 
 
 def test_load_adapter_restores_the_method_in_process(tmp_path):
