@@ -1,0 +1,71 @@
+"""A SpAtten budget sweep from eval runs: one row per run against the unpruned run of the same split.
+
+    rearqa eval --dataset nq-dev-select --method rag-ft --k 3 --limit 100 --out runs/sp/nq-none
+    rearqa eval --dataset nq-dev-select --method rag-ft --k 3 --limit 100 \
+        --backbone spatten:tokens=0.6 --out runs/sp/nq-t60
+    python scripts/spatten_sweep.py --baseline runs/sp/nq-none runs/sp/nq-t60 ... \
+        --out docs/results/spatten/sweep-nq-dev-select-100.json
+
+Per run: EM and F1 paired with the baseline (rearqa.eval.compare: paired bootstrap over the shared
+questions, 95% interval), answers changed, the report's `backbone_cost` (attention FLOPs and KV
+bytes per phase, total FLOPs, the pruned share of prompt tokens) and the evidence pruning rate.
+Dev-select splits only: settings are chosen here, never on test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rearqa.eval.compare import compare_reports  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, required=True, help="the unpruned run's directory")
+    p.add_argument("runs", type=Path, nargs="+", help="the pruned runs' directories")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    reports = [json.loads((d / "report.json").read_text()) for d in [args.baseline, *args.runs]]
+    if any("test" in r["settings"]["dataset"] for r in reports):
+        raise SystemExit("spatten_sweep chooses settings: give dev-select runs, not test")
+    paired = compare_reports([d / "report.json" for d in [args.baseline, *args.runs]],
+                             metrics=("em", "f1"), n_resamples=5000)
+    base_rows = {row["id"]: row for row in reports[0]["rows"]}
+    table = []
+    for run, report, pair in zip(args.runs, reports[1:], paired["pairs"]):
+        em, f1 = pair["groups"]["all"]["em"], pair["groups"]["all"]["f1"]
+        cost = report.get("backbone_cost") or {}
+        changed = sum(row["prediction"] != base_rows[row["id"]]["prediction"]
+                      for row in report["rows"] if row["id"] in base_rows)
+        table.append({"run": run.name, "backbone": report["backbone"], "n": em["n"],
+                      "em": em["mean_b"], "em_base": em["mean_a"], "em_diff": em["diff"],
+                      "em_low": em["low"], "em_high": em["high"], "f1_diff": f1["diff"],
+                      "answers_changed": changed,
+                      **{k: cost.get(k) for k in ("prefill_attention_flops_ratio",
+                                                  "decode_attention_flops_ratio", "decode_kv_bytes_ratio",
+                                                  "decode_total_flops_ratio", "pruned_prompt_token_share")},
+                      "evidence_share": (cost.get("evidence") or {}).get("share"),
+                      "evidence_tokens": (cost.get("evidence") or {}).get("answer_tokens")})
+    dataset = reports[0]["settings"]["dataset"]
+    print(f"{dataset}, {table[0]['n'] if table else 0} questions; unpruned EM {reports[0]['aggregate']['all']['em']:.3f}")
+    print(f"{'backbone':<58} {'EM':>5} {'dEM [95%]':>22} {'chg':>4} {'attn pre':>8} {'attn dec':>8} "
+          f"{'KV dec':>7} {'tot dec':>7} {'evid':>5}")
+    for t in table:
+        label = t["backbone"].replace("original + ", "")[:58]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{label:<58} {t['em']:>5.3f} {100 * t['em_diff']:>+6.1f} [{100 * t['em_low']:+.1f}, "
+              f"{100 * t['em_high']:+.1f}] {t['answers_changed']:>4} {fmt(t['prefill_attention_flops_ratio']):>8} "
+              f"{fmt(t['decode_attention_flops_ratio']):>8} {fmt(t['decode_kv_bytes_ratio']):>7} "
+              f"{fmt(t['decode_total_flops_ratio']):>7} {fmt(t['evidence_share']):>5}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"dataset": dataset, "baseline": str(args.baseline),
+                                    "baseline_em": reports[0]["aggregate"]["all"]["em"],
+                                    "runs": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
