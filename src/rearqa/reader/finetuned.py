@@ -68,8 +68,8 @@ class DeviceHFEngine(HFEngine):
             self._use_backbone(backbone)
         self.adapter = str(adapter) if adapter else None
 
-    def _encode(self, batch: list[list[dict]]):
-        return super()._encode(batch).to(self.model.device)
+    def _tokenize(self, texts: list[str], **kwargs):
+        return super()._tokenize(texts, **kwargs).to(self.model.device)
 
 
 def vllm_engine(config: ReaderConfig, model_dir: str | Path, adapter: str | Path | None = None):

@@ -74,9 +74,11 @@ class HFEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _encode(self, batch: list[list[dict]]) -> dict[str, torch.Tensor]:
-        texts = [self.render(messages) for messages in batch]
+        return self._tokenize([self.render(messages) for messages in batch])
+
+    def _tokenize(self, texts: list[str], **kwargs) -> dict[str, torch.Tensor]:
         # The chat template already holds the special tokens.
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs)
 
     def _generation_kwargs(self, max_new_tokens: int) -> dict:
         return dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
@@ -110,26 +112,21 @@ class HFEngine:
             return [(text, {}, None) for text in self.generate(batch, max_new_tokens)]
         if not batch:
             return []
+        texts = [self.render(messages) for messages in batch]
         with self._lock:
-            inputs = self._encode(batch)
+            inputs = self._tokenize(texts, return_offsets_mapping=True)
+            spans = inputs.pop("offset_mapping")  # (B, S, 2), left-padded like the ids
             with self._backbone_method.track(self.model) as history:
                 output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
-            texts = [self.render(messages) for messages in batch]
-            offsets = [self.tokenizer(t, return_offsets_mapping=True, add_special_tokens=False)
-                       ["offset_mapping"] for t in texts]
+        mask = inputs["attention_mask"]
+        offsets = [row[mask.shape[1] - int(n):].tolist() for row, n in zip(spans, mask.sum(dim=1))]
         new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
         answers = [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-        records = self._backbone_method.records(history, inputs["attention_mask"], texts, offsets)
-        linear = self.linear_flops_per_token()
+        records = self._backbone_method.records(history, mask, texts, offsets)
+        linear = linear_flops_per_token(self.model)
         for cost, _ in records:
             cost["linear_flops_per_token"] = linear
         return [(answer, cost, trace) for answer, (cost, trace) in zip(answers, records)]
-
-    def linear_flops_per_token(self) -> float:
-        """2 x the weights of the model's linear layers (lm_head included): the matmul FLOPs every
-        token costs outside attention, whatever an inference-time backbone prunes there."""
-        return 2.0 * sum(m.weight.numel() for m in self.model.modules()
-                         if isinstance(m, torch.nn.Linear))
 
     def stream(self, messages: list[dict], max_new_tokens: int = 32) -> Iterator[str]:
         """Yield the greedy answer to one conversation piece by piece."""
@@ -161,3 +158,9 @@ class HFEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def linear_flops_per_token(model: torch.nn.Module) -> float:
+    """2 x the weights of `model`'s linear layers (lm_head included): the matmul FLOPs every token
+    costs outside attention, whatever an inference-time backbone prunes there."""
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
