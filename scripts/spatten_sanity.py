@@ -24,27 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rearqa.eval.bundle import Snapshot  # noqa: E402
 from rearqa.eval.metrics import exact_match, passages_with_answer  # noqa: E402
 from rearqa.reader.base import first_line  # noqa: E402
-from rearqa.reader.prompts import build_messages, get_prompt  # noqa: E402
+from rearqa.reader.prompts import build_messages, get_prompt, shown_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def passage_spans(text: str, passages, max_words: int) -> list[tuple[int, int]]:
-    """Character span of each passage's (cut) text inside the rendered prompt."""
-    spans = []
-    for p in passages:
-        body = " ".join(p.text.split()[:max_words])
-        start = text.find(body)
-        if start < 0:
-            raise ValueError(f"passage {p.id} not found in the rendered prompt")
-        spans.append((start, start + len(body)))
-    return spans
 
 
 def run_budget(engine, budget: str, rows: list[dict], k_passages, snapshot, args) -> dict:
     from rearqa.reader.backbone import inference_backbone
     from rearqa.reader.backbone.spatten.attention import attention_flops_ratio, track
-    from rearqa.reader.backbone.spatten.evidence import EvidenceRate, prompt_evidence_rate
+    from rearqa.reader.backbone.spatten.evidence import EvidenceRate, passage_spans, prompt_evidence_rate
 
     if budget != "none":
         method, cfg = inference_backbone(budget)
@@ -65,7 +53,8 @@ def run_budget(engine, budget: str, rows: list[dict], k_passages, snapshot, args
             enc = engine.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
             offsets = enc["offset_mapping"]
             bearing = passages_with_answer([p.text for p in passages], row["answers"])
-            spans = [s for s, b in zip(passage_spans(text, passages, args.max_words), bearing) if b]
+            shown = [shown_text(p, args.max_words) for p in passages]
+            spans = [s for s, b in zip(passage_spans(text, shown), bearing) if b]
             rate = prompt_evidence_rate(text, offsets, spans, row["answers"],
                                         stats.pruned_layer[0, :len(offsets)].tolist())
             evidence = evidence + rate
