@@ -2,10 +2,10 @@
 
     python scripts/bench_vllm_lora.py --n 16 --out docs/results/vllm_lora_throughput.json
 
-Both engines are rearqa's VllmEngine on the same base checkpoint (`reader.dtype`, default bf16):
-`lora` serves the adapter unmerged (engine adapter=..., one LoRARequest with every request, as
-`rearqa serve --engine vllm --method rag-ft` does), `merged` a plain checkpoint with the adapter
-merged in fp32 and saved (what engine hf computes, served with no LoRA). The same rag-ft chat
+Both engines are built as `rearqa serve --engine vllm --method rag-ft` builds them
+(`finetuned.vllm_engine`, `reader.dtype`, default bf16), one per `reader.vllm_adapter`: `lora`
+serves the adapter unmerged (one LoRARequest with every request), `merged` the plain checkpoint
+with the adapter merged in fp32 (cached under the rearqa home, served with no LoRA). The same rag-ft chat
 prompts (NQ-test questions with three passages of tests/data/mini_corpus.jsonl) go to each, every
 request generating exactly --tokens tokens (ignore_eos), so tokens/s compare like for like:
 - batch: all --n prompts in one call (throughput);
@@ -16,9 +16,9 @@ Prints a table and writes JSON with the per-run figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,18 +67,6 @@ def bench(label: str, engine, config, args) -> dict:
     return result
 
 
-def merged_checkpoint(model_dir: Path, adapter: Path, out: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rearqa.reader.finetuned import merge_lora
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    merge_lora(model, adapter).save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16, help="prompts in the batch run")
@@ -90,23 +78,19 @@ def main() -> None:
 
     from rearqa.asset_paths import reader_model_dir
     from rearqa.reader.config import ReaderConfig, resolve_adapter
-    from rearqa.reader.engines.vllm_engine import VllmEngine
     from rearqa.reader.finetuned import vllm_engine
 
     config = ReaderConfig(method="rag-ft", engine="vllm", dtype=args.dtype)
     model_dir, adapter = reader_model_dir(), resolve_adapter(config)
     results = []
-    with tempfile.TemporaryDirectory(prefix="rearqa-merged-") as tmp:
-        merged = merged_checkpoint(model_dir, adapter, Path(tmp))
-        for label, build in (("lora", lambda: vllm_engine(config, model_dir)),
-                             ("merged", lambda: VllmEngine(merged, args.dtype))):
-            start = time.perf_counter()
-            engine = build()
-            started = time.perf_counter() - start
-            try:
-                results.append({**bench(label, engine, config, args), "startup_s": started})
-            finally:
-                engine.close()
+    for label in ("lora", "merged"):  # reader.vllm_adapter
+        start = time.perf_counter()  # the merged leg's first run includes writing its checkpoint
+        engine = vllm_engine(dataclasses.replace(config, vllm_adapter=label), model_dir)
+        started = time.perf_counter() - start
+        try:
+            results.append({**bench(label, engine, config, args), "startup_s": started})
+        finally:
+            engine.close()
     report = {"adapter": str(adapter), "base_model": str(model_dir), "dtype": args.dtype,
               "tokens_per_prompt": args.tokens, "machine": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d"), "results": results}
