@@ -27,7 +27,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help install prepare browser run test bench reliability clean
 
 help:
-	@echo "make run     serve the web chat + HTTP API on http://$(HOST):$(PORT), vLLM engine (installs and prepares first)"
+	@echo "make run     serve the web chat + HTTP API on http://$(HOST):$(PORT), rag-ft reader on vLLM (installs and prepares first)"
 	@echo "make test    run the test suite (installs and prepares first)"
 	@echo "make bench   run the benchmark scripts of docs/benchmarks.md (about an hour)"
 	@echo "make reliability  load, crash, fuzz and security checks of docs/reliability.md (about 10 minutes)"
@@ -53,7 +53,7 @@ prepare: install
 	$(VENV)/bin/rearqa data prepare
 
 run: prepare
-	$(VENV)/bin/rearqa serve --engine vllm --host $(HOST) --port $(PORT)
+	$(VENV)/bin/rearqa serve --engine vllm --method rag-ft --host $(HOST) --port $(PORT)
 
 # The browser test (tests/app/test_browser.py) drives Debian's chromium through Playwright;
 # Playwright's own browser download cannot reach its servers here. Needs root (CI runs as root).
