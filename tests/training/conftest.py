@@ -1,5 +1,5 @@
-"""Training tests' shared world: a tiny snapshot whose words are all in the tiny tokenizer, and a
-tiny base checkpoint (module-scoped: each test module builds its own)."""
+"""Training tests' shared world: a tiny snapshot whose words are all in the tiny tokenizer, a tiny
+base checkpoint (module-scoped: each test module builds its own), and tiny TrainConfigs on it."""
 import json
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 
 from rearqa.eval.bundle import write_jsonl_gz
 from rearqa.testing import tiny_llama, tiny_tokenizer
+from rearqa.training.config import TrainConfig
 
 PASSAGES = {"p1": ("hamlet", "hamlet is a tragedy written by shakespeare ."),
             "p2": ("paris", "paris is the capital of france ."),
@@ -40,6 +41,21 @@ def world(tmp_path_factory):
     tiny_llama(len(tok)).save_pretrained(base)
     tok.save_pretrained(base)
     return root
+
+
+@pytest.fixture(scope="module")
+def train_config(world):
+    """train_config(out, **overrides) -> a tiny TrainConfig on `world`, writing to world / out: a
+    6-step REAR run (2 warm-up + 4 main steps) on CPU, LoRA r=4 with dropout, a checkpoint every 2
+    steps, rag_k=2; `overrides` replace any of these settings."""
+    def make(out, **overrides):
+        base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
+                    splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
+                    grad_accum=1, warmup_stage_steps=2, steps=4, lora_r=4, lora_alpha=8,
+                    lora_dropout=0.05, lr=1e-2, save_every=2, max_answer_tokens=5, rag_k=2,
+                    max_passage_words=20, threads=1, device="cpu")
+        return TrainConfig(**{**base, **overrides})
+    return make
 
 
 @pytest.fixture(autouse=True)

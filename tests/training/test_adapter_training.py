@@ -7,27 +7,21 @@ import pytest
 import torch
 
 from rearqa.config_errors import ConfigError
-from rearqa.training.config import TrainConfig
 from rearqa.training.train import train
 
 
-def config(world, out, **kw):
-    base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
-                splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
-                grad_accum=1, warmup_stage_steps=1, steps=2, lora_r=4, lora_alpha=8,
-                lora_dropout=0.0, lr=1e-2, save_every=100, max_answer_tokens=5, rag_k=2,
-                max_passage_words=20, threads=1, device="cpu")
-    return TrainConfig(**{**base, **kw})
+# 1 warm-up + 2 main steps without dropout, no checkpoint before the final one.
+SHORT = dict(warmup_stage_steps=1, steps=2, lora_dropout=0.0, save_every=100)
 
 
-def test_a_hydra_run_trains_saves_and_its_merged_model_loads(world):
+def test_a_hydra_run_trains_saves_and_its_merged_model_loads(train_config):
     from transformers import AutoModelForCausalLM
 
     from rearqa.reader.adapters import load_adapter
     from rearqa.reader.finetuned import merge_lora
 
-    cfg = config(world, "hydra-ft", method="rag-ft", adapter="hydra",
-                 adapter_options={"sequential_r": 2, "sequential_alpha": 4})
+    cfg = train_config("hydra-ft", **SHORT, method="rag-ft", adapter="hydra",
+                       adapter_options={"sequential_r": 2, "sequential_alpha": 4})
     final = train(cfg, echo=lambda *_: None)
     assert '"rearqa_method": "hydra"' in (Path(final) / "adapter_config.json").read_text()
     base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
@@ -41,7 +35,7 @@ def test_a_hydra_run_trains_saves_and_its_merged_model_loads(world):
         torch.testing.assert_close(merged(ids).logits, expected, rtol=0, atol=1e-5)
 
 
-def test_a_masa_run_trains_its_shared_atoms_saves_them_once_and_merges_back(world):
+def test_a_masa_run_trains_its_shared_atoms_saves_them_once_and_merges_back(train_config):
     """MASA's atoms are shared across layers: the optimizer sees each dictionary once, the run
     moves it off zero, the checkpoint holds it once per projection type, and the reload merges
     back to the adapter model's logits."""
@@ -51,7 +45,8 @@ def test_a_masa_run_trains_its_shared_atoms_saves_them_once_and_merges_back(worl
     from rearqa.reader.adapters import load_adapter
     from rearqa.reader.finetuned import merge_lora
 
-    cfg = config(world, "masa-ft", method="rag-ft", adapter="masa", adapter_options={"atoms": 2})
+    cfg = train_config("masa-ft", **SHORT, method="rag-ft", adapter="masa",
+                       adapter_options={"atoms": 2})
     final = train(cfg, echo=lambda *_: None)
     saved = load_file(Path(final) / "adapter_model.safetensors")
     atoms = {k: v for k, v in saved.items() if "lora_masa_atoms" in k}
@@ -65,10 +60,10 @@ def test_a_masa_run_trains_its_shared_atoms_saves_them_once_and_merges_back(worl
         torch.testing.assert_close(merged(ids).logits, expected, rtol=0, atol=1e-5)
 
 
-def test_a_gated_dvlora_rear_run_trains_and_its_checkpoint_loads(world):
+def test_a_gated_dvlora_rear_run_trains_and_its_checkpoint_loads(train_config):
     from rearqa.reader.rear import RearModel
 
-    cfg = config(world, "gdv-rear", adapter="dvlora", adapter_options={"gate": "scalar"})
+    cfg = train_config("gdv-rear", **SHORT, adapter="dvlora", adapter_options={"gate": "scalar"})
     final = train(cfg, echo=lambda *_: None)
     model = RearModel.from_pretrained(final, cfg.base_model)
     assert any("lora_gate" in n for n, _ in model.named_parameters())
@@ -76,13 +71,14 @@ def test_a_gated_dvlora_rear_run_trains_and_its_checkpoint_loads(world):
     assert torch.isfinite(scores).all()
 
 
-def test_a_blocklora_run_trains_saves_and_its_merged_model_loads(world):
+def test_a_blocklora_run_trains_saves_and_its_merged_model_loads(train_config):
     from transformers import AutoModelForCausalLM
 
     from rearqa.reader.adapters import load_adapter
     from rearqa.reader.finetuned import merge_lora
 
-    cfg = config(world, "block-ft", method="rag-ft", adapter="blocklora", adapter_options={"blocks": 2})
+    cfg = train_config("block-ft", **SHORT, method="rag-ft", adapter="blocklora",
+                       adapter_options={"blocks": 2})
     final = train(cfg, echo=lambda *_: None)
     assert '"rearqa_method": "blocklora"' in (Path(final) / "adapter_config.json").read_text()
     base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
@@ -105,9 +101,9 @@ def test_a_blocklora_run_trains_saves_and_its_merged_model_loads(world):
     (dict(adapter="masa", adapter_options={"atoms": 0}), "atoms=0"),
     (dict(adapter="hydra", method="loraprune", adapter_options={}), "loraprune"),
 ])
-def test_a_bad_adapter_choice_is_refused_with_the_value(world, bad, match):
+def test_a_bad_adapter_choice_is_refused_with_the_value(train_config, bad, match):
     kw = dict(bad)
     if kw.get("method") == "loraprune":
         kw.update(teacher="base", prune_kv_groups=1, prune_mlp_channels=8)
     with pytest.raises(ConfigError, match=match):
-        config(world, "bad", **kw)
+        train_config("bad", **SHORT, **kw)

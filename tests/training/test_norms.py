@@ -14,24 +14,16 @@ from rearqa.training.norms import attention_projections, main, measure, read_nor
 from rearqa.training.train import train
 
 
-def config(world, out, **kw):
-    base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
-                splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
-                grad_accum=1, warmup_stage_steps=2, steps=4, lora_r=4, lora_alpha=8,
-                lora_dropout=0.05, lr=1e-2, save_every=2, max_answer_tokens=5,
-                max_passage_words=20, threads=1, device="cpu")
-    return TrainConfig(**{**base, **kw})
-
-
 def records(out, name="train_log.jsonl"):
     return [json.loads(line) for line in (Path(out) / name).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def runs(world):
+def runs(train_config):
     """The same 6-step REAR run (LoRA dropout on) without and with the monitor (every 2 steps)."""
     quiet = dict(echo=lambda *_: None)
-    plain, monitored = config(world, "plain"), config(world, "monitored", norm_monitor_every=2)
+    plain = train_config("plain", rag_k=3)
+    monitored = train_config("monitored", rag_k=3, norm_monitor_every=2)
     train(plain, **quiet)
     train(monitored, **quiet)
     return plain, monitored
@@ -83,9 +75,9 @@ def test_a_monitored_run_trains_as_an_unmonitored_one_and_logs_each_layer(runs):
     assert first["x_max"] == last["x_max"] and first["q_max"] != last["q_max"]
 
 
-def test_a_resumed_run_redoes_the_rows_after_its_checkpoint_once(world, runs):
+def test_a_resumed_run_redoes_the_rows_after_its_checkpoint_once(train_config, runs):
     _, monitored = runs
-    resumed = config(world, "monitored-resumed", norm_monitor_every=2)
+    resumed = train_config("monitored-resumed", rag_k=3, norm_monitor_every=2)
     train(resumed, stop_after_steps=3, echo=lambda *_: None)  # checkpoints at steps 2 and 3
     path = Path(resumed.out) / "norms.jsonl"
     assert sorted({r["step"] for r in read_norms(resumed.out)}) == [0, 2]

@@ -16,15 +16,6 @@ from rearqa.training.train import (DataOrder, build_task, lr_factor, make_optimi
                                    stages, train)
 
 
-def config(world, out, **kw):
-    base = dict(base_model=str(world / "base"), snapshot=str(world / "snapshot"),
-                splits=["nq-dev-train"], out=str(world / out), depth=4, group_size=4, batch=2,
-                grad_accum=1, warmup_stage_steps=2, steps=4, lora_r=4, lora_alpha=8,
-                lora_dropout=0.05, lr=1e-2, save_every=2, max_answer_tokens=5, rag_k=2,
-                max_passage_words=20, threads=1, device="cpu")
-    return TrainConfig(**{**base, **kw})
-
-
 def log(out):
     return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
 
@@ -37,9 +28,9 @@ def trainable(out):
 
 
 @pytest.fixture(scope="module")
-def rear_run(world):
+def rear_run(train_config):
     """An uninterrupted 6-step REAR run (2 warm-up + 4 main steps)."""
-    cfg = config(world, "rear-full")
+    cfg = train_config("rear-full")
     with_threads = torch.get_num_threads()
     final = train(cfg, echo=lambda *_: None)
     torch.set_num_threads(with_threads)
@@ -61,9 +52,9 @@ def test_schedule_restarts_per_stage_and_data_order_is_seeded():
     assert plan_budget(DataOrder(4, 0), [3] * 4, 2, 2, 13) == 2
 
 
-def test_new_token_rows_get_no_weight_decay(world):
-    task = build_task(config(world, "unused"), torch.device("cpu"))
-    opt = make_optimizer(task, config(world, "unused", weight_decay=0.1))
+def test_new_token_rows_get_no_weight_decay(train_config):
+    task = build_task(train_config("unused"), torch.device("cpu"))
+    opt = make_optimizer(task, train_config("unused", weight_decay=0.1))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     names = {id(p): n for n, p in task.model.named_parameters()}
     assert decayed and all("lora_" in names[i] for i in decayed)
@@ -71,10 +62,10 @@ def test_new_token_rows_get_no_weight_decay(world):
     assert rows and not any(id(p) in decayed for p in rows)
 
 
-def test_rear_loss_decreases_on_a_repeated_batch(world):
+def test_rear_loss_decreases_on_a_repeated_batch(train_config):
     # One question, one group per step: every step sees the same batch.
-    out = config(world, "repeat", max_questions=1, batch=1, warmup_stage_steps=0, steps=12,
-                 lora_dropout=0.0, save_every=100)
+    out = train_config("repeat", max_questions=1, batch=1, warmup_stage_steps=0, steps=12,
+                       lora_dropout=0.0, save_every=100)
     train(out, echo=lambda *_: None)
     records = log(out.out)
     assert len(records) == 12 and {r["stage"] for r in records} == {"main"}
@@ -82,10 +73,10 @@ def test_rear_loss_decreases_on_a_repeated_batch(world):
     assert records[-1]["rank"] < records[0]["rank"]
 
 
-def test_resume_repeats_the_uninterrupted_run_and_writes_no_pickle(world, rear_run):
+def test_resume_repeats_the_uninterrupted_run_and_writes_no_pickle(train_config, rear_run):
     cfg, final = rear_run
     assert final == Path(cfg.out) / "final"
-    resumed = config(world, "rear-resumed")
+    resumed = train_config("rear-resumed")
     first = train(resumed, stop_after_steps=3, echo=lambda *_: None)
     assert first.name == "step-0000003" and [r["step"] for r in log(resumed.out)] == [1, 2, 3]
     assert train(resumed, echo=lambda *_: None).name == "final"
@@ -104,10 +95,10 @@ def test_resume_repeats_the_uninterrupted_run_and_writes_no_pickle(world, rear_r
     # Done: a third call trains nothing; other settings in the same out dir are refused by name.
     assert train(resumed, echo=lambda *_: None).name == "final" and len(log(resumed.out)) == 6
     with pytest.raises(ConfigMismatchError, match="lr, seed"):
-        train(config(world, "rear-resumed", seed=1, lr=1e-3), echo=lambda *_: None)
+        train(train_config("rear-resumed", seed=1, lr=1e-3), echo=lambda *_: None)
 
 
-def test_final_rear_checkpoint_loads_with_a_trained_rank_head(world, rear_run):
+def test_final_rear_checkpoint_loads_with_a_trained_rank_head(rear_run):
     from rearqa.reader.rear import RearModel
 
     cfg, final = rear_run
@@ -117,14 +108,14 @@ def test_final_rear_checkpoint_loads_with_a_trained_rank_head(world, rear_run):
 
 
 @pytest.mark.parametrize("method", ["rag-ft", "closed-book-ft"])
-def test_baselines_stop_at_the_rear_token_budget(world, rear_run, method):
+def test_baselines_stop_at_the_rear_token_budget(train_config, rear_run, method):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     rear_cfg, _ = rear_run
     rear_log = Path(rear_cfg.out) / "train_log.jsonl"
     budget = log(rear_cfg.out)[-1]["tokens"]
-    cfg = config(world, method, method=method, token_budget_from=str(rear_log), save_every=100)
+    cfg = train_config(method, method=method, token_budget_from=str(rear_log), save_every=100)
     final = train(cfg, echo=lambda *_: None)
     records = log(cfg.out)
     assert records[-1]["tokens"] >= budget > records[-2]["tokens"]
@@ -135,7 +126,7 @@ def test_baselines_stop_at_the_rear_token_budget(world, rear_run, method):
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
-def test_token_count_ahead_of_training_equals_the_runs_log(world, rear_run):
+def test_token_count_ahead_of_training_equals_the_runs_log(train_config, rear_run):
     """`train rear --count-tokens`: the baselines' budget, computed without training, is the
     count the finished run logged (and its step-2 record), so the baselines can train beside it."""
     from rearqa.training.train import rear_token_count
@@ -145,20 +136,20 @@ def test_token_count_ahead_of_training_equals_the_runs_log(world, rear_run):
     assert rear_token_count(cfg, [2, cfg.total_steps]) == {2: records[2],
                                                             cfg.total_steps: records[cfg.total_steps]}
     with pytest.raises(ConfigError, match="rear run"):
-        rear_token_count(config(world, "unused", method="rag-ft"))
+        rear_token_count(train_config("unused", method="rag-ft"))
 
 
-def test_unfinished_rear_log_is_not_a_budget(world):
-    cfg = config(world, "rear-partial")
+def test_unfinished_rear_log_is_not_a_budget(train_config):
+    cfg = train_config("rear-partial")
     train(cfg, stop_after_steps=1, echo=lambda *_: None)
     with pytest.raises(ConfigError, match="step 1 of 6"):
-        train(config(world, "cb-partial", method="closed-book-ft",
-                     token_budget_from=str(Path(cfg.out) / "train_log.jsonl")))
+        train(train_config("cb-partial", method="closed-book-ft",
+                           token_budget_from=str(Path(cfg.out) / "train_log.jsonl")))
 
 
-def test_training_cli_imports_no_retriever_backend(world, tmp_path):
+def test_training_cli_imports_no_retriever_backend(train_config, tmp_path):
     yaml_file = tmp_path / "tiny.yaml"
-    cfg = config(world, "unused").to_dict()
+    cfg = train_config("unused").to_dict()
     cfg.update(out=str(tmp_path / "cli"), warmup_stage_steps=1, steps=1)
     yaml_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.items() if k != "method"))
     code = (
@@ -178,23 +169,23 @@ def test_training_cli_imports_no_retriever_backend(world, tmp_path):
     assert math.isfinite(log(tmp_path / "cli")[-1]["loss"])
 
 
-def test_own_linear_head_trains_resumes_and_ships_as_row_and_offset(world):
+def test_own_linear_head_trains_resumes_and_ships_as_row_and_offset(train_config):
     """head_lr: the head is its own fp32 weight and bias at its own learning rate (no decay),
     centred, after a rank-only warm-up; resuming repeats the run, and the final checkpoint serves
     the trained head as its <RANK_SCORE> row plus rank_offset."""
     from rearqa.reader.rear import RearModel
 
     kw = dict(head_lr=5e-2, head_center=True, warmup_rank_only=True, weight_decay=0.1)
-    task = build_task(config(world, "unused", **kw), torch.device("cpu"))
-    opt = make_optimizer(task, config(world, "unused", **kw))
+    task = build_task(train_config("unused", **kw), torch.device("cpu"))
+    opt = make_optimizer(task, train_config("unused", **kw))
     head = [g for g in opt.param_groups if g["lr"] == 5e-2]
     assert len(head) == 1 and head[0]["weight_decay"] == 0.0 and len(head[0]["params"]) == 2
     assert task.model.linear_head.weight.dtype == torch.float32
     assert float(task.model.linear_head.center.abs().sum()) > 0  # centred on the base's states
 
-    whole = config(world, "own-head", **kw)
+    whole = train_config("own-head", **kw)
     final = train(whole, echo=lambda *_: None)
-    parts = config(world, "own-head-resumed", **kw)
+    parts = train_config("own-head-resumed", **kw)
     train(parts, stop_after_steps=3, echo=lambda *_: None)
     train(parts, echo=lambda *_: None)
     assert [r["loss"] for r in log(parts.out)] == pytest.approx([r["loss"] for r in log(whole.out)],
