@@ -125,6 +125,12 @@ def test_load_adapter_restores_the_method_in_process(tmp_path):
         torch.testing.assert_close(again(IDS).logits, model(IDS).logits, rtol=0, atol=1e-6)
 
 
+def test_load_adapter_refuses_a_directory_without_adapter_config(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="has no adapter_config.json"):
+        load_adapter(base_model(), tmp_path)
+
+
 def test_training_updates_every_adapter_tensor_and_nothing_else():
     model = wrap("dvlora", base_model(), DVLoraSettings(r=4, alpha=8, dropout=0.0, gate="scalar"))
     trainable = {n.split(".")[-3] if n.endswith(".weight") else n.split(".")[-2]

@@ -14,7 +14,7 @@ A method with its own layer saves its settings in adapter_config.json (`rearqa_m
 adapter with `load_adapter`, which registers the layer again (PEFT does not save that), and export
 one for vLLM with `rearqa.reader.adapters.export.export_lora`.
 """
-from rearqa.reader.adapters.config import ADAPTERS, AdapterSettings
+from rearqa.reader.adapters.config import ADAPTERS, AdapterSettings, saved_adapter_config
 
 __all__ = ["ADAPTERS", "AdapterSettings", "check_targets", "get_adapter", "linear_names",
            "load_adapter", "wrap"]
@@ -81,20 +81,12 @@ def load_adapter(model, adapter_dir, is_trainable: bool = False):
     """The PeftModel of `model` with the saved adapter in `adapter_dir`, whichever method trained
     it: adapter_config.json's `rearqa_method` names it (absent: plain LoRA), and that method's
     config, rebuilt from the file, registers its layer before PEFT builds the model."""
-    import json
-    from pathlib import Path
-
     from peft import PeftModel
 
     from rearqa.reader.adapters.custom import METHOD_KEY
     from rearqa.reader.adapters.peft_compat import dense_targets
 
-    adapter_dir = Path(adapter_dir)
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; give the directory "
-                                "peft's save_pretrained wrote")
-    saved = json.loads(config_file.read_text())
+    saved = saved_adapter_config(adapter_dir)
     name = saved.get(METHOD_KEY) or "lora"
     method = get_adapter(name)
     config = method.peft_config_cls.from_saved(saved) if hasattr(method, "peft_config_cls") else None

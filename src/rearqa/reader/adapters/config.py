@@ -1,7 +1,9 @@
 """The adapter wing's names, torch-free: the registry and the settings every method shares."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from rearqa.config_errors import ConfigError
 
@@ -13,6 +15,15 @@ ADAPTERS: dict[str, str] = {
     "blocklora": "rearqa.reader.adapters.blocklora:BlockLoraMethod",
     "masa": "rearqa.reader.adapters.masa:MasaMethod",
 }
+
+
+def saved_adapter_config(adapter_dir: str | Path) -> dict:
+    """The adapter_config.json PEFT's save_pretrained wrote in `adapter_dir` (refused when absent)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise ConfigError(f"adapter {adapter_dir} has no adapter_config.json; give the directory "
+                          "peft's save_pretrained wrote")
+    return json.loads(path.read_text())
 
 
 @dataclass

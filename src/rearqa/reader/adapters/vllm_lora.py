@@ -39,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 from rearqa.config_errors import ConfigError
+from rearqa.reader.adapters.config import saved_adapter_config
 from rearqa.reader.adapters.export import VLLM_MAX_LORA_RANKS
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ VLLM_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 # Files beside an adapter that describe its tokenizer (peft's save_pretrained of a run writes them).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
                    "chat_template.jinja", "vocab.json", "merges.txt")
-
-
-def saved_adapter_config(adapter_dir: str | Path) -> dict:
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise ConfigError(f"adapter {adapter_dir} has no adapter_config.json; give the directory "
-                          "peft's save_pretrained wrote")
-    return json.loads(path.read_text())
 
 
 def adapter_rank(saved: dict) -> int:
