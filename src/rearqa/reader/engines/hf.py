@@ -115,11 +115,11 @@ class HFEngine:
         texts = [self.render(messages) for messages in batch]
         with self._lock:
             inputs = self._tokenize(texts, return_offsets_mapping=True)
-            spans = inputs.pop("offset_mapping")  # (B, S, 2), left-padded like the ids
+            spans = inputs.pop("offset_mapping").tolist()  # (B, S, 2), left-padded like the ids
             with self._backbone_method.track(self.model) as history:
                 output = self.model.generate(**inputs, **self._generation_kwargs(max_new_tokens))
         mask = inputs["attention_mask"]
-        offsets = [row[mask.shape[1] - int(n):].tolist() for row, n in zip(spans, mask.sum(dim=1))]
+        offsets = [row[len(row) - n:] for row, n in zip(spans, mask.sum(dim=1).tolist())]
         new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
         answers = [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         records = self._backbone_method.records(history, mask, texts, offsets)
