@@ -37,6 +37,7 @@ def test_command_line_fills_the_settings():
     ({"fallback": "best_passage"}, "fallback='best_passage'"),
     ({"adapters": {"rag": "A"}}, "only \\['rag-ft', 'closed-book-ft'\\] read an adapter"),
     ({"dtype": "float16"}, "dtype='float16'"),
+    ({"engine": "sglang"}, "engine='sglang': choose one of"),
 ])
 def test_bad_settings_are_refused_with_the_fix(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -70,3 +71,16 @@ def test_the_rag_builder_runs_the_backbone_it_is_given(tmp_path):
     config = ReaderConfig(method="rag", backbone="spatten:tokens=0.5,start_layer=1")
     reader, _ = build_baseline_reader(config, str(tmp_path), "cpu")
     assert reader.engine.backbone.startswith("spatten:tokens=0.5")
+
+
+def test_the_engine_reaches_the_readers_config():
+    """`--engine vllm` runs the snapshot runner's readers on vLLM (the CPU build here); an
+    inference-time backbone stays refused there, where the reader's config is built."""
+    from rearqa.eval.rear_runs import reader_config
+
+    base = ["--snapshot", "s", "--split", "nq-test", "--out", "o", "--methods", "rag-ft"]
+    assert reader_config(parse_settings(base), "rag-ft").engine == "hf"
+    assert reader_config(parse_settings([*base, "--engine", "vllm"]), "rag-ft").engine == "vllm"
+    with pytest.raises(ConfigError, match="engine 'hf' only"):
+        reader_config(parse_settings([*base, "--engine", "vllm", "--backbone", "spatten:tokens=0.6"]),
+                      "rag-ft")

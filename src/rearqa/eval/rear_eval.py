@@ -50,6 +50,7 @@ from rearqa.eval.rear_runs import (SnapshotRunConfig, compare_methods, free_memo
 from rearqa.eval.rear_settings import (ADAPTER_METHODS, EVAL_DTYPES, EVAL_FALLBACKS,
                                        RearEvalSettings)
 from rearqa.reader.config import READER_METHODS, ROUTINGS
+from rearqa.reader.engines import ENGINES
 
 # The steps live in rear_runs (readers, method runs), rear_rank_head (rank-head metrics) and
 # rear_routing (judgments, threshold choice); their names stay importable from here.
@@ -99,6 +100,8 @@ def parse_settings(argv: list[str] | None = None) -> RearEvalSettings:
                    help="the reader's top-k passages in retrieval order, reversed, or shuffled:SEED")
     p.add_argument("--backbone", default=_default("backbone"),
                    help="an inference-time backbone over the reader's weights, e.g. spatten:tokens=0.6,heads=0.8")
+    p.add_argument("--engine", default=_default("engine"), choices=sorted(ENGINES),
+                   help="hf: transformers on --device; vllm: the vLLM engine (the CPU build here)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="start each method's run over")
     p.add_argument("--choose-threshold", action="store_true",

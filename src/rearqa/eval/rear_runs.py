@@ -79,7 +79,7 @@ def reader_config(settings: RearEvalSettings, method: str) -> ReaderConfig:
                         max_passage_words=settings.max_passage_words,
                         checkpoint=str(settings.checkpoint or ""), routing=settings.routing,
                         fallback=settings.fallback, adapter=settings.adapter(method),
-                        backbone=settings.backbone)
+                        backbone=settings.backbone, engine=settings.engine)
 
 
 def load_reader(method: str, settings: RearEvalSettings):
@@ -131,11 +131,13 @@ def build_finetuned_reader(config: ReaderConfig, base: str | None, device: str):
 
 
 def build_baseline_reader(config: ReaderConfig, base: str | None, device: str):
-    """rag / closed-book: the base model as it is, on `device`."""
+    """rag / closed-book: the base model as it is, on `device` (engine hf) or on vLLM."""
     base = _require_base(config, base)
     from rearqa.reader.baseline import BaselineReader
     from rearqa.reader.finetuned import DeviceHFEngine
 
+    if config.engine != "hf":
+        return BaselineReader(config, base), {"base_model": base}
     engine = DeviceHFEngine(base, config.dtype, device=device, backbone=config.backbone)
     return BaselineReader(config, base, engine=engine), {"base_model": base}
 
@@ -178,6 +180,9 @@ def run_method(method: str, settings: RearEvalSettings, snapshot: Snapshot, data
     report = run_eval(pipeline, run, progress=True, overwrite=settings.overwrite, dataset=dataset)
     log.info("%s: EM %.3f F1 %.3f, %.3g s/question", method, report["aggregate"]["all"]["em"],
              report["aggregate"]["all"]["f1"], report["seconds_per_question"])
+    close = getattr(reader, "close", None)
+    if close is not None:  # vLLM's engine processes; nothing for transformers
+        close()
     del reader, pipeline
     free_memory()
     return out_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 from rearqa.config_errors import ConfigError
 from rearqa.eval.bundle import RANKERS
 from rearqa.reader.config import DTYPES, READER_METHODS, ROUTINGS
+from rearqa.reader.engines import ENGINES
 
 # Methods that read a LoRA adapter over the base model, each given with --adapter-<method>.
 ADAPTER_METHODS = ("rag-ft", "closed-book-ft")
@@ -70,6 +71,7 @@ class RearEvalSettings:
     dry_run: bool = False  # with choose_threshold: do not write the choice into the checkpoint
     passage_order: str = "retrieval"  # retrieval | reversed | shuffled:SEED (rearqa.eval.passage_order)
     backbone: str = ""  # an inference-time backbone with its budgets ("spatten:tokens=0.6,..."); "" none
+    engine: str = "hf"  # hf (transformers, on `device`) | vllm (the in-process vLLM engine, CPU here)
 
     def __post_init__(self) -> None:
         self.snapshot, self.out = Path(self.snapshot), Path(self.out)
@@ -86,7 +88,7 @@ class RearEvalSettings:
             raise ConfigError(f"adapters for {unknown}: only {list(ADAPTER_METHODS)} read an adapter")
         self.adapters = {m: Path(path) for m, path in self.adapters.items()}
         for name, allowed in (("routing", ROUTINGS), ("fallback", EVAL_FALLBACKS),
-                              ("retriever", RANKERS), ("dtype", EVAL_DTYPES)):
+                              ("retriever", RANKERS), ("dtype", EVAL_DTYPES), ("engine", tuple(ENGINES))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         for name in ("k", "batch_size", "max_new_tokens", "max_passage_words", "resamples", "grid_size"):
