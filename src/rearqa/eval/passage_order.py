@@ -10,13 +10,15 @@ matter; REAR reads each passage alone, so for it only the order of ties can.
     shuffled:S   a random permutation, seeded by S and the question's id (the same question gets
                  the same permutation in every run, another seed another one)
 
-Torch-free.
+`order_effects` and `metric_by_answer_position` read the rows of runs that differ only in
+order (scripts/passage_order_report.py). Torch-free.
 """
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import Sequence, TypeVar
+from collections.abc import Mapping
+from typing import Any, Sequence, TypeVar
 
 from rearqa.config_errors import ConfigError
 
@@ -43,3 +45,45 @@ def reorder(passages: Sequence[T], order: str, question_id: str) -> list[T]:
         digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
         random.Random(int.from_bytes(digest[:8], "big")).shuffle(items)
     return items
+
+
+def answer_position(row: Mapping[str, Any]) -> int | None:
+    """Where the reader read the first passage holding a gold answer: 1-based, in the order it was
+    given them (`given_ids`; retrieval order for rows without them); None when none holds one."""
+    holds = dict(zip(row["retrieved_ids"], row["retrieved_has_answer"]))
+    given = row.get("given_ids") or row["retrieved_ids"]
+    return next((i for i, pid in enumerate(given, 1) if holds.get(pid)), None)
+
+
+def order_effects(baseline: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]],
+                  metrics: Sequence[str] = ("em", "f1", "contained"), n_resamples: int = 10000,
+                  seed: int = 0) -> dict[str, Any]:
+    """`candidate` (one order's rows) against `baseline` (another order's) on the questions both
+    answered: the paired bootstrap of each metric, and the share of questions whose answer text
+    changed (an answer can change and score the same)."""
+    from rearqa.eval.bootstrap import paired_bootstrap
+
+    rows = {r["id"]: r for r in candidate}
+    ids = [r["id"] for r in baseline if r["id"] in rows]
+    if not ids:
+        raise ValueError("the two runs share no question ids")
+    base = {r["id"]: r for r in baseline}
+    for qid in ids:
+        if base[qid]["answers"] != rows[qid]["answers"]:
+            raise ValueError(f"question {qid!r} has other gold answers in the two runs: not the same data")
+    changed = sum(base[q]["prediction"] != rows[q]["prediction"] for q in ids)
+    return {"n": len(ids), "changed": changed / len(ids),
+            "metrics": {m: paired_bootstrap([float(base[q][m]) for q in ids],
+                                            [float(rows[q][m]) for q in ids], n_resamples, seed)
+                        for m in metrics}}
+
+
+def metric_by_answer_position(rows: Sequence[Mapping[str, Any]], metric: str = "em") -> dict[str, dict]:
+    """The mean of `metric` by where the first answer-bearing passage was read ("1", "2", ...,
+    "none"), with the number of rows behind each mean."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        position = answer_position(row)
+        groups.setdefault("none" if position is None else str(position), []).append(float(row[metric]))
+    keys = sorted((k for k in groups if k != "none"), key=int) + (["none"] if "none" in groups else [])
+    return {k: {"n": len(groups[k]), metric: sum(groups[k]) / len(groups[k])} for k in keys}

@@ -1,0 +1,145 @@
+"""Issue 14's passage-order table: one reader's answers with its top-k passages in retrieval order,
+reversed and shuffled, each order paired with retrieval order on the same questions.
+
+    python scripts/passage_order_report.py --runs runs/order-cpu --method rag-ft \
+        --reference nq-test=docs/results/protocol/eval-test-ragft-s0/nq-test/rag-ft/rows.jsonl.gz \
+        --out docs/results/passage_order/ragft-cpu-vllm.json
+
+RUNS holds one snapshot-runner run per split and order, RUNS/<split>/<order>/<method>/ (order
+with ":" as "-": shuffled-0), as `python -m rearqa.eval.rear_eval --passage-order ORDER` writes
+them. For each split, and for the splits pooled: each order's EM / F1 / contained, the paired
+bootstrap of its difference from retrieval order (95%), the share of answers whose text changed,
+and EM by where the reader read the first answer-bearing passage (1st, 2nd, ... of k). With
+`--reference SPLIT=ROWS`, the retrieval-order answers are also paired with another run of the
+same reader on the same questions (e.g. the transformers engine on the GPU), to say how far the
+engines agree. Prints markdown tables and writes the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rearqa.eval.passage_order import metric_by_answer_position, order_effects  # noqa: E402
+
+METRICS = ("em", "f1", "contained")
+POOLED = "pooled"
+
+
+def load_rows(path: Path) -> list[dict]:
+    """A run's rows: a run directory (its rows.jsonl) or a rows.jsonl[.gz] file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "rows.jsonl"
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def order_name(directory: str) -> str:
+    kind, _, seed = directory.partition("-")
+    return f"{kind}:{seed}" if seed else kind
+
+
+def read_runs(runs: Path, method: str) -> dict[str, dict[str, list[dict]]]:
+    """{split: {order: rows}} of every finished run (a report.json) under RUNS."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    for report in sorted(runs.glob(f"*/*/{method}/report.json")):
+        run_dir = report.parent
+        split, order = run_dir.parent.parent.name, order_name(run_dir.parent.name)
+        found.setdefault(split, {})[order] = load_rows(run_dir)
+    if not found:
+        raise SystemExit(f"no finished run under {runs}/<split>/<order>/{method}/report.json")
+    return found
+
+
+def split_table(orders: dict[str, list[dict]], resamples: int) -> dict:
+    if "retrieval" not in orders:
+        raise SystemExit(f"no retrieval-order run to pair with among {sorted(orders)}")
+    base = orders["retrieval"]
+    table = {}
+    for order, rows in orders.items():
+        entry = {"n": len(rows), **{m: sum(float(r[m]) for r in rows) / len(rows) for m in METRICS},
+                 "em_by_answer_position": metric_by_answer_position(rows)}
+        if order != "retrieval":
+            entry["vs_retrieval"] = order_effects(base, rows, METRICS, resamples)
+        table[order] = entry
+    return table
+
+
+def pooled_orders(by_split: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Each order's rows of every split that ran it (ids are unique across splits)."""
+    common = set.intersection(*(set(orders) for orders in by_split.values()))
+    return {order: [row for orders in by_split.values() for row in orders[order]]
+            for order in sorted(common, key=lambda o: (o != "retrieval", o))}
+
+
+def reference_check(rows: list[dict], reference: list[dict], resamples: int) -> dict:
+    """The retrieval-order answers against another run of the reader (`reference` the baseline)."""
+    ids = {r["id"] for r in rows}
+    effects = order_effects([r for r in reference if r["id"] in ids], rows, METRICS, resamples)
+    return {"n": effects["n"], "identical": 1.0 - effects["changed"], "metrics": effects["metrics"]}
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for split, table in result["splits"].items():
+        lines += [f"\n{split}", "",
+                  "| order | n | EM | F1 | contained | EM vs retrieval (95% CI) | answers changed | "
+                  "EM where the first answer passage was read (position: EM (n)) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for order, e in table.items():
+            vs = e.get("vs_retrieval")
+            diff = "-" if vs is None else (f"{pct(vs['metrics']['em']['diff'])} "
+                                           f"[{pct(vs['metrics']['em']['low'])}, {pct(vs['metrics']['em']['high'])}]")
+            changed = "-" if vs is None else f"{100 * vs['changed']:.1f}%"
+            positions = ", ".join(f"{k}: {p['em']:.3f} ({p['n']})" for k, p in e["em_by_answer_position"].items())
+            lines.append(f"| {order} | {e['n']} | {e['em']:.3f} | {e['f1']:.3f} | {e['contained']:.3f} | "
+                         f"{diff} | {changed} | {positions} |")
+    for split, check in result.get("reference", {}).items():
+        em = check["metrics"]["em"]
+        lines.append(f"\n{split}, retrieval order against the reference: {check['n']} questions, "
+                     f"{100 * check['identical']:.1f}% identical answers, EM {em['mean_a']:.3f} (reference) "
+                     f"vs {em['mean_b']:.3f}, diff {pct(em['diff'])} [{pct(em['low'])}, {pct(em['high'])}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, required=True, help="RUNS/<split>/<order>/<method>/")
+    p.add_argument("--method", default="rag-ft")
+    p.add_argument("--reference", action="append", default=[], metavar="SPLIT=ROWS",
+                   help="another run of the reader on a split (rows.jsonl[.gz] or its run dir)")
+    p.add_argument("--resamples", type=int, default=10000)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+
+    by_split = read_runs(args.runs, args.method)
+    splits = {split: split_table(orders, args.resamples) for split, orders in sorted(by_split.items())}
+    if len(by_split) > 1:
+        splits[POOLED] = split_table(pooled_orders(by_split), args.resamples)
+    result = {"runs": str(args.runs), "method": args.method, "splits": splits}
+    references = {}
+    for item in args.reference:
+        split, _, path = item.partition("=")
+        if split not in by_split or "retrieval" not in by_split[split]:
+            raise SystemExit(f"--reference {item}: no retrieval-order run of {split} under {args.runs}")
+        references[split] = reference_check(by_split[split]["retrieval"], load_rows(Path(path)), args.resamples)
+    if references:
+        result["reference"] = references
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(markdown(result))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

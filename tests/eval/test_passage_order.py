@@ -1,0 +1,49 @@
+"""The passage-order measurement's arithmetic (issue 14): where the reader read the answer, and
+one order's answers paired with another's."""
+from __future__ import annotations
+
+import pytest
+
+from rearqa.eval.passage_order import answer_position, metric_by_answer_position, order_effects
+
+
+def _row(qid, given, holds, prediction="x", em=0.0, answers=("a",)):
+    retrieved = ["p1", "p2", "p3"]
+    return {"id": qid, "answers": list(answers), "prediction": prediction, "em": em, "f1": em,
+            "contained": em, "retrieved_ids": retrieved,
+            "retrieved_has_answer": [p in holds for p in retrieved], "given_ids": given}
+
+
+def test_the_answer_position_follows_the_order_the_reader_read():
+    assert answer_position(_row("q", ["p1", "p2", "p3"], {"p1"})) == 1
+    assert answer_position(_row("q", ["p3", "p2", "p1"], {"p1"})) == 3
+    assert answer_position(_row("q", ["p2", "p3", "p1"], {"p3", "p1"})) == 2  # the first one read
+    assert answer_position(_row("q", ["p1", "p2", "p3"], set())) is None
+    without_given = _row("q", [], {"p2"})
+    del without_given["given_ids"]
+    assert answer_position(without_given) == 2  # rows from before the option: retrieval order
+
+
+def test_order_effects_pair_the_same_questions():
+    base = [_row("a", [], {"p1"}, "Paris", 1.0), _row("b", [], set(), "Rome", 0.0),
+            _row("c", [], set(), "Oslo", 0.0), _row("only-base", [], set(), "x", 1.0)]
+    cand = [_row("c", [], set(), "Oslo", 0.0), _row("b", [], set(), "Milan", 0.0),
+            _row("a", [], {"p1"}, "Lyon", 0.0), _row("only-cand", [], set(), "x", 0.0)]
+    effects = order_effects(base, cand, n_resamples=200)
+    assert effects["n"] == 3
+    assert effects["changed"] == pytest.approx(2 / 3)  # b changed and kept its score
+    em = effects["metrics"]["em"]
+    assert em["mean_a"] == pytest.approx(1 / 3) and em["diff"] == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="share no question ids"):
+        order_effects(base[:1], [_row("z", [], set())])
+    with pytest.raises(ValueError, match="other gold answers"):
+        order_effects([_row("a", [], set())], [_row("a", [], set(), answers=("b",))])
+
+
+def test_metric_by_answer_position_groups_and_counts():
+    rows = [_row("1", ["p1", "p2", "p3"], {"p1"}, em=1.0), _row("2", ["p3", "p2", "p1"], {"p1"}, em=0.0),
+            _row("3", ["p2", "p1", "p3"], {"p1"}, em=1.0), _row("4", ["p1", "p2", "p3"], {"p1"}, em=0.0),
+            _row("5", ["p1", "p2", "p3"], set(), em=0.0)]
+    assert metric_by_answer_position(rows) == {
+        "1": {"n": 2, "em": 0.5}, "2": {"n": 1, "em": 1.0}, "3": {"n": 1, "em": 0.0},
+        "none": {"n": 1, "em": 0.0}}
