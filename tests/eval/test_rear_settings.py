@@ -3,6 +3,7 @@ and every reader method has a builder."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,3 +85,19 @@ def test_the_engine_reaches_the_readers_config():
     with pytest.raises(ConfigError, match="engine 'hf' only"):
         reader_config(parse_settings([*base, "--engine", "vllm", "--backbone", "spatten:tokens=0.6"]),
                       "rag-ft")
+
+
+def test_rear_on_vllm_is_built_by_the_engine_registry(monkeypatch):
+    """REAR's builder hands engine vllm to RearReader.from_config (REAR_ENGINES' VllmRearReader):
+    constructing RearReader itself would load transformers whatever the settings said."""
+    from rearqa.eval.rear_runs import build_rear_reader
+    from rearqa.reader.config import ReaderConfig
+    from rearqa.reader.rear.reader import RearReader
+
+    built = SimpleNamespace(routing=SimpleNamespace(method="path_reliability"))
+    calls = []
+    monkeypatch.setattr(RearReader, "from_config",
+                        classmethod(lambda cls, config, base: calls.append((config.engine, base)) or built))
+    reader, weights = build_rear_reader(ReaderConfig(method="rear", engine="vllm"), "BASE", "cpu")
+    assert reader is built and calls == [("vllm", "BASE")]
+    assert weights["base_model"] == "BASE" and weights["routing"] == {"method": "path_reliability"}

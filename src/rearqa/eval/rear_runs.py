@@ -100,12 +100,14 @@ def prepared_base_model() -> str | None:
 
 
 def build_rear_reader(config: ReaderConfig, base: str | None, device: str):
-    """REAR from its checkpoint; `base` is the base model of a LoRA checkpoint (RearReader)."""
+    """REAR from its checkpoint on `device` (engine hf) or on vLLM; `base` is the base model of a
+    LoRA checkpoint (RearReader)."""
     from rearqa.reader.config import resolve_checkpoint
     from rearqa.reader.rear.reader import RearReader
 
     checkpoint = resolve_checkpoint(config)
-    reader = RearReader(config, checkpoint, base, device)
+    reader = RearReader(config, checkpoint, base, device) if config.engine == "hf" \
+        else RearReader.from_config(config, base)  # vLLM: REAR_ENGINES' reader, no torch device
     return reader, {"checkpoint": str(checkpoint), "base_model": base,
                     "routing": reader.routing.__dict__}
 
