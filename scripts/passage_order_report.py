@@ -7,9 +7,11 @@ reversed and shuffled, each order paired with retrieval order on the same questi
 
 RUNS holds one snapshot-runner run per split and order, RUNS/<split>/<order>/<method>/ (order
 with ":" as "-": shuffled-0), as `python -m rearqa.eval.rear_eval --passage-order ORDER` writes
-them. For each split, and for the splits pooled: each order's EM / F1 / contained, the paired
+them (or archived as rows.jsonl.gz: docs/results/passage_order/ragft-cpu-vllm/). For each split, and for the splits pooled: each order's EM / F1 / contained, the paired
 bootstrap of its difference from retrieval order (95%), the share of answers whose text changed,
-and EM by where the reader read the first answer-bearing passage (1st, 2nd, ... of k). With
+EM by where the reader read the first answer-bearing passage (1st, 2nd, ... of k), and, within
+questions whose k passages hold the answer in exactly one, EM when the orders put that passage
+first against when they put it last (`first_against_last`). With
 `--reference SPLIT=ROWS`, the retrieval-order answers are also paired with another run of the
 same reader on the same questions (e.g. the transformers engine on the GPU), to say how far the
 engines agree. Prints markdown tables and writes the JSON.
@@ -24,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rearqa.eval.passage_order import metric_by_answer_position, order_effects  # noqa: E402
+from rearqa.eval.passage_order import (first_against_last, metric_by_answer_position,  # noqa: E402
+                                       order_effects)
 
 METRICS = ("em", "f1", "contained")
 POOLED = "pooled"
@@ -34,7 +37,7 @@ def load_rows(path: Path) -> list[dict]:
     """A run's rows: a run directory (its rows.jsonl) or a rows.jsonl[.gz] file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "rows.jsonl"
+        path = path / "rows.jsonl" if (path / "rows.jsonl").is_file() else path / "rows.jsonl.gz"
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -46,14 +49,16 @@ def order_name(directory: str) -> str:
 
 
 def read_runs(runs: Path, method: str) -> dict[str, dict[str, list[dict]]]:
-    """{split: {order: rows}} of every finished run (a report.json) under RUNS."""
+    """{split: {order: rows}} of every finished run under RUNS: a run dir with its report.json, or
+    one archived as rows.jsonl.gz (docs/results/passage_order/)."""
     found: dict[str, dict[str, list[dict]]] = {}
-    for report in sorted(runs.glob(f"*/*/{method}/report.json")):
-        run_dir = report.parent
+    finished = {path.parent for pattern in ("report.json", "rows.jsonl.gz")
+                for path in runs.glob(f"*/*/{method}/{pattern}")}
+    for run_dir in sorted(finished):
         split, order = run_dir.parent.parent.name, order_name(run_dir.parent.name)
         found.setdefault(split, {})[order] = load_rows(run_dir)
     if not found:
-        raise SystemExit(f"no finished run under {runs}/<split>/<order>/{method}/report.json")
+        raise SystemExit(f"no finished run under {runs}/<split>/<order>/{method}/ (report.json or rows.jsonl.gz)")
     return found
 
 
@@ -104,6 +109,9 @@ def markdown(result: dict) -> str:
             positions = ", ".join(f"{k}: {p['em']:.3f} ({p['n']})" for k, p in e["em_by_answer_position"].items())
             lines.append(f"| {order} | {e['n']} | {e['em']:.3f} | {e['f1']:.3f} | {e['contained']:.3f} | "
                          f"{diff} | {changed} | {positions} |")
+    for split, e in result["first_against_last"].items():
+        lines.append(f"\n{split}, the one answer passage read first vs last (same questions, {e['n']}): "
+                     f"EM {e['first']:.3f} vs {e['last']:.3f}, diff {pct(e['diff'])} [{pct(e['low'])}, {pct(e['high'])}]")
     for split, check in result.get("reference", {}).items():
         em = check["metrics"]["em"]
         lines.append(f"\n{split}, retrieval order against the reference: {check['n']} questions, "
@@ -126,7 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     splits = {split: split_table(orders, args.resamples) for split, orders in sorted(by_split.items())}
     if len(by_split) > 1:
         splits[POOLED] = split_table(pooled_orders(by_split), args.resamples)
-    result = {"runs": str(args.runs), "method": args.method, "splits": splits}
+    position = {split: first_against_last(list(orders.values()), n_resamples=args.resamples)
+                for split, orders in [*sorted(by_split.items()), (POOLED, pooled_orders(by_split))]
+                if len(by_split) > 1 or split != POOLED}
+    result = {"runs": str(args.runs), "method": args.method, "splits": splits,
+              "first_against_last": position}
     references = {}
     for item in args.reference:
         split, _, path = item.partition("=")

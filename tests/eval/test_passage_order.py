@@ -47,3 +47,20 @@ def test_metric_by_answer_position_groups_and_counts():
     assert metric_by_answer_position(rows) == {
         "1": {"n": 2, "em": 0.5}, "2": {"n": 1, "em": 1.0}, "3": {"n": 1, "em": 0.0},
         "none": {"n": 1, "em": 0.0}}
+
+
+def test_first_against_last_pairs_a_question_with_itself():
+    from rearqa.eval.passage_order import first_against_last
+
+    retrieval = [_row("a", ["p1", "p2", "p3"], {"p1"}, em=1.0),
+                 _row("b", ["p1", "p2", "p3"], {"p2"}, em=1.0),        # read 2nd: not first or last
+                 _row("c", ["p1", "p2", "p3"], {"p1", "p3"}, em=1.0)]  # two answer passages: left out
+    reversed_ = [_row("a", ["p3", "p2", "p1"], {"p1"}, em=0.0),
+                 _row("b", ["p3", "p2", "p1"], {"p2"}, em=0.0),
+                 _row("c", ["p3", "p2", "p1"], {"p1", "p3"}, em=0.0)]
+    shuffled = [_row("a", ["p2", "p3", "p1"], {"p1"}, em=1.0)]       # last again, answered this time
+    effect = first_against_last([retrieval, reversed_, shuffled], n_resamples=200)
+    assert effect["n"] == 1 and effect["first"] == 1.0 and effect["last"] == 0.5
+    assert effect["diff"] == 0.5
+    with pytest.raises(ValueError, match="both first and last"):
+        first_against_last([retrieval])

@@ -10,7 +10,7 @@ matter; REAR reads each passage alone, so for it only the order of ties can.
     shuffled:S   a random permutation, seeded by S and the question's id (the same question gets
                  the same permutation in every run, another seed another one)
 
-`order_effects` and `metric_by_answer_position` read the rows of runs that differ only in
+`order_effects`, `metric_by_answer_position` and `first_against_last` read the rows of runs that differ only in
 order (scripts/passage_order_report.py). Torch-free.
 """
 from __future__ import annotations
@@ -87,3 +87,31 @@ def metric_by_answer_position(rows: Sequence[Mapping[str, Any]], metric: str = "
         groups.setdefault("none" if position is None else str(position), []).append(float(row[metric]))
     keys = sorted((k for k in groups if k != "none"), key=int) + (["none"] if "none" in groups else [])
     return {k: {"n": len(groups[k]), metric: sum(groups[k]) / len(groups[k])} for k in keys}
+
+
+def first_against_last(runs: Sequence[Sequence[Mapping[str, Any]]], metric: str = "em",
+                       n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """The position effect within questions: over the questions whose k passages hold a gold
+    answer in exactly one, and which some of `runs` (one order each) gave that passage first and
+    others last, `metric` when it was read first against when it was read last (each side the
+    mean over the runs that read it there), paired over those questions: the same question and
+    passages, only the position differs."""
+    from rearqa.eval.bootstrap import paired_bootstrap
+
+    seen: dict[str, dict[str, list[float]]] = {}
+    for rows in runs:
+        for row in rows:
+            if sum(map(bool, row["retrieved_has_answer"])) != 1:
+                continue
+            position = answer_position(row)
+            last = len(row.get("given_ids") or row["retrieved_ids"])
+            if position in (1, last) and last > 1:
+                side = "first" if position == 1 else "last"
+                seen.setdefault(row["id"], {}).setdefault(side, []).append(float(row[metric]))
+    both = [sides for sides in seen.values() if len(sides) == 2]
+    if not both:
+        raise ValueError("no question had its one answer passage read both first and last")
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    result = paired_bootstrap([mean(s["last"]) for s in both], [mean(s["first"]) for s in both],
+                              n_resamples, seed)
+    return {"metric": metric, "first": result["mean_b"], "last": result["mean_a"], **result}
