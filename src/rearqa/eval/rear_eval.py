@@ -11,7 +11,9 @@ the standard runner (`run_eval`), so its report dir is like any `rearqa eval` ru
 
 writes <out>/<method>/ (report.json, report.md, rows.jsonl, ...), <out>/rank_metrics.{json,md},
 <out>/reliability.png, <out>/risk_coverage.png and <out>/compare/ (paired bootstrap against
-rag-ft, or the first method).
+rag-ft, or the first method). The readers run on transformers (`--device`) or, with `--engine
+vllm`, on the vLLM engine: its CPU build answers rag-ft about 2x faster than transformers on a
+CPU (docs/backbone.md "Passage order"); the GPU machine has no vLLM.
 
 Rank-head metrics (`rank_head_metrics`; the metric definitions are in `rank_metrics`): on the
 same (question, passage) pairs, the top-k passages the reader was given, REAR's relevance logit
