@@ -83,6 +83,14 @@ def pooled_orders(by_split: dict[str, dict[str, list[dict]]]) -> dict[str, list[
             for order in sorted(common, key=lambda o: (o != "retrieval", o))}
 
 
+def position_effect(runs: list[list[dict]], resamples: int) -> dict | None:
+    """first_against_last, or None when no question was read both ways (e.g. retrieval order only)."""
+    try:
+        return first_against_last(runs, n_resamples=resamples)
+    except ValueError:
+        return None
+
+
 def reference_check(rows: list[dict], reference: list[dict], resamples: int) -> dict:
     """The retrieval-order answers against another run of the reader (`reference` the baseline)."""
     ids = {r["id"] for r in rows}
@@ -110,6 +118,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {order} | {e['n']} | {e['em']:.3f} | {e['f1']:.3f} | {e['contained']:.3f} | "
                          f"{diff} | {changed} | {positions} |")
     for split, e in result["first_against_last"].items():
+        if e is None:
+            continue
         lines.append(f"\n{split}, the one answer passage read first vs last (same questions, {e['n']}): "
                      f"EM {e['first']:.3f} vs {e['last']:.3f}, diff {pct(e['diff'])} [{pct(e['low'])}, {pct(e['high'])}]")
     for split, check in result.get("reference", {}).items():
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = {split: split_table(orders, args.resamples) for split, orders in sorted(by_split.items())}
     if len(by_split) > 1:
         splits[POOLED] = split_table(pooled_orders(by_split), args.resamples)
-    position = {split: first_against_last(list(orders.values()), n_resamples=args.resamples)
+    position = {split: position_effect(list(orders.values()), args.resamples)
                 for split, orders in [*sorted(by_split.items()), (POOLED, pooled_orders(by_split))]
                 if len(by_split) > 1 or split != POOLED}
     result = {"runs": str(args.runs), "method": args.method, "splits": splits,
