@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         split, _, path = item.partition("=")
         if split not in by_split or "retrieval" not in by_split[split]:
             raise SystemExit(f"--reference {item}: no retrieval-order run of {split} under {args.runs}")
-        references[split] = reference_check(by_split[split]["retrieval"], load_rows(Path(path)), args.resamples)
+        references[split] = {"rows": path, **reference_check(by_split[split]["retrieval"],
+                                                               load_rows(Path(path)), args.resamples)}
     if references:
         result["reference"] = references
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,9 @@
 one order's answers paired with another's."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from rearqa.eval.passage_order import answer_position, metric_by_answer_position, order_effects
@@ -64,3 +67,30 @@ def test_first_against_last_pairs_a_question_with_itself():
     assert effect["diff"] == 0.5
     with pytest.raises(ValueError, match="both first and last"):
         first_against_last([retrieval])
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "passage_order"
+
+
+@pytest.mark.parametrize("name", ["ragft-cpu-vllm"])
+def test_the_committed_table_is_what_the_archived_rows_give(name, tmp_path):
+    """docs/backbone.md's passage-order table: scripts/passage_order_report.py on the archived rows
+    writes the committed JSON again (same bootstrap seed), the reference pairing included."""
+    import importlib.util
+
+    committed = json.loads((RESULTS / f"{name}.json").read_text())
+    spec = importlib.util.spec_from_file_location("passage_order_report",
+                                                  RESULTS.parents[2] / "scripts" / "passage_order_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    root = RESULTS.parents[2]
+    argv = ["--runs", str(RESULTS / name), "--method", committed["method"], "--out", str(tmp_path / "r.json")]
+    for split, check in committed.get("reference", {}).items():
+        argv += ["--reference", f"{split}={root / check['rows']}"]
+    report.main(argv)
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["splits"] == committed["splits"]
+    assert again["first_against_last"] == committed["first_against_last"]
+    strip = lambda refs: {split: {k: v for k, v in check.items() if k != "rows"}  # noqa: E731
+                          for split, check in (refs or {}).items()}
+    assert strip(again.get("reference")) == strip(committed.get("reference"))
