@@ -11,7 +11,8 @@ them (or archived as rows.jsonl.gz: docs/results/passage_order/ragft-cpu-vllm/).
 bootstrap of its difference from retrieval order (95%), the share of answers whose text changed,
 EM by where the reader read the first answer-bearing passage (1st, 2nd, ... of k), and, within
 questions whose k passages hold the answer in exactly one, EM when the orders put that passage
-first against when they put it last (`first_against_last`). With
+first against when they put it last (`first_against_last`). With `--against RUNS:METHOD`, each
+order is also paired with another reader's run of the same order (REAR against rag-ft). With
 `--reference SPLIT=ROWS`, the retrieval-order answers are also paired with another run of the
 same reader on the same questions (e.g. the transformers engine on the GPU), to say how far the
 engines agree. Prints markdown tables and writes the JSON.
@@ -83,6 +84,21 @@ def pooled_orders(by_split: dict[str, dict[str, list[dict]]]) -> dict[str, list[
             for order in sorted(common, key=lambda o: (o != "retrieval", o))}
 
 
+def against(mine: dict[str, dict[str, list[dict]]], other: dict[str, dict[str, list[dict]]],
+            resamples: int) -> dict[str, dict]:
+    """{split (and pooled): {order: this reader's rows paired with the other reader's (the baseline)
+    in the same order}}, over the splits and orders both ran."""
+    splits = {split: {order: (other[split][order], rows) for order, rows in orders.items()
+                      if order in other.get(split, {})} for split, orders in mine.items()}
+    shared = {split: pairs for split, pairs in splits.items() if pairs}
+    if len(shared) > 1:
+        common = set.intersection(*(set(pairs) for pairs in shared.values()))
+        shared[POOLED] = {order: tuple([row for pairs in list(shared.values()) for row in pairs[order][side]]
+                                       for side in (0, 1)) for order in sorted(common)}
+    return {split: {order: order_effects(theirs, ours, METRICS, resamples)
+                    for order, (theirs, ours) in pairs.items()} for split, pairs in shared.items()}
+
+
 def position_effect(runs: list[list[dict]], resamples: int) -> dict | None:
     """first_against_last, or None when no question was read both ways (e.g. retrieval order only)."""
     try:
@@ -122,6 +138,18 @@ def markdown(result: dict) -> str:
             continue
         lines.append(f"\n{split}, the one answer passage read first vs last (same questions, {e['n']}): "
                      f"EM {e['first']:.3f} vs {e['last']:.3f}, diff {pct(e['diff'])} [{pct(e['low'])}, {pct(e['high'])}]")
+    if "against" in result:
+        other = result["against"]
+        lines += [f"\nagainst {other['method']} ({other['runs']}), the same order and questions:", "",
+                  f"| split | order | n | {other['method']} EM | {result['method']} EM | diff (95% CI) | answers differ |",
+                  "|---|---|---|---|---|---|---|"]
+        for split, orders in other.items():
+            if split in ("runs", "method"):
+                continue
+            for order, e in orders.items():
+                em = e["metrics"]["em"]
+                lines.append(f"| {split} | {order} | {e['n']} | {em['mean_a']:.3f} | {em['mean_b']:.3f} | "
+                             f"{pct(em['diff'])} [{pct(em['low'])}, {pct(em['high'])}] | {100 * e['changed']:.1f}% |")
     for split, check in result.get("reference", {}).items():
         em = check["metrics"]["em"]
         lines.append(f"\n{split}, retrieval order against the reference: {check['n']} questions, "
@@ -136,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="rag-ft")
     p.add_argument("--reference", action="append", default=[], metavar="SPLIT=ROWS",
                    help="another run of the reader on a split (rows.jsonl[.gz] or its run dir)")
+    p.add_argument("--against", metavar="RUNS:METHOD",
+                   help="another reader's runs in the same layout: each order of each split paired "
+                        "with that reader's run of the same order, on the questions both answered")
     p.add_argument("--resamples", type=int, default=10000)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -149,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
                 if len(by_split) > 1 or split != POOLED}
     result = {"runs": str(args.runs), "method": args.method, "splits": splits,
               "first_against_last": position}
+    if args.against:
+        runs, _, method = args.against.rpartition(":")
+        result["against"] = {"runs": runs, "method": method,
+                             **against(by_split, read_runs(Path(runs), method), args.resamples)}
     references = {}
     for item in args.reference:
         split, _, path = item.partition("=")

@@ -72,10 +72,11 @@ def test_first_against_last_pairs_a_question_with_itself():
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "passage_order"
 
 
-@pytest.mark.parametrize("name", ["ragft-cpu-vllm"])
+@pytest.mark.parametrize("name", ["ragft-cpu-vllm", "rear-cpu-vllm"])
 def test_the_committed_table_is_what_the_archived_rows_give(name, tmp_path):
-    """docs/backbone.md's passage-order table: scripts/passage_order_report.py on the archived rows
-    writes the committed JSON again (same bootstrap seed), the reference pairing included."""
+    """docs/backbone.md's passage-order tables: scripts/passage_order_report.py on the archived rows
+    writes the committed JSON again (same bootstrap seed), the reference and REAR-against-rag-ft
+    pairings included."""
     import importlib.util
 
     committed = json.loads((RESULTS / f"{name}.json").read_text())
@@ -87,6 +88,8 @@ def test_the_committed_table_is_what_the_archived_rows_give(name, tmp_path):
     argv = ["--runs", str(RESULTS / name), "--method", committed["method"], "--out", str(tmp_path / "r.json")]
     for split, check in committed.get("reference", {}).items():
         argv += ["--reference", f"{split}={root / check['rows']}"]
+    if "against" in committed:
+        argv += ["--against", f"{root / committed['against']['runs']}:{committed['against']['method']}"]
     report.main(argv)
     again = json.loads((tmp_path / "r.json").read_text())
     assert again["splits"] == committed["splits"]
@@ -94,3 +97,4 @@ def test_the_committed_table_is_what_the_archived_rows_give(name, tmp_path):
     strip = lambda refs: {split: {k: v for k, v in check.items() if k != "rows"}  # noqa: E731
                           for split, check in (refs or {}).items()}
     assert strip(again.get("reference")) == strip(committed.get("reference"))
+    assert {**again.get("against", {}), "runs": None} == {**committed.get("against", {}), "runs": None}
