@@ -16,6 +16,7 @@ from typing import Any
 from rearqa import assets
 from rearqa.config import PipelineConfig
 from rearqa.reader import build_reader, check_question, get_reader_class
+from rearqa.reader.base import close_reader
 from rearqa.reader.config import CLOSED_BOOK_METHODS
 from rearqa.types import Answer, Passage
 
@@ -95,12 +96,10 @@ class Pipeline:
 
     def close_readers(self) -> None:
         """Stop the readers opened so far (a vLLM reader's engine processes outlive this one
-        otherwise when it is stopped). Readers without a `close` hold nothing to stop."""
+        otherwise when it is stopped)."""
         readers, self._readers = list(self._readers.values()), {}
         for reader in readers:
-            close = getattr(reader, "close", None)
-            if close is not None:
-                close()
+            close_reader(reader)
 
     # -- retrieval ------------------------------------------------------------------------------
     def retrieve(self, question: str, k: int | None = None, *, filters: dict | None = None,

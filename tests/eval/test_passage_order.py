@@ -39,7 +39,7 @@ def test_order_effects_pair_the_same_questions():
     assert em["mean_a"] == pytest.approx(1 / 3) and em["diff"] == pytest.approx(-1 / 3)
     with pytest.raises(ValueError, match="share no question ids"):
         order_effects(base[:1], [_row("z", [], set())])
-    with pytest.raises(ValueError, match="other gold answers"):
+    with pytest.raises(ValueError, match="different gold answers"):
         order_effects([_row("a", [], set())], [_row("a", [], set(), answers=("b",))])
 
 

@@ -36,6 +36,22 @@ def _check_metric(metric: str, row: dict[str, Any], path: Path) -> None:
                          f"{valid}") from None
 
 
+def shared_question_ids(all_rows: Sequence[dict[str, dict[str, Any]]], names: Sequence[str]) -> list[str]:
+    """The question ids every run answered, in the first (the baseline's) order; `all_rows` is each
+    run's rows by id, `names` says which run is which in the errors. Refused when the runs share
+    no question, or a shared question has other gold answers in one of them (another data set)."""
+    shared_ids = set(all_rows[0]).intersection(*all_rows[1:])
+    if not shared_ids:
+        raise ValueError(f"reports {list(names)} share no question ids")
+    order = [qid for qid in all_rows[0] if qid in shared_ids]
+    for name, rows in zip(names[1:], all_rows[1:]):
+        for qid in order:
+            if rows[qid]["answers"] != all_rows[0][qid]["answers"]:
+                raise ValueError(f"question {qid!r} has different gold answers in {names[0]} and "
+                                 f"{name}: these reports are not on the same data set")
+    return order
+
+
 def compare_reports(report_paths: Sequence[str | Path],
                     metrics: Sequence[str] = CI_METRICS,
                     n_resamples: int = 10000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
@@ -48,15 +64,7 @@ def compare_reports(report_paths: Sequence[str | Path],
     if len(paths) < 2:
         raise ValueError(f"got {len(paths)} report(s); give a baseline and at least one other")
     all_rows = [{row["id"]: row for row in _load_rows(p)} for p in paths]
-    shared_ids = set(all_rows[0]).intersection(*all_rows[1:])
-    if not shared_ids:
-        raise ValueError(f"reports {[str(p) for p in paths]} share no question ids")
-    order = [qid for qid in all_rows[0] if qid in shared_ids]  # baseline order
-    for path, rows in zip(paths[1:], all_rows[1:]):
-        for qid in order:
-            if rows[qid]["answers"] != all_rows[0][qid]["answers"]:
-                raise ValueError(f"question {qid!r} has different gold answers in {paths[0]} and "
-                                 f"{path}: these reports are not on the same data set")
+    order = shared_question_ids(all_rows, [str(p) for p in paths])
     for metric in metrics:
         for path, rows in zip(paths, all_rows):
             _check_metric(metric, rows[order[0]], path)

@@ -47,12 +47,17 @@ def reorder(passages: Sequence[T], order: str, question_id: str) -> list[T]:
     return items
 
 
+def given_ids(row: Mapping[str, Any]) -> list[str]:
+    """The passage ids in the order the reader read them (`given_ids`; retrieval order for rows
+    written before the option)."""
+    return row.get("given_ids") or row["retrieved_ids"]
+
+
 def answer_position(row: Mapping[str, Any]) -> int | None:
     """Where the reader read the first passage holding a gold answer: 1-based, in the order it was
-    given them (`given_ids`; retrieval order for rows without them); None when none holds one."""
+    given them (`given_ids`); None when none holds one."""
     holds = dict(zip(row["retrieved_ids"], row["retrieved_has_answer"]))
-    given = row.get("given_ids") or row["retrieved_ids"]
-    return next((i for i, pid in enumerate(given, 1) if holds.get(pid)), None)
+    return next((i for i, pid in enumerate(given_ids(row), 1) if holds.get(pid)), None)
 
 
 def order_effects(baseline: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]],
@@ -62,15 +67,10 @@ def order_effects(baseline: Sequence[Mapping[str, Any]], candidate: Sequence[Map
     answered: the paired bootstrap of each metric, and the share of questions whose answer text
     changed (an answer can change and score the same)."""
     from rearqa.eval.bootstrap import paired_bootstrap
+    from rearqa.eval.compare import shared_question_ids
 
-    rows = {r["id"]: r for r in candidate}
-    ids = [r["id"] for r in baseline if r["id"] in rows]
-    if not ids:
-        raise ValueError("the two runs share no question ids")
-    base = {r["id"]: r for r in baseline}
-    for qid in ids:
-        if base[qid]["answers"] != rows[qid]["answers"]:
-            raise ValueError(f"question {qid!r} has other gold answers in the two runs: not the same data")
+    base, rows = {r["id"]: r for r in baseline}, {r["id"]: r for r in candidate}
+    ids = shared_question_ids([base, rows], ["the baseline run", "the candidate run"])
     changed = sum(base[q]["prediction"] != rows[q]["prediction"] for q in ids)
     return {"n": len(ids), "changed": changed / len(ids),
             "metrics": {m: paired_bootstrap([float(base[q][m]) for q in ids],
@@ -104,7 +104,7 @@ def first_against_last(runs: Sequence[Sequence[Mapping[str, Any]]], metric: str 
             if sum(map(bool, row["retrieved_has_answer"])) != 1:
                 continue
             position = answer_position(row)
-            last = len(row.get("given_ids") or row["retrieved_ids"])
+            last = len(given_ids(row))
             if position in (1, last) and last > 1:
                 side = "first" if position == 1 else "last"
                 seen.setdefault(row["id"], {}).setdefault(side, []).append(float(row[metric]))

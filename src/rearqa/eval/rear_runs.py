@@ -19,6 +19,7 @@ from rearqa.data_prep import QAExample
 from rearqa.eval.bundle import Snapshot, SnapshotPipeline
 from rearqa.eval.datasets import QADataset
 from rearqa.eval.rear_settings import READER_BUILDERS, RearEvalSettings
+from rearqa.reader.base import close_reader
 from rearqa.reader.config import ReaderConfig
 from rearqa.registry import resolve
 
@@ -182,9 +183,7 @@ def run_method(method: str, settings: RearEvalSettings, snapshot: Snapshot, data
     report = run_eval(pipeline, run, progress=True, overwrite=settings.overwrite, dataset=dataset)
     log.info("%s: EM %.3f F1 %.3f, %.3g s/question", method, report["aggregate"]["all"]["em"],
              report["aggregate"]["all"]["f1"], report["seconds_per_question"])
-    close = getattr(reader, "close", None)
-    if close is not None:  # vLLM's engine processes; nothing for transformers
-        close()
+    close_reader(reader)  # vLLM's engine processes; nothing for transformers
     del reader, pipeline
     free_memory()
     return out_dir

@@ -55,6 +55,14 @@ def check_question(question: object, max_chars: int) -> str:
     return question
 
 
+def close_reader(reader: object) -> None:
+    """Stop what a reader started (a vLLM engine's processes outlive it otherwise); readers
+    without a `close` hold nothing to stop."""
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
+
+
 def first_line(text: str) -> str:
     """The answer proper: small chat models often add a second paragraph or a list after it."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
