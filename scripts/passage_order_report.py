@@ -88,15 +88,16 @@ def against(mine: dict[str, dict[str, list[dict]]], other: dict[str, dict[str, l
             resamples: int) -> dict[str, dict]:
     """{split (and pooled): {order: this reader's rows paired with the other reader's (the baseline)
     in the same order}}, over the splits and orders both ran."""
-    splits = {split: {order: (other[split][order], rows) for order, rows in orders.items()
-                      if order in other.get(split, {})} for split, orders in mine.items()}
-    shared = {split: pairs for split, pairs in splits.items() if pairs}
+    shared = {split: [order for order in orders if order in other.get(split, {})]
+              for split, orders in mine.items()}
+    shared = {split: orders for split, orders in shared.items() if orders}
+    tables = {split: {order: order_effects(other[split][order], mine[split][order], METRICS, resamples)
+                      for order in orders} for split, orders in shared.items()}
     if len(shared) > 1:
-        common = set.intersection(*(set(pairs) for pairs in shared.values()))
-        shared[POOLED] = {order: tuple([row for pairs in list(shared.values()) for row in pairs[order][side]]
-                                       for side in (0, 1)) for order in sorted(common)}
-    return {split: {order: order_effects(theirs, ours, METRICS, resamples)
-                    for order, (theirs, ours) in pairs.items()} for split, pairs in shared.items()}
+        ours, theirs = (pooled_orders({split: runs[split] for split in shared}) for runs in (mine, other))
+        tables[POOLED] = {order: order_effects(theirs[order], rows, METRICS, resamples)
+                          for order, rows in ours.items() if order in theirs}
+    return tables
 
 
 def position_effect(runs: list[list[dict]], resamples: int) -> dict | None:
@@ -109,8 +110,7 @@ def position_effect(runs: list[list[dict]], resamples: int) -> dict | None:
 
 def reference_check(rows: list[dict], reference: list[dict], resamples: int) -> dict:
     """The retrieval-order answers against another run of the reader (`reference` the baseline)."""
-    ids = {r["id"] for r in rows}
-    effects = order_effects([r for r in reference if r["id"] in ids], rows, METRICS, resamples)
+    effects = order_effects(reference, rows, METRICS, resamples)
     return {"n": effects["n"], "identical": 1.0 - effects["changed"], "metrics": effects["metrics"]}
 
 
@@ -172,12 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     by_split = read_runs(args.runs, args.method)
-    splits = {split: split_table(orders, args.resamples) for split, orders in sorted(by_split.items())}
+    groups = dict(sorted(by_split.items()))
     if len(by_split) > 1:
-        splits[POOLED] = split_table(pooled_orders(by_split), args.resamples)
-    position = {split: position_effect(list(orders.values()), args.resamples)
-                for split, orders in [*sorted(by_split.items()), (POOLED, pooled_orders(by_split))]
-                if len(by_split) > 1 or split != POOLED}
+        groups[POOLED] = pooled_orders(by_split)
+    splits = {split: split_table(orders, args.resamples) for split, orders in groups.items()}
+    position = {split: position_effect(list(orders.values()), args.resamples) for split, orders in groups.items()}
     result = {"runs": str(args.runs), "method": args.method, "splits": splits,
               "first_against_last": position}
     if args.against:
