@@ -11,7 +11,8 @@ them (or archived as rows.jsonl.gz: docs/results/passage_order/ragft-cpu-vllm/).
 bootstrap of its difference from retrieval order (95%), the share of answers whose text changed,
 EM by where the reader read the first answer-bearing passage (1st, 2nd, ... of k), and, within
 questions whose k passages hold the answer in exactly one, EM when the orders put that passage
-first against when they put it last (`first_against_last`). With `--against RUNS:METHOD`, each
+first against when they put it last (`first_against_last`); for a reader with a rank head (REAR),
+how far each passage's relevance score moved from its retrieval-order value. With `--against RUNS:METHOD`, each
 order is also paired with another reader's run of the same order (REAR against rag-ft). With
 `--reference SPLIT=ROWS`, the retrieval-order answers are also paired with another run of the
 same reader on the same questions (e.g. the transformers engine on the GPU), to say how far the
@@ -20,28 +21,18 @@ engines agree. Prints markdown tables and writes the JSON.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from rearqa.eval.compare import load_run_rows  # noqa: E402
 from rearqa.eval.passage_order import (first_against_last, metric_by_answer_position,  # noqa: E402
-                                       order_effects)
+                                       order_effects, relevance_shift)
 
 METRICS = ("em", "f1", "contained")
 POOLED = "pooled"
-
-
-def load_rows(path: Path) -> list[dict]:
-    """A run's rows: a run directory (its rows.jsonl) or a rows.jsonl[.gz] file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "rows.jsonl" if (path / "rows.jsonl").is_file() else path / "rows.jsonl.gz"
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def order_name(directory: str) -> str:
@@ -57,7 +48,7 @@ def read_runs(runs: Path, method: str) -> dict[str, dict[str, list[dict]]]:
                 for path in runs.glob(f"*/*/{method}/{pattern}")}
     for run_dir in sorted(finished):
         split, order = run_dir.parent.parent.name, order_name(run_dir.parent.name)
-        found.setdefault(split, {})[order] = load_rows(run_dir)
+        found.setdefault(split, {})[order] = load_run_rows(run_dir)
     if not found:
         raise SystemExit(f"no finished run under {runs}/<split>/<order>/{method}/ (report.json or rows.jsonl.gz)")
     return found
@@ -73,6 +64,9 @@ def split_table(orders: dict[str, list[dict]], resamples: int) -> dict:
                  "em_by_answer_position": metric_by_answer_position(rows)}
         if order != "retrieval":
             entry["vs_retrieval"] = order_effects(base, rows, METRICS, resamples)
+            shift = relevance_shift(base, rows)
+            if shift is not None:  # a reader with a rank head: did its judgments move?
+                entry["vs_retrieval"]["relevance_shift"] = shift
         table[order] = entry
     return table
 
@@ -133,6 +127,10 @@ def markdown(result: dict) -> str:
             positions = ", ".join(f"{k}: {p['em']:.3f} ({p['n']})" for k, p in e["em_by_answer_position"].items())
             lines.append(f"| {order} | {e['n']} | {e['em']:.3f} | {e['f1']:.3f} | {e['contained']:.3f} | "
                          f"{diff} | {changed} | {positions} |")
+        lines += [f"\n{order}: relevance scores against retrieval order, largest change "
+                  f"{e['vs_retrieval']['relevance_shift']['max_abs']:.3g} over "
+                  f"{e['vs_retrieval']['relevance_shift']['pairs']} (question, passage) pairs"
+                  for order, e in table.items() if "relevance_shift" in e.get("vs_retrieval", {})]
     for split, e in result["first_against_last"].items():
         if e is None:
             continue
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, required=True, help="RUNS/<split>/<order>/<method>/")
     p.add_argument("--method", default="rag-ft")
     p.add_argument("--reference", action="append", default=[], metavar="SPLIT=ROWS",
-                   help="another run of the reader on a split (rows.jsonl[.gz] or its run dir)")
+                   help="another run of the reader on a split (report.json, rows.jsonl.gz or its run dir)")
     p.add_argument("--against", metavar="RUNS:METHOD",
                    help="another reader's runs in the same layout: each order of each split paired "
                         "with that reader's run of the same order, on the questions both answered")
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         if split not in by_split or "retrieval" not in by_split[split]:
             raise SystemExit(f"--reference {item}: no retrieval-order run of {split} under {args.runs}")
         references[split] = {"rows": path, **reference_check(by_split[split]["retrieval"],
-                                                               load_rows(Path(path)), args.resamples)}
+                                                               load_run_rows(Path(path)), args.resamples)}
     if references:
         result["reference"] = references
     args.out.parent.mkdir(parents=True, exist_ok=True)

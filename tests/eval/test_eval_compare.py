@@ -28,6 +28,23 @@ def test_compare_two_reports(run, tmp_path, make_pipeline, wrong_answers):
     assert "vs baseline" in md and "| all | em | 5 |" in md
 
 
+def test_an_archived_run_compares_like_its_report(run, tmp_path, make_pipeline, wrong_answers):
+    """docs/results/ keeps finished runs as rows.jsonl.gz: compare reads them as it reads report.json."""
+    import gzip
+
+    run(make_pipeline(wrong_answers), out="base")
+    run(make_pipeline(), out="better")
+    archived = tmp_path / "archived"
+    archived.mkdir()
+    with gzip.open(archived / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in json.loads((tmp_path / "better" / "report.json").read_text())["rows"])
+    from_report = compare_reports([tmp_path / "base", tmp_path / "better"], n_resamples=200)
+    from_archive = compare_reports([tmp_path / "base", archived], n_resamples=200)
+    assert from_archive["pairs"][0]["groups"] == from_report["pairs"][0]["groups"]
+    with pytest.raises(FileNotFoundError, match="archived rows.jsonl.gz"):
+        compare_reports([tmp_path / "base", tmp_path / "nowhere"])
+
+
 def test_compare_pairs_on_shared_ids_and_says_what_was_dropped(run, tmp_path, make_pipeline,
                                                                 wrong_answers):
     run(make_pipeline(wrong_answers), out="base")

@@ -7,6 +7,7 @@ the answerable part where the reports know it.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +18,19 @@ from rearqa.eval.report import (ANSWER_METRICS, CI_METRICS, comparison_markdown,
                                 row_value, write_json)
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]]:
+def load_run_rows(path: str | Path) -> list[dict[str, Any]]:
+    """A run's rows: from its report.json, or from rows.jsonl.gz where a finished run was archived
+    that way (docs/results/); `path` is either file or the run directory holding one."""
     path = Path(path)
     if path.is_dir():
-        path = path / "report.json"
+        path = next((path / name for name in ("report.json", "rows.jsonl.gz") if (path / name).is_file()),
+                    path / "report.json")
     if not path.is_file():
-        raise FileNotFoundError(f"report {path} does not exist; give a report.json or its run directory")
+        raise FileNotFoundError(f"report {path} does not exist; give a report.json, an archived "
+                                "rows.jsonl.gz or their run directory")
+    if path.name.endswith(".jsonl.gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
     return json.loads(path.read_text(encoding="utf-8"))["rows"]
 
 
@@ -63,7 +71,7 @@ def compare_reports(report_paths: Sequence[str | Path],
     paths = [Path(p) for p in report_paths]
     if len(paths) < 2:
         raise ValueError(f"got {len(paths)} report(s); give a baseline and at least one other")
-    all_rows = [{row["id"]: row for row in _load_rows(p)} for p in paths]
+    all_rows = [{row["id"]: row for row in load_run_rows(p)} for p in paths]
     order = shared_question_ids(all_rows, [str(p) for p in paths])
     for metric in metrics:
         for path, rows in zip(paths, all_rows):
