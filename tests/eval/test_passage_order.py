@@ -98,3 +98,19 @@ def test_the_committed_table_is_what_the_archived_rows_give(name, tmp_path):
                           for split, check in (refs or {}).items()}
     assert strip(again.get("reference")) == strip(committed.get("reference"))
     assert {**again.get("against", {}), "runs": None} == {**committed.get("against", {}), "runs": None}
+
+
+def test_relevance_shift_reads_the_rank_heads_scores():
+    from rearqa.eval.passage_order import relevance_shift
+
+    def scored(qid, scores):
+        row = _row(qid, [], set())
+        row["citations"] = [{"id": pid, "relevance": value} for pid, value in scores.items()]
+        return row
+
+    before = [scored("a", {"p1": 0.5, "p2": -1.0}), scored("b", {"p1": 2.0})]
+    after = [scored("a", {"p2": -1.25, "p1": 0.5}), scored("c", {"p1": 9.0})]
+    assert relevance_shift(before, after) == {"pairs": 2, "max_abs": 0.25}
+    assert relevance_shift(before, before) == {"pairs": 3, "max_abs": 0.0}
+    unscored = [scored("a", {"p1": None})]
+    assert relevance_shift(unscored, unscored) is None  # rag-ft's citations carry no score

@@ -10,7 +10,7 @@ matter; REAR reads each passage alone, so for it only the order of ties can.
     shuffled:S   a random permutation, seeded by S and the question's id (the same question gets
                  the same permutation in every run, another seed another one)
 
-`order_effects`, `metric_by_answer_position` and `first_against_last` read the rows of runs that differ only in
+`order_effects`, `relevance_shift`, `metric_by_answer_position` and `first_against_last` read the rows of runs that differ only in
 order (scripts/passage_order_report.py). Torch-free.
 """
 from __future__ import annotations
@@ -76,6 +76,22 @@ def order_effects(baseline: Sequence[Mapping[str, Any]], candidate: Sequence[Map
             "metrics": {m: paired_bootstrap([float(base[q][m]) for q in ids],
                                             [float(rows[q][m]) for q in ids], n_resamples, seed)
                         for m in metrics}}
+
+
+def relevance_shift(baseline: Sequence[Mapping[str, Any]],
+                    candidate: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How far each passage's relevance score (REAR's rank-head logit, in the rows' citations)
+    moved between two runs, over the (question, passage) pairs both scored: {"pairs", "max_abs"};
+    None when the rows carry no scores (readers without a rank head)."""
+    def scores(rows):
+        return {(row["id"], c["id"]): c["relevance"] for row in rows for c in row.get("citations", [])
+                if c.get("relevance") is not None}
+
+    before, after = scores(baseline), scores(candidate)
+    shared = [key for key in before if key in after]
+    if not shared:
+        return None
+    return {"pairs": len(shared), "max_abs": max(abs(after[key] - before[key]) for key in shared)}
 
 
 def metric_by_answer_position(rows: Sequence[Mapping[str, Any]], metric: str = "em") -> dict[str, dict]:
