@@ -304,12 +304,17 @@ def test_a_weight_only_recipe_needs_no_calibration_and_refuses_a_calibration_has
         convert_recipe(tmp_path / "r", tmp_path / "again", home=prepared_home, progress=False)
 
 
+# KL to the unconverted source on the last 2 calibration samples, healed / unhealed, as measured
+# (bf16 rebuilds): TransMLA 96+64 .196 / .825 (session 9), kv_merge 3 -> 1 .409 / 1.592 (session 14)
+HEALED_KL = {"ragft-transmla-96-64": 0.35, "ragft-kvmerge-1": 0.7}
+
+
 @pytest.mark.parametrize("recipe", sorted(SHIPPED.glob("*/recipe.json")) or [None])
 def test_every_shipped_healed_reader_rebuilds_on_this_cpu_and_is_healed(recipe, tmp_path, prepared_home):
     """The shipped healed reader rebuilt from its recipe on the real model: the conversion matches
     the GPU machine's fingerprint, the heal adapter is merged, and the reader is close to its
-    teacher (the unconverted source) on the last 2 calibration samples: KL .196 measured in
-    session 9, where the unhealed conversion is at .825, so a missing or misapplied heal fails."""
+    teacher (the unconverted source) on the last 2 calibration samples, under a bound between
+    the KLs measured there healed and unhealed (HEALED_KL), so a missing or misapplied heal fails."""
     if recipe is None:
         pytest.skip("no healed reader is shipped yet (checkpoints/healed/<name>/recipe.json)")
     from rearqa.app.convert_cmd import load_source
@@ -328,4 +333,6 @@ def test_every_shipped_healed_reader_rebuilds_on_this_cpu_and_is_healed(recipe, 
         t = torch.log_softmax(teacher(input_ids=ids).logits.float(), -1)
         s = torch.log_softmax(student(input_ids=ids).logits.float(), -1)
     kl = (t.exp() * (t - s)).sum(-1).mean().item()
-    assert 0 < kl < 0.35
+    bound = HEALED_KL.get(recipe.parent.name)
+    assert bound, f"measure {recipe.parent.name}'s KL healed and unhealed and add its bound to HEALED_KL"
+    assert 0 < kl < bound
