@@ -14,6 +14,7 @@ the function of the physically pruned model (prune.py), so training sees what wi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -161,15 +162,18 @@ def install_mask(model: torch.nn.Module, mask: PruneMask, shape: PruneShape) -> 
     inputs of `model` (plain or PEFT-wrapped); returns the handles (remove them to lift the mask)."""
     mask.check_model(shape)
     device = next(model.parameters()).device
+    gates = {"self_attn.o_proj": _head_gates(mask, shape), "mlp.down_proj": _channel_gates(mask)}
     handles = []
-    for name, module in model.named_modules():
-        for suffix, gates in (("self_attn.o_proj", _head_gates(mask, shape)),
-                              ("mlp.down_proj", _channel_gates(mask))):
-            parts = name.split(".")
-            if name.endswith(suffix) and len(parts) >= 4 and parts[-4] == "layers":
-                gate = gates[int(parts[-3])].to(device)
-                handles.append(module.register_forward_pre_hook(_gate_hook(gate)))
+    for name, module in model.named_modules():  # built once above: a PEFT model has ~2,500 modules
+        match = _GATED.search(name)
+        if match is not None:
+            gate = gates[match[2]][int(match[1])].to(device)
+            handles.append(module.register_forward_pre_hook(_gate_hook(gate)))
     return handles
+
+
+# the gated projections' dotted names: ...layers.3.self_attn.o_proj, ...layers.3.mlp.down_proj
+_GATED = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn\.o_proj|mlp\.down_proj)$")
 
 
 def _head_gates(mask: PruneMask, shape: PruneShape) -> list[torch.Tensor]:
