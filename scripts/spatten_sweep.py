@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rearqa.eval.compare import compare_reports  # noqa: E402
+from rearqa.eval.compare import compare_reports, load_run_rows  # noqa: E402
 
 
 def main() -> None:
@@ -34,14 +34,15 @@ def main() -> None:
         raise SystemExit("spatten_sweep chooses settings: give dev-select runs, not test")
     paired = compare_reports([d / "report.json" for d in [args.baseline, *args.runs]],
                              metrics=("em", "f1"), n_resamples=5000)
-    base_rows = {row["id"]: row for row in reports[0]["rows"]}
+    rows = [load_run_rows(d) for d in [args.baseline, *args.runs]]  # report.json or archived rows
+    base_rows = {row["id"]: row for row in rows[0]}
     table = []
-    for run, report, pair in zip(args.runs, reports[1:], paired["pairs"]):
+    for run, report, run_rows, pair in zip(args.runs, reports[1:], rows[1:], paired["pairs"]):
         em, f1 = pair["groups"]["all"]["em"], pair["groups"]["all"]["f1"]
         cost = report.get("backbone_cost") or {}
         changed = sum(row["prediction"] != base_rows[row["id"]]["prediction"]
-                      for row in report["rows"] if row["id"] in base_rows)
-        table.append({"run": run.name, "backbone": report["backbone"], "n": em["n"],
+                      for row in run_rows if row["id"] in base_rows)
+        table.append({"run": str(run), "backbone": report["backbone"], "n": em["n"],
                       "em": em["mean_b"], "em_base": em["mean_a"], "em_diff": em["diff"],
                       "em_low": em["low"], "em_high": em["high"], "f1_diff": f1["diff"],
                       "answers_changed": changed,

@@ -61,3 +61,12 @@ def test_every_training_config_parses(path, method):
 
     config = TrainConfig.from_yaml(path, method=method)
     assert all(split.endswith("-dev-train") for split in config.splits)
+
+
+def test_the_frozen_spatten_budget_parses_to_the_chosen_settings():
+    from rearqa.reader.backbone.spatten.config import parse_budgets
+
+    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "backbone" / "spatten-ragft.yaml")
+    assert (config.k, config.reader.method) == (3, "rag-ft")
+    budgets = parse_budgets(config.reader.backbone)
+    assert (budgets.tokens, budgets.start_layer, budgets.heads, budgets.key_bits) == (0.6, 8, 1.0, 0)

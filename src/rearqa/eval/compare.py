@@ -20,7 +20,8 @@ from rearqa.eval.report import (ANSWER_METRICS, CI_METRICS, comparison_markdown,
 
 def load_run_rows(path: str | Path) -> list[dict[str, Any]]:
     """A run's rows: from its report.json, or from rows.jsonl.gz where a finished run was archived
-    that way (docs/results/); `path` is either file or the run directory holding one."""
+    that way (docs/results/: alone, or beside a report.json whose rows were taken out); `path` is
+    either file or the run directory holding one."""
     path = Path(path)
     if path.is_dir():
         path = next((path / name for name in ("report.json", "rows.jsonl.gz") if (path / name).is_file()),
@@ -31,7 +32,10 @@ def load_run_rows(path: str | Path) -> list[dict[str, Any]]:
     if path.name.endswith(".jsonl.gz"):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
-    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if "rows" not in report and (path.parent / "rows.jsonl.gz").is_file():
+        return load_run_rows(path.parent / "rows.jsonl.gz")
+    return report["rows"]
 
 
 def _check_metric(metric: str, row: dict[str, Any], path: Path) -> None:
