@@ -97,6 +97,13 @@ def test_tiles_pad_widths_and_split_small_batches():
     assert choose_tiles(2, 128, 512, 64, 4096, 2).head_blocks == 2
     with pytest.raises(ValueError, match="block_n=24"):
         choose_tiles(1, 9, 96, 64, 100, 2, block_n=24)
+    assert (llama.num_warps, llama.num_stages) == (8, 2)  # the defaults until the GPU sweep says more
+    tuned = choose_tiles(16, 32, 512, 64, 32768, 2, num_warps=4, num_stages=3)
+    assert (tuned.num_warps, tuned.num_stages, tuned.num_splits) == (4, 3, 17)
+    with pytest.raises(ValueError, match="num_warps=3"):
+        choose_tiles(1, 9, 96, 64, 100, 2, num_warps=3)
+    with pytest.raises(ValueError, match="num_stages=0"):
+        choose_tiles(1, 9, 96, 64, 100, 2, num_stages=0)
 
 
 # ----------------------------------------------------------------- Triton kernel
@@ -119,7 +126,8 @@ def test_kernel_interpreted(interpreter_device, close_to, shape, layout, dtype):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("knobs", [{"num_splits": 1}, {"num_splits": 7}, {"block_n": 16, "num_splits": 3}])
+@pytest.mark.parametrize("knobs", [{"num_splits": 1}, {"num_splits": 7}, {"block_n": 16, "num_splits": 3},
+                                   {"num_warps": 4, "num_stages": 3}])
 def test_kernel_interpreted_splits_masks_and_empty_chunks(interpreter_device, close_to, knobs):
     # 7 splits of a 2-token sequence: most chunks are empty and must weigh nothing in the merge
     for layout in ("strided", "paged16"):
@@ -158,7 +166,8 @@ def test_kernel_on_gpu(gpu_device, close_to, shape, layout, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kernel_on_gpu_with_masks_and_forced_splits(gpu_device, close_to, layout):
-    for knobs in ({}, {"num_splits": 1}, {"num_splits": 64}, {"block_n": 64, "num_splits": 9}):
+    for knobs in ({}, {"num_splits": 1}, {"num_splits": 64}, {"block_n": 64, "num_splits": 9},
+                  {"num_warps": 4, "num_stages": 3}):
         check_kernel(gpu_device, close_to, [32768, 5, 1000], (32, 512, 64), torch.bfloat16, layout,
                      mask=True, **knobs)
 

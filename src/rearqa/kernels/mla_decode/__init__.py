@@ -10,7 +10,8 @@ by LSE) and FlashMLA (DeepSeek, 2025: all heads of a sequence in one program ove
 cache, fp32 partials combined by a second kernel), as vLLM/SGLang's Triton MLA decode also do.
 
     mla_decode(q_lat (B, H, r), q_rope (B, H, p), latent, k_rope, seq_lens (B,),
-               block_table=None, kv_mask=None, *, scale, num_splits=None, block_n=None)
+               block_table=None, kv_mask=None, *, scale, num_splits=None, block_n=None,
+               num_warps=None, num_stages=None)
         -> (B, H, r) in q_lat's dtype
 
 Contiguous cache: latent (B, S, r), k_rope (B, S, p). Paged cache: latent (num_blocks, page, r),

@@ -35,7 +35,8 @@ def mla_decode_reference(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torc
                          k_rope: torch.Tensor, seq_lens: torch.Tensor,
                          block_table: torch.Tensor | None = None,
                          kv_mask: torch.Tensor | None = None, *, scale: float,
-                         num_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                         num_splits: int | None = None, block_n: int | None = None,
+                         num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
     """(B, H, r) attention output in the latent space, q_lat's dtype.
 
     q_lat (B, H, r), q_rope (B, H, p); contiguous cache: latent (B, S, r), k_rope (B, S, p);

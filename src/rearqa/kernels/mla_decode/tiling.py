@@ -10,7 +10,7 @@ Two forces set the count:
     least MERGE_SHARE_INV times the tokens whose cache bytes equal its partial's bytes (write and
     read), so the partials cost at most 1/MERGE_SHARE_INV of the cache traffic (Llama-3-8B shape:
     32 heads x 512 fp32 = 64 KiB a split, x2, against 1,152 B a token: >= 456 tokens a split).
-The GPU session tunes these numbers (docs/kernels.md); they are arguments of the op, not constants
+The GPU session tunes these numbers (docs/kernels.md, `kernel_bench.py --parts mla_sweep`); they are arguments of the op, not constants
 baked into the kernel.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ class DecodeTiles:
     rope_pad: int  # rope width padded likewise
     num_splits: int  # KV chunks per sequence (stage 1 grid axis 1)
     num_warps: int
+    num_stages: int = 2  # software pipelining depth of the cache loads
 
 
 def default_block_n(rank_pad: int) -> int:
@@ -59,8 +60,10 @@ def split_count(batch: int, head_blocks: int, max_len: int, block_n: int, heads:
 
 def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, itemsize: int,
                  sms: int = H200_SMS, block_n: int | None = None,
-                 num_splits: int | None = None) -> DecodeTiles:
-    """The tiles of one launch; `block_n` / `num_splits` override the heuristics."""
+                 num_splits: int | None = None, num_warps: int | None = None,
+                 num_stages: int | None = None) -> DecodeTiles:
+    """The tiles of one launch; `block_n`, `num_splits`, `num_warps` and `num_stages` override the
+    defaults (the GPU sweep, scripts/kernel_bench.py --parts mla_sweep, sets them)."""
     block_h = min(max(MIN_DOT, next_pow2(heads)), 64)
     head_blocks = math.ceil(heads / block_h)
     rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
@@ -71,6 +74,11 @@ def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, ite
         num_splits = split_count(batch, head_blocks, max_len, block_n, heads, rank, rope, itemsize, sms)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits={num_splits}: must be in 1..{MAX_SPLITS}")
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={num_warps}: must be one of 1, 2, 4, 8, 16")
+    if num_stages is not None and not 1 <= num_stages <= 6:
+        raise ValueError(f"num_stages={num_stages}: must be in 1..6")
     # 8 warps: compiled for sm_90a on the CPU (Triton 3.9, docs/kernels.md), 4 warps spilled
     # registers at 96+64 paged and at 192+64; 8 spilled nowhere in the benchmark's shapes
-    return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits, num_warps=8)
+    return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits,
+                       num_warps=num_warps or 8, num_stages=num_stages or 2)

@@ -137,7 +137,8 @@ def mla_decode_triton(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torch.T
                       k_rope: torch.Tensor, seq_lens: torch.Tensor,
                       block_table: torch.Tensor | None = None, kv_mask: torch.Tensor | None = None,
                       *, scale: float, num_splits: int | None = None,
-                      block_n: int | None = None) -> torch.Tensor:
+                      block_n: int | None = None, num_warps: int | None = None,
+                      num_stages: int | None = None) -> torch.Tensor:
     """The kernel behind `mla_decode` (shapes and meaning: reference.mla_decode_reference).
     seq_lens[b] must not exceed the cache's capacity (S, or max_blocks * page): not checked, since
     reading it would synchronise the device."""
@@ -146,7 +147,8 @@ def mla_decode_triton(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torch.T
     rope, paged = q_rope.shape[-1], block_table is not None
     capacity = block_table.shape[1] * latent.shape[1] if paged else latent.shape[1]
     sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if q_lat.is_cuda else H200_SMS
-    tiles = choose_tiles(batch, heads, rank, rope, capacity, q_lat.element_size(), sms, block_n, num_splits)
+    tiles = choose_tiles(batch, heads, rank, rope, capacity, q_lat.element_size(), sms, block_n, num_splits,
+                         num_warps, num_stages)
     part_out = torch.empty(batch, heads, tiles.num_splits, rank, device=q_lat.device, dtype=torch.float32)
     part_lse = torch.empty(batch, heads, tiles.num_splits, device=q_lat.device, dtype=torch.float32)
     out = torch.empty(batch, heads, rank, device=q_lat.device, dtype=q_lat.dtype)
@@ -163,7 +165,7 @@ def mla_decode_triton(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torch.T
         RANK=rank, ROPE=rope, RANK_PAD=tiles.rank_pad, ROPE_PAD=tiles.rope_pad,
         BLOCK_H=tiles.block_h, BLOCK_N=tiles.block_n, PAGED=paged, HAS_MASK=mask is not None,
         PRECISION="ieee" if q_lat.dtype == torch.float32 else "tf32",
-        num_warps=tiles.num_warps, num_stages=2)
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     _merge_kernel[(batch, heads)](
         part_out, part_lse, out, tiles.num_splits, part_out.stride(0), part_out.stride(1),
         part_out.stride(2), part_lse.stride(0), part_lse.stride(1), *out.stride(),
