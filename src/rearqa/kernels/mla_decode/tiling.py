@@ -10,7 +10,8 @@ Two forces set the count:
     least MERGE_SHARE_INV times the tokens whose cache bytes equal its partial's bytes (write and
     read), so the partials cost at most 1/MERGE_SHARE_INV of the cache traffic (Llama-3-8B shape:
     32 heads x 512 fp32 = 64 KiB a split, x2, against 1,152 B a token: >= 456 tokens a split).
-The GPU session tunes these numbers (docs/kernels.md, `kernel_bench.py --parts mla_sweep`); they are arguments of the op, not constants
+The GPU session tunes these numbers (docs/kernels.md; `kernel_bench.py --parts mla_sweep`);
+they are arguments of the op, not constants
 baked into the kernel.
 """
 from __future__ import annotations
