@@ -20,12 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from rearqa.eval.compare import load_run_rows  # noqa: E402
 from rearqa.eval.rank_metrics import auc_comparison  # noqa: E402
 
 
 def read_rows(run: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (run / "rows.jsonl").read_text().splitlines() if line]
-    return {row["id"]: row for row in rows}
+    """A run's rows by question id: its report.json, or the archived rows.jsonl.gz."""
+    return {row["id"]: row for row in load_run_rows(run)}
 
 
 def groups(rows: dict[str, dict], ids: list[str]) -> tuple[list, list]:
@@ -43,15 +44,18 @@ def groups(rows: dict[str, dict], ids: list[str]) -> tuple[list, list]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reference", type=Path)
-    p.add_argument("other", type=Path)
+    p.add_argument("reference", type=Path, help="a run directory (report.json or rows.jsonl.gz)")
+    p.add_argument("other", type=Path, help="the same questions under the backbone")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     ref, other = read_rows(args.reference), read_rows(args.other)
     ids = sorted(set(ref) & set(other))
     ref_groups, ref_j = groups(ref, ids)
     other_groups, other_j = groups(other, ids)
-    names = [f"{args.reference.name} ({ref[ids[0]]['backbone']})", f"{args.other.name} ({other[ids[0]]['backbone']})"]
+    if not ids:
+        raise SystemExit(f"{args.reference} and {args.other} share no question")
+    names = [f"reference {args.reference.name} ({ref[ids[0]]['backbone']})",
+             f"other {args.other.name} ({other[ids[0]]['backbone']})"]
     result = auc_comparison({names[0]: ref_groups, names[1]: other_groups})
     flips = sum(a != b for ja, jb in zip(ref_j, other_j) for a, b in zip(ja, jb))
     pairs = sum(len(j) for j in ref_j)
