@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rearqa.kernels.lora_linear.reference import lora_linear_reference  # noqa: E402
 from rearqa.kernels.mla_decode.reference import mla_decode_reference  # noqa: E402
+from rearqa.kernels.mla_decode.tiling import choose_tiles  # noqa: E402
 from rearqa.kernels.topk.reference import topk_reference  # noqa: E402
 
 MLA_SHAPES = {  # name: (heads, rank, rope, gqa kv heads, gqa head dim)
@@ -100,13 +101,15 @@ def rotation_sets(make, set_bytes: int) -> list:
 
 
 def rotating(make, set_bytes: int):
-    """A callable cycling over enough copies of `make()`'s inputs to defeat the L2."""
+    """A callable cycling over enough copies of `make()`'s inputs to defeat the L2; the copies are
+    its `sets` (for Timer.graph_sets, so a graph replays the same inputs)."""
     sets = rotation_sets(make, set_bytes)
     state = {"i": 0}
 
     def next_set():
         state["i"] = (state["i"] + 1) % len(sets)
         return sets[state["i"]]
+    next_set.sets = sets
     return next_set
 
 
@@ -132,11 +135,17 @@ def mla_inputs(batch, ctx, heads, rank, rope, device, paged, dtype=torch.bfloat1
     return q_lat, q_rope, cache[..., :rank], cache[..., rank:], seq_lens, table
 
 
+def mla_bytes_of(shape_name, batch, ctx, itemsize=2) -> tuple[int, int]:
+    """(cache bytes, the fewest bytes a decode step moves: cache read once, q read, out written)."""
+    heads, rank, rope, _, _ = MLA_SHAPES[shape_name]
+    cache_bytes = batch * ctx * (rank + rope) * itemsize
+    return cache_bytes, cache_bytes + batch * heads * (2 * rank + rope) * itemsize
+
+
 def mla_row(timer, shape_name, batch, ctx, device, kernel, copy_bps):
     heads, rank, rope, kv_heads, head_dim = MLA_SHAPES[shape_name]
     itemsize, scale = 2, (rank + rope) ** -0.5
-    cache_bytes = batch * ctx * (rank + rope) * itemsize
-    mla_bytes = cache_bytes + batch * heads * (2 * rank + rope) * itemsize
+    cache_bytes, mla_bytes = mla_bytes_of(shape_name, batch, ctx, itemsize)
     row = {"shape": shape_name, "batch": batch, "context": ctx, "mla_bytes": mla_bytes}
     contiguous = rotating(lambda: mla_inputs(batch, ctx, heads, rank, rope, device, False), cache_bytes)
     row["reference_ms"] = timer(lambda: mla_decode_reference(*contiguous(), scale=scale))
@@ -152,12 +161,9 @@ def mla_row(timer, shape_name, batch, ctx, device, kernel, copy_bps):
     row["floor_ms"] = mla_bytes / copy_bps * 1e3
     row["copy_fraction"] = mla_bytes / (best * 1e-3) / copy_bps
     if kernel is not None and timer.cuda:  # the same calls replayed from CUDA graphs (as engines decode)
-        sets = rotation_sets(lambda: mla_inputs(batch, ctx, heads, rank, rope, device, False), cache_bytes)
-        row["kernel_graph_ms"] = timer.graph_sets(lambda *a: kernel(*a, scale=scale), sets)
-        del sets
-        gqa_sets = rotation_sets(lambda: gqa_inputs(batch, heads, kv_heads, ctx, head_dim, device), gqa_bytes)
+        row["kernel_graph_ms"] = timer.graph_sets(lambda *a: kernel(*a, scale=scale), contiguous.sets)
         row["gqa_sdpa_graph_ms"] = timer.graph_sets(
-            lambda *a: F.scaled_dot_product_attention(*a, enable_gqa=True), gqa_sets)
+            lambda *a: F.scaled_dot_product_attention(*a, enable_gqa=True), gqa.sets)
         row["copy_fraction_graph"] = mla_bytes / (row["kernel_graph_ms"] * 1e-3) / copy_bps
     return row
 
@@ -179,19 +185,23 @@ SWEEP_STAGES = (1, 2, 3, 4)
 def mla_sweep_rows(timer, device, kernel, copy_bps, smoke: bool) -> list[dict]:
     """The kernel's graph-replayed time at SWEEP_POINTS for every num_splits x block_n x
     num_warps x num_stages; a combination the GPU cannot compile (shared memory, registers) is a
-    row with its error. In smoke mode: one tiny point, two combinations (the plumbing only)."""
+    row with its error, and the combination the op uses when given none (tiling.choose_tiles) is
+    marked `default`. In smoke mode: one tiny point, two combinations (the plumbing only)."""
     points = [("smollm2 96+64", 2, 256)] if smoke else SWEEP_POINTS
     grid = ([(None, 16, 4, 1), (2, 16, 8, 2)] if smoke else
             [(s, n, w, st) for s in SWEEP_SPLITS for n in SWEEP_BLOCK_N for w in SWEEP_WARPS for st in SWEEP_STAGES])
     rows = []
     for shape_name, batch, ctx in points:
         heads, rank, rope, _, _ = MLA_SHAPES[shape_name]
-        scale, cache_bytes = (rank + rope) ** -0.5, batch * ctx * (rank + rope) * 2
-        mla_bytes = cache_bytes + batch * heads * (2 * rank + rope) * 2
+        scale = (rank + rope) ** -0.5
+        cache_bytes, mla_bytes = mla_bytes_of(shape_name, batch, ctx)
+        tiles = choose_tiles(batch, heads, rank, rope, ctx, 2)
+        default = (None, tiles.block_n, tiles.num_warps, tiles.num_stages)
         sets = rotation_sets(lambda: mla_inputs(batch, ctx, heads, rank, rope, device, False), cache_bytes)
         for splits, block_n, warps, stages in grid:
             row = {"shape": shape_name, "batch": batch, "context": ctx, "num_splits": splits,
-                   "block_n": block_n, "num_warps": warps, "num_stages": stages}
+                   "block_n": block_n, "num_warps": warps, "num_stages": stages,
+                   "default": (splits, block_n, warps, stages) == default}
             try:
                 row["graph_ms"] = timer.graph_sets(
                     lambda *a: kernel(*a, scale=scale, num_splits=splits, block_n=block_n,
@@ -206,15 +216,14 @@ def mla_sweep_rows(timer, device, kernel, copy_bps, smoke: bool) -> list[dict]:
 
 
 def best_of_sweep(rows: list[dict]) -> list[dict]:
-    """The fastest combination at each point, beside the heuristic's default (None, 8 warps, 2 stages)."""
+    """The fastest combination at each point, beside the op's default one (the row marked `default`)."""
     out = []
     for point in dict.fromkeys((r["shape"], r["batch"], r["context"]) for r in rows):
         timed = [r for r in rows if (r["shape"], r["batch"], r["context"]) == point and "graph_ms" in r]
         if not timed:
             continue
         best = min(timed, key=lambda r: r["graph_ms"])
-        default = next((r for r in timed if r["num_splits"] is None and r["num_warps"] == 8
-                        and r["num_stages"] == 2 and r["block_n"] == (32 if "512" in point[0] else 64)), None)
+        default = next((r for r in timed if r["default"]), None)
         out.append({"shape": point[0], "batch": point[1], "context": point[2],
                     "best": {k: best[k] for k in ("num_splits", "block_n", "num_warps", "num_stages")},
                     "best_ms": best["graph_ms"], "best_copy_fraction": best["copy_fraction"],

@@ -50,10 +50,10 @@ def main() -> None:
     args = p.parse_args()
     ref, other = read_rows(args.reference), read_rows(args.other)
     ids = sorted(set(ref) & set(other))
-    ref_groups, ref_j = groups(ref, ids)
-    other_groups, other_j = groups(other, ids)
     if not ids:
         raise SystemExit(f"{args.reference} and {args.other} share no question")
+    ref_groups, ref_j = groups(ref, ids)
+    other_groups, other_j = groups(other, ids)
     names = [f"reference {args.reference.name} ({ref[ids[0]]['backbone']})",
              f"other {args.other.name} ({other[ids[0]]['backbone']})"]
     result = auc_comparison({names[0]: ref_groups, names[1]: other_groups})
