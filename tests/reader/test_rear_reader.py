@@ -420,6 +420,31 @@ def test_spatten_pruned_scores_move_and_confidences_continue_from_the_prefill():
     assert readings[0].confidences == pytest.approx(direct, abs=1e-6)
 
 
+def test_spatten_cost_sums_each_questions_rows():
+    """Each reading carries SpAtten's counters summed over its passage rows: the prompt tokens
+    are the rows' lengths, pruning spends fewer attention FLOPs than the dense count, and a
+    full budget spends exactly the dense count. Without a backbone there is no cost."""
+    from rearqa.eval.backbone_cost import cost_summary
+
+    assert all(not r.cost for r in spatten_reader().read(QUESTIONS, PASSAGES))
+    reader = spatten_reader("spatten:tokens=0.5,start_layer=1,recent=2")
+    readings = reader.read(QUESTIONS, PASSAGES)
+    owners, inputs = reader._layout(QUESTIONS, PASSAGES, reader.routing.fallback == "closed_book")
+    for qi, reading in enumerate(readings):
+        lengths = [len(inputs[r].input_ids) for r, (q, _) in enumerate(owners) if q == qi]
+        assert reading.cost["prompt_tokens"] == sum(lengths)
+        assert 0 < reading.cost["pruned_prompt_tokens"] < sum(lengths)
+        assert reading.cost["prefill_flops"] < reading.cost["prefill_dense_flops"]
+        assert reading.cost["decode_flops"] < reading.cost["decode_dense_flops"]
+        assert reading.cost["linear_flops_per_token"] > 0
+    summary = cost_summary([{"backbone_cost": r.cost} for r in readings])
+    assert 0 < summary["prefill_attention_flops_ratio"] < 1
+    full = spatten_reader("spatten:start_layer=1").read(QUESTIONS, PASSAGES)
+    for reading in full:
+        assert reading.cost["prefill_flops"] == pytest.approx(reading.cost["prefill_dense_flops"])
+        assert reading.cost["pruned_prompt_tokens"] == 0
+
+
 def test_the_backbone_label_names_spatten_for_rear(tmp_path):
     from rearqa.config import PipelineConfig
     from rearqa.pipeline import Pipeline
@@ -430,3 +455,4 @@ def test_the_backbone_label_names_spatten_for_rear(tmp_path):
     pipe = Pipeline(PipelineConfig(reader=config), home=tmp_path / "home")
     answer = pipe.read_batch(QUESTIONS[:1], PASSAGES[:1], method="rear")[0]
     assert "spatten:tokens=0.5" in answer.backbone
+    assert answer.backbone_cost["prompt_tokens"] > 0  # what an eval row and report.json sum

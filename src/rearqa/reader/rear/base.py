@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rearqa.reader.base import StreamItem, word_pieces
 from rearqa.reader.config import ReaderConfig
@@ -34,6 +34,7 @@ class Reading:
     answers: list[str]  # per-passage answer (first line)
     confidences: list[float | None]  # con_i of answers[i] after <IRRELEVANT>; None = not computed
     closed_book: str | None = None  # the no-passage answer, when it was computed
+    cost: dict = field(default_factory=dict)  # an inference-time backbone's counters, summed over the rows
 
 
 class RearReaderBase:
@@ -91,14 +92,17 @@ class RearReaderBase:
         citations = [Citation(p, relevance=s, judgment=j, answer=a, probability=self.probability(s))
                      for p, s, j, a in zip(passages, reading.scores, decision.judgments, reading.answers)]
         if decision.mode == "passage":
-            return Answer(question, decision.answer, citations, method=METHOD,
-                          cited=[decision.index])
-        if decision.mode == "abstain":
-            return Answer(question, "", citations, method=METHOD, abstained=True)
-        if reading.closed_book is None:
+            answer = Answer(question, decision.answer, citations, method=METHOD,
+                            cited=[decision.index])
+        elif decision.mode == "abstain":
+            answer = Answer(question, "", citations, method=METHOD, abstained=True)
+        elif reading.closed_book is None:
             raise RuntimeError("closed-book fallback without a closed-book answer (internal error)")
-        return Answer(question, reading.closed_book, citations, method=METHOD,
-                      from_own_knowledge=True)
+        else:
+            answer = Answer(question, reading.closed_book, citations, method=METHOD,
+                            from_own_knowledge=True)
+        answer.backbone_cost = dict(reading.cost)
+        return answer
 
     def probability(self, logit: float) -> float | None:
         """The relevance logit through the checkpoint's dev-select Platt map; None without one."""
@@ -168,11 +172,15 @@ class RearReaderBase:
     @staticmethod
     def _collect(n_questions: int, owners: list[tuple[int, int]], passage_rows: list[int],
                  scores: list[float], judgments: list[str], answers: list[str],
-                 confidences: dict[int, float]) -> list[Reading]:
+                 confidences: dict[int, float], costs: list[dict] | None = None) -> list[Reading]:
+        """The readings of one batch; `costs` (one dict of counters per row, from an
+        inference-time backbone) are summed into each question's `Reading.cost`."""
         readings = [Reading([], [], [], [], None) for _ in range(n_questions)]
         score_of = dict(zip(passage_rows, scores))
         for r, (qi, pi) in enumerate(owners):
             reading = readings[qi]
+            for name, value in (costs[r] if costs else {}).items():
+                reading.cost[name] = reading.cost.get(name, 0) + value
             if pi == CLOSED_BOOK_ROW:
                 reading.closed_book = answers[r]
                 continue

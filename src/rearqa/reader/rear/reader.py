@@ -32,6 +32,7 @@ non-empty line (the answer is that line), and stops when every row has stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -39,6 +40,7 @@ import torch
 
 from rearqa.reader.base import first_line
 from rearqa.reader.config import ReaderConfig, resolve_checkpoint, resolve_device
+from rearqa.reader.engines.hf import linear_flops_per_token
 from rearqa.reader.rear.base import CLOSED_BOOK_ROW, Reading, RearReaderBase
 from rearqa.reader.rear.config import REAR_ENGINES
 from rearqa.reader.rear.heads import find_score_positions, positions_from_mask
@@ -106,29 +108,64 @@ class RearReader(RearReaderBase):
         batch = {name: t.to(self.device) for name, t in
                  collate_rear_inputs(inputs, self.pad_id, padding_side="left").items()}
         passage_rows = [r for r, (_, pi) in enumerate(owners) if pi != CLOSED_BOOK_ROW]
-        scores, cache = self.score_with_cache(batch, passage_rows)
+        with self._tracked() as history:  # an inference-time backbone's counters: prefill + answers
+            scores, cache = self.score_with_cache(batch, passage_rows)
 
-        judgments = self._judge(owners, passage_rows, scores, force)
-        need = self._need_confidence(passage_rows, judgments, all_confidences)
-        # The decode loop extends the cache in place; confidences need the prompts alone, of the
-        # rows that need them.
-        prompt_cache = pruning = None
-        if need:
-            prompt_cache = copy.deepcopy(cache)
-            prompt_cache.batch_select_indices(torch.tensor(need, device=self.device))
-            pruning = self._saved_pruning()
+            judgments = self._judge(owners, passage_rows, scores, force)
+            need = self._need_confidence(passage_rows, judgments, all_confidences)
+            # The decode loop extends the cache in place; confidences need the prompts alone, of
+            # the rows that need them.
+            prompt_cache = pruning = None
+            if need:
+                prompt_cache = copy.deepcopy(cache)
+                prompt_cache.batch_select_indices(torch.tensor(need, device=self.device))
+                pruning = self._saved_pruning()
 
-        first = torch.tensor([self.model.token_ids.judgment(j) for j in judgments], device=self.device)
-        answers = self._greedy(cache, batch["attention_mask"], first)
-        del cache
+            first = torch.tensor([self.model.token_ids.judgment(j) for j in judgments],
+                                 device=self.device)
+            answers = self._greedy(cache, batch["attention_mask"], first)
+            del cache
         confidences: dict[int, float] = {}
         if need:
             self._restore_pruning(pruning, need)
             values = self._confidences(prompt_cache, batch["attention_mask"][need],
                                        [answers[r] for r in need])
             confidences = dict(zip(need, values))
-        return self._collect(len(questions), owners, passage_rows, scores, judgments, answers,
-                             confidences)
+        costs = self._row_costs(history, batch["attention_mask"])
+        readings = self._collect(len(questions), owners, passage_rows, scores, judgments, answers,
+                                 confidences, costs)
+        if costs:  # per token, not per row: the same for every row, so not summed
+            linear = linear_flops_per_token(self.model.causal_lm)
+            for reading in readings:
+                reading.cost["linear_flops_per_token"] = linear
+        return readings
+
+    def _tracked(self):
+        """A context collecting what the inference-time backbone did (SpAtten's stats of each
+        generation run inside it); without one, an empty list."""
+        if not self.backbone:
+            return contextlib.nullcontext([])
+        from rearqa.reader.backbone.spatten.attention import track
+
+        return track(self.model.causal_lm)
+
+    @staticmethod
+    def _row_costs(history: list, mask: torch.Tensor) -> list[dict] | None:
+        """Per prompt row of the batch, SpAtten's counters of its prefill and answer decode (the
+        confidence pass, a second continuation of some rows, is not counted); None without a
+        backbone. The scoring pass is the generation's prefill, so one generation is expected."""
+        if not history:
+            return None
+        if len(history) != 1:
+            raise RuntimeError(f"{len(history)} SpAtten generations in one REAR batch; expected 1")
+        stats, width = history[0], mask.shape[1]
+        costs = []
+        for row, n in enumerate(mask.sum(dim=1).tolist()):
+            cost = stats.example_cost(row)
+            pruned = int((stats.pruned_layer[row, width - n:width] >= 0).sum())
+            cost.update(prompt_tokens=n, pruned_prompt_tokens=pruned)
+            costs.append(cost)
+        return costs
 
     def _saved_pruning(self):
         """With SpAtten: what the prefill pruned, for the confidence pass that continues the
