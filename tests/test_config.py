@@ -70,3 +70,12 @@ def test_the_frozen_spatten_budget_parses_to_the_chosen_settings():
     assert (config.k, config.reader.method) == (3, "rag-ft")
     budgets = parse_budgets(config.reader.backbone)
     assert (budgets.tokens, budgets.start_layer, budgets.heads, budgets.key_bits) == (0.6, 8, 1.0, 0)
+
+
+def test_rears_frozen_spatten_budget_parses_to_its_chosen_settings():
+    from rearqa.reader.backbone.spatten.config import parse_budgets
+
+    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "backbone" / "spatten-rear.yaml")
+    assert (config.k, config.reader.method) == (3, "rear")
+    budgets = parse_budgets(config.reader.backbone)
+    assert (budgets.tokens, budgets.start_layer, budgets.heads, budgets.key_bits) == (0.6, 16, 1.0, 0)
