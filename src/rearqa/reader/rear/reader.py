@@ -89,6 +89,9 @@ class RearReader(RearReaderBase):
         method, cfg = inference_backbone(text)
         method.apply(self.model.causal_lm, cfg)
         self.backbone = method.label(cfg)
+        self._backbone_method = method
+        # per token, outside attention, whatever the backbone prunes; the weights do not change
+        self._linear_flops = linear_flops_per_token(self.model.causal_lm)
 
     @classmethod
     def from_config(cls, config: ReaderConfig, base_model_dir: str | Path) -> RearReaderBase:
@@ -131,41 +134,21 @@ class RearReader(RearReaderBase):
             values = self._confidences(prompt_cache, batch["attention_mask"][need],
                                        [answers[r] for r in need])
             confidences = dict(zip(need, values))
-        costs = self._row_costs(history, batch["attention_mask"])
+        costs = self._backbone_method.costs(history, batch["attention_mask"]) if self.backbone else None
         readings = self._collect(len(questions), owners, passage_rows, scores, judgments, answers,
                                  confidences, costs)
         if costs:  # per token, not per row: the same for every row, so not summed
-            linear = linear_flops_per_token(self.model.causal_lm)
             for reading in readings:
-                reading.cost["linear_flops_per_token"] = linear
+                reading.cost["linear_flops_per_token"] = self._linear_flops
         return readings
 
     def _tracked(self):
-        """A context collecting what the inference-time backbone did (SpAtten's stats of each
-        generation run inside it); without one, an empty list."""
+        """A context collecting what the inference-time backbone did over the scoring prefill and
+        the answer decode (not the confidence pass, a second continuation of some rows): one
+        generation, its counters per row (`costs`); without a backbone, an empty list."""
         if not self.backbone:
             return contextlib.nullcontext([])
-        from rearqa.reader.backbone.spatten.attention import track
-
-        return track(self.model.causal_lm)
-
-    @staticmethod
-    def _row_costs(history: list, mask: torch.Tensor) -> list[dict] | None:
-        """Per prompt row of the batch, SpAtten's counters of its prefill and answer decode (the
-        confidence pass, a second continuation of some rows, is not counted); None without a
-        backbone. The scoring pass is the generation's prefill, so one generation is expected."""
-        if not history:
-            return None
-        if len(history) != 1:
-            raise RuntimeError(f"{len(history)} SpAtten generations in one REAR batch; expected 1")
-        stats, width = history[0], mask.shape[1]
-        costs = []
-        for row, n in enumerate(mask.sum(dim=1).tolist()):
-            cost = stats.example_cost(row)
-            pruned = int((stats.pruned_layer[row, width - n:width] >= 0).sum())
-            cost.update(prompt_tokens=n, pruned_prompt_tokens=pruned)
-            costs.append(cost)
-        return costs
+        return self._backbone_method.track(self.model.causal_lm)
 
     def _saved_pruning(self):
         """With SpAtten: what the prefill pruned, for the confidence pass that continues the

@@ -33,23 +33,32 @@ class SpAtten:
 
         return track(model)
 
-    def records(self, history: list, attention_mask, texts: Sequence[str],
-                offsets: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[dict, object]]:
-        """Per example of ONE left-padded generation: its cost (SpAttenStats.example_cost plus its
-        prompt and pruned token counts) and its evidence.PromptTrace. `attention_mask` (B, S) is
-        the prompts' mask, `offsets` each prompt's token character offsets (no padding)."""
-        from rearqa.reader.backbone.spatten.evidence import PromptTrace
-
+    def costs(self, history: list, attention_mask) -> list[dict]:
+        """Per example of ONE left-padded generation: SpAttenStats.example_cost plus its prompt
+        token count and how many of them the cascade pruned. `attention_mask` (B, S) is the
+        prompts' mask (left padding: an example's prompt is the last of the first S positions)."""
         if len(history) != 1:
-            raise ValueError(f"{len(history)} SpAtten generations were tracked; records reads one")
+            raise ValueError(f"{len(history)} SpAtten generations were tracked; one is read at a time")
         stats, width = history[0], attention_mask.shape[1]
         out = []
-        for b, (text, spans) in enumerate(zip(texts, offsets)):
-            # Left padding: the example's prompt is the last len(spans) of the first `width` positions.
-            pruned = stats.pruned_layer[b, width - len(spans):width].tolist()
-            trace = PromptTrace(text, [tuple(s) for s in spans], pruned,
-                                pruned_heads=stats.pruned_heads[b].tolist())
+        for b, n in enumerate(attention_mask.sum(dim=1).tolist()):
             cost = stats.example_cost(b)
-            cost.update(prompt_tokens=len(spans), pruned_prompt_tokens=trace.pruned)
-            out.append((cost, trace))
+            pruned = int((stats.pruned_layer[b, width - n:width] >= 0).sum())
+            cost.update(prompt_tokens=n, pruned_prompt_tokens=pruned)
+            out.append(cost)
+        return out
+
+    def records(self, history: list, attention_mask, texts: Sequence[str],
+                offsets: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[dict, object]]:
+        """Per example of ONE left-padded generation: its cost (`costs`) and its
+        evidence.PromptTrace. `offsets` holds each prompt's token character offsets (no padding)."""
+        from rearqa.reader.backbone.spatten.evidence import PromptTrace
+
+        costs = self.costs(history, attention_mask)
+        stats, width = history[0], attention_mask.shape[1]
+        out = []
+        for b, (text, spans, cost) in enumerate(zip(texts, offsets, costs)):
+            pruned = stats.pruned_layer[b, width - len(spans):width].tolist()
+            out.append((cost, PromptTrace(text, [tuple(s) for s in spans], pruned,
+                                          pruned_heads=stats.pruned_heads[b].tolist())))
         return out
