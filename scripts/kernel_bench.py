@@ -165,6 +165,8 @@ def mla_row(timer, shape_name, batch, ctx, device, kernel, copy_bps):
         row["gqa_sdpa_graph_ms"] = timer.graph_sets(
             lambda *a: F.scaled_dot_product_attention(*a, enable_gqa=True), gqa.sets)
         row["copy_fraction_graph"] = mla_bytes / (row["kernel_graph_ms"] * 1e-3) / copy_bps
+        row["reference_graph_ms"] = timer.graph_sets(
+            lambda *a: mla_decode_reference(*a, scale=scale), contiguous.sets)
     return row
 
 
@@ -180,28 +182,41 @@ SWEEP_SPLITS = (None, 8, 17, 33, 66, 132, 256)  # None: the heuristic's count
 SWEEP_BLOCK_N = (16, 32, 64)
 SWEEP_WARPS = (4, 8)
 SWEEP_STAGES = (1, 2, 3, 4)
+# --sweep splits: the split count alone, at the default tiles, over the batches and lengths a rule
+# for it must cover (the tile sweep above fixed block_n, warps and stages)
+SPLIT_POINTS = ([("llama3-8b 512+64", b, 32768) for b in (1, 4, 16, 32, 64)]
+                + [("llama3-8b 512+64", 16, 4096), ("llama3-8b 512+64", 16, 8192), ("llama3-8b 512+64", 64, 8192)]
+                + [("smollm2 96+64", b, 32768) for b in (1, 16, 64)] + [("smollm2 96+64", 16, 8192)]
+                + [("smollm2 192+64", b, 32768) for b in (16, 64)])
+SPLIT_COUNTS = (None, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 17, 20, 24, 32, 33, 48, 64)
 
 
-def mla_sweep_rows(timer, device, kernel, copy_bps, smoke: bool) -> list[dict]:
+def mla_sweep_rows(timer, device, kernel, copy_bps, smoke: bool, mode: str = "tiles") -> list[dict]:
     """The kernel's graph-replayed time at SWEEP_POINTS for every num_splits x block_n x
     num_warps x num_stages; a combination the GPU cannot compile (shared memory, registers) is a
     row with its error, and the combination the op uses when given none (tiling.choose_tiles) is
     marked `default`. In smoke mode: one tiny point, two combinations (the plumbing only)."""
-    points = [("smollm2 96+64", 2, 256)] if smoke else SWEEP_POINTS
-    grid = ([(None, 16, 4, 1), (2, 16, 8, 2)] if smoke else
-            [(s, n, w, st) for s in SWEEP_SPLITS for n in SWEEP_BLOCK_N for w in SWEEP_WARPS for st in SWEEP_STAGES])
+    points = [("smollm2 96+64", 2, 256)] if smoke else SWEEP_POINTS if mode == "tiles" else SPLIT_POINTS
+    if smoke:
+        grid = [(None, 16, 4, 1), (2, 16, 8, 2)] if mode == "tiles" else [(None, None, None, None), (2, None, None, None)]
+    elif mode == "tiles":
+        grid = [(s, n, w, st) for s in SWEEP_SPLITS for n in SWEEP_BLOCK_N for w in SWEEP_WARPS for st in SWEEP_STAGES]
+    else:
+        grid = [(s, None, None, None) for s in SPLIT_COUNTS]
     rows = []
     for shape_name, batch, ctx in points:
         heads, rank, rope, _, _ = MLA_SHAPES[shape_name]
         scale = (rank + rope) ** -0.5
         cache_bytes, mla_bytes = mla_bytes_of(shape_name, batch, ctx)
         tiles = choose_tiles(batch, heads, rank, rope, ctx, 2)
-        default = (None, tiles.block_n, tiles.num_warps, tiles.num_stages)
+        default = ((None, tiles.block_n, tiles.num_warps, tiles.num_stages) if mode == "tiles"
+                   else (None, None, None, None))
         sets = rotation_sets(lambda: mla_inputs(batch, ctx, heads, rank, rope, device, False), cache_bytes)
         for splits, block_n, warps, stages in grid:
             row = {"shape": shape_name, "batch": batch, "context": ctx, "num_splits": splits,
                    "block_n": block_n, "num_warps": warps, "num_stages": stages,
-                   "default": (splits, block_n, warps, stages) == default}
+                   "default": (splits, block_n, warps, stages) == default,
+                   "default_splits": tiles.num_splits}
             try:
                 row["graph_ms"] = timer.graph_sets(
                     lambda *a: kernel(*a, scale=scale, num_splits=splits, block_n=block_n,
@@ -268,6 +283,9 @@ def criteria(mla, lora, topk) -> dict:
             out["mla_b16_t32k_vs_gqa_sdpa>=2.5x (graphs)"] = r["gqa_sdpa_graph_ms"] / r["kernel_graph_ms"] >= 2.5
     if mla and all("kernel_ms" in r for r in mla):
         out["mla_beats_reference_everywhere"] = all(r["kernel_ms"] < r["reference_ms"] for r in mla)
+    if mla and all("reference_graph_ms" in r for r in mla):
+        out["mla_beats_reference_everywhere (graphs)"] = all(
+            r["kernel_graph_ms"] < r["reference_graph_ms"] for r in mla)
     r16 = [r for r in lora if r["rank"] == 16 and "fused_over_base" in r]
     if r16:
         out["lora_r16_fused<=1.10x_base"] = all(r["fused_over_base"] <= 1.10 for r in r16)
@@ -300,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", nargs="+", default=["mla", "lora", "topk"],
                     choices=["mla", "lora", "topk", "mla_sweep"],
                     help="mla_sweep: the MLA kernel's tiles at SWEEP_POINTS (not in the default run)")
+    ap.add_argument("--sweep", choices=["tiles", "splits"], default="tiles",
+                    help="mla_sweep's grid: every tile at SWEEP_POINTS, or the split count alone at SPLIT_POINTS")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--contexts", nargs="+", type=int, default=[4096, 8192, 32768])
     ap.add_argument("--ranks", nargs="+", type=int, default=[8, 16, 64])
@@ -321,7 +341,7 @@ def main(argv=None) -> int:
     mla, lora, topk, sweep = [], [], [], []
     with torch.inference_mode():
         if "mla_sweep" in args.parts and mla_kernel is not None:
-            sweep = mla_sweep_rows(timer, device, mla_kernel, copy_bps, args.smoke)
+            sweep = mla_sweep_rows(timer, device, mla_kernel, copy_bps, args.smoke, args.sweep)
         if "mla" in args.parts:
             for shape in MLA_SHAPES:
                 for batch in args.batches:
@@ -347,7 +367,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=1))
     print(table(mla, ["shape", "batch", "context", "kernel_ms", "kernel_paged_ms", "reference_ms",
                       "gqa_sdpa_ms", "floor_ms", "copy_fraction", "kernel_graph_ms", "gqa_sdpa_graph_ms",
-                      "copy_fraction_graph"]))
+                      "reference_graph_ms", "copy_fraction_graph"]))
     if sweep:
         print(table(result["mla_sweep_best"], ["shape", "batch", "context", "best", "best_ms",
                                                "best_copy_fraction", "default_ms"]))

@@ -9,7 +9,7 @@ import torch
 from rearqa.kernels import get_kernel
 from rearqa.kernels.mla_decode import mla_decode
 from rearqa.kernels.mla_decode.reference import mla_decode_reference
-from rearqa.kernels.mla_decode.tiling import choose_tiles
+from rearqa.kernels.mla_decode.tiling import SMEM_BYTES, choose_tiles, staged_bytes
 
 LAYOUTS = ["contiguous", "strided", "paged16", "paged64"]
 
@@ -89,17 +89,26 @@ def test_the_op_runs_the_reference_off_cuda():
 def test_tiles_pad_widths_and_split_small_batches():
     llama = choose_tiles(16, 32, 512, 64, 32768, 2)
     assert (llama.block_h, llama.head_blocks, llama.rank_pad, llama.rope_pad) == (32, 1, 512, 64)
-    assert llama.num_splits == 17  # ceil(2 * 132 / 16): two programs a multiprocessor
+    assert llama.num_splits == 8  # one wave: 132 // 16, one 221 KiB program a multiprocessor
     smol = choose_tiles(1, 9, 96, 64, 4096, 2)
     assert (smol.block_h, smol.rank_pad, smol.block_n) == (16, 128, 64)
-    assert choose_tiles(64, 32, 512, 64, 32768, 2).num_splits == 5
+    assert choose_tiles(64, 32, 512, 64, 32768, 2).num_splits == 2
+    assert choose_tiles(16, 9, 96, 64, 32768, 2).num_splits == 24  # three 73 KiB programs an SM: 396 // 16
+    assert choose_tiles(1, 9, 96, 64, 32768, 2).num_splits == 64  # capped at the largest count timed
+    assert choose_tiles(1, 9, 96, 64, 4096, 2).num_splits == 32  # 4096 / 128 tokens a split
     assert choose_tiles(1, 32, 512, 64, 300, 2).num_splits == 1  # short: the merge would cost more
     assert choose_tiles(2, 128, 512, 64, 4096, 2).head_blocks == 2
     with pytest.raises(ValueError, match="block_n=24"):
         choose_tiles(1, 9, 96, 64, 100, 2, block_n=24)
-    assert (llama.num_warps, llama.num_stages) == (8, 2)  # the defaults until the GPU sweep says more
+    assert (llama.block_n, llama.num_warps, llama.num_stages) == (64, 4, 3)  # the H100 sweep's best
+    # fp32 doubles the staged bytes: 64 x 3 stages of 512 + 64 would not fit, 32 x 3 does
+    wide = choose_tiles(16, 32, 512, 64, 32768, 4)
+    assert (wide.block_n, wide.num_stages) == (32, 3) and staged_bytes(32, 3, 512, 64, 4) <= SMEM_BYTES
+    assert choose_tiles(16, 32, 512, 64, 32768, 4, block_n=64).num_stages == 1  # as asked, one stage
     tuned = choose_tiles(16, 32, 512, 64, 32768, 2, num_warps=4, num_stages=3)
-    assert (tuned.num_warps, tuned.num_stages, tuned.num_splits) == (4, 3, 17)
+    assert (tuned.num_warps, tuned.num_stages, tuned.num_splits) == (4, 3, 8)
+    shallow = choose_tiles(16, 32, 512, 64, 32768, 2, block_n=16, num_stages=1)  # 18 KiB: 12 an SM
+    assert shallow.num_splits == 64 and choose_tiles(2, 128, 512, 64, 4096, 2).block_n == 32
     with pytest.raises(ValueError, match="num_warps=3"):
         choose_tiles(1, 9, 96, 64, 100, 2, num_warps=3)
     with pytest.raises(ValueError, match="num_stages=0"):

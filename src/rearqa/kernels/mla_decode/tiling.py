@@ -2,17 +2,24 @@
 
 Split-KV (flash-decoding) cuts each sequence's cache into `num_splits` chunks so that a small
 batch still fills the GPU: the grid is (batch, splits, head blocks), one program per chunk.
-Two forces set the count:
-  - occupancy: about two programs per multiprocessor, splits ~ 2 * SMs / (batch * head_blocks)
-    (efficiency-methods.md section 6: 2 * 132 / B on the H200);
+The rule, fitted to the H100 sweeps of session 16 (docs/kernels.md, `kernel_bench.py --parts
+mla_sweep --sweep tiles|splits`):
+  - tiles: 64 cache tokens a step, three stages deep, 4 warps (fastest at every point timed),
+    smaller where the staged tiles do not fit a program's shared memory;
+  - splits: one wave. A program's staged tiles decide how many programs a multiprocessor holds
+    (one at 512+64 and 192+64, three at 96+64); the split count is the largest that keeps
+    batch x head blocks x splits within those slots, so no program waits for a second wave
+    (at Llama-3-8B B = 16, T = 32K: 8 splits, 0.220 ms; the earlier "two programs a
+    multiprocessor", 17 splits = 2.06 waves: 0.249 ms). It was the best or within 9% of the best
+    count at all 14 points of the split sweep;
   - merge traffic: every split writes an fp32 partial (heads x kv_lora_rank) and its LSE, which the
     merge reads back; a split must read enough cache that this stays small. A split covers at
     least MERGE_SHARE_INV times the tokens whose cache bytes equal its partial's bytes (write and
     read), so the partials cost at most 1/MERGE_SHARE_INV of the cache traffic (Llama-3-8B shape:
-    32 heads x 512 fp32 = 64 KiB a split, x2, against 1,152 B a token: >= 456 tokens a split).
-The GPU session tunes these numbers (docs/kernels.md; `kernel_bench.py --parts mla_sweep`);
-they are arguments of the op, not constants
-baked into the kernel.
+    32 heads x 512 fp32 = 64 KiB a split, x2, against 1,152 B a token: >= 456 tokens a split);
+  - at most DEFAULT_MAX_SPLITS (64, the largest count the sweep timed) unless asked for more.
+They are arguments of the op too (`num_splits`, `block_n`, `num_warps`, `num_stages`), not
+constants baked into the kernel.
 """
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ import math
 from dataclasses import dataclass
 
 H200_SMS = 132  # multiprocessors of the H200 (and H100 SXM); the interpreter has no device to ask
-MAX_SPLITS = 256
+MAX_SPLITS = 256  # the most a caller may ask for
+DEFAULT_MAX_SPLITS = 64  # the most the rule picks: the largest count the split sweep timed
 MERGE_SHARE_INV = 4  # partials cost at most a quarter of the cache bytes a split reads
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
@@ -43,20 +51,50 @@ class DecodeTiles:
     num_stages: int = 2  # software pipelining depth of the cache loads
 
 
-def default_block_n(rank_pad: int) -> int:
-    """Tokens per step: a (block_n, rank_pad) bf16 tile lives in shared memory, staged twice;
-    32 tokens at 512 wide is 32 KiB a stage (vLLM's MLA choice), 64 below."""
-    return 32 if rank_pad >= 512 else 64
+SMEM_BYTES = 232448  # shared memory a program may use on sm_90 (H100 / H200: 227 KiB)
+SMEM_PER_SM = 233472  # a multiprocessor's (228 KiB), 1 KiB of it reserved per resident program
+# (block_n, num_stages), best first: the session-16 H100 sweep (docs/kernels.md) found 64 tokens a
+# step, three stages deep, fastest at all three points it timed; smaller where that does not fit
+PIPELINES = ((64, 3), (32, 3), (32, 2), (16, 2), (16, 1))
+DEFAULT_WARPS = 4  # fastest at all three sweep points (8 warps: 1-3% slower)
+
+
+def staged_bytes(block_n: int, num_stages: int, rank_pad: int, rope_pad: int, itemsize: int,
+                 block_h: int = 32) -> int:
+    """Shared memory of the software pipeline, a model fitted to the compiler's refusals on the H100:
+    each stage holds a latent and a rope tile (its count for 512+64 bf16, 32 heads, at 64 x 4
+    stages was 262,144 B: the latent tiles alone; the rope tiles are counted here as a margin);
+    with 64 heads a program it also stages a (64 x 256) block per stage (294,912 B at 64 x 3 bf16
+    and at 32 x 3 fp32, both 128 heads), counted as 4 x block_h extra columns."""
+    extra = 4 * block_h if block_h >= 64 else 0
+    return num_stages * block_n * (rank_pad + rope_pad + extra) * itemsize
+
+
+def default_pipeline(rank_pad: int, rope_pad: int, itemsize: int, block_n: int | None = None,
+                     block_h: int = 32) -> tuple[int, int]:
+    """The first of PIPELINES (with `block_n` when given) whose stages fit SMEM_BYTES."""
+    for n, stages in PIPELINES:
+        if block_n is not None and n != block_n:
+            continue
+        if staged_bytes(n, stages, rank_pad, rope_pad, itemsize, block_h) <= SMEM_BYTES:
+            return n, stages
+    return (block_n or 16), 1
+
+
+def programs_per_sm(staged: int) -> int:
+    """Programs a multiprocessor holds at once, by shared memory (the binding limit here)."""
+    return max(1, SMEM_PER_SM // (staged + 1024))
 
 
 def split_count(batch: int, head_blocks: int, max_len: int, block_n: int, heads: int, rank: int,
-                rope: int, itemsize: int, sms: int = H200_SMS) -> int:
-    """Splits per sequence: ~2 programs per SM, no split shorter than the merge-traffic bound."""
-    occupancy = math.ceil(2 * sms / max(1, batch * head_blocks))
+                rope: int, itemsize: int, sms: int = H200_SMS, per_sm: int = 1) -> int:
+    """Splits per sequence: one wave of programs (sms x per_sm slots), no split shorter than the
+    merge-traffic bound, at most DEFAULT_MAX_SPLITS."""
+    one_wave = (sms * per_sm) // max(1, batch * head_blocks)
     partial_bytes = 2 * heads * (rank * 4 + 4)  # fp32 partial + LSE, written then read
     min_tokens = max(2 * block_n, MERGE_SHARE_INV * partial_bytes // ((rank + rope) * itemsize))
     by_length = math.ceil(max(1, max_len) / min_tokens)
-    return max(1, min(occupancy, by_length, MAX_SPLITS))
+    return max(1, min(one_wave, by_length, DEFAULT_MAX_SPLITS))
 
 
 def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, itemsize: int,
@@ -68,18 +106,19 @@ def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, ite
     block_h = min(max(MIN_DOT, next_pow2(heads)), 64)
     head_blocks = math.ceil(heads / block_h)
     rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
-    block_n = block_n or default_block_n(rank_pad)
+    default_n, default_stages = default_pipeline(rank_pad, rope_pad, itemsize, block_n, block_h)
+    block_n = block_n or default_n
     if block_n < MIN_DOT or block_n & (block_n - 1):
         raise ValueError(f"block_n={block_n}: must be a power of two >= {MIN_DOT}")
     if num_splits is None:
-        num_splits = split_count(batch, head_blocks, max_len, block_n, heads, rank, rope, itemsize, sms)
+        per_sm = programs_per_sm(staged_bytes(block_n, num_stages or default_stages, rank_pad, rope_pad,
+                                              itemsize, block_h))
+        num_splits = split_count(batch, head_blocks, max_len, block_n, heads, rank, rope, itemsize, sms, per_sm)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits={num_splits}: must be in 1..{MAX_SPLITS}")
     if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
         raise ValueError(f"num_warps={num_warps}: must be one of 1, 2, 4, 8, 16")
     if num_stages is not None and not 1 <= num_stages <= 6:
         raise ValueError(f"num_stages={num_stages}: must be in 1..6")
-    # 8 warps: compiled for sm_90a on the CPU (Triton 3.9, docs/kernels.md), 4 warps spilled
-    # registers at 96+64 paged and at 192+64; 8 spilled nowhere in the benchmark's shapes
     return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits,
-                       num_warps=num_warps or 8, num_stages=num_stages or 2)
+                       num_warps=num_warps or DEFAULT_WARPS, num_stages=num_stages or default_stages)
