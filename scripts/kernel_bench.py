@@ -270,6 +270,62 @@ def topk_row(timer, batch, length, device, kernel):
     return row
 
 
+# --parts lora_sweep: the fused LoRA kernel's tiles at r = 16 (the issue's bar), every adapter shape
+# and row count; decode rows (M <= 64) and GEMM rows get their own grids
+LORA_SWEEP_SMALL = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=4, num_stages=st)
+                    for bm in (16, 32, 64) for bn in (16, 32, 64) for bk in (64, 128) for st in (2, 4)]
+LORA_SWEEP_LARGE = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=4 if bk == 32 else 3,
+                         n_tiles=t)
+                    for bm in (64, 128) for bn in (64, 128) for bk in (32, 64) for w in (4, 8) for t in (1, 2, 3)]
+
+
+def lora_sweep_rows(timer, device, kernel, smoke: bool) -> list[dict]:
+    """Graph-replayed time of every LORA_SWEEP combination (block_m up to the rows' power of two)
+    beside the base GEMM and the kernel's defaults; a combination that does not compile is a row
+    with its error. Smoke: one tiny point, two combinations (the plumbing only)."""
+    shapes = [(16, 24)] if smoke else LORA_SHAPES
+    row_counts = [3, 40] if smoke else [1, 16, 64, 4096, 32768]
+    rows_out = []
+    for k, n in shapes:
+        for m in row_counts:
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5
+            a = torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5
+            b = torch.randn(n, 16, device=device, dtype=torch.bfloat16)
+            point = {"shape": f"{k}->{n}", "rank": 16, "rows": m}
+            base = timer.graph(lambda: F.linear(x, w))
+            grid = ([{}, dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else
+                    [{}] + [g for g in (LORA_SWEEP_SMALL if m <= 64 else LORA_SWEEP_LARGE)
+                            if g["block_m"] <= max(16, 1 << (m - 1).bit_length())])
+            for knobs in grid:
+                row = {**point, **knobs, "default": not knobs, "base_ms": base}
+                try:
+                    row["fused_ms"] = timer.graph(lambda: kernel(x, w, a, b, scaling=2.0, **knobs))
+                    row["fused_over_base"] = row["fused_ms"] / base
+                except Exception as exc:  # noqa: BLE001 (an out-of-resources compile is a result here)
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                rows_out.append(row)
+            print(json.dumps(min((r for r in rows_out if r.get("rows") == m and r["shape"] == point["shape"]
+                                  and "fused_ms" in r), key=lambda r: r["fused_ms"], default=point)), flush=True)
+    return rows_out
+
+
+def best_of_lora_sweep(rows: list[dict]) -> list[dict]:
+    """The fastest combination at each (shape, rows), beside the default's time."""
+    out = []
+    for point in dict.fromkeys((r["shape"], r["rows"]) for r in rows):
+        timed = [r for r in rows if (r["shape"], r["rows"]) == point and "fused_ms" in r]
+        if not timed:
+            continue
+        best = min(timed, key=lambda r: r["fused_ms"])
+        default = next((r for r in timed if r["default"]), None)
+        knobs = {k: best[k] for k in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "n_tiles") if k in best}
+        out.append({"shape": point[0], "rows": point[1], "best": knobs or "default",
+                    "best_over_base": best["fused_over_base"],
+                    "default_over_base": default["fused_over_base"] if default else None})
+    return out
+
+
 def criteria(mla, lora, topk) -> dict:
     """The issue's done-criteria that this run can judge (None: not measured in this run)."""
     out = {}
@@ -316,7 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file for every row")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, references only")
     ap.add_argument("--parts", nargs="+", default=["mla", "lora", "topk"],
-                    choices=["mla", "lora", "topk", "mla_sweep"],
+                    choices=["mla", "lora", "topk", "mla_sweep", "lora_sweep"],
                     help="mla_sweep: the MLA kernel's tiles at SWEEP_POINTS (not in the default run)")
     ap.add_argument("--sweep", choices=["tiles", "splits"], default="tiles",
                     help="mla_sweep's grid: every tile at SWEEP_POINTS, or the split count alone at SPLIT_POINTS")
@@ -338,8 +394,10 @@ def main(argv=None) -> int:
     mla_kernel, lora_kernel, topk_kernel = kernels(args.smoke)
     copy_bps = copy_bandwidth(timer, device, args.smoke)
     print(f"device copy: {copy_bps / 1e12:.3f} TB/s (bytes read + written)", flush=True)
-    mla, lora, topk, sweep = [], [], [], []
+    mla, lora, topk, sweep, lsweep = [], [], [], [], []
     with torch.inference_mode():
+        if "lora_sweep" in args.parts and lora_kernel is not None:
+            lsweep = lora_sweep_rows(timer, device, lora_kernel, args.smoke)
         if "mla_sweep" in args.parts and mla_kernel is not None:
             sweep = mla_sweep_rows(timer, device, mla_kernel, copy_bps, args.smoke, args.sweep)
         if "mla" in args.parts:
@@ -362,6 +420,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "smoke": args.smoke, "copy_bytes_per_s": copy_bps,
               "command": " ".join(sys.argv), "mla": mla, "lora": lora, "topk": topk,
               "mla_sweep": sweep, "mla_sweep_best": best_of_sweep(sweep),
+              "lora_sweep": lsweep, "lora_sweep_best": best_of_lora_sweep(lsweep),
               "criteria": criteria(mla, lora, topk)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
@@ -372,6 +431,8 @@ def main(argv=None) -> int:
         print(table(result["mla_sweep_best"], ["shape", "batch", "context", "best", "best_ms",
                                                "best_copy_fraction", "default_ms"]))
     print(table(lora, ["shape", "rank", "rows", "fused_ms", "base_ms", "unfused_ms", "fused_over_base"]))
+    if lsweep:
+        print(table(result["lora_sweep_best"], ["shape", "rows", "best", "best_over_base", "default_over_base"]))
     print(table(topk, ["batch", "length", "k", "kernel_ms", "torch_ms"]))
     print(json.dumps(result["criteria"], indent=1))
     return 0

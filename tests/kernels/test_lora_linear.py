@@ -27,10 +27,10 @@ def ground_truth(args, scaling):
     return lora_linear_reference(*[t.double() if t is not None else None for t in args], scaling=scaling)
 
 
-def run_kernel(args, scaling):
+def run_kernel(args, scaling, **knobs):
     from rearqa.kernels.lora_linear.triton import lora_linear_triton
 
-    return lora_linear_triton(*args, scaling=scaling)
+    return lora_linear_triton(*args, scaling=scaling, **knobs)
 
 
 def test_reference_is_the_base_plus_the_low_rank_update():
@@ -48,6 +48,21 @@ def test_the_op_runs_the_reference_off_cuda():
 def test_tiles_by_row_count():
     assert choose_tiles(1, 16).block_m == 16 and choose_tiles(4096, 8).block_m == 128
     assert choose_tiles(64, 5).rank_pad == 16 and choose_tiles(64, 64).rank_pad == 64
+    tuned = choose_tiles(4096, 16, block_n=64, n_tiles=3, num_warps=4)
+    assert (tuned.block_m, tuned.block_n, tuned.n_tiles, tuned.num_warps) == (128, 64, 3, 4)
+    for bad, match in (({"block_n": 48}, "block_n=48"), ({"n_tiles": 0}, None), ({"n_tiles": 9}, "n_tiles=9"),
+                       ({"num_warps": 3}, "num_warps=3"), ({"num_stages": 7}, "num_stages=7")):
+        if match is None:  # 0 means "the default", as for every knob
+            assert choose_tiles(64, 16, **bad).n_tiles == 1
+            continue
+        with pytest.raises(ValueError, match=match):
+            choose_tiles(64, 16, **bad)
+
+
+def test_the_reference_ignores_the_tile_knobs():
+    args, s = make_case(4, 16, 8, 2, torch.float32, "cpu", bias=False)
+    torch.testing.assert_close(lora_linear(*args, scaling=s, block_n=32, n_tiles=2),
+                               lora_linear_reference(*args, scaling=s))
 
 
 def check(device, close_to, rows, k, n, rank, dtype, **kw):
@@ -64,6 +79,17 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 def test_kernel_interpreted(interpreter_device, close_to, shape, dtype):
     for rows, bias, strided in ((1, True, False), (17, False, True), (130, True, True)):
         check(interpreter_device, close_to, rows, *shape, dtype, bias=bias, strided=strided)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("knobs", [{"block_n": 16, "n_tiles": 3}, {"block_m": 16, "block_n": 32, "n_tiles": 2, "block_k": 16}],
+                         ids=["16x3", "32x2"])
+def test_kernel_interpreted_shares_x_a_over_column_tiles(interpreter_device, close_to, knobs):
+    # 37 and 200 columns are not multiples of n_tiles x block_n: the last group's tiles are partly
+    # or wholly outside N (masked); r = 5 pads to 16
+    for rows, k, n, rank in ((17, 40, 37, 5), (130, 24, 200, 16)):
+        args, s = make_case(rows, k, n, rank, torch.float32, interpreter_device, strided=True)
+        close_to(run_kernel(args, s, **knobs), ground_truth(args, s), torch.float32)
 
 
 @pytest.mark.interpret
@@ -87,3 +113,17 @@ def test_kernel_on_gpu(gpu_device, close_to, shape, rank, dtype):
     for rows, bias, strided in ((1, False, False), (16, True, True), (65, True, False),
                                 (4096, False, True), (32768, True, False)):
         check(gpu_device, close_to, rows, *shape, rank, dtype, bias=bias, strided=strided)
+
+
+# the tile sweep's combinations (scripts/kernel_bench.py LORA_SWEEP): every one must be exact
+@pytest.mark.gpu
+@pytest.mark.parametrize("knobs", [{"block_m": 64, "block_n": 64, "n_tiles": 3, "num_warps": 4, "num_stages": 4},
+                                   {"block_m": 128, "block_n": 64, "block_k": 32, "n_tiles": 2},
+                                   {"block_m": 16, "block_n": 16, "block_k": 128, "num_warps": 2}],
+                         ids=["64x64x3", "128x64x2", "16x16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_kernel_on_gpu_with_tile_knobs(gpu_device, close_to, knobs, dtype):
+    for rows, (k, n), rank in ((1, (576, 576), 16), (65, (1536, 576), 5), (4096, (576, 1536), 16),
+                               (333, (100, 37), 64)):
+        args, s = make_case(rows, k, n, rank, dtype, gpu_device, strided=True)
+        close_to(run_kernel(args, s, **knobs), ground_truth(args, s), dtype)

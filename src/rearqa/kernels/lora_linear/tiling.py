@@ -2,9 +2,12 @@
 
 Decode (M <= 64) reads the weight once and is bound by its bytes: small row tiles and narrow
 column tiles spread the weight over more programs. Prefill and training shapes (M in the
-thousands) are GEMMs: 128 x 128 tiles. The low-rank product x A^T is redone by every column tile
-of a row block, r / BLOCK_N extra work (16 / 128 = 12.5% of the base FLOPs at r = 16), the price
-of not writing x A^T out and reading it back (which would cost as many bytes as reading x again).
+thousands) are GEMMs: 128 x 128 tiles. The low-rank product x A^T is computed once per program
+and reused for its `n_tiles` column tiles (the first column tile's K loop computes it beside the
+base product), so it costs r / (n_tiles x BLOCK_N) extra work: 12.5% of the base FLOPs at r = 16,
+one 128-wide tile; the price of not writing x A^T out and reading it back (which would cost as
+many bytes as reading x again). Every knob is an argument of the op too; the GPU sweep
+(scripts/kernel_bench.py --parts lora_sweep) is what should set these defaults.
 """
 from __future__ import annotations
 
@@ -21,12 +24,34 @@ class LoraTiles:
     rank_pad: int  # the LoRA rank padded to a power of two >= 16 (masked loads)
     num_warps: int
     num_stages: int
+    n_tiles: int = 1  # column tiles a program computes in turn, sharing one x A^T
 
 
-def choose_tiles(rows: int, rank: int) -> LoraTiles:
+def _pow2(name: str, value: int) -> None:
+    if value < MIN_DOT or value & (value - 1):
+        raise ValueError(f"{name}={value}: must be a power of two >= {MIN_DOT}")
+
+
+def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: int | None = None,
+                 block_k: int | None = None, num_warps: int | None = None,
+                 num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
+    """The tiles of one launch; the keyword arguments override the defaults (checked)."""
     rank_pad = max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
     if rows <= 16:
-        return LoraTiles(16, 32, 128, rank_pad, 4, 4)
-    if rows <= 64:
-        return LoraTiles(64, 64, 64, rank_pad, 4, 4)
-    return LoraTiles(128, 128, 64, rank_pad, 8, 3)
+        base = LoraTiles(16, 32, 128, rank_pad, 4, 4)
+    elif rows <= 64:
+        base = LoraTiles(64, 64, 64, rank_pad, 4, 4)
+    else:
+        base = LoraTiles(128, 128, 64, rank_pad, 8, 3)
+    tiles = LoraTiles(block_m or base.block_m, block_n or base.block_n, block_k or base.block_k,
+                      rank_pad, num_warps or base.num_warps, num_stages or base.num_stages,
+                      n_tiles or base.n_tiles)
+    for name in ("block_m", "block_n", "block_k"):
+        _pow2(name, getattr(tiles, name))
+    if tiles.num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={tiles.num_warps}: must be one of 1, 2, 4, 8, 16")
+    if not 1 <= tiles.num_stages <= 6:
+        raise ValueError(f"num_stages={tiles.num_stages}: must be in 1..6")
+    if not 1 <= tiles.n_tiles <= 8:
+        raise ValueError(f"n_tiles={tiles.n_tiles}: must be in 1..8")
+    return tiles

@@ -1,8 +1,9 @@
 """Fused LoRA linear in Triton: the base GEMM and the low-rank path in one pass over x.
 
-A program owns a (BLOCK_M, BLOCK_N) tile of y. Its K loop loads each x tile once and feeds two
-products: acc += x W^T (the base) and xa += x A^T (BLOCK_M x r, kept in registers). After the
-loop, acc += (s xa) B^T for the tile's columns, then the bias, one store. B A is never formed and
+A program owns N_TILES (BLOCK_M, BLOCK_N) tiles of y side by side. The first tile's K loop loads
+each x tile once and feeds two products: acc += x W^T (the base) and xa += x A^T (BLOCK_M x r,
+kept in registers). After the loop, acc += (s xa) B^T for the tile's columns, then the bias, one
+store; the program's other tiles run the base product alone and reuse xa. B A is never formed and
 x A^T never leaves the chip (cf. Punica's / S-LoRA's batched LoRA kernels, which split the two
 products into separate launches). Forward only: training runs PEFT's LoRA layers, whose backward
 torch provides (docs/kernels.md).
@@ -17,17 +18,34 @@ from rearqa.kernels.lora_linear.tiling import choose_tiles
 
 
 @triton.jit
+def _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+               s_ym, s_yn, s_bn, s_br, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+    """The epilogue of one (BLOCK_M, BLOCK_N) tile: + s (x A^T) B^T, + bias, one store."""
+    bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
+                 mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
+    # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
+    acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                  s_xm, s_xk, s_wn, s_wk, s_ar, s_ak, s_bn, s_br, s_ym, s_yn,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, RANK_PAD: tl.constexpr, PRECISION: tl.constexpr):
+                 BLOCK_K: tl.constexpr, RANK_PAD: tl.constexpr, N_TILES: tl.constexpr,
+                 PRECISION: tl.constexpr):
     pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = pid // tiles_n, pid % tiles_n  # neighbours share the x row block (in L2)
+    groups_n = tl.cdiv(N, BLOCK_N * N_TILES)
+    pid_m, pid_g = pid // groups_n, pid % groups_n  # neighbours share the x row block (in L2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, RANK_PAD)
-    m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < rank
+    m_ok, r_ok = offs_m < M, offs_r < rank
+    # the first column tile: its K loop also computes x A^T (BLOCK_M x r, kept in registers)
+    offs_n = pid_g * N_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     xa = tl.zeros([BLOCK_M, RANK_PAD], tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -41,20 +59,33 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                      mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
         acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
         xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
-    bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
-                 mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
-    # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
-    acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+               s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
+    # the program's other column tiles reuse x A^T: the base product alone in their K loops
+    for t in tl.static_range(1, N_TILES):
+        offs_n = (pid_g * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
+                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
+                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
+        _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+                   s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
 
 
 def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor,
                        lora_b: torch.Tensor, bias: torch.Tensor | None = None, *,
-                       scaling: float = 1.0) -> torch.Tensor:
-    """The kernel behind `lora_linear` (shapes: reference.lora_linear_reference)."""
+                       scaling: float = 1.0, block_m: int | None = None,
+                       block_n: int | None = None, block_k: int | None = None,
+                       num_warps: int | None = None, num_stages: int | None = None,
+                       n_tiles: int | None = None) -> torch.Tensor:
+    """The kernel behind `lora_linear` (shapes: reference.lora_linear_reference); the tile knobs
+    override tiling.choose_tiles' defaults (the GPU sweep sets them)."""
     n, k = weight.shape
     rank = lora_a.shape[0]
     if x.shape[-1] != k or lora_a.shape != (rank, k) or lora_b.shape != (n, rank):
@@ -69,13 +100,14 @@ def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tens
     rows = x.reshape(-1, k)  # a view where x's leading dims allow it
     m = rows.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    tiles = choose_tiles(m, rank)
-    grid = (triton.cdiv(m, tiles.block_m) * triton.cdiv(n, tiles.block_n),)
+    tiles = choose_tiles(m, rank, block_m=block_m, block_n=block_n, block_k=block_k,
+                         num_warps=num_warps, num_stages=num_stages, n_tiles=n_tiles)
+    grid = (triton.cdiv(m, tiles.block_m) * triton.cdiv(n, tiles.block_n * tiles.n_tiles),)
     _lora_kernel[grid](rows, weight, lora_a, lora_b, bias if bias is not None else weight, y,
                        m, n, k, rank, float(scaling), *rows.stride(), *weight.stride(),
                        *lora_a.stride(), *lora_b.stride(), *y.stride(),
                        HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-                       BLOCK_K=tiles.block_k, RANK_PAD=tiles.rank_pad,
+                       BLOCK_K=tiles.block_k, RANK_PAD=tiles.rank_pad, N_TILES=tiles.n_tiles,
                        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return y.view(*x.shape[:-1], n)
