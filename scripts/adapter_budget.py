@@ -37,6 +37,9 @@ def candidates() -> dict[str, list[dict]]:
     out["blocklora"] = [{"adapter": "blocklora", "lora_r": r, "lora_target": "all-linear",
                          "adapter_options": {"blocks": n}}
                         for n in (2, 4) for r in range(n, 65, n)]
+    out["blocklora-input"] = [{"adapter": "blocklora", "lora_r": r, "lora_target": "all-linear",
+                               "adapter_options": {"blocks": n, "share": "input"}}
+                              for n in (2, 4) for r in range(8, 49)]
     out["masa"] = [{"adapter": "masa", "lora_r": 16, "lora_target": target,
                     "adapter_options": {"atoms": s}}
                    for target in (ATTENTION, ["q_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"])
@@ -83,10 +86,10 @@ def main() -> None:
                      "searched": len(grid)})
     print(f"reference: plain LoRA r 16 all-linear, {reference:,} trainable adapter parameters "
           f"({model_dir.name})")
-    print(f"{'method':<10} {'trainable':>11} {'ratio':>6}  within {args.tolerance:.0%}  settings")
+    print(f"{'method':<15} {'trainable':>11} {'ratio':>6}  within {args.tolerance:.0%}  settings")
     for row in rows:
         r = row["recipe"]
-        print(f"{row['method']:<10} {row['trainable']:>11,} {row['ratio']:>6.3f}  "
+        print(f"{row['method']:<15} {row['trainable']:>11,} {row['ratio']:>6.3f}  "
               f"{'yes' if row['within_tolerance'] else 'NO ':<10} r={r['lora_r']} "
               f"target={r['lora_target']} {r.get('adapter_options', {})}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,10 @@ CASES = {
     "dvlora": ("dvlora", DVLoraSettings(r=4, alpha=8, dropout=0.0, init="random")),
     "gdvlora-scalar": ("dvlora", DVLoraSettings(r=4, alpha=8, dropout=0.0, gate="scalar", init="random")),
     "blocklora": ("blocklora", BlockLoraSettings(r=4, alpha=8, dropout=0.0, blocks=2, init="random")),
+    "blocklora-input": ("blocklora", BlockLoraSettings(r=4, alpha=8, dropout=0.0, blocks=2, init="random",
+                                                       share="input")),
 }
-EXPORTED_RANK = {"hydra": 4 + 2, "dvlora": 4, "gdvlora-scalar": 4, "blocklora": 4 // 2}
+EXPORTED_RANK = {"hydra": 4 + 2, "dvlora": 4, "gdvlora-scalar": 4, "blocklora": 4 // 2, "blocklora-input": 4}
 
 
 def base_model():

@@ -30,6 +30,8 @@ METHODS = {
     "gdvlora": ("dvlora", DVLoraSettings(r=8, alpha=16, dropout=0.0, gate="scalar", init="random")),
     "blocklora": ("blocklora", BlockLoraSettings(r=16, alpha=32, dropout=0.0, blocks=2,
                                                  init="random")),  # exported rank 16 / 2 = 8
+    "blocklora-input": ("blocklora", BlockLoraSettings(r=8, alpha=16, dropout=0.0, blocks=2, share="input",
+                                                       init="random")),  # exported rank 8
 }
 
 
@@ -66,7 +68,7 @@ def test_exported_adapters_give_the_merged_models_greedy_tokens_on_one_vllm_engi
         ranks.append(json.loads((tmp_path / label / "adapter_config.json").read_text())["r"])
         specs += ["--lora", f"{label}={tmp_path / label}"]
         merged[label] = model.merge_and_unload()
-    assert ranks == [12, 8, 8]
+    assert ranks == [12, 8, 8, 8]
     prompts = [[5, 17, 33, 8, 9, 100, 7], [40, 41, 42, 43]]
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tmp_path / "base"), "--prompts",

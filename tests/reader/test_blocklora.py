@@ -20,9 +20,9 @@ def base_model():
     return tiny_llama(64, tied=False, hidden_size=16, seed=3)
 
 
-def adapted(r=4, blocks=2, alpha=8):
+def adapted(r=4, blocks=2, alpha=8, share="rank"):
     """The tiny Llama with Block-LoRA, every adapter tensor moved off its init."""
-    settings = BlockLoraSettings(r=r, alpha=alpha, dropout=0.0, blocks=blocks, init="random")
+    settings = BlockLoraSettings(r=r, alpha=alpha, dropout=0.0, blocks=blocks, init="random", share=share)
     return moved_off_init(wrap("blocklora", base_model(), settings).eval())
 
 
@@ -48,6 +48,38 @@ def test_the_forward_is_lora_with_every_down_projection_block_shared(blocks):
         with torch.no_grad():
             torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
             assert (layer(x) - layer.base_layer(x)).abs().max() > 1e-3
+            assert torch.linalg.matrix_rank(layer.get_delta_weight("default"), rtol=1e-4) == 4 // blocks
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_share_input_is_lora_with_every_input_column_block_of_a_shared(blocks):
+    """share: input. h = W0 x + s B A x with A = [A_s, ..., A_s] (n column blocks, all A_s), written
+    out without the layer's own sum of x's chunks; the update keeps rank r, not r / n."""
+    model = adapted(r=4, blocks=blocks, share="input")
+    torch.manual_seed(0)
+    for layer in layers(model):
+        a_s, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert a_s.shape == (4, layer.in_features // blocks) and b.shape == (layer.out_features, 4)
+        x = torch.randn(3, 5, layer.in_features)
+        a_full = a_s.repeat(1, blocks)  # (r, d_in): column block j is A_j = A_s
+        expected = layer.base_layer(x) + layer.scaling["default"] * (x @ a_full.T @ b.T)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+            assert torch.linalg.matrix_rank(layer.get_delta_weight("default"), rtol=1e-4) == 4  # fp32 noise aside
+
+
+def test_share_input_trains_fewer_parameters_in_a():
+    """Per layer r d_in / n + r d_out."""
+    r, blocks = 4, 2
+    model = wrap("blocklora", base_model(), BlockLoraSettings(r=r, alpha=8, blocks=blocks, share="input"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(r * layer.in_features // blocks + r * layer.out_features for layer in layers(model))
+
+
+def test_share_input_refuses_a_block_count_that_does_not_divide_the_width():
+    # the tiny Llama's widths are 16 (hidden) and its MLP's; 3 divides neither of 16
+    with pytest.raises(ValueError, match=r"blocks=3 does not divide this layer's input width d_in=16 .*use blocks in \[1, 2, 4, 8, 16\]"):
+        wrap("blocklora", base_model(), BlockLoraSettings(r=6, alpha=8, blocks=3, share="input"))
 
 
 def test_one_block_is_plain_lora():
@@ -106,6 +138,7 @@ def test_a_saved_adapter_does_not_load_silently_as_plain_lora(tmp_path):
     (dict(blocks=0), "blocks=0: must be a positive integer"),
     (dict(blocks=2.0), "blocks=2.0: must be a positive integer"),
     (dict(init="ones"), "init='ones'"),
+    (dict(share="cols"), r"share='cols': must be one of \['rank', 'input'\]"),
 ])
 def test_bad_settings_name_the_value_and_the_fix(bad, match):
     with pytest.raises(ConfigError, match=match):

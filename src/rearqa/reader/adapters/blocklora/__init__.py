@@ -6,8 +6,13 @@ sub-matrices are shared, which cuts trainable parameters and turns some matrix p
 additions. Only the abstract could be read here, so this form is derived from it and is the
 project's own variant until checked against the paper's method section (docs/adapters.md): split
 LoRA's rank r into n blocks, B A = sum_i B_i A_i, and share A_i = A_s, so the update is
-(B_1 + ... + B_n) A_s: one shared head, n arms. It is linear in x and does not read W0, so it
-merges exactly and exports exactly as plain LoRA of rank r / n (layer.py).
+(B_1 + ... + B_n) A_s: one shared head, n arms (`share: rank`, the default). That form is exactly
+plain LoRA of rank r / n whose n up-projection blocks get the same gradient, so a second reading is
+offered (`share: input`): partition A by the input's columns, as block-matrix LoRA variants do,
+and share those blocks, so A x = A_s (x_1 + ... + x_n), the sum of x's n column chunks, and the
+update B [A_s ... A_s] keeps rank up to r. Both are linear in x and do not read W0, so they merge
+exactly and export exactly as plain LoRA, of rank r / n and r (layer.py). Which one the paper
+means is unverified (docs/adapters.md).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class BlockLoraConfig(RearLoraConfig):
     rearqa_method: str = field(default="blocklora")
     blocklora_blocks: int = field(default=2)
     blocklora_init: str = field(default="zero")
+    blocklora_share: str = field(default="rank")
 
 
 class BlockLoraMethod(CustomMethod):
@@ -36,4 +42,5 @@ class BlockLoraMethod(CustomMethod):
 
     @staticmethod
     def method_fields(settings: BlockLoraSettings) -> dict:
-        return {"blocklora_blocks": settings.blocks, "blocklora_init": settings.init}
+        return {"blocklora_blocks": settings.blocks, "blocklora_init": settings.init,
+                "blocklora_share": settings.share}

@@ -7,8 +7,10 @@ LoRA whose rank bottleneck is wrapped in trainable scaling vectors, delta = diag
 update. One method with a `gate` setting rather than two names: DV-LoRA is GDV-LoRA with the gate
 off; the layer, the vectors and the export are the same. An input-independent gate ("none",
 "scalar") merges exactly and exports exactly as plain LoRA of rank r by folding g, b and d into
-A and B; the input gate ("input") is hf only (layer.py). See docs/adapters.md for what of the
-paper's equations could be checked.
+A and B; the input gate ("input") is hf only (layer.py). The DV-LoRA form is the one in the
+authors' EndoDAC code (s diag(v) B diag(u) A, their `DVLinear`; their vectors start random and train
+in a second phase, ours start at 1 and train with A and B); the gate is unverified. docs/adapters.md
+says what was checked and how.
 """
 from __future__ import annotations
 
