@@ -132,6 +132,43 @@ def test_importance_is_normalised_by_the_queries_that_can_see_a_token():
     assert state.alive[0].tolist() == [True, False, False, True]
 
 
+def test_a_window_counts_only_the_newest_queries_votes():
+    # the same probabilities, only queries 2 and 3 voting: token 0 gets 0.8 from 2 queries, token 3
+    # 0.6 from 1, token 1 0.3 from 2, token 2 0.3 from 2 (both voters see it); tokens stay alive
+    state = SpAttenState(SpAttenConfig(tokens=0.5, start_layer=0, recent=1, window=2), 1, 1, 1,
+                         torch.device("cpu"))
+    state.grow(4)
+    probs = torch.tensor([[1.0, 0, 0, 0], [0.4, 0.6, 0, 0], [0.4, 0.3, 0.3, 0], [0.4, 0, 0, 0.6]])
+    allowed = torch.ones(4, 4, dtype=torch.bool).tril()[None]
+    voters = torch.tensor([[False, False, True, True]])
+    state.accumulate(probs[None, None], allowed, torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 1, 4, 2),
+                     voters)
+    assert torch.allclose(state.importance()[0], torch.tensor([0.8 / 2, 0.3 / 2, 0.3 / 2, 0.6 / 1],
+                                                                dtype=torch.float64))
+    assert state.head_importance[0, 0] == 8  # every alive query's output counts for the heads
+
+
+def test_a_window_as_long_as_the_prompt_is_spattens_rule_and_a_short_one_differs():
+    """window >= the prompt's length lets every query vote: the same importance and pruning as no
+    window; a short window accumulates another importance (the same budget, other votes)."""
+    from rearqa.reader.backbone.spatten.attention import attention_modules
+
+    ids, mask = batch()
+    runs = {}
+    for budgets in ("spatten:tokens=0.5,start_layer=0", "spatten:tokens=0.5,start_layer=0,window=64",
+                    "spatten:tokens=0.5,start_layer=0,window=4"):
+        model = spatten_llama(budgets)
+        with torch.no_grad(), track(model) as history:
+            model(input_ids=ids, attention_mask=mask)
+        state = attention_modules(model)[0].spatten_run.state
+        runs[budgets] = (history[0].pruned_layer, state.importance())
+    (plain_pruned, plain), (wide_pruned, wide), (_, short) = runs.values()
+    assert torch.equal(plain_pruned, wide_pruned) and (plain_pruned >= 0).any()
+    assert torch.equal(plain, wide) and not torch.allclose(plain, short)
+    assert parse_budgets("spatten:window=4").label.endswith("window=4")
+    assert "window" not in parse_budgets("spatten:tokens=0.5").label  # labels before the setting hold
+
+
 # ------------------------------------------------------------------ head pruning
 
 def test_head_pruning_cascades_and_zeroes_the_pruned_heads():
@@ -236,7 +273,7 @@ def test_pruned_budgets_save_flops_and_bytes():
                                   "spatten:values=0", "spatten:key_bits=9", "spatten:flat=2",
                                   "spatten:recent=0", "spatten:tokens=lots", "spatten:start_layer=1.5",
                                   "spatten:keep=0.5", "spatten:tokens", "spattn:tokens=0.5",
-                                  "spatten:quant_bits=1"])
+                                  "spatten:quant_bits=1", "spatten:window=-1", "spatten:window=2.5"])
 def test_bad_budgets_are_refused(text):
     with pytest.raises(ConfigError):
         parse_budgets(text)

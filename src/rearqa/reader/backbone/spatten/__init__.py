@@ -10,6 +10,12 @@ are fetched. Here, in a causal reader, importance is divided by the number of qu
 see each token (early tokens are seen by more of them), and the newest `recent` tokens (the
 question, the token being decoded) are never pruned.
 
+`window` (off by default) is rearqa's own variant, not the paper's: in the prefill only the prompt's
+newest W queries (in a RAG prompt, the question and what follows it) vote for token importance, as
+the observation window of SnapKV (Li et al., arXiv 2404.14469) does, because with every query
+voting the passages' tokens vote for each other and the answer span is pruned more than the rest
+(docs/backbone.md "SpAtten on the test sets"). Decode steps vote as before.
+
   config.py     SpAttenConfig: the budgets, their schedule over layers, the `spatten:...` string
   state.py      one generation's alive tokens and heads, and its SpAttenStats (FLOPs, bytes)
   attention.py  the attention function registered with transformers; install, track

@@ -117,7 +117,11 @@ class SpAttenRun:
         out = torch.matmul(used, _repeat(value, groups))  # (B, H, T, D)
         if not bool(state.head_alive.all()):
             out = out * state.head_alive[:, :, None, None].to(out.dtype)
-        state.accumulate(probs, allowed, query_alive, out)
+        voters = None
+        if cfg.window and length > 1:  # the prefill: only the prompt's newest `window` queries vote
+            newest = valid.long().flip(1).cumsum(1).flip(1) <= cfg.window  # (B, S)
+            voters = newest[:, keys - length:]
+        state.accumulate(probs, allowed, query_alive, out, voters)
         self._count(state, layer, visible, valid, allowed, query_alive, flat, kept, kv_heads, dim)
         return out.transpose(1, 2).contiguous(), None
 

@@ -25,13 +25,14 @@ class SpAttenConfig:
     quant_bits: int = 8  # width of the integer keys the cache would hold when key_bits is set
     flat: float = 0.1  # a softmax row whose max probability is below this refetches the keys' LSBs
     values: float = 1.0  # per query, the share of its alive tokens whose values are fetched, in (0, 1]
+    window: int = 0  # prefill votes: 0 = every query (SpAtten); W = only the newest W prompt queries
 
     def __post_init__(self) -> None:
         for name in ("tokens", "heads", "values"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
                 raise ConfigError(f"spatten {name}={value!r}: a share kept, in (0, 1] (1 keeps all)")
-        for name, low in (("start_layer", 0), ("recent", 1), ("key_bits", 0)):
+        for name, low in (("start_layer", 0), ("recent", 1), ("key_bits", 0), ("window", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"spatten {name}={value!r}: an integer >= {low}")
@@ -52,7 +53,8 @@ class SpAttenConfig:
     @property
     def label(self) -> str:
         """The canonical budget string ("spatten:tokens=0.6,heads=0.8,...", every setting)."""
-        return f"{NAME}:" + ",".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self))
+        return f"{NAME}:" + ",".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self)
+                                     if f.name != "window" or self.window)  # window=0: the labels before it
 
     def check_layers(self, num_layers: int) -> None:
         if self.start_layer >= num_layers:

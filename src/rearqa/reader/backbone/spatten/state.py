@@ -171,11 +171,15 @@ class SpAttenState:
             self.stats.pruned_heads[drop.cpu()] = layer
 
     def accumulate(self, probs: torch.Tensor, allowed: torch.Tensor, query_alive: torch.Tensor,
-                   out: torch.Tensor) -> None:
+                   out: torch.Tensor, voters: torch.Tensor | None = None) -> None:
         """Add one layer's evidence: `probs` (B, H, T, S) and `allowed` (B, T, S) of the alive
-        queries `query_alive` (B, T); `out` (B, H, T, D) the heads' outputs."""
-        rows = query_alive[:, None, :, None].to(probs.dtype)
-        received = (probs * rows * self.head_alive[:, :, None, None]).sum(dim=(1, 2))  # (B, S)
+        queries `query_alive` (B, T); `out` (B, H, T, D) the heads' outputs. `voters` (B, T): the
+        queries whose attention counts towards token importance (default: every alive query; the
+        `window` setting narrows it); head importance counts every alive query."""
+        voters = query_alive if voters is None else voters & query_alive
+        votes = voters[:, None, :, None].to(probs.dtype)
+        received = (probs * votes * self.head_alive[:, :, None, None]).sum(dim=(1, 2))  # (B, S)
         self.received += received.double()
-        self.seen_by += (allowed & query_alive[:, :, None]).sum(1).double()
+        self.seen_by += (allowed & voters[:, :, None]).sum(1).double()
+        rows = query_alive[:, None, :, None].to(probs.dtype)
         self.head_importance += (out.abs().float() * rows).sum(dim=(2, 3)).double()
