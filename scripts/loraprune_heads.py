@@ -11,6 +11,11 @@ by the mean strength of their query heads (0 = the weakest) and reports where th
 falls, with the chance of removing at least as many of the weakest (or of the strongest) by
 picking the removed groups at random (binomial, probability 1 / groups per layer; exact for one
 removed group a layer, as in the shipped 3 -> 2 mask).
+
+`--masks-out DIR` also writes three head-only masks of the same shape (every MLP channel kept, so
+that only the KV-group choice differs): LoRAPrune's groups, the weakest-composed group of each
+layer removed, and the strongest removed (a layer without a strength keeps LoRAPrune's groups), for
+`rearqa convert --transform loraprune --mask` and scripts/healed_ppl.py (docs/backbone.md).
 """
 from __future__ import annotations
 
@@ -40,6 +45,23 @@ def removed_ranks(strength: np.ndarray, kv_keep: list[list[int]], kv_heads: int)
     return out
 
 
+def head_only_masks(mask: dict, rows: list[dict]) -> dict[str, dict]:
+    """LoRAPrune's KV groups, and the weakest / strongest group removed per layer, all MLP kept."""
+    strengths = {row["layer"]: row["strength"] for row in rows}
+    keep_all = list(range(mask["intermediate"]))
+    kept = len(mask["kv_keep"][0])  # groups a layer keeps (the servable masks keep as many in each)
+
+    def choose(pick) -> dict:
+        kv = [sorted(pick(strengths[layer])) if layer in strengths else keep
+              for layer, keep in enumerate(mask["kv_keep"])]
+        return {**mask, "kv_keep": kv, "mlp_keep": [keep_all for _ in mask["mlp_keep"]]}
+
+    by_strength = lambda s: sorted(range(len(s)), key=lambda g: s[g])  # noqa: E731
+    return {"loraprune-heads": {**mask, "mlp_keep": [keep_all for _ in mask["mlp_keep"]]},
+            "drop-weakest": choose(lambda s: by_strength(s)[-kept:]),
+            "drop-strongest": choose(lambda s: by_strength(s)[:kept])}
+
+
 def at_least(k: int, n: int, p: float) -> float:
     """P(Binomial(n, p) >= k)."""
     return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
@@ -50,6 +72,7 @@ def main() -> None:
     ap.add_argument("mask", type=Path, help="LoRAPrune's mask.json (kv_keep per layer)")
     ap.add_argument("--scores", type=Path, default=Path("docs/results/heads/scores.json"))
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--masks-out", type=Path, default=None, help="write the three head-only masks here")
     args = ap.parse_args()
     mask = json.loads(args.mask.read_text())
     rows = removed_ranks(strength_table(json.loads(args.scores.read_text())), mask["kv_keep"], mask["kv_heads"])
@@ -68,6 +91,10 @@ def main() -> None:
     for row in rows:
         print(f"{row['layer']:5d}  {'  '.join(f'{v:.4f}' for v in row['strength']):40s}  {row['removed']}  {row['rank']}")
     print(json.dumps(summary, indent=1))
+    if args.masks_out:
+        args.masks_out.mkdir(parents=True, exist_ok=True)
+        for name, out in head_only_masks(mask, rows).items():
+            (args.masks_out / f"{name}.json").write_text(json.dumps(out) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

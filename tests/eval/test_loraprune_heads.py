@@ -34,6 +34,19 @@ def test_ranks_on_a_constructed_case(script):
     assert script.at_least(2, 2, 0.5) == pytest.approx(0.25)
 
 
+def test_head_only_masks_on_a_constructed_case(script):
+    # 3 layers, 3 KV groups, 2 kept; layer 2 has no strength (no later reader): LoRAPrune's groups
+    strength = np.array([[0.2] * 3 + [0.1] * 3 + [0.3] * 3, [0.5] * 3 + [0.4] * 3 + [0.6] * 3, [np.nan] * 9])
+    mask = {"kv_heads": 3, "intermediate": 4, "kv_keep": [[0, 1], [1, 2], [0, 2]],
+            "mlp_keep": [[0, 1], [2, 3], [1, 3]], "format": 1}
+    masks = script.head_only_masks(mask, script.removed_ranks(strength, mask["kv_keep"], kv_heads=3))
+    assert masks["loraprune-heads"]["kv_keep"] == [[0, 1], [1, 2], [0, 2]]
+    assert masks["drop-weakest"]["kv_keep"] == [[0, 2], [0, 2], [0, 2]]
+    assert masks["drop-strongest"]["kv_keep"] == [[0, 1], [0, 1], [0, 2]]
+    assert all(m["mlp_keep"] == [[0, 1, 2, 3]] * 3 for m in masks.values())
+    assert mask["mlp_keep"] == [[0, 1], [2, 3], [1, 3]]  # the input is not changed
+
+
 def test_the_committed_comparison_is_what_the_shipped_mask_gives(script, tmp_path, monkeypatch):
     out = tmp_path / "cmp.json"
     mask = ROOT / "checkpoints" / "healed" / "ragft-loraprune-2-1024" / "mask.json"
