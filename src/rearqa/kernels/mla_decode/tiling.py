@@ -10,8 +10,8 @@ mla_sweep --sweep tiles|splits`):
     (one at 512+64 and 192+64, three at 96+64); the split count is the largest that keeps
     batch x head blocks x splits within those slots, so no program waits for a second wave
     (at Llama-3-8B B = 16, T = 32K: 8 splits, 0.220 ms; the earlier "two programs a
-    multiprocessor", 17 splits = 2.06 waves: 0.249 ms). It was the best or within 9% of the best
-    count at all 14 points of the split sweep;
+    multiprocessor", 17 splits = 2.06 waves: 0.249 ms). It was within 3% of the best count at
+    13 of the 14 points of the split sweep, 12% off at the 14th (SmolLM2 96+64, B = 16, T = 8K);
   - merge traffic: every split writes an fp32 partial (heads x kv_lora_rank) and its LSE, which the
     merge reads back; a split must read enough cache that this stays small. A split covers at
     least MERGE_SHARE_INV times the tokens whose cache bytes equal its partial's bytes (write and
