@@ -18,7 +18,7 @@ from rearqa.kernels.lora_linear.tiling import choose_tiles
 
 
 @triton.jit
-def _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+def _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
                s_ym, s_yn, s_bn, s_br, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """The epilogue of one (BLOCK_M, BLOCK_N) tile: + s (x A^T) B^T, + bias, one store."""
     bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
@@ -59,7 +59,7 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                      mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
         acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
         xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
-    _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+    _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
                s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
     # the program's other column tiles reuse x A^T: the base product alone in their K loops
     for t in tl.static_range(1, N_TILES):
@@ -74,7 +74,7 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
             wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
                          mask=n_ok[None, :] & k_ok[:, None], other=0.0)
             acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
-        _lora_tile(x, w, b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
+        _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
                    s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
 
 
