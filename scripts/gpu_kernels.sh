@@ -8,8 +8,12 @@
 #      tests/reader/backbone/test_transmla_modeling.py), pytest-xdist over XDIST workers
 #      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml
 #   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
+#   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
+#      presets) through the kernel and, for comparison, through the torch reference
+#      (REARQA_KERNELS=reference)                                 -> $OUT/decode-PRESET-{triton,reference}.json
 # Settings: CALL_LIMIT (570), TEST_BUDGET (280 s), XDIST (8), BENCH_ARGS (extra kernel_bench args,
-# e.g. "--parts mla" for a second call that only times).
+# e.g. "--parts mla" for a second call that only times), DECODE_BENCH (0), DECODE_RESERVE (150 s
+# kept for step 4 when it is on).
 # Exit: 0 tests passed and the benchmark finished; 1 otherwise (the logs say which).
 set -uo pipefail
 : "${OUT:?OUT is unset: this runs on the device machine (or set OUT for a rehearsal)}"
@@ -47,7 +51,7 @@ timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   2>&1 | tail -n 400 > "$OUT/kernels-tests.log" || status=1
 tail -n 15 "$OUT/kernels-tests.log"
 
-left=$(( LIMIT - $(date +%s) + T0 - 5 ))
+left=$(( LIMIT - $(date +%s) + T0 - 5 - (${DECODE_BENCH:-0} == 1 ? ${DECODE_RESERVE:-150} : 0) ))
 if [ "$left" -gt 30 ]; then
   # shellcheck disable=SC2086
   timeout "$left" python3 scripts/kernel_bench.py --out "$OUT/kernel-bench.json" ${BENCH_ARGS:-} \
@@ -55,6 +59,18 @@ if [ "$left" -gt 30 ]; then
   tail -n 100 "$OUT/kernel-bench.log"
 else
   echo "gpu_kernels: no time left for the benchmark ($left s)"; status=1
+fi
+if [ "${DECODE_BENCH:-0}" = 1 ]; then
+  for preset in smollm2 llama3-8b-attn; do
+    for k in triton reference; do
+      left=$(( LIMIT - $(date +%s) + T0 - 5 ))
+      [ "$left" -gt 20 ] || { echo "gpu_kernels: no time left for decode $preset $k"; status=1; continue; }
+      REARQA_KERNELS=$k timeout "$left" python3 scripts/bench_mla_decode.py --preset "$preset" --device cuda \
+        --contexts 4096 32768 --batch 1 32 --steps 16 --out "$OUT/decode-$preset-$k.json" \
+        > "$OUT/decode-$preset-$k.log" 2>&1 || status=1
+      tail -n 6 "$OUT/decode-$preset-$k.log"
+    done
+  done
 fi
 echo "gpu_kernels: exit $status after $(( $(date +%s) - T0 )) s"
 exit $status
