@@ -18,20 +18,6 @@ from rearqa.kernels.lora_linear.tiling import choose_tiles
 
 
 @triton.jit
-def _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
-               s_ym, s_yn, s_bn, s_br, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """The epilogue of one (BLOCK_M, BLOCK_N) tile: + s (x A^T) B^T, + bias, one store."""
-    bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
-                 mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
-    # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
-    acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit
 def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                  s_xm, s_xk, s_wn, s_wk, s_ar, s_ak, s_bn, s_br, s_ym, s_yn,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -43,26 +29,8 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, RANK_PAD)
     m_ok, r_ok = offs_m < M, offs_r < rank
-    # the first column tile: its K loop also computes x A^T (BLOCK_M x r, kept in registers)
-    offs_n = pid_g * N_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     xa = tl.zeros([BLOCK_M, RANK_PAD], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
-        wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
-                     mask=n_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, BLOCK_N) = W^T
-        at = tl.load(a + offs_r[None, :] * s_ar + offs_k[:, None] * s_ak,
-                     mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
-        acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
-        xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
-    _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
-               s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
-    # the program's other column tiles reuse x A^T: the base product alone in their K loops
-    for t in tl.static_range(1, N_TILES):
+    for t in tl.static_range(N_TILES):  # unrolled: `t == 0` below is decided at compile time
         offs_n = (pid_g * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -70,12 +38,22 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
             xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
             wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
-                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, BLOCK_N) = W^T
             acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
-        _lora_tile(b, bias, y, offs_m, m_ok, xa, acc, offs_n, n_ok, offs_r, r_ok, scaling,
-                   s_ym, s_yn, s_bn, s_br, HAS_BIAS, PRECISION)
+            if t == 0:  # the first tile's K loop also computes x A^T, which the others reuse
+                at = tl.load(a + offs_r[None, :] * s_ar + offs_k[:, None] * s_ak,
+                             mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
+                xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
+        bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
+                     mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
+        # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
+        acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
 
 
 def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor,
