@@ -23,7 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from rearqa.reader.backbone.spatten.config import NAME, SpAttenConfig
-from rearqa.reader.backbone.spatten.state import DECODE, PREFILL, SpAttenState
+from rearqa.reader.backbone.spatten.state import DECODE, PREFILL, SpAttenState, newest
 
 CACHE_BYTES = 2  # bytes per value (and per unquantised key element): a bf16 KV cache
 
@@ -119,8 +119,7 @@ class SpAttenRun:
             out = out * state.head_alive[:, :, None, None].to(out.dtype)
         voters = None
         if cfg.window and length > 1:  # the prefill: only the prompt's newest `window` queries vote
-            newest = valid.long().flip(1).cumsum(1).flip(1) <= cfg.window  # (B, S)
-            voters = newest[:, keys - length:]
+            voters = newest(valid, cfg.window)[:, keys - length:]
         state.accumulate(probs, allowed, query_alive, out, voters)
         self._count(state, layer, visible, valid, allowed, query_alive, flat, kept, kv_heads, dim)
         return out.transpose(1, 2).contiguous(), None

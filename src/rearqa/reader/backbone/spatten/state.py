@@ -87,6 +87,11 @@ class SpAttenStats:
                 "alive_heads_last_layer": self.alive_heads[PREFILL, -1].tolist()}
 
 
+def newest(valid: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, S) bool: the last `count` real tokens of each row (`valid` marks them; left padding)."""
+    return valid.long().flip(1).cumsum(1).flip(1) <= count
+
+
 class SpAttenState:
     """Alive tokens and heads of one generation and the importance that decides them."""
 
@@ -140,7 +145,7 @@ class SpAttenState:
         cfg = self.cfg
         if cfg.tokens >= 1 or layer < cfg.start_layer:
             return
-        protected = valid.long().flip(1).cumsum(1).flip(1) <= cfg.recent  # the newest `recent` valid
+        protected = newest(valid, cfg.recent)
         totals = valid.sum(1)
         targets = torch.tensor([keep_count(cfg.tokens, int(n), layer, self.num_layers, cfg.start_layer)
                                 for n in totals.tolist()], device=valid.device)
