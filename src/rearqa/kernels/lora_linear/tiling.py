@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIN_DOT = 16
+from rearqa.kernels.launch import MIN_DOT, check_launch, check_pow2
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,6 @@ class LoraTiles:
     num_warps: int
     num_stages: int
     n_tiles: int = 1  # column tiles a program computes in turn, sharing one x A^T
-
-
-def _pow2(name: str, value: int) -> None:
-    if value < MIN_DOT or value & (value - 1):
-        raise ValueError(f"{name}={value}: must be a power of two >= {MIN_DOT}")
 
 
 def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: int | None = None,
@@ -47,11 +42,8 @@ def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: i
                       rank_pad, num_warps or base.num_warps, num_stages or base.num_stages,
                       n_tiles or base.n_tiles)
     for name in ("block_m", "block_n", "block_k"):
-        _pow2(name, getattr(tiles, name))
-    if tiles.num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"num_warps={tiles.num_warps}: must be one of 1, 2, 4, 8, 16")
-    if not 1 <= tiles.num_stages <= 6:
-        raise ValueError(f"num_stages={tiles.num_stages}: must be in 1..6")
+        check_pow2(name, getattr(tiles, name))
+    check_launch(tiles.num_warps, tiles.num_stages)
     if not 1 <= tiles.n_tiles <= 8:
         raise ValueError(f"n_tiles={tiles.n_tiles}: must be in 1..8")
     return tiles

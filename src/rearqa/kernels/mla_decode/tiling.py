@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rearqa.kernels.launch import MIN_DOT, check_launch, check_pow2
+
 H200_SMS = 132  # multiprocessors of the H200 (and H100 SXM); the interpreter has no device to ask
 MAX_SPLITS = 256  # the most a caller may ask for
 DEFAULT_MAX_SPLITS = 64  # the most the rule picks: the largest count the split sweep timed
 MERGE_SHARE_INV = 4  # partials cost at most a quarter of the cache bytes a split reads
-MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
 
 def next_pow2(n: int) -> int:
@@ -108,17 +109,13 @@ def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, ite
     rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
     default_n, default_stages = default_pipeline(rank_pad, rope_pad, itemsize, block_n, block_h)
     block_n = block_n or default_n
-    if block_n < MIN_DOT or block_n & (block_n - 1):
-        raise ValueError(f"block_n={block_n}: must be a power of two >= {MIN_DOT}")
+    check_pow2("block_n", block_n)
     if num_splits is None:
         per_sm = programs_per_sm(staged_bytes(block_n, num_stages or default_stages, rank_pad, rope_pad,
                                               itemsize, block_h))
         num_splits = split_count(batch, head_blocks, max_len, block_n, heads, rank, rope, itemsize, sms, per_sm)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits={num_splits}: must be in 1..{MAX_SPLITS}")
-    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"num_warps={num_warps}: must be one of 1, 2, 4, 8, 16")
-    if num_stages is not None and not 1 <= num_stages <= 6:
-        raise ValueError(f"num_stages={num_stages}: must be in 1..6")
+    check_launch(num_warps, num_stages)
     return DecodeTiles(block_h, head_blocks, block_n, rank_pad, rope_pad, num_splits,
                        num_warps=num_warps or DEFAULT_WARPS, num_stages=num_stages or default_stages)
