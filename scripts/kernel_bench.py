@@ -230,20 +230,23 @@ def mla_sweep_rows(timer, device, kernel, copy_bps, smoke: bool, mode: str = "ti
     return rows
 
 
+def fastest_by_point(rows: list[dict], point_keys: tuple[str, ...], time_key: str):
+    """(point, fastest row, the row marked `default` or None) for each point of a sweep, in order;
+    rows without `time_key` (combinations that did not compile) are skipped."""
+    for point in dict.fromkeys(tuple(r[k] for k in point_keys) for r in rows):
+        timed = [r for r in rows if tuple(r[k] for k in point_keys) == point and time_key in r]
+        if timed:
+            yield point, min(timed, key=lambda r: r[time_key]), next((r for r in timed if r["default"]), None)
+
+
 def best_of_sweep(rows: list[dict]) -> list[dict]:
     """The fastest combination at each point, beside the op's default one (the row marked `default`)."""
-    out = []
-    for point in dict.fromkeys((r["shape"], r["batch"], r["context"]) for r in rows):
-        timed = [r for r in rows if (r["shape"], r["batch"], r["context"]) == point and "graph_ms" in r]
-        if not timed:
-            continue
-        best = min(timed, key=lambda r: r["graph_ms"])
-        default = next((r for r in timed if r["default"]), None)
-        out.append({"shape": point[0], "batch": point[1], "context": point[2],
-                    "best": {k: best[k] for k in ("num_splits", "block_n", "num_warps", "num_stages")},
-                    "best_ms": best["graph_ms"], "best_copy_fraction": best["copy_fraction"],
-                    "default_ms": default["graph_ms"] if default else None})
-    return out
+    return [{"shape": shape, "batch": batch, "context": context,
+             "best": {k: best[k] for k in ("num_splits", "block_n", "num_warps", "num_stages")},
+             "best_ms": best["graph_ms"], "best_copy_fraction": best["copy_fraction"],
+             "default_ms": default["graph_ms"] if default else None}
+            for (shape, batch, context), best, default
+            in fastest_by_point(rows, ("shape", "batch", "context"), "graph_ms")]
 
 
 def lora_row(timer, k, n, rank, rows, device, kernel):
@@ -288,6 +291,7 @@ def lora_sweep_rows(timer, device, kernel, smoke: bool) -> list[dict]:
     rows_out = []
     for k, n in shapes:
         for m in row_counts:
+            point_rows = []
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5
             a = torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5
@@ -304,26 +308,20 @@ def lora_sweep_rows(timer, device, kernel, smoke: bool) -> list[dict]:
                     row["fused_over_base"] = row["fused_ms"] / base
                 except Exception as exc:  # noqa: BLE001 (an out-of-resources compile is a result here)
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-                rows_out.append(row)
-            print(json.dumps(min((r for r in rows_out if r.get("rows") == m and r["shape"] == point["shape"]
-                                  and "fused_ms" in r), key=lambda r: r["fused_ms"], default=point)), flush=True)
+                point_rows.append(row)
+            rows_out += point_rows
+            print(json.dumps(min((r for r in point_rows if "fused_ms" in r), key=lambda r: r["fused_ms"],
+                                 default=point)), flush=True)
     return rows_out
 
 
 def best_of_lora_sweep(rows: list[dict]) -> list[dict]:
     """The fastest combination at each (shape, rows), beside the default's time."""
-    out = []
-    for point in dict.fromkeys((r["shape"], r["rows"]) for r in rows):
-        timed = [r for r in rows if (r["shape"], r["rows"]) == point and "fused_ms" in r]
-        if not timed:
-            continue
-        best = min(timed, key=lambda r: r["fused_ms"])
-        default = next((r for r in timed if r["default"]), None)
-        knobs = {k: best[k] for k in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "n_tiles") if k in best}
-        out.append({"shape": point[0], "rows": point[1], "best": knobs or "default",
-                    "best_over_base": best["fused_over_base"],
-                    "default_over_base": default["fused_over_base"] if default else None})
-    return out
+    knob_keys = ("block_m", "block_n", "block_k", "num_warps", "num_stages", "n_tiles")
+    return [{"shape": shape, "rows": m, "best": {k: best[k] for k in knob_keys if k in best} or "default",
+             "best_over_base": best["fused_over_base"],
+             "default_over_base": default["fused_over_base"] if default else None}
+            for (shape, m), best, default in fastest_by_point(rows, ("shape", "rows"), "fused_ms")]
 
 
 def criteria(mla, lora, topk) -> dict:
