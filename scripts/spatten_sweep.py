@@ -10,6 +10,13 @@ Per run: EM and F1 paired with the baseline (rearqa.eval.compare: paired bootstr
 questions, 95% interval), answers changed, the report's `backbone_cost` (attention FLOPs and KV
 bytes per phase, total FLOPs, the pruned share of prompt tokens) and the evidence pruning rate.
 Dev-select splits only: settings are chosen here, never on test.
+
+    python scripts/spatten_sweep.py choose sweep-nq-dev-select.json sweep-tqa-dev-select.json
+
+prints the budget the frozen rule picks from the sweeps of both splits (docs/backbone.md "SpAtten:
+the GPU sweep"): among the budgets with at least 30% fewer decode attention FLOPs on every split,
+the fewest questions lost on the splits pooled; ties go to the fewer decode FLOPs, then to the
+earlier run. Its reasons go to stderr, the budget alone to stdout (a device call reads it).
 """
 from __future__ import annotations
 
@@ -23,7 +30,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rearqa.eval.compare import compare_reports, load_run_rows  # noqa: E402
 
 
+MAX_DECODE_FLOPS = 0.7  # the issue's bar: at least 30% fewer attention FLOPs per generated token
+
+
+def choose(sweeps: list[dict]) -> str:
+    """The budget string the rule picks from one sweep per split (the runs matched by backbone)."""
+    by_budget: dict[str, list[dict]] = {}
+    for sweep in sweeps:
+        for row in sweep["runs"]:
+            by_budget.setdefault(row["backbone"], []).append(row)
+    ranked = []
+    for order, (backbone, rows) in enumerate(by_budget.items()):
+        flops = [row["decode_attention_flops_ratio"] for row in rows]
+        if len(rows) < len(sweeps) or any(f is None or f > MAX_DECODE_FLOPS for f in flops):
+            print(f"choose: {backbone}: not on every split or under {1 - MAX_DECODE_FLOPS:.0%} fewer "
+                  f"decode attention FLOPs ({flops})", file=sys.stderr)
+            continue
+        lost = -sum(round(row["em_diff"] * row["n"]) for row in rows)
+        decode = sum(flops) / len(flops)
+        print(f"choose: {backbone}: {lost} questions lost of {sum(r['n'] for r in rows)}, "
+              f"decode attention FLOPs x{decode:.3f}", file=sys.stderr)
+        ranked.append((lost, decode, order, backbone))
+    if not ranked:
+        raise SystemExit("choose: no budget saves 30% of the decode attention FLOPs on every split")
+    return min(ranked)[3].replace("original + ", "")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["choose"]:
+        print(choose([json.loads(Path(f).read_text()) for f in sys.argv[2:]]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", type=Path, required=True, help="the unpruned run's directory")
     p.add_argument("runs", type=Path, nargs="+", help="the pruned runs' directories")

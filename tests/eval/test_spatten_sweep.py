@@ -28,3 +28,22 @@ def test_the_committed_sweep_is_what_the_archived_runs_give(split, tmp_path, mon
     again = json.loads(out.read_text())
     assert strip(again) == strip(committed) and again["baseline_em"] == committed["baseline_em"]
     assert [row["backbone"].split("tokens=")[1][:3] for row in again["runs"]] == ["0.8"] + ["0.6"] * 4
+
+
+def test_the_rule_picks_the_frozen_budget_from_the_committed_sweep(capsys):
+    """The dev-select rule, as a function: on session 14's sweeps it picks the budget frozen in
+    configs/backbone/spatten-ragft.yaml (4 questions lost; tokens=0.8 saves too little)."""
+    import yaml
+
+    from rearqa.reader.backbone.spatten.config import parse_budgets
+
+    spec = importlib.util.spec_from_file_location("spatten_sweep", ROOT / "scripts" / "spatten_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    sweeps = [json.loads((SWEEP / f"sweep-{s}-dev-select.json").read_text()) for s in ("nq", "tqa")]
+    chosen = sweep.choose(sweeps)
+    frozen = yaml.safe_load((ROOT / "configs" / "backbone" / "spatten-ragft.yaml").read_text())
+    assert parse_budgets(chosen) == parse_budgets(frozen["reader"]["backbone"])
+    reasons = capsys.readouterr().err
+    assert "tokens=0.8" in reasons and "not on every split or under 30%" in reasons
+    assert "4 questions lost of 272" in reasons

@@ -169,6 +169,43 @@ def test_a_window_as_long_as_the_prompt_is_spattens_rule_and_a_short_one_differs
     assert "window" not in parse_budgets("spatten:tokens=0.5").label  # labels before the setting hold
 
 
+def test_prefill_0_reads_the_prompt_whole_and_prunes_from_the_first_decode_step():
+    """prefill=0: the prefill's logits are the eager model's (nothing pruned, 1x its FLOPs), every
+    pruned token was pruned in a decode step, and from the second step on every layer keeps the
+    last layer's share; the cascade still never revives a token."""
+    budgets = "spatten:tokens=0.5,start_layer=1,recent=1"
+    plain, ours = small_llama(), spatten_llama(budgets + ",prefill=0")
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=ids, attention_mask=mask).logits,
+                           spatten_llama("spatten:start_layer=0,recent=1")(input_ids=ids, attention_mask=mask).logits)
+        assert torch.allclose(ours(input_ids=ids, attention_mask=mask).logits,
+                              plain(input_ids=ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
+    calls = record_calls(ours)
+    with track(ours) as history:
+        out = generate(ours)
+    stats = history[0]
+    first = generate(plain, max_new_tokens=1)
+    assert torch.equal(out.sequences[:, :first.sequences.shape[1]], first.sequences)  # token 1 unpruned
+    pruned = stats.pruned_layer >= 0
+    assert pruned.any() and (stats.pruned_step[pruned] >= 1).all()
+    assert stats.ratio("flops", PREFILL) == 1 and stats.ratio("flops", DECODE) < 0.75
+    real = mask.sum(1).tolist()
+    assert stats.alive_tokens[PREFILL].tolist() == [real] * LAYERS
+    previous = None
+    for step, layer, allowed, alive in calls:
+        if previous is not None:
+            assert not (alive[:, :previous.shape[1]] & ~previous).any()
+        previous = alive
+        if step >= 2:  # every layer reads at most the last layer's share of the prompt
+            prompt_alive = alive[:, :ids.shape[1]] & mask.bool()
+            assert (prompt_alive.sum(1) <= torch.tensor([math.ceil(n / 2) for n in real])).all()
+    # the last decode step's last layer keeps the schedule's share of the real tokens (5 generated)
+    assert stats.alive_tokens[DECODE, -1].tolist() == [math.ceil((n + 5) / 2) for n in real]
+    assert parse_budgets(budgets + ",prefill=0").label.endswith("prefill=0")
+    assert "prefill" not in parse_budgets(budgets).label  # the labels from before the setting hold
+
+
 # ------------------------------------------------------------------ head pruning
 
 def test_head_pruning_cascades_and_zeroes_the_pruned_heads():
@@ -273,7 +310,8 @@ def test_pruned_budgets_save_flops_and_bytes():
                                   "spatten:values=0", "spatten:key_bits=9", "spatten:flat=2",
                                   "spatten:recent=0", "spatten:tokens=lots", "spatten:start_layer=1.5",
                                   "spatten:keep=0.5", "spatten:tokens", "spattn:tokens=0.5",
-                                  "spatten:quant_bits=1", "spatten:window=-1", "spatten:window=2.5"])
+                                  "spatten:quant_bits=1", "spatten:window=-1", "spatten:window=2.5",
+                                  "spatten:prefill=2", "spatten:prefill=0.5"])
 def test_bad_budgets_are_refused(text):
     with pytest.raises(ConfigError):
         parse_budgets(text)

@@ -16,6 +16,14 @@ the observation window of SnapKV (Li et al., arXiv 2404.14469) does, because wit
 voting the passages' tokens vote for each other and the answer span is pruned more than the rest
 (docs/backbone.md "SpAtten on the test sets"). Decode steps vote as before.
 
+`prefill=0` (off by default) is rearqa's other variant: the prompt is read whole (every layer of
+the prefill attends to every token, and its votes are accumulated as SpAtten's), and the cascade
+starts at the first decode step, where each layer prunes down to its schedule; from the second
+step on every layer reads the kept tokens only. It gives up the prefill's savings (1x there) for
+the decode's, the phase where attention is bound by the KV bytes fetched per generated token, as
+the decode-time KV selection of H2O (Zhang et al., arXiv 2306.14048) and SnapKV does. The first
+answer token comes from the unpruned prefill, and REAR's rank head reads the unpruned prompt.
+
   config.py     SpAttenConfig: the budgets, their schedule over layers, the `spatten:...` string
   state.py      one generation's alive tokens and heads, and its SpAttenStats (FLOPs, bytes)
   attention.py  the attention function registered with transformers; install, track

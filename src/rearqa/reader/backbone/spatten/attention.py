@@ -95,8 +95,9 @@ class SpAttenRun:
         state = self._state_for(layer, query, keys)
         visible = _visible(mask, batch, length, keys).to(query.device)  # (B, T, S)
         valid = visible[:, -1, :]  # the newest query sees every real token: (B, S)
-        state.prune_tokens(layer, valid)  # decided on the importance of earlier layers and steps
-        state.prune_heads(layer)
+        if cfg.prefill or state.step:  # prefill=0: the prompt is read whole, its votes still count
+            state.prune_tokens(layer, valid)  # decided on the importance of earlier layers and steps
+            state.prune_heads(layer)
         alive = state.alive[:, :keys]
         allowed = visible & alive[:, None, :]  # (B, T, S)
         query_alive = alive[:, keys - length:] & valid[:, keys - length:]  # (B, T)

@@ -26,16 +26,20 @@ class SpAttenConfig:
     flat: float = 0.1  # a softmax row whose max probability is below this refetches the keys' LSBs
     values: float = 1.0  # per query, the share of its alive tokens whose values are fetched, in (0, 1]
     window: int = 0  # prefill votes: 0 = every query (SpAtten); W = only the newest W prompt queries
+    prefill: int = 1  # 1 = the cascade prunes in the prefill too (SpAtten); 0 = the prompt is read whole
 
     def __post_init__(self) -> None:
         for name in ("tokens", "heads", "values"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
                 raise ConfigError(f"spatten {name}={value!r}: a share kept, in (0, 1] (1 keeps all)")
-        for name, low in (("start_layer", 0), ("recent", 1), ("key_bits", 0), ("window", 0)):
+        for name, low in (("start_layer", 0), ("recent", 1), ("key_bits", 0), ("window", 0), ("prefill", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"spatten {name}={value!r}: an integer >= {low}")
+        if self.prefill not in (0, 1):
+            raise ConfigError(f"spatten prefill={self.prefill!r}: 1 prunes in the prefill (SpAtten), "
+                              "0 reads the prompt whole and prunes from the first decode step")
         if self.quant_bits not in range(2, 17):
             raise ConfigError(f"spatten quant_bits={self.quant_bits!r}: an integer in 2..16")
         if self.key_bits > self.quant_bits:
@@ -53,8 +57,9 @@ class SpAttenConfig:
     @property
     def label(self) -> str:
         """The canonical budget string ("spatten:tokens=0.6,heads=0.8,...", every setting)."""
+        defaults_left_out = {"window": 0, "prefill": 1}  # so the labels from before these settings hold
         return f"{NAME}:" + ",".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self)
-                                     if f.name != "window" or self.window)  # window=0: the labels before it
+                                     if defaults_left_out.get(f.name, None) != getattr(self, f.name))
 
     def check_layers(self, num_layers: int) -> None:
         if self.start_layer >= num_layers:
