@@ -420,6 +420,19 @@ def test_spatten_pruned_scores_move_and_confidences_continue_from_the_prefill():
     assert readings[0].confidences == pytest.approx(direct, abs=1e-6)
 
 
+def test_spatten_prefill_0_keeps_the_rank_heads_scores_and_prunes_the_answers_decode():
+    """prefill=0: the scoring prefill reads every passage token, so the rank head's scores are the
+    full budget's exactly; the answers' decode is pruned (decode FLOPs below the dense count)."""
+    budgets = "spatten:tokens=0.5,start_layer=1,recent=2"
+    full = spatten_reader("spatten:start_layer=1").read(QUESTIONS, PASSAGES)
+    late = spatten_reader(budgets + ",prefill=0").read(QUESTIONS, PASSAGES)
+    pruned = spatten_reader(budgets).read(QUESTIONS, PASSAGES)
+    for a, b, c in zip(full, late, pruned):
+        assert a.scores == b.scores and b.scores != pytest.approx(c.scores, abs=1e-6)
+        assert b.cost["prefill_flops"] == pytest.approx(b.cost["prefill_dense_flops"])
+        assert b.cost["decode_flops"] < b.cost["decode_dense_flops"]
+
+
 def test_spatten_cost_sums_each_questions_rows():
     """Each reading carries SpAtten's counters summed over its passage rows: the prompt tokens
     are the rows' lengths, pruning spends fewer attention FLOPs than the dense count, and a
