@@ -56,6 +56,14 @@ def choose(sweeps: list[dict]) -> str:
     return min(ranked)[3].replace("original + ", "")
 
 
+def question_flops_ratio(rows: list[dict]) -> float | None:
+    """Attention FLOPs of whole questions (prompt read + answer decoded), pruned over unpruned, from
+    the rows' costs (runs archived before report.json carried it have them too)."""
+    costs = [row["backbone_cost"] for row in rows if row.get("backbone_cost")]
+    dense = sum(c["prefill_dense_flops"] + c["decode_dense_flops"] for c in costs)
+    return sum(c["prefill_flops"] + c["decode_flops"] for c in costs) / dense if dense else None
+
+
 def main() -> None:
     if sys.argv[1:2] == ["choose"]:
         print(choose([json.loads(Path(f).read_text()) for f in sys.argv[2:]]))
@@ -85,19 +93,21 @@ def main() -> None:
                       **{k: cost.get(k) for k in ("prefill_attention_flops_ratio",
                                                   "decode_attention_flops_ratio", "decode_kv_bytes_ratio",
                                                   "decode_total_flops_ratio", "pruned_prompt_token_share")},
+                      "question_attention_flops_ratio": question_flops_ratio(run_rows),
                       "evidence_share": (cost.get("evidence") or {}).get("share"),
                       "evidence_tokens": (cost.get("evidence") or {}).get("answer_tokens")})
     dataset = reports[0]["settings"]["dataset"]
     print(f"{dataset}, {table[0]['n'] if table else 0} questions; unpruned EM {reports[0]['aggregate']['all']['em']:.3f}")
     print(f"{'backbone':<58} {'EM':>5} {'dEM [95%]':>22} {'chg':>4} {'attn pre':>8} {'attn dec':>8} "
-          f"{'KV dec':>7} {'tot dec':>7} {'evid':>5}")
+          f"{'KV dec':>7} {'tot dec':>7} {'attn q':>6} {'evid':>5}")
     for t in table:
         label = t["backbone"].replace("original + ", "")[:58]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"{label:<58} {t['em']:>5.3f} {100 * t['em_diff']:>+6.1f} [{100 * t['em_low']:+.1f}, "
               f"{100 * t['em_high']:+.1f}] {t['answers_changed']:>4} {fmt(t['prefill_attention_flops_ratio']):>8} "
               f"{fmt(t['decode_attention_flops_ratio']):>8} {fmt(t['decode_kv_bytes_ratio']):>7} "
-              f"{fmt(t['decode_total_flops_ratio']):>7} {fmt(t['evidence_share']):>5}")
+              f"{fmt(t['decode_total_flops_ratio']):>7} {fmt(t['question_attention_flops_ratio']):>6} "
+              f"{fmt(t['evidence_share']):>5}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"dataset": dataset, "baseline": str(args.baseline),
                                     "baseline_em": reports[0]["aggregate"]["all"]["em"],

@@ -39,6 +39,9 @@ def cost_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         tokens = _sum(costs, "prompt_tokens") if phase == "prefill" else steps
         linear = float(sum(c.get("linear_flops_per_token", 0.0) for c in costs)) / len(costs) * tokens
         out[f"{phase}_total_flops_ratio"] = _ratio(flops + linear, dense + linear)
+    # the whole question (prompt read + answer decoded): what a short answer's savings come to
+    out["question_attention_flops_ratio"] = _ratio(_sum(costs, "prefill_flops") + _sum(costs, "decode_flops"),
+                                                   _sum(costs, "prefill_dense_flops") + _sum(costs, "decode_dense_flops"))
     out["decode_attention_flops_per_token"] = _ratio(_sum(costs, "decode_flops"), steps)
     out["decode_dense_attention_flops_per_token"] = _ratio(_sum(costs, "decode_dense_flops"), steps)
     out["decode_kv_bytes_per_token"] = _ratio(_sum(costs, "decode_kv_bytes"), steps)

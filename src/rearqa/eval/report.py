@@ -123,7 +123,8 @@ def report_markdown(report: dict[str, Any], n_example_rows: int = 10) -> str:
         evidence = cost["evidence"]
         lines += [f"Backbone {report.get('backbone', '')}: against the unpruned reader, attention "
                   f"FLOPs x{_fmt(cost['prefill_attention_flops_ratio'])} (prefill) / "
-                  f"x{_fmt(cost['decode_attention_flops_ratio'])} (decode), decode KV bytes "
+                  f"x{_fmt(cost['decode_attention_flops_ratio'])} (decode), "
+                  f"x{_fmt(cost.get('question_attention_flops_ratio'))} (a whole question), decode KV bytes "
                   f"x{_fmt(cost['decode_kv_bytes_ratio'])}, total FLOPs "
                   f"x{_fmt(cost['prefill_total_flops_ratio'])} / x{_fmt(cost['decode_total_flops_ratio'])}; "
                   f"{_fmt(cost['pruned_prompt_token_share'])} of prompt tokens pruned, "

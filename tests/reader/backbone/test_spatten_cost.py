@@ -95,6 +95,7 @@ def test_the_run_summary_sums_counts_before_dividing():
     assert summary["questions"] == 2
     assert summary["prefill_attention_flops_ratio"] == pytest.approx(0.5)  # (10 + 90) / 200
     assert summary["prefill_total_flops_ratio"] == pytest.approx((100 + 200) / (200 + 200))
+    assert summary["question_attention_flops_ratio"] == pytest.approx((100 + 10) / (200 + 20))
     assert summary["decode_attention_flops_per_token"] == pytest.approx(10.0 / 8)
     assert summary["decode_kv_bytes_ratio"] == pytest.approx(0.5)
     assert summary["pruned_prompt_token_share"] == pytest.approx(0.4)
