@@ -70,6 +70,7 @@ def test_the_frozen_spatten_budget_parses_to_the_chosen_settings():
     assert (config.k, config.reader.method) == (3, "rag-ft")
     budgets = parse_budgets(config.reader.backbone)
     assert (budgets.tokens, budgets.start_layer, budgets.heads, budgets.key_bits) == (0.6, 8, 1.0, 0)
+    assert (budgets.prefill, budgets.window) == (0, 32)  # session 17's choice on all of dev-select
 
 
 def test_rears_frozen_spatten_budget_parses_to_its_chosen_settings():

@@ -30,9 +30,10 @@ def test_the_committed_sweep_is_what_the_archived_runs_give(split, tmp_path, mon
     assert [row["backbone"].split("tokens=")[1][:3] for row in again["runs"]] == ["0.8"] + ["0.6"] * 4
 
 
-def test_the_rule_picks_the_frozen_budget_from_the_committed_sweep(capsys):
-    """The dev-select rule, as a function: on session 14's sweeps it picks the budget frozen in
-    configs/backbone/spatten-ragft.yaml (4 questions lost; tokens=0.8 saves too little)."""
+def test_the_rule_picks_each_sessions_budget_from_its_committed_sweeps(capsys):
+    """The dev-select rule, as a function: on session 14's sweeps it picks that session's budget
+    (4 questions lost of 272; tokens=0.8 saves too little), on session 17's (all of dev-select) the
+    budget frozen in configs/backbone/spatten-ragft.yaml now."""
     import yaml
 
     from rearqa.reader.backbone.spatten.config import parse_budgets
@@ -40,10 +41,14 @@ def test_the_rule_picks_the_frozen_budget_from_the_committed_sweep(capsys):
     spec = importlib.util.spec_from_file_location("spatten_sweep", ROOT / "scripts" / "spatten_sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
-    sweeps = [json.loads((SWEEP / f"sweep-{s}-dev-select.json").read_text()) for s in ("nq", "tqa")]
-    chosen = sweep.choose(sweeps)
-    frozen = yaml.safe_load((ROOT / "configs" / "backbone" / "spatten-ragft.yaml").read_text())
-    assert parse_budgets(chosen) == parse_budgets(frozen["reader"]["backbone"])
+
+    def chosen(folder: Path) -> str:
+        return sweep.choose([json.loads((folder / f"sweep-{s}-dev-select.json").read_text()) for s in ("nq", "tqa")])
+
+    assert parse_budgets(chosen(SWEEP)) == parse_budgets("spatten:tokens=0.6,start_layer=8")
     reasons = capsys.readouterr().err
     assert "tokens=0.8" in reasons and "not on every split or under 30%" in reasons
     assert "4 questions lost of 272" in reasons
+    frozen = yaml.safe_load((ROOT / "configs" / "backbone" / "spatten-ragft.yaml").read_text())
+    assert parse_budgets(chosen(SWEEP.parent / "select-cpu17")) == parse_budgets(frozen["reader"]["backbone"])
+    assert "-1 questions lost of 764" in capsys.readouterr().err
