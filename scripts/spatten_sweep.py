@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from rearqa.eval.backbone_cost import cost_summary  # noqa: E402
 from rearqa.eval.compare import compare_reports, load_run_rows  # noqa: E402
 
 
@@ -54,14 +55,6 @@ def choose(sweeps: list[dict]) -> str:
     if not ranked:
         raise SystemExit("choose: no budget saves 30% of the decode attention FLOPs on every split")
     return min(ranked)[3].replace("original + ", "")
-
-
-def question_flops_ratio(rows: list[dict]) -> float | None:
-    """Attention FLOPs of whole questions (prompt read + answer decoded), pruned over unpruned, from
-    the rows' costs (runs archived before report.json carried it have them too)."""
-    costs = [row["backbone_cost"] for row in rows if row.get("backbone_cost")]
-    dense = sum(c["prefill_dense_flops"] + c["decode_dense_flops"] for c in costs)
-    return sum(c["prefill_flops"] + c["decode_flops"] for c in costs) / dense if dense else None
 
 
 def main() -> None:
@@ -93,7 +86,9 @@ def main() -> None:
                       **{k: cost.get(k) for k in ("prefill_attention_flops_ratio",
                                                   "decode_attention_flops_ratio", "decode_kv_bytes_ratio",
                                                   "decode_total_flops_ratio", "pruned_prompt_token_share")},
-                      "question_attention_flops_ratio": question_flops_ratio(run_rows),
+                      # from the rows: runs archived before report.json carried it have it too
+                      "question_attention_flops_ratio": (cost_summary(run_rows) or {}).get(
+                          "question_attention_flops_ratio"),
                       "evidence_share": (cost.get("evidence") or {}).get("share"),
                       "evidence_tokens": (cost.get("evidence") or {}).get("answer_tokens")})
     dataset = reports[0]["settings"]["dataset"]
