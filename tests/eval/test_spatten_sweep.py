@@ -14,11 +14,17 @@ SWEEP = ROOT / "docs" / "results" / "spatten" / "sweep-gpu14"
 BUDGETS = ["tokens_0.8", "tokens_0.6", "tokens_0.6_start_layer_8", "tokens_0.6_heads_0.8", "tokens_0.6_key_bits_4"]
 
 
-@pytest.mark.parametrize("split", ["nq-dev-select", "tqa-dev-select"])
-def test_the_committed_sweep_is_what_the_archived_runs_give(split, tmp_path, monkeypatch):
+def load_sweep():
+    """scripts/spatten_sweep.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location("spatten_sweep", ROOT / "scripts" / "spatten_sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
+    return sweep
+
+
+@pytest.mark.parametrize("split", ["nq-dev-select", "tqa-dev-select"])
+def test_the_committed_sweep_is_what_the_archived_runs_give(split, tmp_path, monkeypatch):
+    sweep = load_sweep()
     out = tmp_path / "sweep.json"
     monkeypatch.setattr(sys, "argv", ["spatten_sweep.py", "--baseline", str(SWEEP / "none" / split),
                                       *(str(SWEEP / b / split) for b in BUDGETS), "--out", str(out)])
@@ -38,9 +44,7 @@ def test_the_rule_picks_each_sessions_budget_from_its_committed_sweeps(capsys):
 
     from rearqa.reader.backbone.spatten.config import parse_budgets
 
-    spec = importlib.util.spec_from_file_location("spatten_sweep", ROOT / "scripts" / "spatten_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_sweep()
 
     def chosen(folder: Path) -> str:
         return sweep.choose([json.loads((folder / f"sweep-{s}-dev-select.json").read_text()) for s in ("nq", "tqa")])

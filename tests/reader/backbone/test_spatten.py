@@ -177,10 +177,9 @@ def test_prefill_0_reads_the_prompt_whole_and_prunes_from_the_first_decode_step(
     plain, ours = small_llama(), spatten_llama(budgets + ",prefill=0")
     ids, mask = batch()
     with torch.no_grad():
-        assert torch.equal(ours(input_ids=ids, attention_mask=mask).logits,
-                           spatten_llama("spatten:start_layer=0,recent=1")(input_ids=ids, attention_mask=mask).logits)
-        assert torch.allclose(ours(input_ids=ids, attention_mask=mask).logits,
-                              plain(input_ids=ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
+        logits = ours(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(logits, spatten_llama("spatten:start_layer=0,recent=1")(input_ids=ids, attention_mask=mask).logits)
+        assert torch.allclose(logits, plain(input_ids=ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
     calls = record_calls(ours)
     with track(ours) as history:
         out = generate(ours)
