@@ -46,10 +46,11 @@ def test_the_op_runs_the_reference_off_cuda():
 
 
 def test_tiles_by_row_count():
-    assert choose_tiles(1, 16).block_m == 16 and choose_tiles(4096, 8).block_m == 128
+    assert choose_tiles(1, 16).block_m == 16 and choose_tiles(4096, 8).block_m == 64
+    assert choose_tiles(32768, 16).block_m == 128
     assert choose_tiles(64, 5).rank_pad == 16 and choose_tiles(64, 64).rank_pad == 64
     tuned = choose_tiles(4096, 16, block_n=64, n_tiles=3, num_warps=4)
-    assert (tuned.block_m, tuned.block_n, tuned.n_tiles, tuned.num_warps) == (128, 64, 3, 4)
+    assert (tuned.block_m, tuned.block_n, tuned.n_tiles, tuned.num_warps) == (64, 64, 3, 4)
     for bad, match in (({"block_n": 48}, "block_n=48"), ({"n_tiles": 0}, None), ({"n_tiles": 9}, "n_tiles=9"),
                        ({"num_warps": 3}, "num_warps=3"), ({"num_stages": 7}, "num_stages=7")):
         if match is None:  # 0 means "the default", as for every knob

@@ -2,12 +2,13 @@
 
 Decode (M <= 64) reads the weight once and is bound by its bytes: small row tiles and narrow
 column tiles spread the weight over more programs. Prefill and training shapes (M in the
-thousands) are GEMMs: 128 x 128 tiles. The low-rank product x A^T is computed once per program
-and reused for its `n_tiles` column tiles (the first column tile's K loop computes it beside the
-base product), so it costs r / (n_tiles x BLOCK_N) extra work: 12.5% of the base FLOPs at r = 16,
-one 128-wide tile; the price of not writing x A^T out and reading it back (which would cost as
-many bytes as reading x again). Every knob is an argument of the op too; the GPU sweep
-(scripts/kernel_bench.py --parts lora_sweep) is what should set these defaults.
+thousands) are GEMMs. The low-rank product x A^T is computed once per program and reused for its
+`n_tiles` column tiles (the first column tile's K loop computes it beside the base product), so
+it costs r / (n_tiles x BLOCK_N) extra work (25% of the base FLOPs at r = 16 with one 64-wide
+tile); the price of not writing x A^T out and reading it back (which would cost as many bytes as
+reading x again). Every knob is an argument of the op too. The defaults are the fastest
+combinations of session 18's sweep on an H100 (scripts/kernel_bench.py --parts lora_sweep;
+docs/kernels.md "Session 18"), where wider tiles and more column tiles a program lost.
 """
 from __future__ import annotations
 
@@ -32,12 +33,16 @@ def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: i
                  num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
     """The tiles of one launch; the keyword arguments override the defaults (checked)."""
     rank_pad = max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
+    # session 18's sweep on an H100 (docs/kernels.md "Fused LoRA"): narrow column tiles for decode,
+    # 64-wide tiles with one column tile a program for the GEMM rows
     if rows <= 16:
-        base = LoraTiles(16, 32, 128, rank_pad, 4, 4)
+        base = LoraTiles(16, 16, 128, rank_pad, 4, 4)
     elif rows <= 64:
-        base = LoraTiles(64, 64, 64, rank_pad, 4, 4)
+        base = LoraTiles(64, 32, 128, rank_pad, 4, 4)
+    elif rows < 16384:
+        base = LoraTiles(64, 64, 64, rank_pad, 4, 3)
     else:
-        base = LoraTiles(128, 128, 64, rank_pad, 8, 3)
+        base = LoraTiles(128, 64, 64, rank_pad, 4, 3)
     tiles = LoraTiles(block_m or base.block_m, block_n or base.block_n, block_k or base.block_k,
                       rank_pad, num_warps or base.num_warps, num_stages or base.num_stages,
                       n_tiles or base.n_tiles)
