@@ -11,6 +11,8 @@
 #   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
 #      presets) through the kernel and, for comparison, through the torch reference
 #      (REARQA_KERNELS=reference)                                 -> $OUT/decode-PRESET-{triton,reference}.json
+# At the end the logs (*.log, *.txt, *.xml) are packed into $OUT/kernels-logs.tgz: the device
+# returns at most 8 files, and the JSONs (at most 5) come back as they are.
 # Settings: CALL_LIMIT (570), TEST_BUDGET (280 s), XDIST (8), BENCH_ARGS (extra kernel_bench args,
 # e.g. "--parts mla" for a second call that only times), DECODE_BENCH (0), DECODE_RESERVE (150 s
 # kept for step 4 when it is on).
@@ -73,4 +75,7 @@ if [ "${DECODE_BENCH:-0}" = 1 ]; then
   done
 fi
 echo "gpu_kernels: exit $status after $(( $(date +%s) - T0 )) s"
+# The device returns at most 8 files from $OUT (session 18 lost the benchmark JSON and every log
+# to that with DECODE_BENCH=1): the logs travel as one archive, the JSONs as they are.
+( cd "$OUT" && tar czf kernels-logs.tgz -- *.log *.txt *.xml 2>/dev/null && rm -f -- *.log *.txt *.xml )
 exit $status

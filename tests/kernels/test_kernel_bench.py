@@ -39,3 +39,12 @@ def test_the_sweep_reports_the_fastest_tiles_beside_the_default_and_keeps_failur
     (best,) = bench().best_of_sweep(rows)
     assert best["best"] == {"num_splits": 66, "block_n": 16, "num_warps": 4, "num_stages": 3}
     assert (best["best_ms"], best["default_ms"]) == (0.3, 0.6)
+
+
+def test_the_lora_rows_are_also_timed_on_rotated_copies(tmp_path):
+    out, module = tmp_path / "bench.json", bench()
+    assert module.main(["--smoke", "--parts", "lora", "--ranks", "16", "--rows", "3", "--reps", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["lora"]
+    assert rows and all(r["sets"] >= 1 and r["base_sets_ms"] > 0 and r["unfused_sets_ms"] > 0 for r in rows)
+    # the smoke sizes are tiny, so the L2-sized budget asks for the most copies allowed
+    assert {r["sets"] for r in rows} == {32}
