@@ -77,5 +77,6 @@ fi
 echo "gpu_kernels: exit $status after $(( $(date +%s) - T0 )) s"
 # The device returns at most 8 files from $OUT (session 18 lost the benchmark JSON and every log
 # to that with DECODE_BENCH=1): the logs travel as one archive, the JSONs as they are.
-( cd "$OUT" && tar czf kernels-logs.tgz -- *.log *.txt *.xml 2>/dev/null && rm -f -- *.log *.txt *.xml )
+( cd "$OUT" && shopt -s nullglob && logs=(*.log *.txt *.xml) && [ ${#logs[@]} -gt 0 ] \
+    && tar czf kernels-logs.tgz -- "${logs[@]}" && rm -f -- "${logs[@]}" )
 exit $status

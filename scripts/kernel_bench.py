@@ -254,18 +254,18 @@ def lora_row(timer, k, n, rank, rows, device, kernel):
                     torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
                     torch.randn(rank, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
                     torch.randn(n, rank, device=device, dtype=torch.bfloat16))
-    x, w, a, b = make()
+    # each call on its own copy of the inputs for the *_sets_ms columns (below); the first copy
+    # for the single replays
+    sets = rotation_sets(make, 2 * (rows * k + n * k + rank * k + n * rank + rows * n))
+    x, w, a, b = sets[0]
     row = {"shape": f"{k}->{n}", "rank": rank, "rows": rows,
            "base_ms": timer.graph(lambda: F.linear(x, w)),
            "unfused_ms": timer.graph(lambda: lora_linear_reference(x, w, a, b, scaling=2.0))}
     if kernel is not None:
         row["fused_ms"] = timer.graph(lambda: kernel(x, w, a, b, scaling=2.0))
         row["fused_over_base"] = row["fused_ms"] / row["base_ms"]
-    # the same three, each call on its own copy of the inputs and all the copies' calls in one
-    # graph: a single replay of one small GEMM is mostly the graph launch (about 10 us on the
-    # H100), and one weight copy would be served from the L2
-    set_bytes = 2 * (rows * k + n * k + rank * k + n * rank + rows * n)
-    sets = rotation_sets(make, set_bytes)
+    # the same three with all the copies' calls in one graph: a single replay of one small GEMM is
+    # mostly the graph launch (about 10 us on the H100), and one weight copy is served from the L2
     row["sets"] = len(sets)
     row["base_sets_ms"] = timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets)
     row["unfused_sets_ms"] = timer.graph_sets(

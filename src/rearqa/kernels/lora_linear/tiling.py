@@ -33,8 +33,7 @@ def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: i
                  num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
     """The tiles of one launch; the keyword arguments override the defaults (checked)."""
     rank_pad = max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
-    # session 18's sweep on an H100 (docs/kernels.md "Fused LoRA"): narrow column tiles for decode,
-    # 64-wide tiles with one column tile a program for the GEMM rows
+    # narrow column tiles for decode, 64-wide tiles with one column tile a program for the GEMM rows
     if rows <= 16:
         base = LoraTiles(16, 16, 128, rank_pad, 4, 4)
     elif rows <= 64:
