@@ -1,0 +1,200 @@
+"""Issue 15's comparison: each LoRA-family method against plain LoRA at equal budgets, REAR training
+(docs/adapters.md "Equal budgets"). Reads the recorded device units (scripts/gpu_plan.py record):
+
+    python scripts/gpu_plan.py record runs/gpuN/units docs/results/adapters/budget
+    python scripts/adapter_compare.py slim docs/results/adapters/budget
+    python scripts/adapter_compare.py table docs/results/adapters/budget \
+        --out docs/results/adapters/equal-budget-runs.json
+
+`slim` rewrites each recorded eval-test unit's rows.jsonl.gz to the columns this table reads
+(the per-question scores, and per passage REAR's relevance and whether it holds a gold answer),
+dropping what every run shares (the retrieved ids, titles and scores: the retriever does not
+depend on the reader) and the per-passage answer strings; the full rows stay in the device
+archive. A rows file already slim is left as it is.
+
+`table`, per run (train-rear-<method>-s<N> with eval-test-<method>-s<N>): trainable parameters
+(docs/results/adapters/equal-budget.json), micro-batch, step time, peak memory, dev-select EM and
+relevance AUC (the unit's choice), test EM and pooled relevance AUC on the answerable NQ and
+TriviaQA questions (the test units run with EVAL_ARGS=--answerable-only; a unit over all
+questions is read on its answerable ones). Per method against lora: each question's EM averaged
+over the method's seeds minus over lora's seeds, on the seeds both have, with a 95% paired
+bootstrap interval (10,000 question resamples); "as good" when the interval's lower bound is at
+least -1 point on both sets, "better" when it excludes 0 from above on a set. A method with fewer
+than 3 seeds, or seeds without a test unit, is reported as incomplete, never judged.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+SETS = ("nq-test", "tqa-test")
+SEEDS_NEEDED = 3
+BUDGETS = Path(__file__).resolve().parents[1] / "docs" / "results" / "adapters" / "equal-budget.json"
+KEEP = ("id", "answerable", "answer_type", "prediction", "abstained", "from_own_knowledge", "em",
+        "f1", "contained", "first_hit_rank")
+RUN = re.compile(r"^(train-rear|eval-test)-(.+)-s(\d+)$")
+
+
+def slim_row(row: dict) -> dict:
+    """The columns the table reads; a slim row maps to itself."""
+    if "relevance" in row and "citations" not in row:
+        return row
+    out = {k: row[k] for k in KEEP if k in row}
+    cites = row.get("citations") or []
+    out["relevance"] = [c.get("relevance") for c in cites]
+    out["judgment"] = [c.get("judgment") for c in cites]
+    out["has_answer"] = row.get("retrieved_has_answer", [])[: len(cites)]
+    return out
+
+
+def slim(records: Path) -> None:
+    for rows in sorted(records.glob("eval-test-*/*/*/rows.jsonl.gz")):
+        before = rows.stat().st_size
+        with gzip.open(rows, "rt") as f:
+            data = [slim_row(json.loads(line)) for line in f]
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data).encode()
+        rows.write_bytes(gzip.compress(payload, mtime=0))
+        print(f"{rows}: {before / 2**20:.1f} -> {rows.stat().st_size / 2**20:.1f} MiB")
+
+
+def read_rows(path: Path) -> dict[str, dict]:
+    with gzip.open(path, "rt") as f:
+        return {r["id"]: r for r in map(json.loads, f)}
+
+
+def peak_gib(log: Path) -> float | None:
+    found = re.search(r"peak GPU memory ([\d.]+) GiB", log.read_text()) if log.is_file() else None
+    return float(found.group(1)) if found else None
+
+
+def pooled_auc(rows: list[dict]) -> float | None:
+    """REAR's relevance against "the passage holds a gold answer", pooled over the rows' passages."""
+    from rearqa.eval.rank_metrics import roc_auc
+
+    scores = [s for r in rows for s in r.get("relevance", [])]
+    labels = [bool(h) for r in rows for h in r.get("has_answer", [])]
+    if len(scores) != len(labels) or None in scores or len(set(labels)) < 2:
+        return None
+    return float(roc_auc(scores, labels))
+
+
+def collect(records: Path) -> dict[str, dict[int, dict]]:
+    """method -> seed -> the run's row (train facts, and test facts when its eval unit is there)."""
+    budgets = {m["method"]: m["trainable"] for m in json.loads(BUDGETS.read_text())["methods"]}
+    runs: dict[str, dict[int, dict]] = {}
+    for unit in sorted(records.iterdir()):
+        match = RUN.match(unit.name)
+        if not match or match.group(1) != "train-rear":
+            continue
+        method, seed = match.group(2), int(match.group(3))
+        info = json.loads((unit / "unit.json").read_text())
+        if info.get("status") != "done":
+            continue
+        cfg = json.loads((unit / "train" / "train_config.json").read_text())
+        summary = json.loads((unit / "train" / "summary.json").read_text())
+        sel = info["selection"]
+        # lora-mb32: the reference recipe at another micro-batch (a control), the same budget
+        trainable = budgets.get(method) or budgets.get(method.rsplit("-mb", 1)[0])
+        run = {"method": method, "seed": seed, "trainable": trainable,
+               "micro_batch": f"{cfg['batch']}x{cfg['grad_accum']}", "steps": summary["steps"],
+               "tokens": summary["tokens"], "step_s": summary["seconds"] / summary["steps"],
+               "peak_gib": peak_gib(unit / "train.log"), "select_em": sel["em"],
+               "select_auc": sel["relevance_auc"], "rows": {}}
+        test = records / f"eval-test-{method}-s{seed}"
+        for split in SETS:
+            rows_file = test / split / "rear" / "rows.jsonl.gz"
+            if rows_file.is_file():
+                rows = read_rows(rows_file)
+                answerable = [r for r in rows.values() if r.get("answerable")]
+                run["rows"][split] = rows
+                run[f"{split}_em"] = statistics.fmean(r["em"] for r in answerable)
+                run[f"{split}_n"] = len(answerable)
+                run[f"{split}_auc"] = pooled_auc(answerable)
+        runs.setdefault(method, {})[seed] = run
+    return runs
+
+
+def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
+    from rearqa.eval.bootstrap import paired_bootstrap
+
+    out = []
+    ref = runs.get("lora", {})
+    for method, seeds in sorted(runs.items()):
+        if method == "lora":
+            continue
+        entry: dict = {"method": method, "seeds": sorted(seeds), "lora_seeds": sorted(ref)}
+        tested = [s for s in seeds if set(SETS) <= set(seeds[s]["rows"])]
+        ref_tested = [s for s in ref if set(SETS) <= set(ref[s]["rows"])]
+        entry["complete"] = len(tested) >= SEEDS_NEEDED and len(ref_tested) >= SEEDS_NEEDED
+        entry["sets"], entry["as_good"], entry["better"] = {}, None, None
+        entry["tested_seeds"], entry["lora_tested_seeds"] = tested, ref_tested
+        if not tested or not ref_tested:
+            out.append(entry)
+            continue
+        for split in SETS:
+            mine = [seeds[s]["rows"][split] for s in tested]
+            base = [ref[s]["rows"][split] for s in ref_tested]
+            ids = [q for q, r in base[0].items() if r.get("answerable") and all(q in x for x in mine + base)]
+            a = [statistics.fmean(x[q]["em"] for x in base) for q in ids]
+            b = [statistics.fmean(x[q]["em"] for x in mine) for q in ids]
+            res = paired_bootstrap(a, b, 10000, 0)
+            entry["sets"][split] = {"n": res["n"], "method_em": res["mean_b"], "lora_em": res["mean_a"],
+                                    "diff": res["diff"], "low": res["low"], "high": res["high"]}
+        sets = entry["sets"].values()
+        entry["as_good"] = all(s["low"] >= -0.01 for s in sets) if entry["complete"] else None
+        entry["better"] = any(s["low"] > 0 for s in sets) if entry["complete"] else None
+        out.append(entry)
+    return out
+
+
+def verdict(value: bool | None) -> str:
+    return "not judged (fewer than 3 tested seeds)" if value is None else ("yes" if value else "no")
+
+
+def table(records: Path, out: Path | None) -> None:
+    runs = collect(records)
+    print("| method | seed | trainable | micro-batch | s/step | peak GiB | dev-select EM | dev-select AUC "
+          "| NQ EM | TQA EM | test AUC NQ / TQA |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    flat = []
+    for method, seeds in sorted(runs.items(), key=lambda kv: (kv[0] != "lora", kv[0])):
+        for seed, r in sorted(seeds.items()):
+            em = " | ".join(f"{r[f'{s}_em']:.3f}" if f"{s}_em" in r else "-" for s in SETS)
+            auc = " / ".join(f"{r[f'{s}_auc']:.3f}" if r.get(f"{s}_auc") else "-" for s in SETS)
+            peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-"
+            trainable = f"{r['trainable']:,}" if r["trainable"] else "-"
+            print(f"| {method} | {seed} | {trainable} | {r['micro_batch']} | {r['step_s']:.2f} | {peak} "
+                  f"| {r['select_em']:.3f} | {r['select_auc']:.3f} | {em} | {auc} |")
+            flat.append({k: v for k, v in r.items() if k != "rows"})
+    pairs = compare(runs)
+    print("\n| method | seeds (lora) | NQ: method - lora, points [95%] | TQA | as good as lora | better |\n"
+          "|---|---|---|---|---|---|")
+    for p in pairs:
+        cells = [f"{100 * s['diff']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]"
+                 for s in (p["sets"].get(x) for x in SETS) if s] or ["-", "-"]
+        print(f"| {p['method']} | {len(p['tested_seeds'])} ({len(p['lora_tested_seeds'])}) "
+              f"| {' | '.join(cells)} | {verdict(p.get('as_good'))} | {verdict(p.get('better'))} |")
+    if out:
+        out.write_text(json.dumps({"runs": flat, "against_lora": pairs}, indent=1) + "\n")
+        print(f"\nwrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["slim", "table"])
+    ap.add_argument("records", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if not args.records.is_dir():
+        sys.exit(f"{args.records}: no such directory of recorded units (scripts/gpu_plan.py record)")
+    slim(args.records) if args.command == "slim" else table(args.records, args.out)
+
+
+if __name__ == "__main__":
+    main()
