@@ -287,41 +287,49 @@ def topk_row(timer, batch, length, device, kernel):
 
 # --parts lora_sweep: the fused LoRA kernel's tiles at r = 16 (the issue's bar), every adapter shape
 # and row count; decode rows (M <= 64) and GEMM rows get their own grids
-LORA_SWEEP_SMALL = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=4, num_stages=st)
-                    for bm in (16, 32, 64) for bn in (16, 32, 64) for bk in (64, 128) for st in (2, 4)]
+# (session 19: wider column tiles, and n_tiles, so that fewer programs recompute x A^T; 4 stages,
+# which every decode combination session 18 found fastest used)
+LORA_SWEEP_SMALL = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=4, num_stages=4, n_tiles=t)
+                    for bm in (16, 32, 64) for bn in (16, 32, 64, 128) for bk in (64, 128) for t in (1, 2, 4)]
 LORA_SWEEP_LARGE = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=4 if bk == 32 else 3,
                          n_tiles=t)
                     for bm in (64, 128) for bn in (64, 128) for bk in (32, 64) for w in (4, 8) for t in (1, 2, 3)]
 
 
-def lora_sweep_rows(timer, device, kernel, smoke: bool) -> list[dict]:
-    """Graph-replayed time of every LORA_SWEEP combination (block_m up to the rows' power of two)
-    beside the base GEMM and the kernel's defaults; a combination that does not compile is a row
-    with its error. Smoke: one tiny point, two combinations (the plumbing only)."""
+def lora_sweep_rows(timer, device, kernel, smoke: bool, row_counts: list[int]) -> list[dict]:
+    """Time per call of every LORA_SWEEP combination (block_m up to the rows' power of two) beside
+    the base GEMM and the kernel's defaults, each timed as many calls on rotated input copies in
+    one graph (Timer.graph_sets: no launch, no L2 reuse; session 18's single replays sat at the
+    launch floor for M <= 64, so its decode choices were noise). A combination that does not
+    compile is a row with its error. Smoke: one tiny point, two combinations (the plumbing only)."""
     shapes = [(16, 24)] if smoke else LORA_SHAPES
-    row_counts = [3, 40] if smoke else [1, 16, 64, 4096, 32768]
+    row_counts = [3, 40] if smoke else row_counts
     rows_out = []
     for k, n in shapes:
         for m in row_counts:
             point_rows = []
-            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-            w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5
-            a = torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5
-            b = torch.randn(n, 16, device=device, dtype=torch.bfloat16)
-            point = {"shape": f"{k}->{n}", "rank": 16, "rows": m}
-            base = timer.graph(lambda: F.linear(x, w))
+            make = lambda: (torch.randn(m, k, device=device, dtype=torch.bfloat16),  # noqa: E731
+                            torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
+                            torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
+                            torch.randn(n, 16, device=device, dtype=torch.bfloat16))
+            sets = rotation_sets(make, 2 * (m * k + n * k + 16 * k + n * 16 + m * n))
+            point = {"shape": f"{k}->{n}", "rank": 16, "rows": m, "sets": len(sets)}
+            base = timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets)
             grid = ([{}, dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else
                     [{}] + [g for g in (LORA_SWEEP_SMALL if m <= 64 else LORA_SWEEP_LARGE)
-                            if g["block_m"] <= max(16, 1 << (m - 1).bit_length())])
+                            if g["block_m"] <= max(16, 1 << (m - 1).bit_length())
+                            and g["block_n"] * g["n_tiles"] <= max(n, g["block_n"])])  # no idle column tiles
             for knobs in grid:
                 row = {**point, **knobs, "default": not knobs, "base_ms": base}
                 try:
-                    row["fused_ms"] = timer.graph(lambda: kernel(x, w, a, b, scaling=2.0, **knobs))
+                    row["fused_ms"] = timer.graph_sets(
+                        lambda x, w, a, b, knobs=knobs: kernel(x, w, a, b, scaling=2.0, **knobs), sets)
                     row["fused_over_base"] = row["fused_ms"] / base
                 except Exception as exc:  # noqa: BLE001 (an out-of-resources compile is a result here)
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 point_rows.append(row)
             rows_out += point_rows
+            del sets
             print(json.dumps(min((r for r in point_rows if "fused_ms" in r), key=lambda r: r["fused_ms"],
                                  default=point)), flush=True)
     return rows_out
@@ -391,7 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--contexts", nargs="+", type=int, default=[4096, 8192, 32768])
     ap.add_argument("--ranks", nargs="+", type=int, default=[8, 16, 64])
-    ap.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64, 4096, 32768])
+    ap.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64, 4096, 32768],
+                    help="row counts M of the lora rows and of lora_sweep")
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -409,7 +418,7 @@ def main(argv=None) -> int:
     mla, lora, topk, sweep, lsweep = [], [], [], [], []
     with torch.inference_mode():
         if "lora_sweep" in args.parts and lora_kernel is not None:
-            lsweep = lora_sweep_rows(timer, device, lora_kernel, args.smoke)
+            lsweep = lora_sweep_rows(timer, device, lora_kernel, args.smoke, args.rows)
         if "mla_sweep" in args.parts and mla_kernel is not None:
             sweep = mla_sweep_rows(timer, device, mla_kernel, copy_bps, args.smoke, args.sweep)
         if "mla" in args.parts:

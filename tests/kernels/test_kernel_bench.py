@@ -48,3 +48,17 @@ def test_the_lora_rows_are_also_timed_on_rotated_copies(tmp_path):
     assert rows and all(r["sets"] >= 1 and r["base_sets_ms"] > 0 and r["unfused_sets_ms"] > 0 for r in rows)
     # the smoke sizes are tiny, so the L2-sized budget asks for the most copies allowed
     assert {r["sets"] for r in rows} == {32}
+
+
+def test_the_lora_sweep_times_each_combination_on_rotated_copies(tmp_path):
+    out, module = tmp_path / "bench.json", bench()
+    assert module.main(["--smoke", "--parts", "lora_sweep", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no sweep
+        assert result["lora_sweep"] == [] and result["lora_sweep_best"] == []
+        return
+    # TRITON_INTERPRET=1 with triton: two points, the default and one more combination each
+    rows = result["lora_sweep"]
+    assert len(rows) == 4 and [r["default"] for r in rows] == [True, False, True, False]
+    assert all(r["sets"] == 32 and r["fused_ms"] > 0 and r["base_ms"] > 0 for r in rows)
+    assert [b["rows"] for b in result["lora_sweep_best"]] == [3, 40]
