@@ -335,6 +335,52 @@ def lora_sweep_rows(timer, device, kernel, smoke: bool, row_counts: list[int]) -
     return rows_out
 
 
+# --parts gemm: the fused kernel's distance from cuBLAS split in two (lora_linear/gemm.py): the
+# Triton GEMM core alone (the fused op's default tiles, and the fastest of GEMM_GRID) against cuBLAS,
+# and the fused op against that core at the same tiles
+GEMM_GRID = [dict(block_m=bm, block_n=bn, block_k=64, num_warps=w, num_stages=st)
+             for bm in (64, 128) for bn in (64, 128, 256) for w in (4, 8) for st in (3, 4)]
+
+
+def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[int]) -> list[dict]:
+    """Per LoRA shape and row count (r = 16), per call on rotated copies in one graph: cuBLAS,
+    the Triton GEMM core at the fused op's default tiles and at its fastest GEMM_GRID tiles (a
+    combination that does not compile is skipped, its error counted), and the fused op."""
+    shapes = [(16, 24)] if smoke else LORA_SHAPES
+    grid = [dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else GEMM_GRID
+    out = []
+    for k, n in shapes:
+        for m in ([3] if smoke else row_counts):
+            make = lambda: (torch.randn(m, k, device=device, dtype=torch.bfloat16),  # noqa: E731
+                            torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
+                            torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
+                            torch.randn(n, 16, device=device, dtype=torch.bfloat16))
+            sets = rotation_sets(make, 2 * (m * k + n * k + 16 * k + n * 16 + m * n))
+            row = {"shape": f"{k}->{n}", "rank": 16, "rows": m, "sets": len(sets),
+                   "base_ms": timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets),
+                   "gemm_default_ms": timer.graph_sets(lambda x, w, a, b: gemm(x, w), sets),
+                   "fused_ms": timer.graph_sets(lambda x, w, a, b: lora_kernel(x, w, a, b, scaling=2.0), sets)}
+            best, errors = None, 0
+            for knobs in grid:
+                if knobs["block_m"] > max(16, 1 << (m - 1).bit_length()):
+                    continue
+                try:
+                    ms = timer.graph_sets(lambda x, w, a, b, knobs=knobs: gemm(x, w, **knobs), sets)
+                except Exception:  # noqa: BLE001 (an out-of-resources compile is a result here)
+                    errors += 1
+                    continue
+                if best is None or ms < best[0]:
+                    best = (ms, knobs)
+            row["gemm_best_ms"], row["gemm_best"], row["gemm_errors"] = best[0], best[1], errors
+            row["gemm_default_over_base"] = row["gemm_default_ms"] / row["base_ms"]
+            row["gemm_best_over_base"] = row["gemm_best_ms"] / row["base_ms"]
+            row["fused_over_gemm_default"] = row["fused_ms"] / row["gemm_default_ms"]
+            del sets
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def best_of_lora_sweep(rows: list[dict]) -> list[dict]:
     """The fastest combination at each (shape, rows), beside the default's time."""
     knob_keys = ("block_m", "block_n", "block_k", "num_warps", "num_stages", "n_tiles")
@@ -392,7 +438,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file for every row")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, references only")
     ap.add_argument("--parts", nargs="+", default=["mla", "lora", "topk"],
-                    choices=["mla", "lora", "topk", "mla_sweep", "lora_sweep"],
+                    choices=["mla", "lora", "topk", "mla_sweep", "lora_sweep", "gemm"],
                     help="mla_sweep: the MLA kernel's tiles at SWEEP_POINTS (not in the default run)")
     ap.add_argument("--sweep", choices=["tiles", "splits"], default="tiles",
                     help="mla_sweep's grid: every tile at SWEEP_POINTS, or the split count alone at SPLIT_POINTS")
@@ -401,6 +447,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", nargs="+", type=int, default=[8, 16, 64])
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64, 4096, 32768],
                     help="row counts M of the lora rows and of lora_sweep")
+    ap.add_argument("--gemm-rows", nargs="+", type=int, default=[4096, 32768],
+                    help="row counts M of the gemm part (where the GEMM core decides)")
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -415,8 +463,11 @@ def main(argv=None) -> int:
     mla_kernel, lora_kernel, topk_kernel = kernels(args.smoke)
     copy_bps = copy_bandwidth(timer, device, args.smoke)
     print(f"device copy: {copy_bps / 1e12:.3f} TB/s (bytes read + written)", flush=True)
-    mla, lora, topk, sweep, lsweep = [], [], [], [], []
+    mla, lora, topk, sweep, lsweep, gemm = [], [], [], [], [], []
     with torch.inference_mode():
+        if "gemm" in args.parts and lora_kernel is not None:
+            from rearqa.kernels.lora_linear.gemm import gemm_triton
+            gemm = gemm_rows(timer, device, gemm_triton, lora_kernel, args.smoke, args.gemm_rows)
         if "lora_sweep" in args.parts and lora_kernel is not None:
             lsweep = lora_sweep_rows(timer, device, lora_kernel, args.smoke, args.rows)
         if "mla_sweep" in args.parts and mla_kernel is not None:
@@ -441,7 +492,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "smoke": args.smoke, "copy_bytes_per_s": copy_bps,
               "command": " ".join(sys.argv), "mla": mla, "lora": lora, "topk": topk,
               "mla_sweep": sweep, "mla_sweep_best": best_of_sweep(sweep),
-              "lora_sweep": lsweep, "lora_sweep_best": best_of_lora_sweep(lsweep),
+              "lora_sweep": lsweep, "lora_sweep_best": best_of_lora_sweep(lsweep), "gemm": gemm,
               "criteria": criteria(mla, lora, topk)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
@@ -455,6 +506,9 @@ def main(argv=None) -> int:
                        "fused_sets_ms", "base_sets_ms", "unfused_sets_ms", "fused_over_base_sets"]))
     if lsweep:
         print(table(result["lora_sweep_best"], ["shape", "rows", "best", "best_over_base", "default_over_base"]))
+    if gemm:
+        print(table(gemm, ["shape", "rows", "base_ms", "gemm_default_ms", "gemm_best_ms", "fused_ms",
+                           "gemm_default_over_base", "gemm_best_over_base", "fused_over_gemm_default", "gemm_best"]))
     print(table(topk, ["batch", "length", "k", "kernel_ms", "torch_ms"]))
     print(json.dumps(result["criteria"], indent=1))
     return 0

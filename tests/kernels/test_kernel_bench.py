@@ -62,3 +62,15 @@ def test_the_lora_sweep_times_each_combination_on_rotated_copies(tmp_path):
     assert len(rows) == 4 and [r["default"] for r in rows] == [True, False, True, False]
     assert all(r["sets"] == 32 and r["fused_ms"] > 0 and r["base_ms"] > 0 for r in rows)
     assert [b["rows"] for b in result["lora_sweep_best"]] == [3, 40]
+
+
+def test_the_gemm_part_splits_the_fused_ops_distance(tmp_path):
+    out, module = tmp_path / "bench.json", bench()
+    assert module.main(["--smoke", "--parts", "gemm", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no gemm rows
+        assert result["gemm"] == []
+        return
+    (row,) = result["gemm"]  # TRITON_INTERPRET=1 with triton: one tiny point
+    assert row["gemm_errors"] == 0 and row["gemm_best"]["block_m"] == 16
+    assert row["fused_over_gemm_default"] == row["fused_ms"] / row["gemm_default_ms"]

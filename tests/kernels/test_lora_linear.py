@@ -128,3 +128,22 @@ def test_kernel_on_gpu_with_tile_knobs(gpu_device, close_to, knobs, dtype):
                                (333, (100, 37), 64)):
         args, s = make_case(rows, k, n, rank, dtype, gpu_device, strided=True)
         close_to(run_kernel(args, s, **knobs), ground_truth(args, s), dtype)
+
+
+@pytest.mark.parametrize("rows,k,n", [(5, 40, 24), (70, 576, 192)])
+def test_the_benchmarks_gemm_core_is_the_base_product(interpreter_device, close_to, rows, k, n):
+    """lora_linear/gemm.py (kernel_bench --parts gemm's Triton GEMM alone): x W^T, odd sizes masked."""
+    from rearqa.kernels.lora_linear.gemm import gemm_triton
+
+    (x, w, _, _, _), _ = make_case(rows, k, n, 4, torch.bfloat16, interpreter_device, bias=False)
+    close_to(gemm_triton(x, w), x.double() @ w.double().T, torch.bfloat16)
+
+
+def test_the_benchmarks_gemm_core_on_the_gpu(gpu_device, close_to):
+    from rearqa.kernels.lora_linear.gemm import gemm_triton
+
+    for rows in (1, 64, 4096):
+        (x, w, _, _, _), _ = make_case(rows, 576, 1536, 16, torch.bfloat16, gpu_device, bias=False)
+        close_to(gemm_triton(x, w), x.double() @ w.double().T, torch.bfloat16)
+        close_to(gemm_triton(x, w, block_m=128, block_n=256, num_warps=8), x.double() @ w.double().T,
+                 torch.bfloat16)
