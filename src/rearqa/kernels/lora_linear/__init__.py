@@ -10,7 +10,8 @@ the low-rank path into the base GEMM's K loop (triton.py). Adapter shapes of our
         -> (..., N)
 
 Forward only: the training loop runs PEFT's LoRA layers and their torch backward; nothing in the
-repo calls this op in training. Triton on CUDA tensors, the torch reference elsewhere.
+repo calls this op in training. Triton on CUDA tensors, the torch reference elsewhere. gemm.py
+holds the kernel's GEMM core alone, for the benchmark (scripts/kernel_bench.py --parts gemm).
 """
 from rearqa.kernels.dispatch import KernelOp
 from rearqa.kernels.lora_linear.reference import lora_linear_reference
