@@ -19,7 +19,7 @@ TriviaQA questions (the test units run with EVAL_ARGS=--answerable-only; a unit 
 questions is read on its answerable ones). Per method against lora: each question's EM averaged
 over the method's seeds minus over lora's seeds, on the seeds both have, with a 95% paired
 bootstrap interval (10,000 question resamples); "as good" when the interval's lower bound is at
-least -1 point on both sets, "better" when it excludes 0 from above on a set. A method with fewer
+least -1 point on both sets, "better" on a set when its interval lies above 0. A method with fewer
 than 3 seeds, or seeds without a test unit, is reported as incomplete, never judged.
 """
 from __future__ import annotations
@@ -149,13 +149,18 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
                                     "diff": res["diff"], "low": res["low"], "high": res["high"]}
         sets = entry["sets"].values()
         entry["as_good"] = all(s["low"] >= -0.01 for s in sets) if entry["complete"] else None
-        entry["better"] = any(s["low"] > 0 for s in sets) if entry["complete"] else None
+        entry["better"] = ({split: x["low"] > 0 for split, x in entry["sets"].items()}
+                           if entry["complete"] else None)
         out.append(entry)
     return out
 
 
-def verdict(value: bool | None) -> str:
-    return "not judged (fewer than 3 tested seeds)" if value is None else ("yes" if value else "no")
+def verdict(value: bool | dict | None) -> str:
+    if value is None:
+        return "not judged (fewer than 3 tested seeds)"
+    if isinstance(value, dict):
+        return ", ".join(f"{split.split('-')[0]} {'yes' if v else 'no'}" for split, v in value.items())
+    return "yes" if value else "no"
 
 
 def table(records: Path, out: Path | None) -> None:

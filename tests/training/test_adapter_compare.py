@@ -63,6 +63,7 @@ def test_methods_are_judged_on_seed_means_only_with_three_seeds(tmp_path):
     hydra = pairs["hydra"]
     assert hydra["complete"] and hydra["sets"]["nq-test"]["diff"] == pytest.approx(-0.5)
     assert hydra["sets"]["tqa-test"]["diff"] == pytest.approx(0.0)
-    assert hydra["as_good"] is False and hydra["better"] is False
+    assert hydra["as_good"] is False and hydra["better"] == {"nq-test": False, "tqa-test": False}
+    assert ac.verdict(hydra["better"]) == "nq no, tqa no"
     assert pairs["masa"]["complete"] is False and pairs["masa"]["as_good"] is None
     assert pairs["dvlora"]["sets"] == {} and pairs["dvlora"]["as_good"] is None
