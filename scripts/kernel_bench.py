@@ -249,14 +249,24 @@ def best_of_sweep(rows: list[dict]) -> list[dict]:
             in fastest_by_point(rows, ("shape", "batch", "context"), "graph_ms")]
 
 
-def lora_row(timer, k, n, rank, rows, device, kernel):
+def lora_sets(device, k: int, n: int, rank: int, rows: int) -> list:
+    """Rotated copies (rotation_sets) of one fused-LoRA call's bf16 inputs x, W, A, B."""
     make = lambda: (torch.randn(rows, k, device=device, dtype=torch.bfloat16),  # noqa: E731
                     torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
                     torch.randn(rank, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
                     torch.randn(n, rank, device=device, dtype=torch.bfloat16))
+    return rotation_sets(make, 2 * (rows * k + n * k + rank * k + n * rank + rows * n))
+
+
+def fits_rows(knobs: dict, rows: int) -> bool:
+    """A sweep's tiles are worth timing at `rows` only up to block_m = the rows' power of two."""
+    return knobs["block_m"] <= max(16, 1 << (rows - 1).bit_length())
+
+
+def lora_row(timer, k, n, rank, rows, device, kernel):
     # each call on its own copy of the inputs for the *_sets_ms columns (below); the first copy
     # for the single replays
-    sets = rotation_sets(make, 2 * (rows * k + n * k + rank * k + n * rank + rows * n))
+    sets = lora_sets(device, k, n, rank, rows)
     x, w, a, b = sets[0]
     row = {"shape": f"{k}->{n}", "rank": rank, "rows": rows,
            "base_ms": timer.graph(lambda: F.linear(x, w)),
@@ -308,17 +318,12 @@ def lora_sweep_rows(timer, device, kernel, smoke: bool, row_counts: list[int]) -
     for k, n in shapes:
         for m in row_counts:
             point_rows = []
-            make = lambda: (torch.randn(m, k, device=device, dtype=torch.bfloat16),  # noqa: E731
-                            torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
-                            torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
-                            torch.randn(n, 16, device=device, dtype=torch.bfloat16))
-            sets = rotation_sets(make, 2 * (m * k + n * k + 16 * k + n * 16 + m * n))
+            sets = lora_sets(device, k, n, 16, m)
             point = {"shape": f"{k}->{n}", "rank": 16, "rows": m, "sets": len(sets)}
             base = timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets)
             grid = ([{}, dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else
                     [{}] + [g for g in (LORA_SWEEP_SMALL if m <= 64 else LORA_SWEEP_LARGE)
-                            if g["block_m"] <= max(16, 1 << (m - 1).bit_length())
-                            and g["block_n"] * g["n_tiles"] <= max(n, g["block_n"])])  # no idle column tiles
+                            if fits_rows(g, m) and g["block_n"] * g["n_tiles"] <= max(n, g["block_n"])])  # no idle column tiles
             for knobs in grid:
                 row = {**point, **knobs, "default": not knobs, "base_ms": base}
                 try:
@@ -351,19 +356,13 @@ def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[in
     out = []
     for k, n in shapes:
         for m in ([3] if smoke else row_counts):
-            make = lambda: (torch.randn(m, k, device=device, dtype=torch.bfloat16),  # noqa: E731
-                            torch.randn(n, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
-                            torch.randn(16, k, device=device, dtype=torch.bfloat16) * k ** -0.5,
-                            torch.randn(n, 16, device=device, dtype=torch.bfloat16))
-            sets = rotation_sets(make, 2 * (m * k + n * k + 16 * k + n * 16 + m * n))
+            sets = lora_sets(device, k, n, 16, m)
             row = {"shape": f"{k}->{n}", "rank": 16, "rows": m, "sets": len(sets),
                    "base_ms": timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets),
                    "gemm_default_ms": timer.graph_sets(lambda x, w, a, b: gemm(x, w), sets),
                    "fused_ms": timer.graph_sets(lambda x, w, a, b: lora_kernel(x, w, a, b, scaling=2.0), sets)}
             best, errors = None, 0
-            for knobs in grid:
-                if knobs["block_m"] > max(16, 1 << (m - 1).bit_length()):
-                    continue
+            for knobs in (g for g in grid if fits_rows(g, m)):
                 try:
                     ms = timer.graph_sets(lambda x, w, a, b, knobs=knobs: gemm(x, w, **knobs), sets)
                 except Exception:  # noqa: BLE001 (an out-of-resources compile is a result here)
