@@ -370,9 +370,11 @@ def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[in
                     continue
                 if best is None or ms < best[0]:
                     best = (ms, knobs)
-            row["gemm_best_ms"], row["gemm_best"], row["gemm_errors"] = best[0], best[1], errors
+            row["gemm_errors"] = errors
+            if best is not None:  # else every combination failed to compile: the count says so
+                row["gemm_best_ms"], row["gemm_best"] = best
+                row["gemm_best_over_base"] = row["gemm_best_ms"] / row["base_ms"]
             row["gemm_default_over_base"] = row["gemm_default_ms"] / row["base_ms"]
-            row["gemm_best_over_base"] = row["gemm_best_ms"] / row["base_ms"]
             row["fused_over_gemm_default"] = row["fused_ms"] / row["gemm_default_ms"]
             del sets
             out.append(row)
