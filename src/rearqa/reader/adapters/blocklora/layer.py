@@ -68,7 +68,8 @@ class BlockLoraLinear(RearLoraLinear):
         if self.shares[adapter] == "input":  # x_1 + ... + x_n, the input's column chunks summed
             x = x.reshape(*x.shape[:-1], self.up_blocks[adapter], -1).sum(dim=-2)
         shared = self.lora_A[adapter](x)  # (..., r/n) or (..., r): A_s, once for all blocks
-        return F.linear(shared, self.summed_up_projection(adapter, shared.dtype)) * self.scaling[adapter]
+        # The scaling goes on B's (d_out, r) entries, not on the (tokens, d_out) output.
+        return F.linear(shared, self.summed_up_projection(adapter, shared.dtype) * self.scaling[adapter])
 
     def lora_factors(self, adapter: str, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.scaling[adapter] * self.lora_A[adapter].weight.to(w0.dtype)  # (r/n, d_in) or (r, d_in/n)

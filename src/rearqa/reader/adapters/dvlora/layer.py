@@ -14,6 +14,7 @@ transformers engine only, and merge, get_delta_weight and export refuse it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rearqa.reader.adapters.custom import RearLoraLinear
@@ -56,20 +57,25 @@ class DVLoraLinear(RearLoraLinear):
         return torch.sigmoid(self.lora_gate[adapter]) if self.dv_gate[adapter] == "scalar" else 1.0
 
     def adapter_output(self, adapter: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
-        low = lora_a(self.lora_dropout[adapter](x)) * self.lora_dv_d[adapter]  # (..., r)
-        out = lora_b(low) * self.lora_dv_b[adapter] * self.scaling[adapter]  # (..., d_out)
+        # The vectors, the scaling and a scalar gate scale the factors (r (d_in + d_out) numbers),
+        # not the activations: the same product without a pass over the (tokens, d_out) output,
+        # which costs more than the low-rank matmuls at SmolLM2's widths.
+        a, b = self._factors(adapter, x.dtype)
+        out = F.linear(F.linear(self.lora_dropout[adapter](x), a), b)
         if self.dv_gate[adapter] == "input":
             return torch.sigmoid(self.lora_gate_proj[adapter](x)) * out  # (..., 1) per token
-        return self._gate(adapter) * out
+        return out
 
-    def lora_factors(self, adapter: str, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = w0.dtype
+    def _factors(self, adapter: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g s diag(d) A, diag(b) B) in `dtype`; g = 1 for the input gate (applied per token)."""
         a = self.lora_A[adapter].weight.to(dtype) * self.lora_dv_d[adapter].to(dtype)[:, None]
         b = self.lora_B[adapter].weight.to(dtype) * self.lora_dv_b[adapter].to(dtype)[:, None]
         gate = self._gate(adapter)
         gate = gate.to(dtype) if isinstance(gate, torch.Tensor) else gate
         return gate * self.scaling[adapter] * a, b  # A' (r, d_in), B' (d_out, r)
+
+    def lora_factors(self, adapter: str, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._factors(adapter, w0.dtype)
 
     def delta_weight(self, adapter: str, w0: torch.Tensor) -> torch.Tensor:
         a, b = self.lora_factors(adapter, w0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rearqa.reader.adapters.custom import RearLoraLinear, base_output_without_bias
@@ -42,11 +43,15 @@ class HydraLinear(RearLoraLinear):
             nn.init.normal_(self.lora_seq_B[adapter].weight, std=RANDOM_B_STD)
 
     def adapter_output(self, adapter: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        # Both branches go through one up-projection [s_p B_p, s_s B_s] of their stacked low-rank
+        # activations: one (tokens, d_out) product and no pass over it to scale or add.
         dropout = self.lora_dropout[adapter]
-        parallel = self.lora_B[adapter](self.lora_A[adapter](dropout(x))) * self.scaling[adapter]
+        low_p = self.lora_A[adapter](dropout(x))  # (..., r)
         w0x = base_output_without_bias(self.get_base_layer(), base_out).to(x.dtype)  # (..., d_out)
-        seq = self.lora_seq_B[adapter](self.lora_seq_A[adapter](dropout(w0x))) * self.seq_scaling[adapter]
-        return parallel + seq
+        low_s = self.lora_seq_A[adapter](dropout(w0x))  # (..., r_s)
+        up = torch.cat([self.lora_B[adapter].weight * self.scaling[adapter],
+                        self.lora_seq_B[adapter].weight * self.seq_scaling[adapter]], dim=1)
+        return F.linear(torch.cat([low_p, low_s], dim=-1), up)
 
     def _weights(self, adapter: str, dtype: torch.dtype):
         return (self.lora_A[adapter].weight.to(dtype), self.lora_B[adapter].weight.to(dtype),

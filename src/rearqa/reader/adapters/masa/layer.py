@@ -76,17 +76,18 @@ class MasaLinear(RearLoraLinear):
     def owns_atoms(self, adapter: str) -> bool:
         return self._masa_owner[adapter] is self
 
-    def _mixed(self, adapter: str, dtype: torch.dtype) -> torch.Tensor:
-        coef = self.lora_masa_coef[adapter].to(dtype)
+    def _mixed(self, adapter: str, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+        coef = self.lora_masa_coef[adapter].to(dtype) * scale  # the scaling on S numbers
         return torch.einsum("s,soi->oi", coef, self.atoms(adapter).to(dtype))  # (d_out, d_in)
 
     def adapter_output(self, adapter: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        # Forming the (d_out, d_in) mix once costs S d_out d_in, less than S matmuls over the tokens.
-        delta = self._mixed(adapter, x.dtype)
-        return F.linear(self.lora_dropout[adapter](x), delta) * self.scaling[adapter]
+        # Forming the (d_out, d_in) mix once costs S d_out d_in, less than S matmuls over the tokens;
+        # the scaling rides on the coefficients, not on the (tokens, d_out) output.
+        delta = self._mixed(adapter, x.dtype, self.scaling[adapter])
+        return F.linear(self.lora_dropout[adapter](x), delta)
 
     def delta_weight(self, adapter: str, w0: torch.Tensor) -> torch.Tensor:
-        return self.scaling[adapter] * self._mixed(adapter, w0.dtype)
+        return self._mixed(adapter, w0.dtype, self.scaling[adapter])
 
     def lora_factors(self, adapter: str, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("MASA's delta has no low-rank factors of its own; "
