@@ -85,6 +85,15 @@ def pooled_auc(rows: list[dict]) -> float | None:
     return float(roc_auc(scores, labels))
 
 
+def control_budget(budgets: dict[str, int], method: str) -> int | None:
+    """A method's budget; a control named METHOD-TAG (lora-mb32: another micro-batch,
+    hydra-outscale: the layer's first form) has its method's, the longest such METHOD."""
+    if method in budgets:
+        return budgets[method]
+    owners = [m for m in budgets if method.startswith(m + "-")]
+    return budgets[max(owners, key=len)] if owners else None
+
+
 def collect(records: Path) -> dict[str, dict[int, dict]]:
     """method -> seed -> the run's row (train facts, and test facts when its eval unit is there)."""
     budgets = {m["method"]: m["trainable"] for m in json.loads(BUDGETS.read_text())["methods"]}
@@ -100,8 +109,7 @@ def collect(records: Path) -> dict[str, dict[int, dict]]:
         cfg = json.loads((unit / "train" / "train_config.json").read_text())
         summary = json.loads((unit / "train" / "summary.json").read_text())
         sel = info["selection"]
-        # lora-mb32: the reference recipe at another micro-batch (a control), the same budget
-        trainable = budgets.get(method) or budgets.get(method.rsplit("-mb", 1)[0])
+        trainable = control_budget(budgets, method)
         run = {"method": method, "seed": seed, "trainable": trainable,
                "micro_batch": f"{cfg['batch']}x{cfg['grad_accum']}", "steps": summary["steps"],
                "tokens": summary["tokens"], "step_s": summary["seconds"] / summary["steps"],

@@ -67,3 +67,12 @@ def test_methods_are_judged_on_seed_means_only_with_three_seeds(tmp_path):
     assert ac.verdict(hydra["better"]) == "nq no, tqa no"
     assert pairs["masa"]["complete"] is False and pairs["masa"]["as_good"] is None
     assert pairs["dvlora"]["sets"] == {} and pairs["dvlora"]["as_good"] is None
+
+
+def test_a_control_has_its_methods_budget():
+    budgets = {"lora": 100, "blocklora": 200, "blocklora-input": 300}
+    assert ac.control_budget(budgets, "lora-mb32") == 100
+    assert ac.control_budget(budgets, "blocklora-input") == 300
+    assert ac.control_budget(budgets, "blocklora-input-outscale") == 300  # the longest owner
+    assert ac.control_budget(budgets, "blocklora-outscale") == 200
+    assert ac.control_budget(budgets, "masa") is None
