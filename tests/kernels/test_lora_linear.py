@@ -111,7 +111,7 @@ ADAPTER_SHAPES = {"576-576": (576, 576), "576-192": (576, 192), "576-1536": (576
 @pytest.mark.parametrize("rank", [8, 16, 64, 5])
 @pytest.mark.parametrize("shape", list(ADAPTER_SHAPES.values()), ids=list(ADAPTER_SHAPES))
 def test_kernel_on_gpu(gpu_device, close_to, shape, rank, dtype):
-    for rows, bias, strided in ((1, False, False), (16, True, True), (65, True, False),
+    for rows, bias, strided in ((1, False, False), (16, True, True), (64, False, True), (65, True, False),
                                 (4096, False, True), (32768, True, False)):
         check(gpu_device, close_to, rows, *shape, rank, dtype, bias=bias, strided=strided)
 

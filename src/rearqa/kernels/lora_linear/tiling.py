@@ -7,8 +7,9 @@ thousands) are GEMMs. The low-rank product x A^T is computed once per program an
 it costs r / (n_tiles x BLOCK_N) extra work (25% of the base FLOPs at r = 16 with one 64-wide
 tile); the price of not writing x A^T out and reading it back (which would cost as many bytes as
 reading x again). Every knob is an argument of the op too. The defaults are the fastest
-combinations of session 18's sweep on an H100 (scripts/kernel_bench.py --parts lora_sweep;
-docs/kernels.md "Session 18"), where wider tiles and more column tiles a program lost.
+combinations of the sweeps on an H100 (scripts/kernel_bench.py --parts lora_sweep): M > 64 from
+session 18's (docs/kernels.md "Session 18"), M <= 64 from session 20's, timed without the launch
+("Session 20"), where wider column tiles and more column tiles a program lost.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: i
     if rows <= 16:
         base = LoraTiles(16, 16, 128, rank_pad, 4, 4)
     elif rows <= 64:
-        base = LoraTiles(64, 32, 128, rank_pad, 4, 4)
+        base = LoraTiles(64, 16, 128, rank_pad, 4, 4)
     elif rows < 16384:
         base = LoraTiles(64, 64, 64, rank_pad, 4, 3)
     else:
