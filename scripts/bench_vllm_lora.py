@@ -1,6 +1,17 @@
 """Tokens/s of a fine-tuned reader on vLLM: its adapter served as a LoRA vs merged into the weights.
 
     python scripts/bench_vllm_lora.py --n 16 --out docs/results/vllm_lora_throughput.json
+    python scripts/bench_vllm_lora.py --recipes configs/adapters/budget/{lora,hydra,dvlora}.yaml \
+        --out docs/results/adapters/vllm-served-methods.json
+
+--recipes: instead of the shipped rag-ft adapter, one adapter per adapter recipe (issue 15's
+methods at their equal budgets), built on the bundled base with every zero-initialised adapter
+tensor drawn from N(0, 0.02^2) (seed 0: the speed does not depend on the values, and a zero B
+would be a trivially cheap update nowhere), saved, then served the way `rearqa serve` serves a
+rearqa method: exported to plain LoRA (vllm_lora_dir, into a scratch directory, not the rearqa
+home) and given to vLLM with its rank. The merged leg runs once, with the shipped rag-ft adapter
+(its merged checkpoint is cached already): a merged checkpoint has the base's shape whatever the
+method.
 
 Both engines are built as `rearqa serve --engine vllm --method rag-ft` builds them
 (`finetuned.vllm_engine`, `reader.dtype`, default bf16), one per `reader.vllm_adapter`: `lora`
@@ -19,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +79,37 @@ def bench(label: str, engine, config, args) -> dict:
     return result
 
 
+def recipe_adapter(recipe: Path, model_dir: Path, out_dir: Path) -> Path:
+    """The adapter of `recipe` on the base at `model_dir`, nonzero, saved to `out_dir`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rearqa.reader.adapters import wrap
+    from rearqa.training.config import TrainConfig, read_adapter_recipe
+
+    settings = TrainConfig(**read_adapter_recipe(recipe))
+    torch.manual_seed(0)
+    model = wrap(settings.adapter, AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32),
+                 settings.adapter_settings())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name and not param.any():
+                param.normal_(0.0, 0.02)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def served(adapter: Path, model_dir: Path, cache_root: Path) -> tuple[Path, dict]:
+    """The plain-LoRA directory vLLM serves for `adapter` (its export, for a rearqa method) and
+    the rank it is given."""
+    from rearqa.reader.adapters.export import vllm_max_lora_rank
+    from rearqa.reader.adapters.vllm_lora import vllm_lora_dir
+
+    lora_dir = Path(vllm_lora_dir(adapter, model_dir, cache_root=cache_root))
+    rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"]
+    return lora_dir, {"rank": rank, "vllm_max_lora_rank": vllm_max_lora_rank(rank)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16, help="prompts in the batch run")
@@ -74,6 +117,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens generated per prompt")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/vllm_lora_throughput.json")
+    ap.add_argument("--recipes", nargs="+", type=Path, default=[],
+                    help="adapter recipes (configs/adapters/...): one LoRA leg each instead of the shipped rag-ft adapter")
     args = ap.parse_args()
 
     from rearqa.asset_paths import reader_model_dir
@@ -81,27 +126,37 @@ def main() -> None:
     from rearqa.reader.finetuned import vllm_engine
 
     config = ReaderConfig(method="rag-ft", engine="vllm", dtype=args.dtype)
-    model_dir, adapter = reader_model_dir(), resolve_adapter(config)
-    results = []
-    for label in ("lora", "merged"):  # reader.vllm_adapter
-        start = time.perf_counter()  # the merged leg's first run includes writing its checkpoint
-        engine = vllm_engine(dataclasses.replace(config, vllm_adapter=label), model_dir)
-        started = time.perf_counter() - start
-        try:
-            results.append({**bench(label, engine, config, args), "startup_s": started})
-        finally:
-            engine.close()
-    report = {"adapter": str(adapter), "base_model": str(model_dir), "dtype": args.dtype,
+    model_dir, shipped = reader_model_dir(), resolve_adapter(config)
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-lora-") as scratch:
+        legs = [(f"lora: {r.stem}", recipe_adapter(r, model_dir, Path(scratch) / r.stem)) for r in args.recipes] \
+            or [("lora", shipped)]
+        legs.append(("merged", shipped))
+        results = []
+        for label, adapter in legs:
+            mode = "merged" if label == "merged" else "lora"  # reader.vllm_adapter
+            rank = {}
+            if mode == "lora":
+                adapter, rank = served(adapter, model_dir, Path(scratch) / "exports")
+            start = time.perf_counter()  # the merged leg's first run includes writing its checkpoint
+            engine = vllm_engine(dataclasses.replace(config, vllm_adapter=mode), model_dir, adapter)
+            started = time.perf_counter() - start
+            try:
+                results.append({**bench(label, engine, config, args), **rank, "startup_s": started})
+            finally:
+                engine.close()
+    report = {"adapter": "recipes" if args.recipes else str(shipped),
+              "recipes": [str(r) for r in args.recipes], "base_model": str(model_dir), "dtype": args.dtype,
               "tokens_per_prompt": args.tokens, "machine": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d"), "results": results}
-    print(f"| engine | batch of {args.n}: tokens/s | one at a time: tokens/s | start-up (s) |")
-    print("|---|---|---|---|")
+    merged = results[-1]
+    print(f"| engine | served rank | batch of {args.n}: tokens/s | one at a time: tokens/s | "
+          "batch / merged | one at a time / merged | start-up (s) |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['engine']} | {r['batch']['tokens_per_s']:.1f} | {r['single']['tokens_per_s']:.1f} | "
-              f"{r['startup_s']:.0f} |")
-    lora, merged_r = results
-    print(f"lora / merged: batch {lora['batch']['tokens_per_s'] / merged_r['batch']['tokens_per_s']:.2f}x, "
-          f"one at a time {lora['single']['tokens_per_s'] / merged_r['single']['tokens_per_s']:.2f}x")
+        rank = f"{r['rank']} (vLLM {r['vllm_max_lora_rank']})" if "rank" in r else "-"
+        print(f"| {r['engine']} | {rank} | {r['batch']['tokens_per_s']:.1f} | {r['single']['tokens_per_s']:.1f} | "
+              f"{r['batch']['tokens_per_s'] / merged['batch']['tokens_per_s']:.2f} | "
+              f"{r['single']['tokens_per_s'] / merged['single']['tokens_per_s']:.2f} | {r['startup_s']:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
