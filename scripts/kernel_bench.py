@@ -347,10 +347,50 @@ GEMM_GRID = [dict(block_m=bm, block_n=bn, block_k=64, num_warps=w, num_stages=st
              for bm in (64, 128) for bn in (64, 128, 256) for w in (4, 8) for st in (3, 4)]
 
 
-def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[int]) -> list[dict]:
+# and the persistent TMA form (lora_linear/persistent.py), core alone and fused, at its fastest of
+# PERSISTENT_GRID
+PERSISTENT_GRID = [dict(block_m=128, block_n=bn, block_k=64, num_warps=w, num_stages=st, warp_specialize=ws)
+                   for bn in (128, 256) for w, st in ((4, 3), (8, 3), (8, 4)) for ws in (False, True)]
+
+
+def fastest(timer, sets, call, grid) -> tuple[tuple[float, dict] | None, int]:
+    """((ms, knobs) of the fastest of `grid` for call(x, w, a, b, **knobs), or None; how many
+    combinations failed (an out-of-resources compile is a result here, not a stop)."""
+    best, errors = None, 0
+    for knobs in grid:
+        try:
+            ms = timer.graph_sets(lambda x, w, a, b, knobs=knobs: call(x, w, a, b, **knobs), sets)
+        except Exception:  # noqa: BLE001
+            errors += 1
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, knobs)
+    return best, errors
+
+
+def persistent_fields(timer, sets, persistent, smoke: bool, base_ms: float) -> dict:
+    """The persistent TMA form's fastest core and fused times at one point (persistent None: none)."""
+    if persistent is None:
+        return {}
+    grid = [dict(block_m=16, block_n=16, block_k=16, num_warps=4, num_stages=2, programs=2)] if smoke \
+        else PERSISTENT_GRID
+    out = {}
+    for kind, call in (("core", lambda x, w, a, b, **kw: persistent(x, w, **kw)),
+                       ("fused", lambda x, w, a, b, **kw: persistent(x, w, a, b, scaling=2.0, **kw))):
+        best, errors = fastest(timer, sets, call, grid)
+        out[f"persistent_{kind}_errors"] = errors
+        if best is not None:
+            out[f"persistent_{kind}_ms"], out[f"persistent_{kind}_best"] = best
+            out[f"persistent_{kind}_over_base"] = best[0] / base_ms
+    return out
+
+
+def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[int],
+              persistent=None) -> list[dict]:
     """Per LoRA shape and row count (r = 16), per call on rotated copies in one graph: cuBLAS,
     the Triton GEMM core at the fused op's default tiles and at its fastest GEMM_GRID tiles (a
-    combination that does not compile is skipped, its error counted), and the fused op."""
+    combination that does not compile is skipped, its error counted), the fused op, and the
+    persistent TMA form's core and fused at their fastest PERSISTENT_GRID tiles."""
     shapes = [(16, 24)] if smoke else LORA_SHAPES
     grid = [dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else GEMM_GRID
     out = []
@@ -361,21 +401,15 @@ def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[in
                    "base_ms": timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets),
                    "gemm_default_ms": timer.graph_sets(lambda x, w, a, b: gemm(x, w), sets),
                    "fused_ms": timer.graph_sets(lambda x, w, a, b: lora_kernel(x, w, a, b, scaling=2.0), sets)}
-            best, errors = None, 0
-            for knobs in (g for g in grid if fits_rows(g, m)):
-                try:
-                    ms = timer.graph_sets(lambda x, w, a, b, knobs=knobs: gemm(x, w, **knobs), sets)
-                except Exception:  # noqa: BLE001 (an out-of-resources compile is a result here)
-                    errors += 1
-                    continue
-                if best is None or ms < best[0]:
-                    best = (ms, knobs)
+            best, errors = fastest(timer, sets, lambda x, w, a, b, **kw: gemm(x, w, **kw),
+                                   [g for g in grid if fits_rows(g, m)])
             row["gemm_errors"] = errors
             if best is not None:  # else every combination failed to compile: the count says so
                 row["gemm_best_ms"], row["gemm_best"] = best
                 row["gemm_best_over_base"] = row["gemm_best_ms"] / row["base_ms"]
             row["gemm_default_over_base"] = row["gemm_default_ms"] / row["base_ms"]
             row["fused_over_gemm_default"] = row["fused_ms"] / row["gemm_default_ms"]
+            row.update(persistent_fields(timer, sets, persistent, smoke, row["base_ms"]))
             del sets
             out.append(row)
             print(json.dumps(row), flush=True)
@@ -468,7 +502,12 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         if "gemm" in args.parts and lora_kernel is not None:
             from rearqa.kernels.lora_linear.gemm import gemm_triton
-            gemm = gemm_rows(timer, device, gemm_triton, lora_kernel, args.smoke, args.gemm_rows)
+            try:
+                from rearqa.kernels.lora_linear.persistent import lora_linear_persistent
+            except ImportError:  # a triton without tensor descriptors: no persistent rows
+                lora_linear_persistent = None
+            gemm = gemm_rows(timer, device, gemm_triton, lora_kernel, args.smoke, args.gemm_rows,
+                             lora_linear_persistent)
         if "lora_sweep" in args.parts and lora_kernel is not None:
             lsweep = lora_sweep_rows(timer, device, lora_kernel, args.smoke, args.rows)
         if "mla_sweep" in args.parts and mla_kernel is not None:
@@ -510,6 +549,10 @@ def main(argv=None) -> int:
     if gemm:
         print(table(gemm, ["shape", "rows", "base_ms", "gemm_default_ms", "gemm_best_ms", "fused_ms",
                            "gemm_default_over_base", "gemm_best_over_base", "fused_over_gemm_default", "gemm_best"]))
+        if any("persistent_core_errors" in r for r in gemm):
+            print(table(gemm, ["shape", "rows", "base_ms", "persistent_core_ms", "persistent_fused_ms",
+                               "persistent_core_over_base", "persistent_fused_over_base",
+                               "persistent_core_best", "persistent_fused_best"]))
     print(table(topk, ["batch", "length", "k", "kernel_ms", "torch_ms"]))
     print(json.dumps(result["criteria"], indent=1))
     return 0

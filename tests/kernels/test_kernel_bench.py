@@ -74,3 +74,5 @@ def test_the_gemm_part_splits_the_fused_ops_distance(tmp_path):
     (row,) = result["gemm"]  # TRITON_INTERPRET=1 with triton: one tiny point
     assert row["gemm_errors"] == 0 and row["gemm_best"]["block_m"] == 16
     assert row["fused_over_gemm_default"] == row["fused_ms"] / row["gemm_default_ms"]
+    assert row["persistent_core_errors"] == 0 and row["persistent_fused_errors"] == 0
+    assert row["persistent_fused_over_base"] == row["persistent_fused_ms"] / row["base_ms"]

@@ -147,3 +147,54 @@ def test_the_benchmarks_gemm_core_on_the_gpu(gpu_device, close_to):
         close_to(gemm_triton(x, w), x.double() @ w.double().T, torch.bfloat16)
         close_to(gemm_triton(x, w, block_m=128, block_n=256, num_warps=8), x.double() @ w.double().T,
                  torch.bfloat16)
+
+
+def run_persistent(args, scaling, lora=True, **knobs):
+    from rearqa.kernels.lora_linear.persistent import lora_linear_persistent
+
+    x, w, a, b, bias = args
+    return lora_linear_persistent(x, w, a if lora else None, b if lora else None, bias, scaling=scaling, **knobs)
+
+
+SMALL_PERSISTENT = dict(block_m=16, block_n=16, block_k=16, num_warps=4, num_stages=2, programs=3)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_benchmarks_persistent_tma_form_interpreted(interpreter_device, close_to, dtype):
+    """lora_linear/persistent.py (kernel_bench --parts gemm): fused and core alone, 3 programs
+    walking more tiles than they are (rows and columns not multiples of the tiles; r = 8 padded to
+    16 by the descriptor); r = 5 refused (B's rows are not 16-byte aligned for TMA)."""
+    for rows, k, n, rank, bias in ((40, 64, 48, 16, True), (130, 96, 80, 8, False), (7, 32, 16, 5, True)):
+        args, s = make_case(rows, k, n, rank, dtype, interpreter_device, bias=bias)
+        if rank == 5:  # B's rows are 10 or 20 bytes: not 16-byte aligned
+            with pytest.raises(ValueError, match="TMA needs"):
+                run_persistent(args, s, **SMALL_PERSISTENT)
+            continue
+        close_to(run_persistent(args, s, **SMALL_PERSISTENT), ground_truth(args, s), dtype)
+        x, w, _, _, b = args
+        want = lora_linear_reference(*[t.double() if t is not None else None for t in (x, w)],
+                                     torch.zeros(1, k, dtype=torch.float64), torch.zeros(n, 1, dtype=torch.float64),
+                                     b.double() if b is not None else None, scaling=s)
+        close_to(run_persistent(args, s, lora=False, **SMALL_PERSISTENT), want, dtype)
+
+
+def test_the_persistent_tma_form_refuses_what_tma_cannot_read(interpreter_device):
+    args, s = make_case(8, 40, 24, 16, torch.float32, interpreter_device, strided=True)
+    with pytest.raises(ValueError, match="last stride 1"):  # every other column of x
+        run_persistent(args, s, **SMALL_PERSISTENT)
+    (x, w, a, b, bias), _ = make_case(8, 40, 24, 16, torch.float32, interpreter_device)
+    with pytest.raises(ValueError, match="both lora_a and lora_b"):
+        run_persistent((x, w, a, None, bias), s, **SMALL_PERSISTENT)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("knobs", [{}, {"block_n": 256, "num_warps": 8, "num_stages": 4}],
+                         ids=["default", "128x256"])  # warp_specialize: the benchmark counts its compile errors
+def test_the_persistent_tma_form_on_gpu(gpu_device, close_to, knobs):
+    for rows, (k, n), rank in ((4096, (576, 1536), 16), (32768, (1536, 576), 16), (333, (576, 192), 8)):
+        args, s = make_case(rows, k, n, rank, torch.bfloat16, gpu_device)
+        close_to(run_persistent(args, s, **knobs), ground_truth(args, s), torch.bfloat16)
+        x, w, _, _, b = args
+        close_to(run_persistent(args, s, lora=False, **knobs),
+                 (x.double() @ w.double().T) + b.double(), torch.bfloat16)
