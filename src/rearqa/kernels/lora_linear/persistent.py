@@ -23,6 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from rearqa.kernels.launch import check_launch, check_pow2
+from rearqa.kernels.lora_linear.tiling import pad_rank
 
 
 @triton.jit
@@ -82,7 +83,7 @@ def lora_linear_persistent(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
     rank = lora_a.shape[0] if lora else 0
-    rank_pad = max(16, 1 << max(0, (rank - 1).bit_length()))
+    rank_pad = pad_rank(rank)
     operands = [x2, weight] + ([lora_a, lora_b] if lora else [])
     for t in operands:
         if t.dtype != x.dtype or t.stride(-1) != 1 or (t.stride(0) * t.element_size()) % 16 \

@@ -29,11 +29,16 @@ class LoraTiles:
     n_tiles: int = 1  # column tiles a program computes in turn, sharing one x A^T
 
 
+def pad_rank(rank: int) -> int:
+    """The LoRA rank padded to a power of two of at least MIN_DOT (tl.dot's smallest side)."""
+    return max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
+
+
 def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: int | None = None,
                  block_k: int | None = None, num_warps: int | None = None,
                  num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
     """The tiles of one launch; the keyword arguments override the defaults (checked)."""
-    rank_pad = max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
+    rank_pad = pad_rank(rank)
     # narrow column tiles for decode, 64-wide tiles with one column tile a program for the GEMM rows
     if rows <= 16:
         base = LoraTiles(16, 16, 128, rank_pad, 4, 4)
