@@ -39,13 +39,24 @@ def scratch_home(prepared_home, tmp_path_factory):
     return home
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
     spin against other processes (a 5x slowdown seen here)."""
-    import torch
+    yield from _torch_threads(1)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+@pytest.fixture
+def both_cores():
+    """The real model gains from both cores (a shipped healed reader's rebuild: 78 s against 104 s
+    on one), whatever thread count an earlier fixture left torch at."""
+    yield from _torch_threads(2)

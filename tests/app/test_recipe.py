@@ -312,18 +312,9 @@ HEALED_KL = {"ragft-transmla-96-64": 0.35, "ragft-kvmerge-1": 0.7, "ragft-lorapr
 CORPUS_SAMPLES = SHIPPED / "transmla-calib-128x256-seed0.json"  # token ids of corpus passages
 
 
-@pytest.fixture
-def both_cores():
-    """The real model gains from both cores (the kv_merge recipe: 78 s against 104 s on one);
-    `parts` above leaves torch at one thread for the tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("recipe", sorted(SHIPPED.glob("*/recipe.json")) or [None])
-def test_every_shipped_healed_reader_rebuilds_on_this_cpu_and_is_healed(recipe, tmp_path, prepared_home, both_cores):
+def test_every_shipped_healed_reader_rebuilds_on_this_cpu_and_is_healed(recipe, tmp_path, prepared_home,
+                                                                        both_cores):  # `parts` left one thread
     """The shipped healed reader rebuilt from its recipe on the real model: the conversion matches
     the GPU machine's fingerprint, the heal adapter is merged, and the reader is close to its
     teacher (the unconverted source) on the last 2 calibration samples (a recipe without
