@@ -6,7 +6,8 @@
 #   1. env: GPU name, driver, clocks, torch and triton versions   -> $OUT/kernels-env.txt
 #   2. the GPU tests (tests/kernels, and the MLA reader's decode through the kernel in
 #      tests/reader/backbone/test_transmla_modeling.py), pytest-xdist over XDIST workers
-#      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml
+#      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml,
+#      and each failure as it happens                             -> $OUT/kernels-failures.log
 #   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
 #   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
 #      presets) through the kernel and, for comparison, through the torch reference
@@ -47,11 +48,15 @@ XD=""  # pytest-xdist when it is there (kernel compiles are the slow part), one 
 python3 -c 'import xdist' 2>/dev/null && XD="-n ${XDIST:-8}"
 
 status=0
+# each failure is written as it happens (tests/conftest.py): session 21's run hit its time limit
+# before pytest's summary, and its 7 failures came back as F's without names
+export REARQA_FAILURE_LOG="$OUT/kernels-failures.log"
 # shellcheck disable=SC2086
 timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \
   2>&1 | tail -n 400 > "$OUT/kernels-tests.log" || status=1
 tail -n 15 "$OUT/kernels-tests.log"
+[ -s "$REARQA_FAILURE_LOG" ] && grep '^FAILED ' "$REARQA_FAILURE_LOG"
 
 left=$(( LIMIT - $(date +%s) + T0 - 5 - (${DECODE_BENCH:-0} == 1 ? ${DECODE_RESERVE:-150} : 0) ))
 if [ "$left" -gt 30 ]; then

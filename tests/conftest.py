@@ -15,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+def pytest_runtest_logreport(report):
+    """With REARQA_FAILURE_LOG set (scripts/gpu_kernels.sh sets it), each failure's test and
+    traceback are appended to that file as it happens, so a run cut by its time limit (session 21's
+    GPU tests, before pytest's summary) still says what failed. Under xdist only the controller
+    writes (a worker's reports reach it too)."""
+    path = os.environ.get("REARQA_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")
+
+
 @pytest.fixture(scope="session")
 def prepared_home():
     from rearqa import assets

@@ -4,6 +4,7 @@ reassemble bit-exact, refused corrupt parts, archives within the limit, plans th
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -334,3 +335,19 @@ def test_distill_settings_and_the_kl_choice(tmp_path):
     assert out.getvalue().strip() == "attention"
     with pytest.raises(SystemExit, match="expected"):
         units.best_kl(str(kl), "conv", "lora", "new")
+
+
+def test_a_failure_is_logged_as_it_happens_for_a_run_its_time_limit_cuts(tmp_path):
+    """tests/conftest.py's REARQA_FAILURE_LOG hook (scripts/gpu_kernels.sh): a failing test's name
+    and traceback land in the file when it fails, a passing one's do not."""
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_two.py").write_text("def test_passes():\n    assert True\n\n"
+                                          "def test_fails():\n    assert 1 == 2, 'the reason'\n")
+    log = tmp_path / "failures.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         env={**env, "REARQA_FAILURE_LOG": str(log)}, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout[-2000:]
+    text = log.read_text()
+    assert "FAILED test_two.py::test_fails (call)" in text and "the reason" in text
+    assert "test_passes" not in text

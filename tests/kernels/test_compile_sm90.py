@@ -1,7 +1,9 @@
-"""The persistent TMA form of the fused LoRA kernel (lora_linear/persistent.py) compiles for the
-H100/H200 (sm_90) without a device: Triton's compiler and the ptxas it ships, no GPU. Catches a
-kernel that cannot be built before device time is spent on it; how much shared memory a tile
-needs is read off the compiled kernel (a program may have 227 KiB on sm_90)."""
+"""The fused LoRA kernel's default tiles (lora_linear/triton.py) and its persistent TMA form
+(lora_linear/persistent.py) compile for the H100/H200 (sm_90) without a device: Triton's compiler
+and the ptxas it ships, no GPU. Catches a kernel that cannot be built before device time is spent
+on it; how much shared memory a tile needs is read off the compiled kernel (a program may have
+227 KiB on sm_90). Session 21's GPU run found fp32 at rank 64 and 64 rows over that, which this
+file did not yet compile."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +18,7 @@ pytestmark = [
                        reason="TRITON_INTERPRET=1 makes @triton.jit functions interpreted: nothing to compile"),
 ]
 
-SMEM_LIMIT = 232448  # bytes a program may use on sm_90
+from rearqa.kernels.launch import SMEM_BYTES as SMEM_LIMIT  # bytes a program may use on sm_90
 
 
 def compiled(block_n: int, num_warps: int, num_stages: int, lora: bool, warp_specialize: bool = False):
@@ -48,3 +50,38 @@ def test_the_persistent_form_compiles_for_sm90_within_shared_memory(lora, warp_s
 def test_a_wide_deep_tile_needs_more_shared_memory_than_sm90_has():
     # 128 x 256 columns with 4 stages: kernel_bench's PERSISTENT_GRID keeps it, and it counts as an error there
     assert compiled(256, 8, 4, True).metadata.shared > SMEM_LIMIT
+
+
+def compiled_fused(rows: int, rank: int, dtype: str):
+    """The fused kernel at choose_tiles' default for `rows` and `rank` in `dtype`, compiled; its tiles."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rearqa.kernels.lora_linear.tiling import choose_tiles
+    from rearqa.kernels.lora_linear.triton import _lora_kernel
+
+    tiles = choose_tiles(rows, rank, itemsize=4 if dtype == "fp32" else 2)
+    signature = {name: f"*{dtype}" for name in ("x", "w", "a", "b", "bias", "y")}
+    signature |= {name: "i32" for name in ("M", "N", "K", "rank", "s_xm", "s_xk", "s_wn", "s_wk", "s_ar", "s_ak",
+                                           "s_bn", "s_br", "s_ym", "s_yn")}
+    signature["scaling"] = "fp32"
+    constexprs = dict(HAS_BIAS=True, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+                      RANK_PAD=tiles.rank_pad, N_TILES=tiles.n_tiles,
+                      PRECISION="ieee" if dtype == "fp32" else "tf32")
+    kernel = triton.compile(ASTSource(_lora_kernel, signature, constexprs=constexprs),
+                            target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages))
+    return kernel, tiles
+
+
+@pytest.mark.parametrize("rows", [1, 64, 32768])
+@pytest.mark.parametrize("rank,dtype", [(64, "fp32"), (128, "fp32"), (128, "bf16")])
+def test_the_fused_kernels_default_tiles_fit_sm90s_shared_memory(rows, rank, dtype):
+    from rearqa.kernels.lora_linear.tiling import staged_bytes
+
+    kernel, tiles = compiled_fused(rows, rank, dtype)
+    assert kernel.asm["cubin"] and kernel.metadata.shared <= SMEM_LIMIT
+    estimate = staged_bytes(tiles, 4 if dtype == "fp32" else 2)
+    # the estimate choose_tiles fits by: the compiler's count in fp32, an upper bound in bf16
+    assert kernel.metadata.shared == estimate if dtype == "fp32" else kernel.metadata.shared <= estimate

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
+SMEM_BYTES = 232448  # shared memory a program may use on sm_90 (H100 / H200: 227 KiB)
 
 
 def check_pow2(name: str, value: int) -> None:

@@ -9,13 +9,15 @@ tile); the price of not writing x A^T out and reading it back (which would cost 
 reading x again). Every knob is an argument of the op too. The defaults are the fastest
 combinations of the sweeps on an H100 (scripts/kernel_bench.py --parts lora_sweep): M > 64 from
 session 18's (docs/kernels.md "Session 18"), M <= 64 from session 20's, timed without the launch
-("Session 20"), where wider column tiles and more column tiles a program lost.
+("Session 20"), where wider column tiles and more column tiles a program lost. A default whose
+pipeline does not fit the device's shared memory (fp32 at a rank above 32: 64x16x128 four stages
+deep asks 237,568 B of sm_90's 232,448) runs with fewer stages, then a shorter K step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from rearqa.kernels.launch import MIN_DOT, check_launch, check_pow2
+from rearqa.kernels.launch import MIN_DOT, SMEM_BYTES, check_launch, check_pow2
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,24 @@ def pad_rank(rank: int) -> int:
     return max(MIN_DOT, 1 << max(0, (rank - 1).bit_length()))
 
 
-def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: int | None = None,
+def staged_bytes(tiles: LoraTiles, itemsize: int) -> int:
+    """Shared memory of one program, read off the compiler for sm_90 (tests/kernels/
+    test_compile_sm90.py): num_stages - 1 buffers of one K step's x, W and A tiles, and the fp32
+    (BLOCK_M, RANK_PAD) x A^T passed through shared memory before its product with B. Exact for
+    the fp32 tiles compiled (the defaults at ranks 8 and 64); 16-bit tiles compile to less (the
+    sm_90 path stages fewer of them), so for those it is an upper bound."""
+    k_step = (tiles.block_m + tiles.block_n + tiles.rank_pad) * tiles.block_k * itemsize
+    return max(1, tiles.num_stages - 1) * k_step + tiles.block_m * tiles.rank_pad * 4
+
+
+def choose_tiles(rows: int, rank: int, *, itemsize: int = 2, smem_bytes: int = SMEM_BYTES,
+                 block_m: int | None = None, block_n: int | None = None,
                  block_k: int | None = None, num_warps: int | None = None,
                  num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
-    """The tiles of one launch; the keyword arguments override the defaults (checked)."""
+    """The tiles of one launch for `itemsize`-byte inputs on a device whose programs may use
+    `smem_bytes` of shared memory; the keyword arguments override the defaults (checked). Only
+    the defaults are fitted to the shared memory: a knob given is used as given (staged_bytes is an
+    upper bound for 16-bit inputs, so a refusal here could refuse a tile that compiles)."""
     rank_pad = pad_rank(rank)
     # narrow column tiles for decode, 64-wide tiles with one column tile a program for the GEMM rows
     if rows <= 16:
@@ -51,6 +67,13 @@ def choose_tiles(rows: int, rank: int, *, block_m: int | None = None, block_n: i
     tiles = LoraTiles(block_m or base.block_m, block_n or base.block_n, block_k or base.block_k,
                       rank_pad, num_warps or base.num_warps, num_stages or base.num_stages,
                       n_tiles or base.n_tiles)
+    while staged_bytes(tiles, itemsize) > smem_bytes:  # fewer stages (not below 2), then a shorter K step
+        if num_stages is None and tiles.num_stages > 2:
+            tiles = replace(tiles, num_stages=tiles.num_stages - 1)
+        elif block_k is None and tiles.block_k > 2 * MIN_DOT:
+            tiles = replace(tiles, block_k=tiles.block_k // 2)
+        else:
+            break
     for name in ("block_m", "block_n", "block_k"):
         check_pow2(name, getattr(tiles, name))
     check_launch(tiles.num_warps, tiles.num_stages)

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rearqa.kernels.launch import SMEM_BYTES
 from rearqa.kernels.lora_linear.tiling import choose_tiles
 
 
@@ -56,6 +57,13 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                  mask=m_ok[:, None] & n_ok[None, :])
 
 
+def shared_memory(device: torch.device) -> int:
+    """Shared memory a program may opt into on `device` (sm_90's where torch does not say)."""
+    if device.type != "cuda":  # the interpreter: no limit of its own, the GPU's is the one that matters
+        return SMEM_BYTES
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", SMEM_BYTES)
+
+
 def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor,
                        lora_b: torch.Tensor, bias: torch.Tensor | None = None, *,
                        scaling: float = 1.0, block_m: int | None = None,
@@ -78,7 +86,8 @@ def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tens
     rows = x.reshape(-1, k)  # a view where x's leading dims allow it
     m = rows.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    tiles = choose_tiles(m, rank, block_m=block_m, block_n=block_n, block_k=block_k,
+    tiles = choose_tiles(m, rank, itemsize=x.element_size(), smem_bytes=shared_memory(x.device),
+                         block_m=block_m, block_n=block_n, block_k=block_k,
                          num_warps=num_warps, num_stages=num_stages, n_tiles=n_tiles)
     grid = (triton.cdiv(m, tiles.block_m) * triton.cdiv(n, tiles.block_n * tiles.n_tiles),)
     _lora_kernel[grid](rows, weight, lora_a, lora_b, bias if bias is not None else weight, y,

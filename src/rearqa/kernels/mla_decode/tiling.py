@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rearqa.kernels.launch import MIN_DOT, check_launch, check_pow2
+from rearqa.kernels.launch import MIN_DOT, SMEM_BYTES, check_launch, check_pow2
 
 H200_SMS = 132  # multiprocessors of the H200 (and H100 SXM); the interpreter has no device to ask
 MAX_SPLITS = 256  # the most a caller may ask for
@@ -52,7 +52,6 @@ class DecodeTiles:
     num_stages: int = 2  # software pipelining depth of the cache loads
 
 
-SMEM_BYTES = 232448  # shared memory a program may use on sm_90 (H100 / H200: 227 KiB)
 SMEM_PER_SM = 233472  # a multiprocessor's (228 KiB), 1 KiB of it reserved per resident program
 # (block_n, num_stages), best first: the session-16 H100 sweep (docs/kernels.md) found 64 tokens a
 # step, three stages deep, fastest at all three points it timed; smaller where that does not fit
