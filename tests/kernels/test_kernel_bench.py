@@ -46,6 +46,8 @@ def test_the_lora_rows_are_also_timed_on_rotated_copies(tmp_path):
     assert module.main(["--smoke", "--parts", "lora", "--ranks", "16", "--rows", "3", "--reps", "2", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["lora"]
     assert rows and all(r["sets"] >= 1 and r["base_sets_ms"] > 0 and r["unfused_sets_ms"] > 0 for r in rows)
+    if module.kernels(smoke=True)[1] is not None:  # TRITON_INTERPRET=1: the kernel, with B loaded early too
+        assert all(r["fused_early_b_over_base_sets"] == r["fused_early_b_sets_ms"] / r["base_sets_ms"] for r in rows)
     # the smoke sizes are tiny, so the L2-sized budget asks for the most copies allowed
     assert {r["sets"] for r in rows} == {32}
 

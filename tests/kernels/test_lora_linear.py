@@ -96,6 +96,17 @@ def test_kernel_interpreted(interpreter_device, close_to, shape, dtype):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_loading_b_early_changes_the_timing_not_the_result(interpreter_device, dtype):
+    """early_b moves B's and the bias's loads before the K loop: the same sums in the same order,
+    so the same bits, with and without a bias, over several column tiles a program."""
+    for rows, (k, n), rank, bias, knobs in ((1, (40, 24), 8, True, {}), (70, (96, 200), 16, False, {}),
+                                            (33, (64, 48), 5, True, {"block_n": 16, "n_tiles": 3})):
+        args, s = make_case(rows, k, n, rank, dtype, interpreter_device, bias=bias)
+        assert torch.equal(run_kernel(args, s, early_b=True, **knobs), run_kernel(args, s, **knobs))
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("knobs", [{"block_n": 16, "n_tiles": 3}, {"block_m": 16, "block_n": 32, "n_tiles": 2, "block_k": 16}],
                          ids=["16x3", "32x2"])
 def test_kernel_interpreted_shares_x_a_over_column_tiles(interpreter_device, close_to, knobs):
@@ -127,6 +138,14 @@ def test_kernel_on_gpu(gpu_device, close_to, shape, rank, dtype):
     for rows, bias, strided in ((1, False, False), (16, True, True), (64, False, True), (65, True, False),
                                 (4096, False, True), (32768, True, False)):
         check(gpu_device, close_to, rows, *shape, rank, dtype, bias=bias, strided=strided)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_loading_b_early_on_gpu(gpu_device, close_to, dtype):
+    for rows, (k, n), rank in ((1, (576, 576), 16), (64, (1536, 576), 64), (4096, (576, 1536), 16), (333, (100, 37), 5)):
+        args, s = make_case(rows, k, n, rank, dtype, gpu_device, strided=True)
+        close_to(run_kernel(args, s, early_b=True), ground_truth(args, s), dtype)
 
 
 # the tile sweep's combinations (scripts/kernel_bench.py LORA_SWEEP): every one must be exact

@@ -29,6 +29,7 @@ class LoraTiles:
     num_warps: int
     num_stages: int
     n_tiles: int = 1  # column tiles a program computes in turn, sharing one x A^T
+    early_b: bool = False  # load B's and the bias's tile before the K loop instead of after it
 
 
 def pad_rank(rank: int) -> int:
@@ -39,17 +40,20 @@ def pad_rank(rank: int) -> int:
 def staged_bytes(tiles: LoraTiles, itemsize: int) -> int:
     """Shared memory of one program, read off the compiler for sm_90 (tests/kernels/
     test_compile_sm90.py): num_stages - 1 buffers of one K step's x, W and A tiles, and the fp32
-    (BLOCK_M, RANK_PAD) x A^T passed through shared memory before its product with B. Exact for
-    the fp32 tiles compiled (the defaults at ranks 8 and 64); 16-bit tiles compile to less (the
-    sm_90 path stages fewer of them), so for those it is an upper bound."""
+    (BLOCK_M, RANK_PAD) x A^T passed through shared memory before its product with B; with
+    early_b, B's (RANK_PAD, BLOCK_N) tile too, held there across the loop. Exact for the fp32 tiles
+    compiled (the defaults at ranks 8 and 64, with and without early_b); 16-bit tiles compile to
+    less (the sm_90 path stages fewer of them), so for those it is an upper bound."""
     k_step = (tiles.block_m + tiles.block_n + tiles.rank_pad) * tiles.block_k * itemsize
-    return max(1, tiles.num_stages - 1) * k_step + tiles.block_m * tiles.rank_pad * 4
+    held_b = tiles.rank_pad * tiles.block_n * itemsize if tiles.early_b else 0
+    return max(1, tiles.num_stages - 1) * k_step + tiles.block_m * tiles.rank_pad * 4 + held_b
 
 
 def choose_tiles(rows: int, rank: int, *, itemsize: int = 2, smem_bytes: int = SMEM_BYTES,
                  block_m: int | None = None, block_n: int | None = None,
                  block_k: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None, n_tiles: int | None = None) -> LoraTiles:
+                 num_stages: int | None = None, n_tiles: int | None = None,
+                 early_b: bool | None = None) -> LoraTiles:
     """The tiles of one launch for `itemsize`-byte inputs on a device whose programs may use
     `smem_bytes` of shared memory; the keyword arguments override the defaults (checked). Only
     the defaults are fitted to the shared memory: a knob given is used as given (staged_bytes is an
@@ -66,7 +70,7 @@ def choose_tiles(rows: int, rank: int, *, itemsize: int = 2, smem_bytes: int = S
         base = LoraTiles(128, 64, 64, rank_pad, 4, 3)
     tiles = LoraTiles(block_m or base.block_m, block_n or base.block_n, block_k or base.block_k,
                       rank_pad, num_warps or base.num_warps, num_stages or base.num_stages,
-                      n_tiles or base.n_tiles)
+                      n_tiles or base.n_tiles, base.early_b if early_b is None else bool(early_b))
     while staged_bytes(tiles, itemsize) > smem_bytes:  # fewer stages (not below 2), then a shorter K step
         if num_stages is None and tiles.num_stages > 2:
             tiles = replace(tiles, num_stages=tiles.num_stages - 1)

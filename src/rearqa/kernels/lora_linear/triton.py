@@ -3,9 +3,10 @@
 A program owns N_TILES (BLOCK_M, BLOCK_N) tiles of y side by side. The first tile's K loop loads
 each x tile once and feeds two products: acc += x W^T (the base) and xa += x A^T (BLOCK_M x r,
 kept in registers). After the loop, acc += (s xa) B^T for the tile's columns, then the bias, one
-store; the program's other tiles run the base product alone and reuse xa. B A is never formed and
-x A^T never leaves the chip (cf. Punica's / S-LoRA's batched LoRA kernels, which split the two
-products into separate launches). Forward only: training runs PEFT's LoRA layers, whose backward
+store (EARLY_B: B's and the bias's tiles are loaded before the K loop instead, the same sums, for
+decode, where the kernel waits on memory round trips); the program's other tiles run the base
+product alone and reuse xa. B A is never formed and x A^T never leaves the chip (cf. Punica's /
+S-LoRA's batched LoRA kernels, which split the two products into separate launches). Forward only: training runs PEFT's LoRA layers, whose backward
 torch provides (docs/kernels.md).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                  s_xm, s_xk, s_wn, s_wk, s_ar, s_ak, s_bn, s_br, s_ym, s_yn,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, RANK_PAD: tl.constexpr, N_TILES: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 PRECISION: tl.constexpr, EARLY_B: tl.constexpr):
     pid = tl.program_id(0)
     groups_n = tl.cdiv(N, BLOCK_N * N_TILES)
     pid_m, pid_g = pid // groups_n, pid % groups_n  # neighbours share the x row block (in L2)
@@ -34,6 +35,11 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
     for t in tl.static_range(N_TILES):  # unrolled: `t == 0` below is decided at compile time
         offs_n = (pid_g * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
+        if EARLY_B:  # B's and the bias's loads issued before the K loop: their latency hides under it
+            bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
+                         mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
+            if HAS_BIAS:
+                bias_t = tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -47,12 +53,15 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                 at = tl.load(a + offs_r[None, :] * s_ar + offs_k[:, None] * s_ak,
                              mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
                 xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
-        bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
-                     mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
+        if not EARLY_B:  # after the K loop (the sweeps' defaults were timed this way)
+            bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
+                         mask=n_ok[None, :] & r_ok[:, None], other=0.0)
+            if HAS_BIAS:
+                bias_t = tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
         acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
         if HAS_BIAS:
-            acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            acc += bias_t[None, :]
         tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
 
@@ -69,7 +78,7 @@ def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tens
                        scaling: float = 1.0, block_m: int | None = None,
                        block_n: int | None = None, block_k: int | None = None,
                        num_warps: int | None = None, num_stages: int | None = None,
-                       n_tiles: int | None = None) -> torch.Tensor:
+                       n_tiles: int | None = None, early_b: bool | None = None) -> torch.Tensor:
     """The kernel behind `lora_linear` (shapes: reference.lora_linear_reference); the tile knobs
     override tiling.choose_tiles' defaults (the GPU sweep sets them)."""
     n, k = weight.shape
@@ -88,13 +97,13 @@ def lora_linear_triton(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tens
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     tiles = choose_tiles(m, rank, itemsize=x.element_size(), smem_bytes=shared_memory(x.device),
                          block_m=block_m, block_n=block_n, block_k=block_k,
-                         num_warps=num_warps, num_stages=num_stages, n_tiles=n_tiles)
+                         num_warps=num_warps, num_stages=num_stages, n_tiles=n_tiles, early_b=early_b)
     grid = (triton.cdiv(m, tiles.block_m) * triton.cdiv(n, tiles.block_n * tiles.n_tiles),)
     _lora_kernel[grid](rows, weight, lora_a, lora_b, bias if bias is not None else weight, y,
                        m, n, k, rank, float(scaling), *rows.stride(), *weight.stride(),
                        *lora_a.stride(), *lora_b.stride(), *y.stride(),
                        HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
                        BLOCK_K=tiles.block_k, RANK_PAD=tiles.rank_pad, N_TILES=tiles.n_tiles,
-                       PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                       PRECISION="ieee" if x.dtype == torch.float32 else "tf32", EARLY_B=tiles.early_b,
                        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return y.view(*x.shape[:-1], n)
