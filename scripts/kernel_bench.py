@@ -524,7 +524,7 @@ def main(argv=None) -> int:
                         mla.append(mla_row(timer, shape, batch, ctx, device, mla_kernel, copy_bps))
                         print(json.dumps(mla[-1]), flush=True)
         if "lora" in args.parts:
-            for k, n in LORA_SHAPES:
+            for k, n in [(16, 24)] if args.smoke else LORA_SHAPES:  # smoke: the plumbing, one tiny shape
                 for rank in args.ranks:
                     for rows in args.rows:
                         lora.append(lora_row(timer, k, n, rank, rows, device, lora_kernel))
