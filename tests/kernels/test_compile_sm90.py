@@ -11,14 +11,14 @@ import os
 
 import pytest
 
+from rearqa.kernels.launch import SMEM_BYTES as SMEM_LIMIT  # bytes a program may use on sm_90
+
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                        reason="needs triton (the compiler; the CPU venv removes it)"),
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                        reason="TRITON_INTERPRET=1 makes @triton.jit functions interpreted: nothing to compile"),
 ]
-
-from rearqa.kernels.launch import SMEM_BYTES as SMEM_LIMIT  # bytes a program may use on sm_90
 
 
 def compiled(block_n: int, num_warps: int, num_stages: int, lora: bool, warp_specialize: bool = False):

@@ -6,8 +6,8 @@ kept in registers). After the loop, acc += (s xa) B^T for the tile's columns, th
 store (EARLY_B: B's and the bias's tiles are loaded before the K loop instead, the same sums, for
 decode, where the kernel waits on memory round trips); the program's other tiles run the base
 product alone and reuse xa. B A is never formed and x A^T never leaves the chip (cf. Punica's /
-S-LoRA's batched LoRA kernels, which split the two products into separate launches). Forward only: training runs PEFT's LoRA layers, whose backward
-torch provides (docs/kernels.md).
+S-LoRA's batched LoRA kernels, which split the two products into separate launches). Forward
+only: training runs PEFT's LoRA layers, whose backward torch provides (docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ import triton.language as tl
 
 from rearqa.kernels.launch import SMEM_BYTES
 from rearqa.kernels.lora_linear.tiling import choose_tiles
+
+
+@triton.jit
+def _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """One column tile's B^T (RANK_PAD, BLOCK_N) and its bias in fp32 (zeros without one)."""
+    bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
+                 mask=n_ok[None, :] & r_ok[:, None], other=0.0)
+    if HAS_BIAS:
+        bias_t = tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    else:
+        bias_t = tl.zeros([BLOCK_N], tl.float32)  # not added: the caller checks HAS_BIAS
+    return bt, bias_t
 
 
 @triton.jit
@@ -36,10 +49,7 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
         offs_n = (pid_g * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         if EARLY_B:  # B's and the bias's loads issued before the K loop: their latency hides under it
-            bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
-                         mask=n_ok[None, :] & r_ok[:, None], other=0.0)  # (RANK_PAD, BLOCK_N) = B^T
-            if HAS_BIAS:
-                bias_t = tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            bt, bias_t = _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS, BLOCK_N)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -54,10 +64,7 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
                              mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
                 xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
         if not EARLY_B:  # after the K loop (the sweeps' defaults were timed this way)
-            bt = tl.load(b + offs_n[None, :] * s_bn + offs_r[:, None] * s_br,
-                         mask=n_ok[None, :] & r_ok[:, None], other=0.0)
-            if HAS_BIAS:
-                bias_t = tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            bt, bias_t = _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS, BLOCK_N)
         # x A^T rounded to the input dtype before B, as the unfused path (and PEFT) does
         acc += scaling * tl.dot(xa.to(bt.dtype), bt, input_precision=PRECISION)
         if HAS_BIAS:
