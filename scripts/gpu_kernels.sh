@@ -4,19 +4,22 @@
 # Needs nothing carried: the image's python3 has torch and triton, and the kernels import only
 # them and rearqa's leaves. Steps, each under its own time share of CALL_LIMIT (default 570 s):
 #   1. env: GPU name, driver, clocks, torch and triton versions   -> $OUT/kernels-env.txt
-#   2. the GPU tests (tests/kernels, and the MLA reader's decode through the kernel in
-#      tests/reader/backbone/test_transmla_modeling.py), pytest-xdist over XDIST workers
+#   2. the GPU tests (tests/kernels, the MLA reader's decode through the kernel in
+#      tests/reader/backbone/test_transmla_modeling.py, and an unmerged adapter's layers through
+#      the fused LoRA kernel in tests/reader/test_adapter_unmerged.py), pytest-xdist over XDIST workers
 #      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml,
 #      and each failure as it happens                             -> $OUT/kernels-failures.log
 #   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
 #   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
 #      presets) through the kernel and, for comparison, through the torch reference
 #      (REARQA_KERNELS=reference)                                 -> $OUT/decode-PRESET-{triton,reference}.json
+#   5. with HF_ADAPTER_BENCH=1: an adapter on engine hf merged, unmerged through the fused LoRA
+#      kernel, and through PEFT's layers (scripts/bench_hf_adapter.py --random) -> $OUT/hf-adapter.json
 # At the end the logs (*.log, *.txt, *.xml) are packed into $OUT/kernels-logs.tgz: the device
 # returns at most 8 files, and the JSONs (at most 5) come back as they are.
 # Settings: CALL_LIMIT (570), TEST_BUDGET (280 s), XDIST (8), BENCH_ARGS (extra kernel_bench args,
 # e.g. "--parts mla" for a second call that only times), DECODE_BENCH (0), DECODE_RESERVE (150 s
-# kept for step 4 when it is on).
+# kept for step 4 when it is on), HF_ADAPTER_BENCH (0), HF_ADAPTER_RESERVE (90 s kept for step 5).
 # Exit: 0 tests passed and the benchmark finished; 1 otherwise (the logs say which).
 set -uo pipefail
 : "${OUT:?OUT is unset: this runs on the device machine (or set OUT for a rehearsal)}"
@@ -54,11 +57,13 @@ export REARQA_FAILURE_LOG="$OUT/kernels-failures.log"
 # shellcheck disable=SC2086
 timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \
+  "tests/reader/test_adapter_unmerged.py::test_the_fused_layer_runs_the_kernel_on_the_gpu" \
   2>&1 | tail -n 400 > "$OUT/kernels-tests.log" || status=1
 tail -n 15 "$OUT/kernels-tests.log"
 [ -s "$REARQA_FAILURE_LOG" ] && grep '^FAILED ' "$REARQA_FAILURE_LOG"
 
-left=$(( LIMIT - $(date +%s) + T0 - 5 - (${DECODE_BENCH:-0} == 1 ? ${DECODE_RESERVE:-150} : 0) ))
+left=$(( LIMIT - $(date +%s) + T0 - 5 - (${DECODE_BENCH:-0} == 1 ? ${DECODE_RESERVE:-150} : 0) \
+        - (${HF_ADAPTER_BENCH:-0} == 1 ? ${HF_ADAPTER_RESERVE:-90} : 0) ))
 if [ "$left" -gt 30 ]; then
   # shellcheck disable=SC2086
   timeout "$left" python3 scripts/kernel_bench.py --out "$OUT/kernel-bench.json" ${BENCH_ARGS:-} \
@@ -78,6 +83,16 @@ if [ "${DECODE_BENCH:-0}" = 1 ]; then
       tail -n 6 "$OUT/decode-$preset-$k.log"
     done
   done
+fi
+if [ "${HF_ADAPTER_BENCH:-0}" = 1 ]; then
+  left=$(( LIMIT - $(date +%s) + T0 - 5 ))
+  if [ "$left" -gt 20 ]; then
+    timeout "$left" python3 scripts/bench_hf_adapter.py --device cuda --random --batch 1 32 \
+      --out "$OUT/hf-adapter.json" > "$OUT/hf-adapter.log" 2>&1 || status=1
+    tail -n 10 "$OUT/hf-adapter.log"
+  else
+    echo "gpu_kernels: no time left for the hf adapter benchmark"; status=1
+  fi
 fi
 echo "gpu_kernels: exit $status after $(( $(date +%s) - T0 )) s"
 # The device returns at most 8 files from $OUT (session 18 lost the benchmark JSON and every log

@@ -110,9 +110,12 @@ def test_an_input_gated_adapter_is_refused_before_any_model_loads(tmp_path, monk
                                           r"the input.*Use reader.engine: hf"):
         vllm_lora_dir(adapter, base(tmp_path), cache_root=tmp_path / "exports")
     assert not (tmp_path / "exports").exists()
-    # The config-level check (what the UI's unavailable readers show) says the same on vllm only.
+    # The config-level check (what the UI's unavailable readers show) says the same on vllm, and
+    # on hf unless the adapter runs unmerged there.
     config = dict(method="rag-ft", adapter=str(adapter))
-    assert resolve_adapter(ReaderConfig(engine="hf", **config)) == adapter
+    assert resolve_adapter(ReaderConfig(engine="hf", hf_adapter="unmerged", **config)) == adapter
+    with pytest.raises(ConfigError, match="cannot be merged.*reader.hf_adapter: unmerged"):
+        resolve_adapter(ReaderConfig(engine="hf", **config))
     with pytest.raises(ConfigError, match="depends on the input"):
         resolve_adapter(ReaderConfig(engine="vllm", **config))
 
@@ -122,8 +125,10 @@ def test_the_ui_lists_an_adapter_vllm_cannot_serve_on_that_engine_only(tmp_path)
 
     adapter, _ = saved_adapter(tmp_path, "dvlora", DVLoraSettings(r=8, alpha=16, dropout=0.0,
                                                                   gate="input", init="random"))
-    config = ReaderConfig(checkpoint=str(tmp_path / "none"), adapter=str(adapter))
+    config = ReaderConfig(checkpoint=str(tmp_path / "none"), adapter=str(adapter), hf_adapter="unmerged")
     assert method_problem("rag-ft", config) is None
+    assert "cannot be merged" in method_problem("rag-ft", ReaderConfig(checkpoint=str(tmp_path / "none"),
+                                                                     adapter=str(adapter)))
     assert "depends on the input" in method_problem("rag-ft", config, engine="vllm")
     vllm = unavailable_readers(ReaderConfig(engine="vllm", checkpoint=str(tmp_path / "none"),
                                             adapter=str(adapter)))

@@ -266,6 +266,9 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
           adapter: Annotated[str, typer.Option(
               help="rag-ft / closed-book-ft adapter dir (default: the config's, else the shipped "
                    "one); merged on engine hf, served as a LoRA on vllm (docs/adapters.md).")] = "",
+          hf_adapter: Annotated[str, typer.Option(
+              help="Engine hf: merged (the adapter folded into the weights) | unmerged (the weights "
+                   "as loaded, adapted layers through the fused LoRA op); default: the config's.")] = "",
           reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
           tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
@@ -274,7 +277,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
     from rearqa.app.server import serve as run_server
 
     pipe = _pipeline(config, home, collection, engine=engine, method=method, adapter=adapter,
-                     **_reader_dir(reader),
+                     hf_adapter=hf_adapter, **_reader_dir(reader),
                      **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
     from rearqa.app.state import DEFAULT_MAX_BATCH
 

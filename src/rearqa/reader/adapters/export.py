@@ -94,6 +94,8 @@ def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "defa
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    from rearqa.reader.adapters.unmerged import holds_adapter
+
     _check_exportable(peft_model, adapter)
     base = peft_model.get_base_model()
     tensors: dict[str, torch.Tensor] = {}
@@ -102,7 +104,7 @@ def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "defa
     errors: dict[str, float] = {}
     with torch.no_grad():
         for name, layer in base.named_modules():
-            if not _holds(layer, adapter):
+            if not holds_adapter(layer, adapter):
                 continue
             a, b, error = lora_factors(layer, adapter, rank)
             if error is not None:
@@ -138,12 +140,3 @@ def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "defa
     (out / "rearqa_export.json").write_text(json.dumps(record, indent=2))
     return out
 
-
-def _holds(layer: nn.Module, adapter: str) -> bool:
-    from peft.tuners.lora.layer import LoraLayer
-
-    from rearqa.reader.adapters.custom import RearLoraLinear
-
-    if isinstance(layer, RearLoraLinear):
-        return layer.holds(adapter)
-    return isinstance(layer, LoraLayer) and adapter in layer.lora_A

@@ -102,7 +102,8 @@ def vllm_adapter_problem(adapter_dir: str | Path) -> str | None:
 
 def _refuse(adapter_dir: Path, problem: str) -> ConfigError:
     return ConfigError(f"adapter {adapter_dir} cannot be served on reader.engine 'vllm': {problem}. "
-                       "Use reader.engine: hf, which merges it into the weights")
+                       "Use reader.engine: hf, which merges it into the weights or, with "
+                       "reader.hf_adapter: unmerged, runs it beside them")
 
 
 def check_vllm_adapter(adapter_dir: str | Path) -> None:
@@ -152,8 +153,8 @@ def check_mergeable(adapter_dir: str | Path) -> None:
     """Raise ConfigError, with the reason and the fix, when the adapter cannot be merged."""
     if (problem := merge_problem(adapter_dir)) is not None:
         raise ConfigError(f"adapter {adapter_dir} cannot be merged into the weights, which "
-                          f"reader.vllm_adapter 'merged' serves: {problem}. Use reader.engine: hf, "
-                          "which runs it unmerged")
+                          f"reader.vllm_adapter 'merged' serves: {problem}. Use reader.engine: hf with "
+                          "reader.hf_adapter: unmerged, which runs it beside the weights")
 
 
 def merged_checkpoint_dir(adapter_dir: str | Path, base_model_dir: str | Path,

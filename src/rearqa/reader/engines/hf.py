@@ -161,6 +161,8 @@ class HFEngine:
 
 
 def linear_flops_per_token(model: torch.nn.Module) -> float:
-    """2 x the weights of `model`'s linear layers (lm_head included): the matmul FLOPs every token
-    costs outside attention, whatever an inference-time backbone prunes there."""
-    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    """2 x the weights of `model`'s linear layers (lm_head included, and an unmerged adapter's
+    factors: every matrix a linear layer holds): the matmul FLOPs every token costs outside
+    attention, whatever an inference-time backbone prunes there."""
+    return 2.0 * sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
+                     for p in m.parameters(recurse=False) if p.dim() == 2)

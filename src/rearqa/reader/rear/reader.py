@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from rearqa.config_errors import ConfigError
 from rearqa.reader.base import first_line
 from rearqa.reader.config import ReaderConfig, resolve_checkpoint, resolve_device
 from rearqa.reader.engines.hf import linear_flops_per_token
@@ -65,8 +66,17 @@ class RearReader(RearReaderBase):
         model = model_dir_or_checkpoint
         if not isinstance(model, RearModel):
             model = RearModel.from_pretrained(model, base_model_dir, dtype=torch.float32)
-        if model.is_lora:  # merge for speed: serving pays only for the base matmuls
-            model.lm = model.lm.merge_and_unload()
+        if model.is_lora and config.hf_adapter == "unmerged":  # the weights as loaded, the fused op beside
+            from rearqa.reader.adapters.unmerged import unmerged_lora
+
+            model.lm = unmerged_lora(model.lm.eval())
+            model.check_ref_row_zero()
+        elif model.is_lora:  # merge for speed: serving pays only for the base matmuls
+            try:
+                model.lm = model.lm.merge_and_unload()
+            except ValueError as err:  # an update that is no weight (GDV-LoRA's input gate)
+                raise ConfigError(f"the REAR checkpoint's adapter cannot be merged: {err}. Set "
+                                  "reader.hf_adapter: unmerged") from err
             model.check_ref_row_zero()
         super().__init__(config, model.config, model.tokenizer)
         self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()

@@ -21,7 +21,7 @@ from rearqa.reader.adapters.custom import RearLoraLinear
 
 RANDOM_STD = 0.02  # init "random": B ~ N(0, this); b and d ~ vector_init + N(0, 10 * this)
 INPUT_GATE_REFUSAL = ("its GDV-LoRA gate depends on the input (gate 'input'), so the update is no "
-                      "weight: it runs unmerged on the transformers engine only")
+                      "weight: it runs unmerged on the transformers engine only (reader.hf_adapter: unmerged)")
 
 
 class DVLoraLinear(RearLoraLinear):
