@@ -47,6 +47,13 @@ if ! python3 -c 'import pytest' 2>/dev/null; then
     echo "gpu_kernels: no pytest on this machine and no .whl/pytest-*.whl carried (see above)"
   fi
 fi
+# The project's peft (pyproject pins it) for the unmerged adapter's layers (test and step 5): the
+# image's may be another version. Carried in .whl/ too (build/whl-stage/ has it after gpu_prepare.sh).
+PEFT_WHL=$(ls .whl/peft-*.whl 2>/dev/null | head -n 1)
+if [ -n "$PEFT_WHL" ] && ! python3 -c "import peft, sys; sys.exit('peft-' + peft.__version__ + '-' not in '$PEFT_WHL')" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/kernels-peft "$PEFT_WHL" \
+    && export PYTHONPATH="/tmp/kernels-peft:$PYTHONPATH"
+fi
 XD=""  # pytest-xdist when it is there (kernel compiles are the slow part), one process otherwise
 python3 -c 'import xdist' 2>/dev/null && XD="-n ${XDIST:-8}"
 
