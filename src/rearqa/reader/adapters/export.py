@@ -94,8 +94,6 @@ def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "defa
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from rearqa.reader.adapters.unmerged import holds_adapter
-
     _check_exportable(peft_model, adapter)
     base = peft_model.get_base_model()
     tensors: dict[str, torch.Tensor] = {}
@@ -140,3 +138,13 @@ def export_lora(peft_model: nn.Module, out_dir: str | Path, adapter: str = "defa
     (out / "rearqa_export.json").write_text(json.dumps(record, indent=2))
     return out
 
+
+def holds_adapter(layer: nn.Module, adapter: str) -> bool:
+    """Whether `layer` is a PEFT LoRA-family layer that holds `adapter`."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    from rearqa.reader.adapters.custom import RearLoraLinear
+
+    if isinstance(layer, RearLoraLinear):
+        return layer.holds(adapter)
+    return isinstance(layer, LoraLayer) and adapter in layer.lora_A

@@ -68,17 +68,6 @@ class FusedLoraLinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}"
 
 
-def holds_adapter(layer: nn.Module, adapter: str) -> bool:
-    """Whether `layer` is a PEFT LoRA-family layer that holds `adapter`."""
-    from peft.tuners.lora.layer import LoraLayer
-
-    from rearqa.reader.adapters.custom import RearLoraLinear
-
-    if isinstance(layer, RearLoraLinear):
-        return layer.holds(adapter)
-    return isinstance(layer, LoraLayer) and adapter in layer.lora_A
-
-
 def fused_factors(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | str:
     """The exact plain-LoRA factors (A with the scaling folded in, B) of one adapted layer, or why
     it has none and keeps its own PEFT layer."""
@@ -115,6 +104,8 @@ def unmerged_lora(peft_model: nn.Module, adapter: str = "default") -> nn.Module:
     where its update has exact low-rank factors (see the module docstring). Returns the base model
     with the rest of the adapter (token rows, modules) merged when every layer was fused, else
     the PEFT model, whose remaining layers run unmerged as PEFT runs them."""
+    from rearqa.reader.adapters.export import holds_adapter
+
     base = peft_model.get_base_model()
     fused, kept = 0, {}
     for name, layer in list(base.named_modules()):
