@@ -75,7 +75,6 @@ class DeviceHFEngine(HFEngine):
         if backbone:  # over the merged weights: SpAtten changes how they attend, not what they are
             self._use_backbone(backbone)
         self.adapter = str(adapter) if adapter else None
-        self.adapter_mode = adapter_mode if adapter else ""
 
     def _tokenize(self, texts: list[str], **kwargs):
         return super()._tokenize(texts, **kwargs).to(self.model.device)

@@ -70,32 +70,25 @@ class FusedLoraLinear(nn.Linear):
 
 def fused_factors(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | str:
     """The exact plain-LoRA factors (A with the scaling folded in, B) of one adapted layer, or why
-    it has none and keeps its own PEFT layer."""
+    it has none and keeps its own PEFT layer. The export's own refusals (an input gate, a PEFT
+    variant, fan_in_fan_out, a merged adapter) say why, through export.lora_factors."""
     from rearqa.reader.adapters.custom import RearLoraLinear
     from rearqa.reader.adapters.export import lora_factors
 
     base = layer.get_base_layer()
     if not isinstance(base, nn.Linear):
         return f"its base layer is a {type(base).__name__}, not a Linear"
-    if getattr(layer, "merged_adapters", None):
-        return "an adapter is merged into it"
     if len(layer.r) != 1:
         return f"it holds {len(layer.r)} adapters"
-    if isinstance(layer, RearLoraLinear):
-        reason = layer.export_refusal(adapter)
-        if reason is not None:
-            return reason
-        if not layer.exports_exactly:
-            return f"{layer.method_name}'s update is not low rank"
-    else:
-        if layer.lora_variant.get(adapter) is not None:
-            return f"it is a PEFT variant ({type(layer.lora_variant[adapter]).__name__})"
-        if layer.fan_in_fan_out:
-            return "its weight is stored transposed (fan_in_fan_out)"
-        if layer.lora_B[adapter].bias is not None:
-            return "its LoRA has a bias"
-    with torch.no_grad():
-        a, b, _ = lora_factors(layer, adapter)  # exact (no SVD error) after the checks above
+    if isinstance(layer, RearLoraLinear) and not layer.exports_exactly:  # before an SVD is computed
+        return f"{layer.method_name}'s update is not low rank"
+    if not isinstance(layer, RearLoraLinear) and layer.lora_B[adapter].bias is not None:
+        return "its LoRA has a bias"  # the export has no slot for it
+    try:
+        with torch.no_grad():
+            a, b, _ = lora_factors(layer, adapter)  # exact: no SVD error after the check above
+    except ValueError as err:
+        return str(err)
     return a, b
 
 
