@@ -59,3 +59,39 @@ def test_bad_inputs_are_errors():
         paired_bootstrap([1.0], [1.0], n_resamples=0)
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_ci([float("nan")])
+
+
+def test_seed_question_bootstrap_widens_for_seed_spread_only():
+    from rearqa.eval.bootstrap import seed_question_bootstrap
+
+    rng = np.random.default_rng(3)
+    base = (rng.random(600) < 0.4).astype(float)
+    # identical runs on both sides: nothing to resample
+    same = seed_question_bootstrap([base] * 3, [base] * 3, n_resamples=500)
+    assert same["diff"] == 0.0 and (same["low"], same["high"]) == (0.0, 0.0)
+    assert (same["n"], same["runs_a"], same["runs_b"]) == (600, 3, 3)
+    # b's three seeds: one as a, one 60 examples better, one 60 worse; their mean equals a
+    up, down = base.copy(), base.copy()
+    up[np.flatnonzero(base == 0)[:60]] = 1.0
+    down[np.flatnonzero(base == 1)[:60]] = 0.0
+    spread = seed_question_bootstrap([base] * 3, [base, up, down], n_resamples=4000, seed=1)
+    assert spread["diff"] == pytest.approx(0.0)
+    paired = paired_bootstrap(base.tolist(), ((base + up + down) / 3).tolist(), n_resamples=4000, seed=1)
+    assert paired["high"] - paired["low"] < 0.03  # per-question means hide the seeds' spread
+    assert spread["low"] < -0.05 and spread["high"] > 0.05  # the seeds' +-0.1 shows
+    # one run a side: seeds add nothing, and the width is the question bootstrap's
+    one = seed_question_bootstrap([base], [up], n_resamples=4000, seed=2)
+    single = paired_bootstrap(base.tolist(), up.tolist(), n_resamples=4000, seed=2)
+    assert one["diff"] == pytest.approx(single["diff"]) == pytest.approx(0.1)
+    assert (one["high"] - one["low"]) == pytest.approx(single["high"] - single["low"], rel=0.15)
+
+
+def test_seed_question_bootstrap_refuses_unpaired_or_empty_runs():
+    from rearqa.eval.bootstrap import seed_question_bootstrap
+
+    with pytest.raises(ValueError, match="same examples"):
+        seed_question_bootstrap([[0.0, 1.0]], [[0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="one non-empty list"):
+        seed_question_bootstrap([], [[1.0]])
+    with pytest.raises(ValueError, match="NaN"):
+        seed_question_bootstrap([[float("nan")]], [[1.0]])

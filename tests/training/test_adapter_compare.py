@@ -76,3 +76,22 @@ def test_a_control_has_its_methods_budget():
     assert ac.control_budget(budgets, "blocklora-input-outscale") == 300  # the longest owner
     assert ac.control_budget(budgets, "blocklora-outscale") == 200
     assert ac.control_budget(budgets, "masa") is None
+
+
+def test_the_seed_resampled_interval_sits_beside_the_verdicts(tmp_path):
+    n = 1200
+    half = [1.0] * (n // 2) + [0.0] * (n // 2)
+    for seed in range(3):
+        _unit(tmp_path, "lora", seed, {"nq-test": half, "tqa-test": half})
+    # blocklora's seeds: one 30 questions better, one 30 worse, one equal: the seed means equal lora's
+    up, down = list(half), list(half)
+    up[n // 2:n // 2 + 30] = [1.0] * 30
+    down[:30] = [0.0] * 30
+    for seed, ems in enumerate((half, up, down)):
+        _unit(tmp_path, "blocklora", seed, {"nq-test": ems, "tqa-test": half})
+    entry = ac.compare(ac.collect(tmp_path))[0]
+    nq, tqa = entry["sets"]["nq-test"], entry["sets"]["tqa-test"]
+    assert nq["diff"] == pytest.approx(0.0) and tqa["diff"] == 0.0
+    assert nq["seeds_high"] - nq["seeds_low"] > 3 * (nq["high"] - nq["low"])
+    assert (tqa["seeds_low"], tqa["seeds_high"]) == (0.0, 0.0)
+    assert entry["as_good"] is True  # the verdict is the issue's: questions resampled only

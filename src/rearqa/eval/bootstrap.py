@@ -81,3 +81,49 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     return {"n": int(array_a.size), "mean_a": float(array_a.mean()),
             "mean_b": float(array_b.mean()), "diff": float(array_b.mean() - array_a.mean()),
             "low": low, "high": high, "ci": ci, "p_value": float(np.mean(means <= 0.0))}
+
+
+def _as_runs(values: Sequence[Sequence[float]], name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name}: expected one non-empty list of per-example values per run (seed)")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return array
+
+
+def seed_question_bootstrap(a_runs: Sequence[Sequence[float]], b_runs: Sequence[Sequence[float]],
+                            n_resamples: int = 10000, seed: int = 0,
+                            ci: float = 0.95) -> dict[str, float]:
+    """Two-level paired bootstrap of mean(b) - mean(a) where each side is several training runs
+    (seeds) scored on the same examples: `a_runs[s][i]` is run s's score on example i.
+
+    Each resample draws each side's runs with replacement (seed variance) and then the examples
+    with replacement (example variance), pairing the examples across the sides: the difference is
+    the mean over the drawn examples of (b's mean over its drawn runs - a's over its own). A side
+    with one run adds no seed variance, so the interval then speaks for that side's one run only;
+    with few runs the resampling understates the seeds' spread (by about (k - 1) / k in variance).
+
+    Returns {n, runs_a, runs_b, diff, low, high, ci}: diff is the plain difference of the means.
+    """
+    _check(n_resamples, ci)
+    a, b = _as_runs(a_runs, "a_runs"), _as_runs(b_runs, "b_runs")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a seed-and-example bootstrap needs the same examples on both sides: "
+                         f"got {a.shape[1]} and {b.shape[1]} values")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // n)
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, rows_per_chunk):
+        rows = min(start + rows_per_chunk, n_resamples) - start
+        pick_a = rng.integers(0, a.shape[0], size=(rows, a.shape[0]))
+        pick_b = rng.integers(0, b.shape[0], size=(rows, b.shape[0]))
+        weight_a = np.stack([np.bincount(p, minlength=a.shape[0]) for p in pick_a]) / a.shape[0]
+        weight_b = np.stack([np.bincount(p, minlength=b.shape[0]) for p in pick_b]) / b.shape[0]
+        diffs = weight_b @ b - weight_a @ a  # (rows, n): each resample's per-example difference
+        idx = rng.integers(0, n, size=(rows, n))
+        means[start:start + rows] = np.take_along_axis(diffs, idx, axis=1).mean(axis=1)
+    low, high = _interval(means, ci)
+    return {"n": int(n), "runs_a": int(a.shape[0]), "runs_b": int(b.shape[0]),
+            "diff": float(b.mean() - a.mean()), "low": low, "high": high, "ci": ci}
