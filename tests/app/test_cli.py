@@ -140,3 +140,12 @@ def test_rear_ask_is_quiet_and_shows_each_passages_calibrated_probability(cli_co
     assert result.stderr == ""
     cited = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(cited) == 2 and all("likely to hold the answer)" in line and "read as " in line for line in cited)
+
+
+@pytest.mark.parametrize("command", [["ask"], ["eval"], ["ui"], ["serve"]])
+def test_every_reader_command_takes_hf_adapter(command, tmp_path):
+    assert "--hf-adapter" in rearqa(*command, "--help").stdout
+    args = {"ask": ["Who wrote Hamlet?"], "eval": ["--dataset", "nq-test", "--out", tmp_path / "e"]}
+    bad = rearqa(*command, *args.get(command[0], []), "--hf-adapter", "fused", "--home", tmp_path, check=False)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert bad.stderr.startswith("error: ") and "hf_adapter" in bad.stderr and "unmerged" in bad.stderr

@@ -60,6 +60,9 @@ BackboneOpt = Annotated[str, typer.Option(
     "--backbone", help="An inference-time backbone over the reader's weights, with its budgets "
     "(reader.backbone), e.g. spatten:tokens=0.6,heads=0.8,key_bits=4 (engine hf; methods rag, "
     "closed-book, rag-ft, closed-book-ft). Default: the config's (none).")]
+HFAdapterOpt = Annotated[str, typer.Option(
+    "--hf-adapter", help="Engine hf: merged (the adapter folded into the weights) | unmerged (the "
+    "weights as loaded, adapted layers through the fused LoRA op); default: the config's.")]
 
 
 def _tpla(tp_shards: int, tp_rotation: str, tp_calib: str) -> dict:
@@ -161,11 +164,11 @@ def ask(question: Annotated[str, typer.Argument(help="The question.")],
         method: Annotated[Optional[str], typer.Option(help="rag | closed-book | rear | rag-ft | closed-book-ft")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
         reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
-        tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
+        tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "", hf_adapter: HFAdapterOpt = "",
         config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Answer one question: the answer on the first line, then the citations."""
     pipe = _pipeline(config, home, collection, **_reader_dir(reader),
-                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
+                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone, hf_adapter=hf_adapter)
     answer = pipe.ask(question, k=k, method=method, retriever=retriever)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2))
@@ -200,13 +203,13 @@ def eval_cmd(dataset: Annotated[str, typer.Option(help="nq-test | nq-dev-select 
              routing: Annotated[str, typer.Option(help="rear: path_reliability | knowledge_consistency (default: the checkpoint's).")] = "",
              fallback: Annotated[str, typer.Option(help="rear, when no passage is relevant: closed_book | abstain (default: the checkpoint's).")] = "",
              reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
-             tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
+             tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "", hf_adapter: HFAdapterOpt = "",
              config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Batch evaluation with EM / F1 / answer-contained and answer-recall@k (resumable)."""
     from rearqa.eval.runner import EvalSettings, run_eval
 
     pipe = _pipeline(config, home, routing=routing, fallback=fallback, **_reader_dir(reader),
-                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone)
+                     **_tpla(tp_shards, tp_rotation, tp_calib), backbone=backbone, hf_adapter=hf_adapter)
     settings = EvalSettings(dataset=dataset, subset=subset, method=method, retriever=retriever,
                             k=k, limit=limit, batch_size=batch_size or pipe.config.reader.batch_size,
                             out_dir=out, seed=seed, passage_order=passage_order)
@@ -231,12 +234,12 @@ def compare_cmd(reports: Annotated[list[Path], typer.Argument(help="report.json 
 @app.command()
 def ui(host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="Port.")] = 7860,
-       reader: ReaderOpt = None,
+       reader: ReaderOpt = None, hf_adapter: HFAdapterOpt = "",
        config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
     """Start the Gradio chat over the collection."""
     from rearqa.app.ui import launch
 
-    pipe = _pipeline(config, home, collection, **_reader_dir(reader))
+    pipe = _pipeline(config, home, collection, **_reader_dir(reader), hf_adapter=hf_adapter)
     launch(pipe, host=host, port=port)
 
 
@@ -266,9 +269,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind (loopback by
           adapter: Annotated[str, typer.Option(
               help="rag-ft / closed-book-ft adapter dir (default: the config's, else the shipped "
                    "one); merged on engine hf, served as a LoRA on vllm (docs/adapters.md).")] = "",
-          hf_adapter: Annotated[str, typer.Option(
-              help="Engine hf: merged (the adapter folded into the weights) | unmerged (the weights "
-                   "as loaded, adapted layers through the fused LoRA op); default: the config's.")] = "",
+          hf_adapter: HFAdapterOpt = "",
           reader: ReaderOpt = None, tp_shards: TPShardsOpt = 0, tp_rotation: TPRotationOpt = "",
           tp_calib: TPCalibOpt = "", backbone: BackboneOpt = "",
           config: ConfigOpt = None, home: HomeOpt = None, collection: CollectionOpt = None) -> None:
