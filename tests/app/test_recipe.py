@@ -62,6 +62,7 @@ def parts(request, tmp_path_factory, prepared_home):
 
     transform = getattr(request, "param", "transmla")
     settings, label = CASES[transform]
+    threads = torch.get_num_threads()  # given back after the module: later tests keep theirs
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp(f"recipe-{transform}")
     tokenizer = tiny_tokenizer()
@@ -85,7 +86,8 @@ def parts(request, tmp_path_factory, prepared_home):
             if "lora_B" in name:
                 param.normal_(std=0.1)
     student.save_pretrained(root / "adapter")
-    return Parts(root, plain, calib, label)
+    yield Parts(root, plain, calib, label)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
