@@ -121,10 +121,12 @@ train_run() {  # METHOD CONFIG EXTRA...: train into $UD/train unless final/ is t
   [[ " ${ARGS[*]} " == *" --time-limit "* ]] || extra=(--time-limit $tl)
   [ $tl -gt 20 ] || { echo "train: only $(left) s left, not enough to train: run the unit again"; return 75; }
   echo "train: $method ($cfg) $* ${ARGS[*]} ${extra[*]}"
+  local t0=$SECONDS
   $PY -m rearqa.app.train_cmd "$method" -c "$cfg" --snapshot "$BUNDLE" --out "$UD/train" --quiet \
       $(base_args) "$@" "${ARGS[@]}" "${extra[@]}" >> "$UD/train.log" 2>&1
   local rc=$?
   tail -n 4 "$UD/train.log"
+  echo "train: the process took $(( SECONDS - t0 )) s (start, data, model, steps, saving)"
   [ $rc = 0 ] || { echo "train: FAILED (rc $rc), see train.log"; return 1; }
   [ -d "$UD/train/final" ] || { echo "train: stopped at its time limit, checkpoint kept: run the same unit again (same machine) to resume"; return 75; }
 }
@@ -140,10 +142,12 @@ select_run() {  # --METHOD and its options for rearqa.eval.select
   [ -f "$UD/select/selection.json" ] && { echo "select: done in an earlier call"; return 0; }
   [ $(left) -gt 30 ] || { echo "select: only $(left) s left: run the unit again"; return 75; }
   echo "select: $* (limit $SEL_LIMIT of $SEL_SPLITS)"
+  local t0=$SECONDS
   $PY -m rearqa.eval.select --snapshot "$BUNDLE" --splits $SEL_SPLITS --limit "$SEL_LIMIT" \
       --batch-size 64 --out "$UD/select" "$@" $(base_args) $SEL_ARGS > "$UD/select.log" 2>&1
   local rc=$?
   tail -n 12 "$UD/select.log"
+  echo "select: took $(( SECONDS - t0 )) s"
   [ $rc = 0 ] || { echo "select: FAILED (rc $rc)"; rm -f "$UD/select/selection.json"; return 1; }
 }
 
@@ -200,7 +204,7 @@ run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $
   mkdir -p "$out"
   [ -f "$BUNDLE/meta.json" ] && $PY scripts/gpu_stage.py ready --keep "$KEEP" --staged "$STAGED" bundle/ \
       || { echo "eval: the test splits are not staged: carry the test part (STATUS says which)"; return 2; }
-  local pids=() splits=() spec split lim failed=0
+  local pids=() splits=() spec split lim failed=0 t0=$SECONDS
   for spec in $TESTS; do
     split=${spec%%:*} lim=${spec#*:}
     local a=(--snapshot "$BUNDLE" --split "$split" --methods $methods --k "$k" --batch-size 64 --out "$out/$split")
@@ -212,12 +216,12 @@ run_tests() {  # METHODS K MODEL-ARGS...: rear_eval on every $TESTS split into $
       pids+=($!) splits+=("$split")
     else
       $PY -m rearqa.eval.rear_eval "${a[@]}" "$@" $(base_args) $EVAL_ARGS > "$out/eval-$split.log" 2>&1
-      local rc=$?; echo "eval: $split rc $rc"; [ $rc = 0 ] || failed=1
+      local rc=$?; echo "eval: $split rc $rc ($(( SECONDS - t0 )) s since the first split began)"; [ $rc = 0 ] || failed=1
     fi
   done
   local i
   for i in "${!pids[@]}"; do
-    wait "${pids[$i]}"; local rc=$?; echo "eval: ${splits[$i]} rc $rc"; [ $rc = 0 ] || failed=1
+    wait "${pids[$i]}"; local rc=$?; echo "eval: ${splits[$i]} rc $rc ($(( SECONDS - t0 )) s since the splits began)"; [ $rc = 0 ] || failed=1
   done
   [ $failed = 0 ] || { for f in "$out"/eval-*.log; do echo "== $f"; tail -n 5 "$f"; done; return 1; }
 }
