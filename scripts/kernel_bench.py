@@ -421,6 +421,55 @@ def gemm_rows(timer, device, gemm, lora_kernel, smoke: bool, row_counts: list[in
     return out
 
 
+# the split decode form (lora_linear/split.py): x A^T by one program of its own, the column tiles
+# waiting on its flag; its knobs at each decode point (more than the multiprocessors count: refused)
+SPLIT_GRID = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=st)
+              for bn in (16, 32) for bk in (64, 128) for st in (3, 4)]
+
+
+def split_rows(timer, device, gemm, lora_kernel, split, smoke: bool, row_counts: list[int]) -> list[dict]:
+    """Per LoRA shape and decode row count (r = 16), per call on rotated copies in one graph: the
+    base GEMM (cuBLAS), the Triton core alone and the fused op at their defaults, and the split
+    form at its fastest SPLIT_GRID knobs, after its output is checked against the fused op's (a
+    wrong answer is recorded and not timed)."""
+    shapes = [(16, 24)] if smoke else LORA_SHAPES
+    grid = [dict(block_n=16, block_k=16, num_warps=1, num_stages=1)] if smoke else SPLIT_GRID
+    out = []
+    for k, n in shapes:
+        for m in ([3] if smoke else [r for r in row_counts if r <= 64]):
+            sets = lora_sets(device, k, n, 16, m)
+            row = {"shape": f"{k}->{n}", "rank": 16, "rows": m, "sets": len(sets),
+                   "base_ms": timer.graph_sets(lambda x, w, a, b: F.linear(x, w), sets),
+                   "gemm_default_ms": timer.graph_sets(lambda x, w, a, b: gemm(x, w), sets),
+                   "fused_ms": timer.graph_sets(lambda x, w, a, b: lora_kernel(x, w, a, b, scaling=2.0), sets)}
+            x, w, a, b = sets[0]
+            want = lora_kernel(x, w, a, b, scaling=2.0).float()
+            ok, errors, best = [], 0, None
+            for knobs in grid:
+                try:
+                    got = split(x, w, a, b, scaling=2.0, **knobs).float()
+                except Exception:  # noqa: BLE001 (too many programs, or a tile that does not compile)
+                    errors += 1
+                    continue
+                if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
+                    row.setdefault("split_wrong", []).append(knobs)
+                    continue
+                ok.append(knobs)
+                ms = timer.graph_sets(lambda x, w, a, b, knobs=knobs: split(x, w, a, b, scaling=2.0, **knobs), sets)
+                if best is None or ms < best[0]:
+                    best = (ms, knobs)
+            row["split_errors"], row["split_checked"] = errors, len(ok)
+            if best is not None:
+                row["split_ms"], row["split_best"] = best
+                row["split_over_base"] = best[0] / row["base_ms"]
+            row["gemm_default_over_base"] = row["gemm_default_ms"] / row["base_ms"]
+            row["fused_over_base"] = row["fused_ms"] / row["base_ms"]
+            del sets
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def best_of_lora_sweep(rows: list[dict]) -> list[dict]:
     """The fastest combination at each (shape, rows), beside the default's time."""
     knob_keys = ("block_m", "block_n", "block_k", "num_warps", "num_stages", "n_tiles")
@@ -478,8 +527,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file for every row")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, references only")
     ap.add_argument("--parts", nargs="+", default=["mla", "lora", "topk"],
-                    choices=["mla", "lora", "topk", "mla_sweep", "lora_sweep", "gemm"],
-                    help="mla_sweep: the MLA kernel's tiles at SWEEP_POINTS (not in the default run)")
+                    choices=["mla", "lora", "topk", "mla_sweep", "lora_sweep", "gemm", "split"],
+                    help="mla_sweep: the MLA kernel's tiles at SWEEP_POINTS (not in the default run); "
+                         "split: the split decode form of the fused LoRA op at the decode --rows")
     ap.add_argument("--sweep", choices=["tiles", "splits"], default="tiles",
                     help="mla_sweep's grid: every tile at SWEEP_POINTS, or the split count alone at SPLIT_POINTS")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
@@ -503,8 +553,12 @@ def main(argv=None) -> int:
     mla_kernel, lora_kernel, topk_kernel = kernels(args.smoke)
     copy_bps = copy_bandwidth(timer, device, args.smoke)
     print(f"device copy: {copy_bps / 1e12:.3f} TB/s (bytes read + written)", flush=True)
-    mla, lora, topk, sweep, lsweep, gemm = [], [], [], [], [], []
+    mla, lora, topk, sweep, lsweep, gemm, splits = [], [], [], [], [], [], []
     with torch.inference_mode():
+        if "split" in args.parts and lora_kernel is not None:  # its own part: its programs wait on each other
+            from rearqa.kernels.lora_linear.gemm import gemm_triton
+            from rearqa.kernels.lora_linear.split import lora_linear_split
+            splits = split_rows(timer, device, gemm_triton, lora_kernel, lora_linear_split, args.smoke, args.rows)
         if "gemm" in args.parts and lora_kernel is not None:
             from rearqa.kernels.lora_linear.gemm import gemm_triton
             try:
@@ -538,6 +592,7 @@ def main(argv=None) -> int:
               "command": " ".join(sys.argv), "mla": mla, "lora": lora, "topk": topk,
               "mla_sweep": sweep, "mla_sweep_best": best_of_sweep(sweep),
               "lora_sweep": lsweep, "lora_sweep_best": best_of_lora_sweep(lsweep), "gemm": gemm,
+              "split": splits,
               "criteria": criteria(mla, lora, topk)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
@@ -559,6 +614,10 @@ def main(argv=None) -> int:
             print(table(gemm, ["shape", "rows", "base_ms", "persistent_core_ms", "persistent_fused_ms",
                                "persistent_core_over_base", "persistent_fused_over_base",
                                "persistent_core_best", "persistent_fused_best"]))
+    if splits:
+        print(table(splits, ["shape", "rows", "base_ms", "gemm_default_ms", "fused_ms", "split_ms",
+                             "gemm_default_over_base", "fused_over_base", "split_over_base", "split_best",
+                             "split_checked", "split_errors"]))
     print(table(topk, ["batch", "length", "k", "kernel_ms", "torch_ms"]))
     print(json.dumps(result["criteria"], indent=1))
     return 0

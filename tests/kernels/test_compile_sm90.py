@@ -98,3 +98,30 @@ def test_loading_b_before_the_k_loop_compiles_within_the_model_of_its_shared_mem
     assert tiles.early_b and kernel.asm["cubin"] and kernel.metadata.shared <= SMEM_LIMIT
     estimate = staged_bytes(tiles, 4 if dtype == "fp32" else 2)
     assert kernel.metadata.shared == estimate if dtype == "fp32" else kernel.metadata.shared <= estimate
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_the_split_decode_form_compiles_for_sm90_with_its_flag(block_m, dtype):
+    # lora_linear/split.py: the column tiles spin on an acquire load of the producer's flag, and
+    # the last resets it; the PTX must hold those atomics with their orders, within shared memory
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rearqa.kernels.lora_linear.split import _split_kernel
+
+    signature = {name: f"*{dtype}" for name in ("x", "w", "a", "b", "bias", "y", "xa_buf")}
+    signature |= {"sync": "*i32"} | {name: "i32" for name in (
+        "M", "N", "K", "rank", "s_xm", "s_xk", "s_wn", "s_wk", "s_ar", "s_ak", "s_bn", "s_br", "s_ym", "s_yn")}
+    signature["scaling"] = "fp32"
+    constexprs = dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=128 if dtype == "bf16" else 64,
+                      RANK_PAD=16, PRECISION="ieee" if dtype == "fp32" else "tf32")
+    kernel = triton.compile(ASTSource(_split_kernel, signature, constexprs=constexprs),
+                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=4))
+    ptx = kernel.asm["ptx"]
+    assert kernel.asm["cubin"] and kernel.metadata.shared <= SMEM_LIMIT
+    # the spin's atomic add of 0 is lowered to an acquire load; the flag is raised by a release
+    assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx
+    assert "atom.global.gpu.release.exch" in ptx and "atom.global.gpu.acq_rel.add" in ptx
+    assert "ld.global.cg" in ptx  # x A^T read past the L1, where another multiprocessor wrote it

@@ -78,3 +78,15 @@ def test_the_gemm_part_splits_the_fused_ops_distance(tmp_path):
     assert row["fused_over_gemm_default"] == row["fused_ms"] / row["gemm_default_ms"]
     assert row["persistent_core_errors"] == 0 and row["persistent_fused_errors"] == 0
     assert row["persistent_fused_over_base"] == row["persistent_fused_ms"] / row["base_ms"]
+
+
+def test_the_split_part_checks_the_split_form_before_timing_it(tmp_path):
+    out, module = tmp_path / "bench.json", bench()
+    assert module.main(["--smoke", "--parts", "split", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no split rows
+        assert result["split"] == []
+        return
+    (row,) = result["split"]  # TRITON_INTERPRET=1 with triton: one tiny decode point
+    assert row["split_checked"] == 1 and row["split_errors"] == 0 and "split_wrong" not in row
+    assert row["split_over_base"] == row["split_ms"] / row["base_ms"] and row["split_best"]["block_n"] == 16

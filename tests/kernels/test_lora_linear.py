@@ -230,3 +230,49 @@ def test_the_persistent_tma_form_on_gpu(gpu_device, close_to, knobs):
         x, w, _, _, b = args
         close_to(run_persistent(args, s, lora=False, **knobs),
                  (x.double() @ w.double().T) + b.double(), torch.bfloat16)
+
+
+def run_split(args, scaling, **knobs):
+    from rearqa.kernels.lora_linear.split import lora_linear_split
+
+    return lora_linear_split(*args, scaling=scaling, **knobs)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_benchmarks_split_decode_form_interpreted(interpreter_device, close_to, dtype):
+    """lora_linear/split.py (kernel_bench --parts gemm, decode rows): x A^T by a program of its own,
+    the column tiles waiting on its flag; equal bit for bit to triton.py's kernel at the same K
+    step, and the flag and counter back at zero after every call (rows and columns not multiples
+    of the tiles, r = 5 padded, non-contiguous x, with and without a bias)."""
+    from rearqa.kernels.lora_linear.split import _SYNC
+
+    for rows, k, n, rank, bias, strided in ((1, 64, 48, 16, True, False), (7, 40, 24, 5, False, True),
+                                            (33, 96, 80, 8, True, False)):
+        args, s = make_case(rows, k, n, rank, dtype, interpreter_device, bias=bias, strided=strided)
+        got = run_split(args, s, block_n=16, block_k=16)
+        close_to(got, ground_truth(args, s), dtype)
+        fused = run_kernel(args, s, block_m=max(16, 1 << (rows - 1).bit_length()), block_n=16, block_k=16)
+        assert torch.equal(got, fused)
+        assert _SYNC[torch.device(interpreter_device)].tolist() == [0, 0]  # ready for the next call
+        assert torch.equal(run_split(args, s, block_n=16, block_k=16), got)  # and it runs again alike
+
+
+def test_the_split_form_refuses_what_it_is_not_for(interpreter_device):
+    args, s = make_case(65, 32, 16, 4, torch.float32, interpreter_device)
+    with pytest.raises(ValueError, match="1 to 64 rows"):
+        run_split(args, s)
+    (x, w, a, b, bias), _ = make_case(4, 32, 16, 4, torch.float32, interpreter_device)
+    with pytest.raises(ValueError, match="expected"):
+        run_split((x, w, a, b[:, :2], bias), s)
+
+
+@pytest.mark.gpu
+def test_the_split_decode_form_on_gpu(gpu_device, close_to):
+    for rows, (k, n), rank in ((1, (576, 576), 16), (16, (576, 1536), 16), (64, (1536, 576), 16), (5, (576, 192), 8)):
+        for dtype in (torch.bfloat16, torch.float16):
+            args, s = make_case(rows, k, n, rank, dtype, gpu_device)
+            got = run_split(args, s)
+            close_to(got, ground_truth(args, s), dtype)
+            for _ in range(20):  # the flag resets: repeated calls agree
+                assert torch.equal(run_split(args, s), got)
