@@ -12,8 +12,10 @@ the low-rank path into the base GEMM's K loop (triton.py). Adapter shapes of our
 Forward only: the training loop runs PEFT's LoRA layers and their torch backward. The reader calls
 it for an adapter kept unmerged on engine hf (reader.hf_adapter 'unmerged':
 reader/adapters/unmerged.py, whose FusedLoraLinear runs each adapted linear layer through it).
-Triton on CUDA tensors, the torch reference elsewhere. gemm.py
-holds the kernel's GEMM core alone, for the benchmark (scripts/kernel_bench.py --parts gemm).
+Triton on CUDA tensors, the torch reference elsewhere. For the benchmark only
+(scripts/kernel_bench.py): gemm.py holds the kernel's GEMM core alone (--parts gemm), persistent.py
+a persistent TMA-fed form (--parts gemm), split.py a decode form with x A^T computed once by a
+program of its own (--parts split).
 """
 from rearqa.kernels.dispatch import KernelOp
 from rearqa.kernels.lora_linear.reference import lora_linear_reference
