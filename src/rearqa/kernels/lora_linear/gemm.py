@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from rearqa.kernels.lora_linear.tiling import choose_tiles
+from rearqa.kernels.lora_linear.triton import _tile_product
 
 
 @triton.jit
@@ -24,15 +25,8 @@ def _gemm_kernel(x, w, y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = offs_m < M, offs_n < N
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
-                     mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
+    acc = _tile_product(x, w, offs_m, offs_n, m_ok, n_ok, K, s_xm, s_xk, s_wn, s_wk,
+                        BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     tl.store(y + offs_m[:, None] * s_ym + offs_n[None, :] * s_yn, acc.to(y.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 

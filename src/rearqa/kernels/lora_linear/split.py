@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from rearqa.kernels.lora_linear.tiling import pad_rank
-from rearqa.kernels.lora_linear.triton import _b_and_bias
+from rearqa.kernels.lora_linear.triton import _b_and_bias, _tile_product
 
 MAX_ROWS = 64  # one row block: the decode rows of the bar (M = 1, 16, 64)
 _SYNC: dict[torch.device, torch.Tensor] = {}  # per device: [flag, programs done], zero between calls
@@ -45,15 +45,8 @@ def _split_kernel(x, w, a, b, bias, y, xa_buf, sync, M, N, K, rank, scaling,
     m_ok, r_ok = offs_m < M, offs_r < rank
     xa_at = xa_buf + offs_m[:, None] * RANK_PAD + offs_r[None, :]
     if pid == 0:  # the producer: x A^T for every row, then the flag
-        xa = tl.zeros([BLOCK_M, RANK_PAD], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            at = tl.load(a + offs_r[None, :] * s_ar + offs_k[:, None] * s_ak,
-                         mask=r_ok[None, :] & k_ok[:, None], other=0.0)
-            xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
+        xa = _tile_product(x, a, offs_m, offs_r, m_ok, r_ok, K, s_xm, s_xk, s_ar, s_ak,
+                           BLOCK_M, RANK_PAD, BLOCK_K, PRECISION)
         tl.store(xa_at, xa.to(xa_buf.dtype.element_ty))  # rounded as triton.py rounds it
         # every thread's stores before the one thread's release: a barrier, then the flag (the
         # release is cumulative over what the barrier ordered before it)
@@ -63,15 +56,8 @@ def _split_kernel(x, w, a, b, bias, y, xa_buf, sync, M, N, K, rank, scaling,
         offs_n = (pid - 1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         bt, bias_t = _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS, BLOCK_N)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
-                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-            acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
+        acc = _tile_product(x, w, offs_m, offs_n, m_ok, n_ok, K, s_xm, s_xk, s_wn, s_wk,
+                            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
         flag = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
         while flag == 0:
             flag = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")

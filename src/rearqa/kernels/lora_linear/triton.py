@@ -20,6 +20,33 @@ from rearqa.kernels.lora_linear.tiling import choose_tiles
 
 
 @triton.jit
+def _x_tile(x, offs_m, offs_k, m_ok, k_ok, s_xm, s_xk):
+    """x's (BLOCK_M, BLOCK_K) tile, zeros outside."""
+    return tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
+                   mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _t_tile(w, offs_n, offs_k, n_ok, k_ok, s_wn, s_wk):
+    """The (BLOCK_K, width) tile of a (rows, K) matrix read transposed (W^T, A^T), zeros outside."""
+    return tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
+                   mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _tile_product(x, w, offs_m, offs_n, m_ok, n_ok, K, s_xm, s_xk, s_wn, s_wk, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """x W^T for one (BLOCK_M, BLOCK_N) tile in fp32, over K in BLOCK_K steps (W: (rows, K); A too)."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        acc = tl.dot(_x_tile(x, offs_m, offs_k, m_ok, k_ok, s_xm, s_xk),
+                     _t_tile(w, offs_n, offs_k, n_ok, k_ok, s_wn, s_wk), acc=acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """One column tile's B^T (RANK_PAD, BLOCK_N) and its bias in fp32 (zeros without one)."""
@@ -54,14 +81,11 @@ def _lora_kernel(x, w, a, b, bias, y, M, N, K, rank, scaling,
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
-            xt = tl.load(x + offs_m[:, None] * s_xm + offs_k[None, :] * s_xk,
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
-            wt = tl.load(w + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
-                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, BLOCK_N) = W^T
+            xt = _x_tile(x, offs_m, offs_k, m_ok, k_ok, s_xm, s_xk)  # (BLOCK_M, BLOCK_K)
+            wt = _t_tile(w, offs_n, offs_k, n_ok, k_ok, s_wn, s_wk)  # (BLOCK_K, BLOCK_N) = W^T
             acc = tl.dot(xt, wt, acc=acc, input_precision=PRECISION)
             if t == 0:  # the first tile's K loop also computes x A^T, which the others reuse
-                at = tl.load(a + offs_r[None, :] * s_ar + offs_k[:, None] * s_ak,
-                             mask=r_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, RANK_PAD) = A^T
+                at = _t_tile(a, offs_r, offs_k, r_ok, k_ok, s_ar, s_ak)  # (BLOCK_K, RANK_PAD) = A^T
                 xa = tl.dot(xt, at, acc=xa, input_precision=PRECISION)
         if not EARLY_B:  # after the K loop (the sweeps' defaults were timed this way)
             bt, bias_t = _b_and_bias(b, bias, offs_n, offs_r, n_ok, r_ok, s_bn, s_br, HAS_BIAS, BLOCK_N)
