@@ -153,6 +153,19 @@ def test_an_adapter_that_cannot_merge_is_sent_to_unmerged(tmp_path):
     assert resolve_adapter(config) == tmp_path / "gate"
 
 
+def test_both_readers_choose_merged_or_unmerged_in_one_place():
+    # finetuned.merge_lora (rag-ft, closed-book-ft) and RearReader run a loaded adapter through
+    # served_lm: a merge that cannot be done names the fix, and unmerged serves the same adapter
+    from rearqa.reader.adapters.unmerged import served_lm
+
+    with pytest.raises(ConfigError, match="cannot be merged.*reader.hf_adapter: unmerged"):
+        served_lm(adapted(*KEPT["gdvlora-input"]), "merged")
+    model = adapted(*KEPT["gdvlora-input"])
+    with torch.no_grad():
+        expected = model(IDS).logits
+        assert torch.equal(served_lm(model, "unmerged")(IDS).logits, expected)  # every layer kept bit for bit
+
+
 @pytest.mark.slow
 def test_the_shipped_rag_ft_reads_the_same_unmerged(reader_dir):
     """The real SmolLM2 with the shipped rag-ft adapter: the unmerged reader's greedy answers are

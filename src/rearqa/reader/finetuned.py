@@ -37,13 +37,9 @@ def merge_lora(model, adapter_dir: str | Path, mode: str = "merged"):
     rearqa.reader.adapters.load_adapter) merged into its weights, or, mode 'unmerged', run
     beside them (adapters/unmerged.py)."""
     from rearqa.reader.adapters import load_adapter
+    from rearqa.reader.adapters.unmerged import served_lm
 
-    peft_model = load_adapter(model, Path(adapter_dir))
-    if mode == "unmerged":
-        from rearqa.reader.adapters.unmerged import unmerged_lora
-
-        return unmerged_lora(peft_model.eval())
-    return peft_model.merge_and_unload()
+    return served_lm(load_adapter(model, Path(adapter_dir)), mode)
 
 
 class DeviceHFEngine(HFEngine):

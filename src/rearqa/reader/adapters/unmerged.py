@@ -120,3 +120,19 @@ def unmerged_lora(peft_model: nn.Module, adapter: str = "default") -> nn.Module:
         raise ValueError(f"adapter {adapter!r} has no LoRA layers in the model")
     logger.info("adapter %r unmerged: all %d adapted linear layers run the fused LoRA op", adapter, fused)
     return peft_model.merge_and_unload()  # what is left: token rows and modules_to_save, if any
+
+
+def served_lm(peft_model: nn.Module, mode: str) -> nn.Module:
+    """How engine hf runs a loaded adapter (reader.hf_adapter): 'merged' into the weights (serving
+    pays only for the base matmuls), or 'unmerged', the weights as loaded with the fused op beside
+    them (unmerged_lora). A merge that cannot be done (an update that is no weight: GDV-LoRA's input
+    gate) is a ConfigError naming the fix."""
+    from rearqa.config_errors import ConfigError
+
+    if mode == "unmerged":
+        return unmerged_lora(peft_model.eval())
+    try:
+        return peft_model.merge_and_unload()
+    except ValueError as err:
+        raise ConfigError(f"the adapter cannot be merged into the weights: {err}. Set "
+                          "reader.hf_adapter: unmerged") from err

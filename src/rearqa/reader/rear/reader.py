@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 
-from rearqa.config_errors import ConfigError
 from rearqa.reader.base import first_line
 from rearqa.reader.config import ReaderConfig, resolve_checkpoint, resolve_device
 from rearqa.reader.engines.hf import linear_flops_per_token
@@ -67,7 +66,9 @@ class RearReader(RearReaderBase):
         if not isinstance(model, RearModel):
             model = RearModel.from_pretrained(model, base_model_dir, dtype=torch.float32)
         if model.is_lora:
-            model.lm = self._served_lm(model.lm, config.hf_adapter)
+            from rearqa.reader.adapters.unmerged import served_lm
+
+            model.lm = served_lm(model.lm, config.hf_adapter)
             model.check_ref_row_zero()
         super().__init__(config, model.config, model.tokenizer)
         self.model = model.to(device=resolve_device(device), dtype=getattr(torch, config.dtype)).eval()
@@ -81,20 +82,6 @@ class RearReader(RearReaderBase):
         self.backbone = ""  # an inference-time backbone's label (SpAtten), once installed
         if config.backbone:
             self._use_backbone(config.backbone)
-
-    @staticmethod
-    def _served_lm(peft_model, hf_adapter: str):
-        """Merged for speed (serving pays only for the base matmuls), or, hf_adapter 'unmerged',
-        the weights as loaded with the fused op beside them (adapters/unmerged.py)."""
-        if hf_adapter == "unmerged":
-            from rearqa.reader.adapters.unmerged import unmerged_lora
-
-            return unmerged_lora(peft_model.eval())
-        try:
-            return peft_model.merge_and_unload()
-        except ValueError as err:  # an update that is no weight (GDV-LoRA's input gate)
-            raise ConfigError(f"the REAR checkpoint's adapter cannot be merged: {err}. Set "
-                              "reader.hf_adapter: unmerged") from err
 
     def _use_backbone(self, text: str) -> None:
         """Run the causal LM with the inference-time backbone `text` names: scoring, judgment and
