@@ -17,9 +17,9 @@ its counter, so the next call starts from zero (a CUDA graph replays it as it is
   at once on two streams.
 - **The sums:** x A^T and x W^T run in the same K order and tiles as triton.py's, so the output
   equals that kernel's at the same BLOCK_K. The interpreter test checks it bit for bit.
-- **Scope:** not an op, and nothing in the reader calls it. `scripts/kernel_bench.py --parts gemm`
-  times it at decode beside the core alone (gpu-plan item 2e), to tell whether moving x A^T out of
-  the K loop brings the fused op to the bar there.
+- **Scope:** not an op, and nothing in the reader calls it. `scripts/kernel_bench.py --parts split`
+  checks and times it at decode beside the core alone (gpu-plan item 2e), to tell whether moving
+  x A^T out of the K loop brings the fused op to the bar there.
 """
 from __future__ import annotations
 
