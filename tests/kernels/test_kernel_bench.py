@@ -15,6 +15,18 @@ def bench():
     return module
 
 
+def kernel_part(tmp_path, part: str) -> dict | None:
+    """`kernel_bench --smoke --parts PART`'s result where the kernels run (TRITON_INTERPRET=1 with
+    triton); None in the main venv, after checking that the part (and its summaries) stayed empty."""
+    out, module = tmp_path / "bench.json", bench()
+    assert module.main(["--smoke", "--parts", part, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    if module.kernels(smoke=True)[1] is None:  # no kernel: no rows
+        assert all(result[key] == [] for key in result if key.startswith(part))
+        return None
+    return result
+
+
 def test_the_smoke_run_writes_its_json_with_the_references(tmp_path):
     out, module = tmp_path / "bench.json", bench()
     assert module.main(["--smoke", "--parts", "mla", "mla_sweep", "--out", str(out)]) == 0
@@ -53,11 +65,7 @@ def test_the_lora_rows_are_also_timed_on_rotated_copies(tmp_path):
 
 
 def test_the_lora_sweep_times_each_combination_on_rotated_copies(tmp_path):
-    out, module = tmp_path / "bench.json", bench()
-    assert module.main(["--smoke", "--parts", "lora_sweep", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no sweep
-        assert result["lora_sweep"] == [] and result["lora_sweep_best"] == []
+    if (result := kernel_part(tmp_path, "lora_sweep")) is None:  # lora_sweep and lora_sweep_best empty
         return
     # TRITON_INTERPRET=1 with triton: two points, the default and one more combination each
     rows = result["lora_sweep"]
@@ -67,11 +75,7 @@ def test_the_lora_sweep_times_each_combination_on_rotated_copies(tmp_path):
 
 
 def test_the_gemm_part_splits_the_fused_ops_distance(tmp_path):
-    out, module = tmp_path / "bench.json", bench()
-    assert module.main(["--smoke", "--parts", "gemm", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no gemm rows
-        assert result["gemm"] == []
+    if (result := kernel_part(tmp_path, "gemm")) is None:
         return
     (row,) = result["gemm"]  # TRITON_INTERPRET=1 with triton: one tiny point
     assert row["gemm_errors"] == 0 and row["gemm_best"]["block_m"] == 16
@@ -81,11 +85,7 @@ def test_the_gemm_part_splits_the_fused_ops_distance(tmp_path):
 
 
 def test_the_split_part_checks_the_split_form_before_timing_it(tmp_path):
-    out, module = tmp_path / "bench.json", bench()
-    assert module.main(["--smoke", "--parts", "split", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    if module.kernels(smoke=True)[1] is None:  # the main venv: no kernel, no split rows
-        assert result["split"] == []
+    if (result := kernel_part(tmp_path, "split")) is None:
         return
     (row,) = result["split"]  # TRITON_INTERPRET=1 with triton: one tiny decode point
     assert row["split_checked"] == 1 and row["split_errors"] == 0 and "split_wrong" not in row
