@@ -157,11 +157,11 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
             mine = [seeds[s]["rows"][split] for s in tested]
             base = [ref[s]["rows"][split] for s in ref_tested]
             ids = [q for q, r in base[0].items() if r.get("answerable") and all(q in x for x in mine + base)]
-            a = [statistics.fmean(x[q]["em"] for x in base) for q in ids]
-            b = [statistics.fmean(x[q]["em"] for x in mine) for q in ids]
-            res = paired_bootstrap(a, b, 10000, 0)
-            both = seed_question_bootstrap([[x[q]["em"] for q in ids] for x in base],
-                                           [[x[q]["em"] for q in ids] for x in mine], 10000, 0)
+            base_runs = [[x[q]["em"] for q in ids] for x in base]  # run -> per-question EM
+            mine_runs = [[x[q]["em"] for q in ids] for x in mine]
+            res = paired_bootstrap([statistics.fmean(s) for s in zip(*base_runs)],  # seed means
+                                   [statistics.fmean(s) for s in zip(*mine_runs)], 10000, 0)
+            both = seed_question_bootstrap(base_runs, mine_runs, 10000, 0)
             entry["sets"][split] = {"n": res["n"], "method_em": res["mean_b"], "lora_em": res["mean_a"],
                                     "diff": res["diff"], "low": res["low"], "high": res["high"],
                                     "seeds_low": both["low"], "seeds_high": both["high"]}
