@@ -19,7 +19,8 @@ TriviaQA questions (the test units run with EVAL_ARGS=--answerable-only; a unit 
 questions is read on its answerable ones). Per method against lora: each question's EM averaged
 over the method's seeds minus over lora's seeds, on the seeds both have, with a 95% paired
 bootstrap interval (10,000 question resamples); "as good" when the interval's lower bound is at
-least -1 point on both sets, "better" on a set when its interval lies above 0. A method with fewer
+least -1 point on both sets, "better" on a set when its interval lies above 0 ("no (worse)" when it
+lies below 0: the method is judged worse there, `worse` in the JSON). A method with fewer
 than 3 seeds, or seeds without a test unit, is reported as incomplete, never judged.
 
 The interval of the verdict (issue 15's definition) resamples questions only, so it holds each
@@ -148,7 +149,7 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
         tested = [s for s in seeds if set(SETS) <= set(seeds[s]["rows"])]
         ref_tested = [s for s in ref if set(SETS) <= set(ref[s]["rows"])]
         entry["complete"] = len(tested) >= SEEDS_NEEDED and len(ref_tested) >= SEEDS_NEEDED
-        entry["sets"], entry["as_good"], entry["better"] = {}, None, None
+        entry["sets"], entry["as_good"], entry["better"], entry["worse"] = {}, None, None, None
         entry["tested_seeds"], entry["lora_tested_seeds"] = tested, ref_tested
         if not tested or not ref_tested:
             out.append(entry)
@@ -169,15 +170,19 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
         entry["as_good"] = all(s["low"] >= -0.01 for s in sets) if entry["complete"] else None
         entry["better"] = ({split: x["low"] > 0 for split, x in entry["sets"].items()}
                            if entry["complete"] else None)
+        entry["worse"] = ({split: x["high"] < 0 for split, x in entry["sets"].items()}
+                          if entry["complete"] else None)  # the interval excludes 0 from below
         out.append(entry)
     return out
 
 
-def verdict(value: bool | dict | None) -> str:
+def verdict(value: bool | dict | None, worse: dict | None = None) -> str:
+    """A verdict cell; per set for "better", where `worse` marks a set whose interval lies below 0."""
     if value is None:
         return "not judged (fewer than 3 tested seeds)"
     if isinstance(value, dict):
-        return ", ".join(f"{split.split('-')[0]} {'yes' if v else 'no'}" for split, v in value.items())
+        return ", ".join(f"{split.split('-')[0]} {'yes' if v else 'no (worse)' if (worse or {}).get(split) else 'no'}"
+                         for split, v in value.items())
     return "yes" if value else "no"
 
 
@@ -203,7 +208,7 @@ def table(records: Path, out: Path | None) -> None:
         cells = [f"{100 * s['diff']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]" for s in sets]
         wide = ", ".join(f"[{100 * s['seeds_low']:+.1f}, {100 * s['seeds_high']:+.1f}]" for s in sets) or "-"
         print(f"| {p['method']} | {len(p['tested_seeds'])} ({len(p['lora_tested_seeds'])}) "
-              f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} | {verdict(p.get('better'))} "
+              f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} | {verdict(p.get('better'), p.get('worse'))} "
               f"| {wide} |")
     if out:
         out.write_text(json.dumps({"runs": flat, "against_lora": pairs}, indent=1) + "\n")

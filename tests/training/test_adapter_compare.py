@@ -64,9 +64,12 @@ def test_methods_are_judged_on_seed_means_only_with_three_seeds(tmp_path):
     assert hydra["complete"] and hydra["sets"]["nq-test"]["diff"] == pytest.approx(-0.5)
     assert hydra["sets"]["tqa-test"]["diff"] == pytest.approx(0.0)
     assert hydra["as_good"] is False and hydra["better"] == {"nq-test": False, "tqa-test": False}
+    assert hydra["worse"] == {"nq-test": True, "tqa-test": False}  # NQ's interval lies below 0
     assert ac.verdict(hydra["better"]) == "nq no, tqa no"
+    assert ac.verdict(hydra["better"], hydra["worse"]) == "nq no (worse), tqa no"
     assert pairs["masa"]["complete"] is False and pairs["masa"]["as_good"] is None
-    assert pairs["dvlora"]["sets"] == {} and pairs["dvlora"]["as_good"] is None
+    assert pairs["masa"]["worse"] is None
+    assert pairs["dvlora"]["sets"] == {} and pairs["dvlora"]["as_good"] is None and pairs["dvlora"]["worse"] is None
 
 
 def test_a_control_has_its_methods_budget():
