@@ -73,6 +73,19 @@ def test_a_default_too_deep_for_shared_memory_runs_with_fewer_stages_then_a_shor
     assert choose_tiles(64, 64, itemsize=4, num_stages=4).num_stages == 4  # a knob given is kept
 
 
+def test_sixteen_bit_tiles_are_fitted_as_the_launch_compiles_them():
+    # a launch's 16-bit tiles keep num_stages K steps in flight (session 24: a GEMM-core tile of
+    # 128 x 256 x 128 three stages deep asked 294,912 B on the GPU); fp32 tiles keep one fewer
+    core = LoraTiles(128, 256, 128, 16, 8, 3)
+    assert staged_bytes(core, 2, lora=False) == 294912 > SMEM_BYTES
+    assert staged_bytes(core, 4, lora=False) == 2 * (128 + 256) * 128 * 4
+    fitted = choose_tiles(1, 16, lora=False, block_m=128, block_n=256, num_warps=8)
+    assert (fitted.block_k, fitted.num_stages) == (128, 2) and staged_bytes(fitted, 2, lora=False) <= SMEM_BYTES
+    # the fused kernel's reader defaults (rank 16) are what the sweeps chose; rank 128 at 64 rows loses a stage
+    assert [choose_tiles(m, 16).num_stages for m in (1, 64, 4096, 32768)] == [4, 4, 3, 3]
+    assert choose_tiles(64, 128).num_stages == 3 and staged_bytes(choose_tiles(64, 128), 2) <= SMEM_BYTES
+
+
 def test_the_reference_ignores_the_tile_knobs():
     args, s = make_case(4, 16, 8, 2, torch.float32, "cpu", bias=False)
     torch.testing.assert_close(lora_linear(*args, scaling=s, block_n=32, n_tiles=2),

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from rearqa.kernels.lora_linear.tiling import choose_tiles
-from rearqa.kernels.lora_linear.triton import _tile_product
+from rearqa.kernels.lora_linear.triton import _tile_product, shared_memory
 
 
 @triton.jit
@@ -34,14 +34,16 @@ def _gemm_kernel(x, w, y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
 def gemm_triton(x: torch.Tensor, weight: torch.Tensor, *, block_m: int | None = None,
                 block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
                 num_stages: int | None = None) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T at the fused kernel's default tiles for M, or the ones given."""
+    """x (M, K) @ weight (N, K)^T at the fused kernel's default tiles for M, or the ones given; the
+    stages and K step not given are fitted to the device's shared memory as the core needs it."""
     m, k = x.shape
     n = weight.shape[0]
     if weight.shape[1] != k or x.dtype != weight.dtype:
         raise ValueError(f"x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}: "
                          "expected (M, K) and (N, K) of one dtype")
-    tiles = choose_tiles(m, 16, block_m=block_m, block_n=block_n, block_k=block_k,
-                         num_warps=num_warps, num_stages=num_stages)
+    tiles = choose_tiles(m, 16, itemsize=x.element_size(), smem_bytes=shared_memory(x.device), lora=False,
+                         block_m=block_m, block_n=block_n, block_k=block_k, num_warps=num_warps,
+                         num_stages=num_stages)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(m, tiles.block_m) * triton.cdiv(n, tiles.block_n),)
     _gemm_kernel[grid](x, weight, y, m, n, k, *x.stride(), *weight.stride(), *y.stride(),
