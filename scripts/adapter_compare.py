@@ -181,8 +181,8 @@ def verdict(value: bool | dict | None, worse: dict | None = None) -> str:
     if value is None:
         return "not judged (fewer than 3 tested seeds)"
     if isinstance(value, dict):
-        return ", ".join(f"{split.split('-')[0]} {'yes' if v else 'no (worse)' if (worse or {}).get(split) else 'no'}"
-                         for split, v in value.items())
+        marks = {split: "yes" if v else "no (worse)" if (worse or {}).get(split) else "no" for split, v in value.items()}
+        return ", ".join(f"{split.split('-')[0]} {mark}" for split, mark in marks.items())
     return "yes" if value else "no"
 
 
@@ -208,8 +208,8 @@ def table(records: Path, out: Path | None) -> None:
         cells = [f"{100 * s['diff']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]" for s in sets]
         wide = ", ".join(f"[{100 * s['seeds_low']:+.1f}, {100 * s['seeds_high']:+.1f}]" for s in sets) or "-"
         print(f"| {p['method']} | {len(p['tested_seeds'])} ({len(p['lora_tested_seeds'])}) "
-              f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} | {verdict(p.get('better'), p.get('worse'))} "
-              f"| {wide} |")
+              f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} "
+              f"| {verdict(p.get('better'), p.get('worse'))} | {wide} |")
     if out:
         out.write_text(json.dumps({"runs": flat, "against_lora": pairs}, indent=1) + "\n")
         print(f"\nwrote {out}")
