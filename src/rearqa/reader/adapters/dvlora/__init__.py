@@ -9,8 +9,10 @@ off; the layer, the vectors and the export are the same. An input-independent ga
 "scalar") merges exactly and exports exactly as plain LoRA of rank r by folding g, b and d into
 A and B; the input gate ("input") is hf only (layer.py). The DV-LoRA form is the one in the
 authors' EndoDAC code (s diag(v) B diag(u) A, their `DVLinear`; their vectors start random and train
-in a second phase, ours start at 1 and train with A and B); the gate is unverified. docs/adapters.md
-says what was checked and how.
+in a second phase, ours start at 1 and train with A and B); the gate is unverified. The scalar gate
+sigmoid(gamma) starts at gamma = 0 and trains at the run's one learning rate; under Adam that moves
+it about lr a step, so a short run keeps it near 1/2 (the equal-budget REAR runs: 0.4997-0.512
+after 300 steps at 3e-4), which halves every update. docs/adapters.md says what was checked and how.
 """
 from __future__ import annotations
 
