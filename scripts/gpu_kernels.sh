@@ -9,6 +9,7 @@
 #      the fused LoRA kernel in tests/reader/test_adapter_unmerged.py), pytest-xdist over XDIST workers
 #      (kernel compiles are the slow part)                        -> $OUT/kernels-tests.log, kernels-junit.xml,
 #      and each failure as it happens                             -> $OUT/kernels-failures.log
+#      and each test's outcome and duration as it ends             -> $OUT/kernels-durations.log
 #   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
 #   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
 #      presets) through the kernel and, for comparison, through the torch reference
@@ -62,6 +63,9 @@ status=0
 # each failure is written as it happens (tests/conftest.py): session 21's run hit its time limit
 # before pytest's summary, and its 7 failures came back as F's without names
 export REARQA_FAILURE_LOG="$OUT/kernels-failures.log"
+# and each test's outcome and duration as it ends (session 24's run was cut about 12 tests short,
+# with nothing to say which tests those were or how long any took)
+export REARQA_DURATION_LOG="$OUT/kernels-durations.log"
 # shellcheck disable=SC2086
 timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \

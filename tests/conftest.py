@@ -18,13 +18,21 @@ import pytest  # noqa: E402
 def pytest_runtest_logreport(report):
     """With REARQA_FAILURE_LOG set (scripts/gpu_kernels.sh sets it), each failure's test and
     traceback are appended to that file as it happens, so a run cut by its time limit (session 21's
-    GPU tests, before pytest's summary) still says what failed. Under xdist only the controller
-    writes (a worker's reports reach it too)."""
-    path = os.environ.get("REARQA_FAILURE_LOG")
-    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+    GPU tests, before pytest's summary) still says what failed. With REARQA_DURATION_LOG set, each
+    test's outcome and duration are appended to that file as it ends (its call, or the setup that
+    skipped or failed it), so a cut run also says which tests ended and which were slow (session 24's
+    was cut about 12 tests short). Under xdist only the controller writes (a worker's reports reach
+    it too)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")
+    path = os.environ.get("REARQA_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")
+    path = os.environ.get("REARQA_DURATION_LOG")
+    if path and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{report.outcome} {report.duration:.2f}s {report.nodeid} ({report.when})\n")
 
 
 @pytest.fixture(scope="session")

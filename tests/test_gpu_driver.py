@@ -351,3 +351,23 @@ def test_a_failure_is_logged_as_it_happens_for_a_run_its_time_limit_cuts(tmp_pat
     text = log.read_text()
     assert "FAILED test_two.py::test_fails (call)" in text and "the reason" in text
     assert "test_passes" not in text
+
+
+def test_each_tests_end_is_logged_as_it_happens_with_its_duration(tmp_path):
+    """tests/conftest.py's REARQA_DURATION_LOG hook (scripts/gpu_kernels.sh): every test that ends
+    (passed, failed, or skipped at its setup) gets one line with its outcome and duration."""
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_three.py").write_text("import time, pytest\n\n"
+                                            "def test_slow():\n    time.sleep(0.3)\n\n"
+                                            "def test_fails():\n    assert False\n\n"
+                                            "@pytest.mark.skip(reason='no gpu')\ndef test_skipped():\n    pass\n")
+    log = tmp_path / "durations.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "REARQA_FAILURE_LOG")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         env={**env, "REARQA_DURATION_LOG": str(log)}, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout[-2000:]
+    lines = {line.split()[2]: line.split() for line in log.read_text().splitlines()}
+    assert set(lines) == {f"test_three.py::test_{n}" for n in ("slow", "fails", "skipped")}
+    slow, fails, skipped = (lines[f"test_three.py::test_{n}"] for n in ("slow", "fails", "skipped"))
+    assert slow[0] == "passed" and float(slow[1].rstrip("s")) >= 0.3 and slow[3] == "(call)"
+    assert fails[0] == "failed" and skipped[0] == "skipped" and skipped[3] == "(setup)"
