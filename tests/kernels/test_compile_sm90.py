@@ -106,33 +106,31 @@ def test_the_fused_kernels_default_tiles_fit_sm90s_shared_memory(rows, rank, dty
     assert kernel.metadata.shared == estimate if dtype == "fp32" else kernel.metadata.shared <= estimate
 
 
-def compiled_core(tiles, dtype: str):
-    """lora_linear/gemm.py's core (the benchmark's Triton GEMM alone) at `tiles`, compiled as launched."""
+def compiled_core(tiles, dtype: str, launched: bool = True):
+    """lora_linear/gemm.py's core (the benchmark's Triton GEMM alone) at `tiles`, compiled as
+    launched, or from the bare signature (`launched=False`)."""
+    from triton.compiler import ASTSource
+
     from rearqa.kernels.lora_linear.gemm import _gemm_kernel
 
     signature = {name: f"*{dtype}" for name in ("x", "w", "y")}
     signature |= {name: "i32" for name in ("M", "N", "K", "s_xm", "s_xk", "s_wn", "s_wk", "s_ym", "s_yn")}
     constexprs = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
                       PRECISION="ieee" if dtype == "fp32" else "tf32")
-    return compile_sm90(as_launched(_gemm_kernel, signature, constexprs), tiles.num_warps, tiles.num_stages)
+    source = (as_launched(_gemm_kernel, signature, constexprs) if launched
+              else ASTSource(_gemm_kernel, signature, constexprs=constexprs))
+    return compile_sm90(source, tiles.num_warps, tiles.num_stages)
 
 
 def test_a_16_bit_tile_asks_on_sm90_what_the_gpu_asked_only_when_compiled_as_launched():
     # session 24's GPU test: gemm_triton at 128 x 256, 8 warps, with the decode default's 128-wide K
     # step three stages deep, failed asking 294,912 bytes; compiled without the launch's
     # specialization it asks a third of that, which is how this file missed it
-    from triton.compiler import ASTSource
-
-    from rearqa.kernels.lora_linear.gemm import _gemm_kernel
     from rearqa.kernels.lora_linear.tiling import LoraTiles, staged_bytes
 
     unfitted = LoraTiles(128, 256, 128, 16, 8, 3)
     assert compiled_core(unfitted, "bf16").metadata.shared == 294912 == staged_bytes(unfitted, 2, lora=False)
-    signature = {name: "*bf16" for name in ("x", "w", "y")}
-    signature |= {name: "i32" for name in ("M", "N", "K", "s_xm", "s_xk", "s_wn", "s_wk", "s_ym", "s_yn")}
-    plain = ASTSource(_gemm_kernel, signature, constexprs=dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128,
-                                                                PRECISION="tf32"))
-    assert compile_sm90(plain, 8, 3).metadata.shared < 294912
+    assert compiled_core(unfitted, "bf16", launched=False).metadata.shared < 294912
 
 
 @pytest.mark.parametrize("rows", [1, 64, 4096])
