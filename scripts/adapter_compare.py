@@ -28,7 +28,9 @@ side's seeds fixed: two seeds of one method can differ by an interval that exclu
 adapters.md, session 23). Beside it each set also gets `seeds_low`/`seeds_high`: a two-level
 bootstrap that draws each side's seeds with replacement before the questions
 (`rearqa.eval.bootstrap.seed_question_bootstrap`), to show how much of a difference the seeds'
-spread could explain. It informs; the verdict stays the issue's.
+spread could explain. It informs; the verdict stays the issue's. A third table (`seed_pairs` in the
+JSON) pairs each method's tested seeds against each other, set by set: how far two trainings of
+one method can land apart.
 """
 from __future__ import annotations
 
@@ -176,6 +178,28 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
     return out
 
 
+def seed_pairs(runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """Per method, each pair of its tested seeds against each other, set by set: the later seed's EM
+    minus the earlier's on the answerable questions both read, with a 95% paired bootstrap over
+    questions. How far two trainings of one method apart can land, at fixed weights."""
+    from rearqa.eval.bootstrap import paired_bootstrap
+
+    out = []
+    for method, seeds in sorted(runs.items()):
+        tested = sorted(s for s in seeds if set(SETS) <= set(seeds[s]["rows"]))
+        for i, first in enumerate(tested):
+            for second in tested[i + 1:]:
+                entry = {"method": method, "seeds": [first, second], "sets": {}}
+                for split in SETS:
+                    a, b = seeds[first]["rows"][split], seeds[second]["rows"][split]
+                    ids = [q for q, r in a.items() if r.get("answerable") and q in b]
+                    res = paired_bootstrap([a[q]["em"] for q in ids], [b[q]["em"] for q in ids], 10000, 0)
+                    entry["sets"][split] = {"n": res["n"], "diff": res["diff"], "low": res["low"],
+                                            "high": res["high"]}
+                out.append(entry)
+    return out
+
+
 def verdict(value: bool | dict | None, worse: dict | None = None) -> str:
     """A verdict cell; per set for "better", where `worse` marks a set whose interval lies below 0."""
     if value is None:
@@ -210,8 +234,14 @@ def table(records: Path, out: Path | None) -> None:
         print(f"| {p['method']} | {len(p['tested_seeds'])} ({len(p['lora_tested_seeds'])}) "
               f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} "
               f"| {verdict(p.get('better'), p.get('worse'))} | {wide} |")
+    within = seed_pairs(runs)
+    print("\n| method | seeds | NQ: second - first, points [95%] | TQA |\n|---|---|---|---|")
+    for p in within:
+        cells = [f"{100 * x['diff']:+.1f} [{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]"
+                 for x in (p["sets"][split] for split in SETS)]
+        print(f"| {p['method']} | s{p['seeds'][1]} - s{p['seeds'][0]} | {' | '.join(cells)} |")
     if out:
-        out.write_text(json.dumps({"runs": flat, "against_lora": pairs}, indent=1) + "\n")
+        out.write_text(json.dumps({"runs": flat, "against_lora": pairs, "seed_pairs": within}, indent=1) + "\n")
         print(f"\nwrote {out}")
 
 

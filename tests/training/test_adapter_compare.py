@@ -98,3 +98,18 @@ def test_the_seed_resampled_interval_sits_beside_the_verdicts(tmp_path):
     assert nq["seeds_high"] - nq["seeds_low"] > 3 * (nq["high"] - nq["low"])
     assert (tqa["seeds_low"], tqa["seeds_high"]) == (0.0, 0.0)
     assert entry["as_good"] is True  # the verdict is the issue's: questions resampled only
+
+
+def test_each_methods_seeds_are_paired_against_each_other(tmp_path):
+    n = 400
+    half = [1.0] * (n // 2) + [0.0] * (n // 2)
+    better = [1.0] * (n // 2 + 40) + [0.0] * (n // 2 - 40)  # 40 more questions right: +10 points
+    _unit(tmp_path, "masa", 0, {"nq-test": half, "tqa-test": half})
+    _unit(tmp_path, "masa", 1, {"nq-test": better, "tqa-test": half})
+    _unit(tmp_path, "masa", 2, None)  # trained, not yet tested: in no pair
+    _unit(tmp_path, "lora", 0, {"nq-test": half, "tqa-test": half})  # one tested seed: no pair
+    pairs = ac.seed_pairs(ac.collect(tmp_path))
+    assert [(p["method"], p["seeds"]) for p in pairs] == [("masa", [0, 1])]
+    nq, tqa = pairs[0]["sets"]["nq-test"], pairs[0]["sets"]["tqa-test"]
+    assert nq["n"] == n and nq["diff"] == pytest.approx(0.1) and nq["low"] > 0  # the later seed minus the earlier
+    assert (tqa["diff"], tqa["low"], tqa["high"]) == (0.0, 0.0, 0.0)
