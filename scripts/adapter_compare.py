@@ -139,6 +139,11 @@ def collect(records: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
+def tested_seeds(seeds: dict[int, dict]) -> list[int]:
+    """A method's seeds whose test unit read every set of SETS, in seed order."""
+    return sorted(s for s in seeds if set(SETS) <= set(seeds[s]["rows"]))
+
+
 def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
     from rearqa.eval.bootstrap import paired_bootstrap, seed_question_bootstrap
 
@@ -148,8 +153,7 @@ def compare(runs: dict[str, dict[int, dict]]) -> list[dict]:
         if method == "lora":
             continue
         entry: dict = {"method": method, "seeds": sorted(seeds), "lora_seeds": sorted(ref)}
-        tested = [s for s in seeds if set(SETS) <= set(seeds[s]["rows"])]
-        ref_tested = [s for s in ref if set(SETS) <= set(ref[s]["rows"])]
+        tested, ref_tested = tested_seeds(seeds), tested_seeds(ref)
         entry["complete"] = len(tested) >= SEEDS_NEEDED and len(ref_tested) >= SEEDS_NEEDED
         entry["sets"], entry["as_good"], entry["better"], entry["worse"] = {}, None, None, None
         entry["tested_seeds"], entry["lora_tested_seeds"] = tested, ref_tested
@@ -186,7 +190,7 @@ def seed_pairs(runs: dict[str, dict[int, dict]]) -> list[dict]:
 
     out = []
     for method, seeds in sorted(runs.items()):
-        tested = sorted(s for s in seeds if set(SETS) <= set(seeds[s]["rows"]))
+        tested = tested_seeds(seeds)
         for i, first in enumerate(tested):
             for second in tested[i + 1:]:
                 entry = {"method": method, "seeds": [first, second], "sets": {}}
@@ -210,6 +214,11 @@ def verdict(value: bool | dict | None, worse: dict | None = None) -> str:
     return "yes" if value else "no"
 
 
+def interval_cell(x: dict) -> str:
+    """A paired difference with its 95% interval, in EM points: "+0.4 [-0.5, +1.3]"."""
+    return f"{100 * x['diff']:+.1f} [{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]"
+
+
 def table(records: Path, out: Path | None) -> None:
     runs = collect(records)
     print("| method | seed | trainable | micro-batch | s/step | peak GiB | dev-select EM | dev-select AUC "
@@ -229,7 +238,7 @@ def table(records: Path, out: Path | None) -> None:
           "| NQ, TQA: seeds resampled too |\n|---|---|---|---|---|---|---|")
     for p in pairs:
         sets = [s for s in (p["sets"].get(x) for x in SETS) if s]
-        cells = [f"{100 * s['diff']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]" for s in sets]
+        cells = [interval_cell(s) for s in sets]
         wide = ", ".join(f"[{100 * s['seeds_low']:+.1f}, {100 * s['seeds_high']:+.1f}]" for s in sets) or "-"
         print(f"| {p['method']} | {len(p['tested_seeds'])} ({len(p['lora_tested_seeds'])}) "
               f"| {' | '.join(cells or ['-', '-'])} | {verdict(p.get('as_good'))} "
@@ -237,8 +246,7 @@ def table(records: Path, out: Path | None) -> None:
     within = seed_pairs(runs)
     print("\n| method | seeds | NQ: second - first, points [95%] | TQA |\n|---|---|---|---|")
     for p in within:
-        cells = [f"{100 * x['diff']:+.1f} [{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]"
-                 for x in (p["sets"][split] for split in SETS)]
+        cells = [interval_cell(p["sets"][split]) for split in SETS]
         print(f"| {p['method']} | s{p['seeds'][1]} - s{p['seeds'][0]} | {' | '.join(cells)} |")
     if out:
         out.write_text(json.dumps({"runs": flat, "against_lora": pairs, "seed_pairs": within}, indent=1) + "\n")
