@@ -370,15 +370,41 @@ def collect(src: Path, runs: Path, root: Path) -> None:
     print(f"done: {', '.join(done) or 'none'}")
 
 
+def rows_complete(tar: tarfile.TarFile, unit_id: str) -> list[str]:
+    """An evaluation archive's report dirs whose rows.jsonl answers every question its
+    settings.json selected; [] when any report dir falls short (or there is none). A test unit
+    its time limit cut after the answers were written, before its last summaries, has them all."""
+    names = {m.name for m in tar.getmembers() if m.isfile()}
+    dirs = sorted(n[: -len("/settings.json")] for n in names
+                  if n.startswith(unit_id + "/") and n.endswith("/settings.json"))
+    for d in dirs:
+        if f"{d}/rows.jsonl" not in names:
+            return []
+        wanted = set(json.load(tar.extractfile(f"{d}/settings.json"))["dataset"]["selected_ids"])
+        rows = tar.extractfile(f"{d}/rows.jsonl").read().decode().splitlines()
+        if not wanted or wanted - {json.loads(r)["id"] for r in rows if r.strip()}:
+            return []
+    return dirs
+
+
 def record(runs: Path, records: Path = RECORDS) -> None:
     """Every done archive in RUNS into records/ID/: its files but the weights (chosen/ holds
     them; the checkpoints that ship are committed under checkpoints/) and an evaluation's
     report.json (rebuilt from settings.json + rows.jsonl: rearqa.eval.runner.build_report);
-    rows.jsonl and every file over 256 KiB gzipped (NAME.gz)."""
+    rows.jsonl and every file over 256 KiB gzipped (NAME.gz). An evaluation archive that is not
+    done is recorded too when every report dir in it has all its rows (`rows_complete`); its
+    unit.json keeps the status it came back with, and what it lacks is printed."""
     for f in sorted(runs.glob("*.tgz")):
-        if archive_status(f) != "done":
-            continue
         unit_id = f.name[: -len(".tgz")]
+        status = archive_status(f)
+        if status != "done":
+            with tarfile.open(f) as tar:
+                complete = unit_id.startswith("eval-") and rows_complete(tar, unit_id)
+            if not complete:
+                continue
+            print(f"{unit_id} came back {status}, with every answer written in "
+                  f"{', '.join(d[len(unit_id) + 1:] for d in complete)}: recorded; a summary its "
+                  f"cut left unwritten is missing (report.json is rebuilt from the rows)")
         dest = records / unit_id
         with tarfile.open(f) as tar:
             members = tar.getmembers()

@@ -594,6 +594,7 @@ esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
 MACHINE=$(cat "$G/machine-id")
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 echo "machine $MACHINE (GPU_ROOT $G), unit $UNIT ($ID), $(nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null | head -n 1 || echo no GPU)"
 
 # (a) keep the carried parts, reassemble what is complete
@@ -666,7 +667,7 @@ case $rc in
   *) st=failed ;;
 esac
 secs=$(( $(date +%s) - now ))
-U note "$RUNS/$ID/unit.json" status=$st rc=$rc seconds=$secs machine="$MACHINE" "unit=$UNIT $*"
+U note "$RUNS/$ID/unit.json" status=$st rc=$rc seconds=$secs machine="$MACHINE" gpu="${GPU_NAME:-none}" "unit=$UNIT $*"
 mkdir -p "$RUNS/packs"
 if packed=$(U pack "$ID" "$RUNS/$ID" "$RUNS/packs"); then
   cp "$RUNS/packs/$ID.tgz" "$OUT/"

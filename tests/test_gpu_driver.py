@@ -227,6 +227,31 @@ def test_protocol_keeps_each_training_unit_with_its_test_and_records_count_as_do
     assert "eval-test-linear-s0" not in after and "train-rear-linear-s0" in after
 
 
+def test_a_cut_test_unit_is_recorded_only_when_every_answer_is_in(tmp_path):
+    plan = load("gpu_plan")
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    runs.mkdir()
+
+    def archive(unit_id, tqa_rows):
+        settings = {"dataset": {"selected_ids": ["q1", "q2"]}}
+        files = {"unit.json": {"status": "timeout"},
+                 "nq-test/rear/settings.json": settings, "tqa-test/rear/settings.json": settings}
+        with tarfile.open(runs / f"{unit_id}.tgz", "w:gz") as tar:
+            for name, data in [*((n, json.dumps(v).encode()) for n, v in files.items()),
+                               ("nq-test/rear/rows.jsonl", b'{"id": "q1"}\n{"id": "q2"}\n'),
+                               ("tqa-test/rear/rows.jsonl", tqa_rows)]:
+                info = tarfile.TarInfo(f"{unit_id}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    archive("eval-test-a-s0", b'{"id": "q2"}\n{"id": "q1"}\n')  # cut after its last answer
+    archive("eval-test-b-s0", b'{"id": "q1"}\n')  # cut while answering
+    plan.record(runs, records)
+    assert (records / "eval-test-a-s0" / "tqa-test/rear/rows.jsonl.gz").is_file()
+    assert json.loads((records / "eval-test-a-s0" / "unit.json").read_text())["status"] == "timeout"
+    assert not (records / "eval-test-b-s0").exists()
+
+
 def test_park_moves_what_no_unit_reads_out_of_the_tree_and_back(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "checkpoints" / "rear").mkdir(parents=True)
