@@ -50,6 +50,9 @@ BUDGETS = Path(__file__).resolve().parents[1] / "docs" / "results" / "adapters" 
 KEEP = ("id", "answerable", "answer_type", "prediction", "abstained", "from_own_knowledge", "em",
         "f1", "contained", "first_hit_rank")
 RUN = re.compile(r"^(train-rear|eval-test)-(.+)-s(\d+)$")
+# The card each machine of a recorded unit had, for units recorded before gpu_unit.sh wrote it
+# into unit.json ("gpu"): the sessions' calls said it (docs/gpu-plan.md).
+MACHINES = "machines.json"
 
 
 def slim_row(row: dict) -> dict:
@@ -104,9 +107,18 @@ def control_budget(budgets: dict[str, int], method: str) -> int | None:
     return budgets[max(owners, key=len)] if owners else None
 
 
+def card(info: dict, machines: dict[str, str]) -> str:
+    """The GPU a unit ran on, short ("H100"), from its unit.json or the machines file; "-" unknown."""
+    name = info.get("gpu") or machines.get(info.get("machine", ""), "")
+    found = re.search(r"\b[A-Z]\d{2,4}\b", name)
+    return found.group(0) if found else "-"
+
+
 def collect(records: Path) -> dict[str, dict[int, dict]]:
     """method -> seed -> the run's row (train facts, and test facts when its eval unit is there)."""
     budgets = {m["method"]: m["trainable"] for m in json.loads(BUDGETS.read_text())["methods"]}
+    machines_file = records / MACHINES
+    machines = json.loads(machines_file.read_text())["machines"] if machines_file.is_file() else {}
     runs: dict[str, dict[int, dict]] = {}
     for unit in sorted(records.iterdir()):
         match = RUN.match(unit.name)
@@ -120,7 +132,7 @@ def collect(records: Path) -> dict[str, dict[int, dict]]:
         summary = json.loads((unit / "train" / "summary.json").read_text())
         sel = info["selection"]
         trainable = control_budget(budgets, method)
-        run = {"method": method, "seed": seed, "trainable": trainable,
+        run = {"method": method, "seed": seed, "trainable": trainable, "gpu": card(info, machines),
                "micro_batch": f"{cfg['batch']}x{cfg['grad_accum']}", "steps": summary["steps"],
                "tokens": summary["tokens"], "step_s": summary["seconds"] / summary["steps"],
                "peak_gib": peak_gib(unit / "train.log"), "select_em": sel["em"],
@@ -221,8 +233,8 @@ def interval_cell(x: dict) -> str:
 
 def table(records: Path, out: Path | None) -> None:
     runs = collect(records)
-    print("| method | seed | trainable | micro-batch | s/step | peak GiB | dev-select EM | dev-select AUC "
-          "| NQ EM | TQA EM | test AUC NQ / TQA |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | seed | trainable | micro-batch | GPU | s/step | peak GiB | dev-select EM | dev-select AUC "
+          "| NQ EM | TQA EM | test AUC NQ / TQA |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     flat = []
     for method, seeds in sorted(runs.items(), key=lambda kv: (kv[0] != "lora", kv[0])):
         for seed, r in sorted(seeds.items()):
@@ -230,7 +242,7 @@ def table(records: Path, out: Path | None) -> None:
             auc = " / ".join(f"{r[f'{s}_auc']:.3f}" if r.get(f"{s}_auc") else "-" for s in SETS)
             peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-"
             trainable = f"{r['trainable']:,}" if r["trainable"] else "-"
-            print(f"| {method} | {seed} | {trainable} | {r['micro_batch']} | {r['step_s']:.2f} | {peak} "
+            print(f"| {method} | {seed} | {trainable} | {r['micro_batch']} | {r['gpu']} | {r['step_s']:.2f} | {peak} "
                   f"| {r['select_em']:.3f} | {r['select_auc']:.3f} | {em} | {auc} |")
             flat.append({k: v for k, v in r.items() if k != "rows"})
     pairs = compare(runs)

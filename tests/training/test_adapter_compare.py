@@ -81,6 +81,14 @@ def test_a_control_has_its_methods_budget():
     assert ac.control_budget(budgets, "masa") is None
 
 
+def test_a_runs_gpu_comes_from_its_unit_or_the_machines_file():
+    machines = {"m-old": "NVIDIA H100"}
+    assert ac.card({"machine": "m-old"}, machines) == "H100"
+    assert ac.card({"machine": "m-old", "gpu": "NVIDIA H200"}, machines) == "H200"  # the unit's own
+    assert ac.card({"machine": "m-new"}, machines) == "-"
+    assert ac.card({"gpu": "none"}, {}) == "-"
+
+
 def test_the_seed_resampled_interval_sits_beside_the_verdicts(tmp_path):
     n = 1200
     half = [1.0] * (n // 2) + [0.0] * (n // 2)
