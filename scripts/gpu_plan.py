@@ -381,7 +381,7 @@ def rows_complete(tar: tarfile.TarFile, unit_id: str) -> list[str]:
         if f"{d}/rows.jsonl" not in names:
             return []
         wanted = set(json.load(tar.extractfile(f"{d}/settings.json"))["dataset"]["selected_ids"])
-        rows = tar.extractfile(f"{d}/rows.jsonl").read().decode().splitlines()
+        rows = tar.extractfile(f"{d}/rows.jsonl").read().split(b"\n")[:-1]  # a torn last row is no answer
         if not wanted or wanted - {json.loads(r)["id"] for r in rows if r.strip()}:
             return []
     return dirs
@@ -397,16 +397,15 @@ def record(runs: Path, records: Path = RECORDS) -> None:
     for f in sorted(runs.glob("*.tgz")):
         unit_id = f.name[: -len(".tgz")]
         status = archive_status(f)
-        if status != "done":
-            with tarfile.open(f) as tar:
-                complete = unit_id.startswith("eval-") and rows_complete(tar, unit_id)
-            if not complete:
-                continue
-            print(f"{unit_id} came back {status}, with every answer written in "
-                  f"{', '.join(d[len(unit_id) + 1:] for d in complete)}: recorded; a summary its "
-                  f"cut left unwritten is missing (report.json is rebuilt from the rows)")
         dest = records / unit_id
         with tarfile.open(f) as tar:
+            if status != "done":
+                complete = unit_id.startswith("eval-") and rows_complete(tar, unit_id)
+                if not complete:
+                    continue
+                print(f"{unit_id} came back {status}, with every answer written in "
+                      f"{', '.join(d[len(unit_id) + 1:] for d in complete)}: recorded; a summary its "
+                      f"cut left unwritten is missing (report.json is rebuilt from the rows)")
             members = tar.getmembers()
             names = {m.name for m in members}
             for m in members:

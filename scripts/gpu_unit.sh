@@ -594,8 +594,9 @@ esac
 [[ $ID =~ ^[A-Za-z0-9._-]+$ ]] || { echo "unit id $ID: letters, digits, . _ - only (the archive is \$OUT/ID.tgz)"; exit 2; }
 [ -f "$G/machine-id" ] || echo "$(date +%Y%m%d-%H%M%S)-$RANDOM" > "$G/machine-id"
 MACHINE=$(cat "$G/machine-id")
-GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-echo "machine $MACHINE (GPU_ROOT $G), unit $UNIT ($ID), $(nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null | head -n 1 || echo no GPU)"
+GPU_INFO=$(nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null | head -n 1)
+GPU_NAME=${GPU_INFO%%,*}
+echo "machine $MACHINE (GPU_ROOT $G), unit $UNIT ($ID), ${GPU_INFO:-no GPU}"
 
 # (a) keep the carried parts, reassemble what is complete
 parts=()

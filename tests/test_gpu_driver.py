@@ -246,10 +246,12 @@ def test_a_cut_test_unit_is_recorded_only_when_every_answer_is_in(tmp_path):
 
     archive("eval-test-a-s0", b'{"id": "q2"}\n{"id": "q1"}\n')  # cut after its last answer
     archive("eval-test-b-s0", b'{"id": "q1"}\n')  # cut while answering
+    archive("eval-test-c-s0", b'{"id": "q1"}\n{"id": "q2')  # cut while writing its last answer
     plan.record(runs, records)
     assert (records / "eval-test-a-s0" / "tqa-test/rear/rows.jsonl.gz").is_file()
     assert json.loads((records / "eval-test-a-s0" / "unit.json").read_text())["status"] == "timeout"
     assert not (records / "eval-test-b-s0").exists()
+    assert not (records / "eval-test-c-s0").exists()
 
 
 def test_park_moves_what_no_unit_reads_out_of_the_tree_and_back(tmp_path, monkeypatch):
