@@ -13,7 +13,8 @@ depend on the reader) and the per-passage answer strings; the full rows stay in 
 archive. A rows file already slim is left as it is.
 
 `table`, per run (train-rear-<method>-s<N> with eval-test-<method>-s<N>): trainable parameters
-(docs/results/adapters/equal-budget.json), micro-batch, step time, peak memory, dev-select EM and
+(docs/results/adapters/equal-budget.json), micro-batch, the GPU (unit.json's `gpu`, or the
+records' machines.json for units from before it was written), step time, peak memory, dev-select EM and
 relevance AUC (the unit's choice), test EM and pooled relevance AUC on the answerable NQ and
 TriviaQA questions (the test units run with EVAL_ARGS=--answerable-only; a unit over all
 questions is read on its answerable ones). Per method against lora: each question's EM averaged
