@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Helpers of scripts/gpu_unit.sh on the GPU machine (python3 there; stdlib, plus torch,
-safetensors and yaml for `compact-adapter` and `config` only).
+"""Helpers of scripts/gpu_unit.sh (and, for `oom-failures`, scripts/gpu_kernels.sh) on the GPU
+machine (python3 there; stdlib, plus torch, safetensors and yaml for `compact-adapter` and
+`config` only).
 
     gpu_units.py config BASE.yaml OUT.yaml KEY=VALUE...   a training config with keys overridden
     gpu_units.py chosen SELECTION.json METHOD FIELD        a field of the dev-select choice
@@ -21,6 +22,9 @@ safetensors and yaml for `compact-adapter` and `config` only).
     gpu_units.py best SCORE.json...                        the best trainable's name (EM, then F1)
     gpu_units.py best-kl KL.json UNHEALED TRAINABLE...     the trainable of lowest dev-select KL
     gpu_units.py extract-lora STUDENT HEALED OUT RANK      a full-weight heal as a rank-RANK LoRA
+    gpu_units.py oom-failures FAILURE_LOG                  the tests of a REARQA_FAILURE_LOG that ran
+                                                           the GPU out of memory, one a line; exit 1
+                                                           when another failure is there or none is
 
 Packing keeps logs, JSON/JSONL, reports, plots and the unit's chosen/ checkpoint (bf16 adapter,
 tokenizer, configs); it leaves out training checkpoints (resumable state: optimiser moments),
@@ -365,6 +369,36 @@ def best(*score_files: str) -> None:
     print(name)
 
 
+OOM_MARKS = ("out of memory", "OutOfMemoryError", "cudaErrorMemoryAllocation")
+
+
+def logged_failures(text: str) -> dict[str, str]:
+    """{node id: its tracebacks} of a REARQA_FAILURE_LOG (tests/conftest.py): blocks that open with
+    `FAILED <node id> (<phase>)`; a test failing in two phases keeps both tracebacks."""
+    failures: dict[str, str] = {}
+    node = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("FAILED ") and line.rstrip().endswith(")") and " (" in line:
+            node = line[len("FAILED "):].rstrip().rsplit(" (", 1)[0]
+            failures.setdefault(node, "")
+        elif node is not None:
+            failures[node] += line
+    return failures
+
+
+def oom_failures(failure_log: str) -> None:
+    """Print the node ids of the tests that failed by running the GPU out of memory, one a line,
+    for gpu_kernels.sh to run again one at a time: pytest-xdist's workers share one card, and
+    session 27's 16 on an 80 GiB H100 failed 12 tests that way, each a victim of the others' memory
+    as much as of its own. Exit 1, printing nothing, when any failure is of another kind (running
+    again alone would not clear it) or the log holds none."""
+    failures = logged_failures(Path(failure_log).read_text(encoding="utf-8"))
+    other = [node for node, text in failures.items() if not any(m in text for m in OOM_MARKS)]
+    if not failures or other:
+        sys.exit(1)
+    print("\n".join(failures))
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         sys.exit(__doc__)
@@ -372,7 +406,7 @@ def main(argv: list[str]) -> None:
     table = {"config": config, "chosen": chosen, "compact-adapter": compact_adapter,
              "record": record, "pack": pack, "note": note, "get": get, "done": done,
              "convert": convert, "prune": prune, "merge-heal": merge_heal, "probe": probe, "pooled": pooled,
-             "best": best, "best-kl": best_kl, "extract-lora": extract_lora}
+             "best": best, "best-kl": best_kl, "extract-lora": extract_lora, "oom-failures": oom_failures}
     if cmd not in table:
         sys.exit(f"unknown command {cmd!r}; one of {sorted(table)}")
     table[cmd](*args)

@@ -398,3 +398,39 @@ def test_each_tests_end_is_logged_as_it_happens_with_its_duration(tmp_path):
     slow, fails, skipped = (lines[f"test_three.py::test_{n}"] for n in ("slow", "fails", "skipped"))
     assert slow[0] == "passed" and float(slow[1].rstrip("s")) >= 0.3 and slow[3] == "(call)"
     assert fails[0] == "failed" and skipped[0] == "skipped" and skipped[3] == "(setup)"
+
+
+def test_only_a_run_whose_every_failure_ran_the_gpu_out_of_memory_is_run_again(tmp_path):
+    """gpu_units.py oom-failures over tests/conftest.py's REARQA_FAILURE_LOG (scripts/gpu_kernels.sh
+    runs those tests again one at a time): it names each test that failed out of memory once, and
+    names none when any failure is of another kind."""
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_gpu.py").write_text(
+        "import pytest\n\n"
+        "def test_passes():\n    assert True\n\n"
+        "@pytest.mark.parametrize('shape', ['128x512+64'])\n"
+        "def test_kernel(shape):\n    raise RuntimeError('Triton Error [CUDA]: out of memory')\n\n"
+        "@pytest.fixture\ndef card():\n    yield 'cuda'\n"
+        "    raise RuntimeError('CUDA error: out of memory')\n\n"
+        "def test_reference(card):\n    raise RuntimeError('torch.OutOfMemoryError: CUDA out of memory')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "REARQA_DURATION_LOG")}
+
+    def failures_of(test_file, log):
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                       env={**env, "REARQA_FAILURE_LOG": str(log)}, cwd=tmp_path, capture_output=True)
+        return subprocess.run([sys.executable, str(SCRIPTS / "gpu_units.py"), "oom-failures", str(log)],
+                              capture_output=True, text=True)
+
+    run = failures_of("test_gpu.py", tmp_path / "oom.log")
+    assert run.returncode == 0, run.stderr
+    # test_reference failed in its call and in its fixture's teardown: named once
+    assert run.stdout.split() == ["test_gpu.py::test_kernel[128x512+64]", "test_gpu.py::test_reference"]
+    (tmp_path / "test_mixed.py").write_text(
+        "def test_oom():\n    raise RuntimeError('CUDA error: out of memory')\n\n"
+        "def test_wrong():\n    assert 1 == 2, 'relative error 3e-2 over 1e-2'\n")
+    run = failures_of("test_mixed.py", tmp_path / "mixed.log")
+    assert run.returncode == 1 and run.stdout == ""
+    (tmp_path / "empty.log").write_text("")
+    units = load("gpu_units")
+    with pytest.raises(SystemExit):
+        units.oom_failures(str(tmp_path / "empty.log"))
