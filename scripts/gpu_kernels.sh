@@ -88,9 +88,13 @@ tail -n 15 "$OUT/kernels-tests.log"
 if [ "$tests_rc" = 1 ] && python3 scripts/gpu_units.py oom-failures "$REARQA_FAILURE_LOG" \
      > "$OUT/kernels-oom-rerun.txt"; then
   mapfile -t again < "$OUT/kernels-oom-rerun.txt"
-  echo "gpu_kernels: every failure ran the card out of memory; ${#again[@]} tests again, one at a time"
+  # within the call's limit, so that the logs are still packed at the end
+  rerun=$(( LIMIT - $(date +%s) + T0 - 30 ))
+  rerun=$(( rerun < ${RERUN_BUDGET:-150} ? rerun : ${RERUN_BUDGET:-150} ))
+  rerun=$(( rerun < 1 ? 1 : rerun ))
+  echo "gpu_kernels: every failure ran the card out of memory; ${#again[@]} tests again, one at a time (${rerun} s)"
   REARQA_FAILURE_LOG="$OUT/kernels-failures-rerun.log" REARQA_DURATION_LOG="$OUT/kernels-durations-rerun.log" \
-    timeout "${RERUN_BUDGET:-150}" \
+    timeout "$rerun" \
     python3 -m pytest -q -p no:cacheprovider -ra --junitxml="$OUT/kernels-junit-rerun.xml" -- "${again[@]}" \
     2>&1 | tail -n 200 > "$OUT/kernels-tests-rerun.log"
   tests_rc=${PIPESTATUS[0]}
