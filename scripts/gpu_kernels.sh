@@ -13,7 +13,7 @@
 #      When every failure ran the card out of memory (the workers share it), those tests run again
 #      one at a time (RERUN_BUDGET)                                -> $OUT/kernels-tests-rerun.log,
 #      kernels-junit-rerun.xml, kernels-failures-rerun.log, kernels-oom-rerun.txt
-#   3. the benchmark (scripts/kernel_bench.py)                    -> $OUT/kernel-bench.json, kernel-bench.log
+#   3. the benchmark (scripts/kernel_bench.py; BENCH=0 leaves it out) -> $OUT/kernel-bench.json, kernel-bench.log
 #   4. with DECODE_BENCH=1: the MLA reader's decode against GQA (scripts/bench_mla_decode.py, both
 #      presets) through the kernel and, for comparison, through the torch reference
 #      (REARQA_KERNELS=reference)                                 -> $OUT/decode-PRESET-{triton,reference}.json
@@ -24,7 +24,7 @@
 # Settings: CALL_LIMIT (570), TEST_BUDGET (280 s), XDIST (one worker per 10 GiB of the card, at
 # most 16, the machine's cores: session 27's 16 on an 80 GiB H100 ran 12 tests out of memory and
 # finished the rest in 128 s; session 24's 8 there ran none out), RERUN_BUDGET (150 s, taken only
-# when there is something to run again), BENCH_ARGS (extra kernel_bench args, e.g.
+# when there is something to run again), BENCH (1; 0: no step 3), BENCH_ARGS (extra kernel_bench args, e.g.
 # "--parts mla" for a second call that only times), DECODE_BENCH (0), DECODE_RESERVE (150 s kept
 # for step 4 when it is on), HF_ADAPTER_BENCH (0), HF_ADAPTER_RESERVE (90 s kept for step 5).
 # Exit: 0 tests passed and the benchmark finished; 1 otherwise (the logs say which).
@@ -104,7 +104,9 @@ fi
 
 left=$(( LIMIT - $(date +%s) + T0 - 5 - (${DECODE_BENCH:-0} == 1 ? ${DECODE_RESERVE:-150} : 0) \
         - (${HF_ADAPTER_BENCH:-0} == 1 ? ${HF_ADAPTER_RESERVE:-90} : 0) ))
-if [ "$left" -gt 30 ]; then
+if [ "${BENCH:-1}" = 0 ]; then
+  echo "gpu_kernels: BENCH=0, no benchmark"
+elif [ "$left" -gt 30 ]; then
   # shellcheck disable=SC2086
   timeout "$left" python3 scripts/kernel_bench.py --out "$OUT/kernel-bench.json" ${BENCH_ARGS:-} \
     > "$OUT/kernel-bench.log" 2>&1 || status=1
