@@ -26,7 +26,8 @@
 # finished the rest in 128 s; session 24's 8 there ran none out), RERUN_BUDGET (150 s, taken only
 # when there is something to run again), BENCH (1; 0: no step 3), BENCH_ARGS (extra kernel_bench args, e.g.
 # "--parts mla" for a second call that only times), DECODE_BENCH (0), DECODE_RESERVE (150 s kept
-# for step 4 when it is on), HF_ADAPTER_BENCH (0), HF_ADAPTER_RESERVE (90 s kept for step 5).
+# for step 4 when it is on), HF_ADAPTER_BENCH (0), HF_ADAPTER_RESERVE (90 s kept for step 5),
+# REARQA_DURATIONS (tests/kernels/gpu-durations.log: an earlier run's durations, longest first).
 # Exit: 0 tests passed and the benchmark finished; 1 otherwise (the logs say which).
 set -uo pipefail
 : "${OUT:?OUT is unset: this runs on the device machine (or set OUT for a rehearsal)}"
@@ -75,6 +76,9 @@ export REARQA_FAILURE_LOG="$OUT/kernels-failures.log"
 # and each test's outcome and duration as it ends (session 24's run was cut about 12 tests short,
 # with nothing to say which tests those were or how long any took)
 export REARQA_DURATION_LOG="$OUT/kernels-durations.log"
+# and the tests an earlier run timed start longest first (tests/conftest.py): session 28's run was
+# cut with two 86-s fp32 cases running, which xdist had handed out near the end
+export REARQA_DURATIONS="${REARQA_DURATIONS:-tests/kernels/gpu-durations.log}"
 # shellcheck disable=SC2086
 timeout "${TEST_BUDGET:-280}" python3 -m pytest -q -p no:cacheprovider $XD -ra \
   --junitxml="$OUT/kernels-junit.xml" tests/kernels tests/reader/backbone/test_transmla_modeling.py \

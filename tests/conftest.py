@@ -35,6 +35,34 @@ def pytest_runtest_logreport(report):
             log.write(f"{report.outcome} {report.duration:.2f}s {report.nodeid} ({report.when})\n")
 
 
+def _timed(path: str) -> dict[str, float]:
+    """Each test's duration in a REARQA_DURATION_LOG ("outcome 1.23s nodeid (when)" lines)."""
+    times = {}
+    with open(path, encoding="utf-8") as log:
+        for line in log:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1].endswith("s"):
+                try:
+                    times[parts[2]] = max(times.get(parts[2], 0.0), float(parts[1][:-1]))
+                except ValueError:
+                    continue
+    return times
+
+
+def pytest_collection_modifyitems(config, items):
+    """With REARQA_DURATIONS naming an earlier run's REARQA_DURATION_LOG (scripts/gpu_kernels.sh
+    passes tests/kernels/gpu-durations.log), the tests run longest first: tests that log never
+    timed, then the timed ones by falling duration (a stable sort). Under xdist the work is then
+    handed out longest first, so no 90-s test starts last: session 28's run at 10 workers was cut
+    at 170 s with two 86-s DeepSeek fp32 cases still running, which had started near the end of
+    the collection order. Every worker sorts the same collection the same way, as xdist needs."""
+    path = os.environ.get("REARQA_DURATIONS")
+    if not path or not os.path.isfile(path):
+        return
+    times = _timed(path)
+    items.sort(key=lambda item: -times.get(item.nodeid, float("inf")))
+
+
 @pytest.fixture(scope="session")
 def prepared_home():
     from rearqa import assets

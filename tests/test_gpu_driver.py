@@ -400,6 +400,35 @@ def test_each_tests_end_is_logged_as_it_happens_with_its_duration(tmp_path):
     assert fails[0] == "failed" and skipped[0] == "skipped" and skipped[3] == "(setup)"
 
 
+def test_tests_an_earlier_run_timed_run_longest_first(tmp_path):
+    """tests/conftest.py's REARQA_DURATIONS hook (scripts/gpu_kernels.sh): the tests an earlier run's
+    duration log timed run longest first, after the tests it never timed; a test timed twice counts
+    at its longer time, and lines that are not a duration are passed over."""
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_order.py").write_text("".join(f"def test_{n}():\n    pass\n\n" for n in "abcde"))
+    earlier = tmp_path / "earlier.log"
+    earlier.write_text("passed 0.50s test_order.py::test_a (call)\n"
+                       "passed 86.00s test_order.py::test_c (call)\n"
+                       "skipped 0.00s test_order.py::test_d (setup)\n"
+                       "passed 1.00s test_order.py::test_a (call)\n"
+                       "not a duration line\n"
+                       "passed 20.25s test_order.py::test_e (call)\n")
+    log = tmp_path / "order.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "REARQA_FAILURE_LOG")}
+
+    def order(durations):
+        log.unlink(missing_ok=True)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_order.py"],
+                             env={**env, "REARQA_DURATION_LOG": str(log), "REARQA_DURATIONS": durations},
+                             cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-2000:]
+        return [line.split()[2].rsplit("_", 1)[1] for line in log.read_text().splitlines()]
+
+    assert order(str(earlier)) == ["b", "c", "e", "a", "d"]
+    assert order(str(tmp_path / "missing.log")) == ["a", "b", "c", "d", "e"]  # no log: as collected
+    assert (Path(__file__).parent / "kernels" / "gpu-durations.log").is_file()  # the script's default
+
+
 def test_only_a_run_whose_every_failure_ran_the_gpu_out_of_memory_is_run_again(tmp_path):
     """gpu_units.py oom-failures over tests/conftest.py's REARQA_FAILURE_LOG (scripts/gpu_kernels.sh
     runs those tests again one at a time): it names each test that failed out of memory once, and
