@@ -98,6 +98,10 @@ def test_tiles_pad_widths_and_split_small_batches():
     assert choose_tiles(1, 9, 96, 64, 4096, 2).num_splits == 32  # 4096 / 128 tokens a split
     assert choose_tiles(1, 32, 512, 64, 300, 2).num_splits == 1  # short: the merge would cost more
     assert choose_tiles(2, 128, 512, 64, 4096, 2).head_blocks == 2
+    # fp32 holds its "ieee" dot operands in registers: 16 heads a program at a 512 latent, up to 64 at 128
+    assert (wide32 := choose_tiles(16, 32, 512, 64, 32768, 4)).block_h == 16 and wide32.head_blocks == 2
+    assert choose_tiles(2, 128, 512, 64, 4096, 4).head_blocks == 8
+    assert choose_tiles(2, 128, 128, 32, 4096, 4).block_h == 64 and choose_tiles(1, 9, 96, 64, 100, 4).block_h == 16
     with pytest.raises(ValueError, match="block_n=24"):
         choose_tiles(1, 9, 96, 64, 100, 2, block_n=24)
     assert (llama.block_n, llama.num_warps, llama.num_stages) == (64, 4, 3)  # the H100 sweep's best
