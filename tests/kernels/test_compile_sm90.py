@@ -181,50 +181,26 @@ def test_the_split_decode_form_compiles_for_sm90_with_its_flag(block_m, dtype):
     assert "ld.global.cg" in ptx  # x A^T read past the L1, where another multiprocessor wrote it
 
 
-def compiled_decode(heads: int, dtype: str):
-    """Stage 1 of the MLA decode kernel at choose_tiles' default for 64 sequences of `heads` heads
-    x 512+64 (the GPU tests' Llama-3-8B and DeepSeek shapes) in `dtype`, compiled from its bare
-    signature; its tiles."""
-    from triton.compiler import ASTSource
+def mla_compile_report():
+    """scripts/mla_compile_report.py, which compiles the MLA decode kernel's stage 1 and reads
+    ptxas' report of it."""
+    from pathlib import Path
 
-    from rearqa.kernels.mla_decode.tiling import H200_SMS, choose_tiles
-    from rearqa.kernels.mla_decode.triton import _split_kernel
-
-    tiles = choose_tiles(64, heads, 512, 64, 3000, 4 if dtype == "fp32" else 2, H200_SMS)
-    signature = {name: f"*{dtype}" for name in ("q_lat", "q_rope", "latent", "k_rope")}
-    signature |= {name: "*i32" for name in ("seq_lens", "block_table", "kv_mask")}
-    signature |= {"part_out": "*fp32", "part_lse": "*fp32"}
-    signature |= {name: "i32" for name in _split_kernel.arg_names
-                  if name.startswith("s_") or name in ("heads", "num_splits", "page_size")}
-    signature["scale_log2"] = "fp32"
-    constexprs = dict(RANK=512, ROPE=64, RANK_PAD=tiles.rank_pad, ROPE_PAD=tiles.rope_pad, BLOCK_H=tiles.block_h,
-                      BLOCK_N=tiles.block_n, PAGED=False, HAS_MASK=False,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32")
-    kernel = compile_sm90(ASTSource(_split_kernel, signature, constexprs=constexprs), tiles.num_warps,
-                          tiles.num_stages)
-    return kernel, tiles
-
-
-def stack_frame_bytes(kernel, tmp_path) -> int:
-    """The stack frame a thread of the compiled kernel needs, where ptxas puts spilled registers
-    (the bundled ptxas -v over the kernel's PTX)."""
-    import re
-    import subprocess
-
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptx = tmp_path / "kernel.ptx"
-    ptx.write_text(kernel.asm["ptx"])
-    report = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", str(ptx), "-o", str(tmp_path / "k.cubin")],
-                            capture_output=True, text=True, check=True).stderr
-    return int(re.search(r"(\d+) bytes stack frame", report).group(1))
+    path = Path(__file__).resolve().parents[2] / "scripts" / "mla_compile_report.py"
+    spec = importlib.util.spec_from_file_location("mla_compile_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("heads", [32, 128])
-def test_the_fp32_decode_tiles_do_not_spill_their_register_held_operands(heads, tmp_path):
+def test_the_fp32_decode_tiles_do_not_spill_their_register_held_operands(heads):
     # fp32's "ieee" tl.dot is not a tensor-core op on Hopper: its operands are held in registers.
-    # At 64 heads a program (128 heads) the frame was about 20 KB and the compile 39 s on the CPU,
-    # at 32 (Llama-3-8B) 13 KB and 12 s (session 28); 16 heads a program: 0.8 KB and about 3.5 s
-    kernel, tiles = compiled_decode(heads, "fp32")
+    # At 64 heads a program (128 heads) the frame was about 20 KB and the compile 38 s on the CPU,
+    # at 32 (Llama-3-8B) 13 KB and 11 s; 16 heads a program: 0.8 KB and 4-6 s
+    # (docs/results/kernels/compile-mla-cpu.json)
+    report = mla_compile_report()
+    tiles = report.decode_tiles(heads, "fp32")
     assert tiles.block_h == 16 and tiles.head_blocks == heads // 16
-    assert kernel.metadata.shared <= SMEM_LIMIT and stack_frame_bytes(kernel, tmp_path) < 2048
+    kernel = report.compiled_decode(tiles, "fp32")
+    assert kernel.metadata.shared <= SMEM_LIMIT and report.ptxas_report(kernel)["stack_frame_bytes"] < 2048

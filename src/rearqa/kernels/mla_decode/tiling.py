@@ -20,11 +20,11 @@ mla_sweep --sweep tiles|splits`):
   - at most DEFAULT_MAX_SPLITS (64, the largest count the sweep timed) unless asked for more;
   - heads a program: all of a sequence's, up to 64, in 16-bit; at most FP32_HEAD_ELEMS / rank_pad
     in fp32 (16 at a 512 latent). fp32 takes `tl.dot` in "ieee" precision, which Hopper's tensor
-    cores do not, so its operands are held in registers: compiled for sm_90 on the CPU (session
-    28, triton 3.6, ptxas -v), stage 1 at 128 heads x 512+64 with 64 heads a program framed a
-    20 KB stack a thread, about 80 KB of spill stores, and took 39 s to compile (bf16 there: 2.3 KB,
-    2.5 s); at 16 heads a program 0.8 KB and 3.5 s, and at 32 heads (Llama-3-8B) 13 KB and 12 s
-    against 0.8 KB and 3.7 s. Session 28's GPU tests spent 86-88 s on each DeepSeek fp32 case.
+    cores do not, so its operands are held in registers: compiled for sm_90 on the CPU
+    (scripts/mla_compile_report.py, session 28, triton 3.6), stage 1 at 128 heads x 512+64 with
+    64 heads a program framed a 19.8 KB stack a thread, 79 KB of spill stores, and took 38.5 s to
+    compile (bf16 there: 2.3 KB, 2.4 s); 32 heads a program (Llama-3-8B) 13.2 KB and 11.2 s; 16
+    heads a program 0.8 KB and 4-6 s. Session 28's GPU tests spent 86-88 s on each DeepSeek fp32 case.
     More head blocks read the cache more often (8 times at 128 heads); fp32 is the exactness
     path, not the served one, and its speed is not timed.
 They are arguments of the op too (`num_splits`, `block_n`, `num_warps`, `num_stages`), not
@@ -114,10 +114,10 @@ def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, ite
                  num_stages: int | None = None) -> DecodeTiles:
     """The tiles of one launch; `block_n`, `num_splits`, `num_warps` and `num_stages` override the
     defaults (the GPU sweep, scripts/kernel_bench.py --parts mla_sweep, sets them)."""
-    cap = MAX_BLOCK_H if itemsize < 4 else min(MAX_BLOCK_H, max(MIN_DOT, FP32_HEAD_ELEMS // next_pow2(rank)))
+    rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
+    cap = MAX_BLOCK_H if itemsize < 4 else min(MAX_BLOCK_H, max(MIN_DOT, FP32_HEAD_ELEMS // rank_pad))
     block_h = min(max(MIN_DOT, next_pow2(heads)), cap)
     head_blocks = math.ceil(heads / block_h)
-    rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
     default_n, default_stages = default_pipeline(rank_pad, rope_pad, itemsize, block_n, block_h)
     block_n = block_n or default_n
     check_pow2("block_n", block_n)
