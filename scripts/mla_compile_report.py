@@ -21,25 +21,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rearqa.kernels.mla_decode.tiling import H200_SMS, choose_tiles, default_pipeline  # noqa: E402
+from rearqa.kernels.mla_decode.tiling import H200_SMS, choose_tiles  # noqa: E402
 
 RANK, ROPE, BATCH, MAX_LEN = 512, 64, 64, 3000
 
 
 def decode_tiles(heads: int, dtype: str, block_h: int | None = None):
-    """choose_tiles' tiles for the default shape, or with `block_h` heads a program and the
-    pipeline default_pipeline gives that many."""
+    """choose_tiles' tiles for the default shape, with `block_h` heads a program when given."""
     itemsize = 4 if dtype == "fp32" else 2
-    tiles = choose_tiles(BATCH, heads, RANK, ROPE, MAX_LEN, itemsize, H200_SMS)
-    if block_h is None:
-        return tiles
-    block_n, stages = default_pipeline(tiles.rank_pad, tiles.rope_pad, itemsize, None, block_h)
-    return replace(tiles, block_h=block_h, head_blocks=-(-heads // block_h), block_n=block_n, num_stages=stages)
+    return choose_tiles(BATCH, heads, RANK, ROPE, MAX_LEN, itemsize, H200_SMS, block_h=block_h)
 
 
 def compiled_decode(tiles, dtype: str):

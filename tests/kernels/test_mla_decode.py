@@ -9,7 +9,7 @@ import torch
 from rearqa.kernels import get_kernel
 from rearqa.kernels.mla_decode import mla_decode
 from rearqa.kernels.mla_decode.reference import mla_decode_reference
-from rearqa.kernels.mla_decode.tiling import SMEM_BYTES, choose_tiles, staged_bytes
+from rearqa.kernels.mla_decode.tiling import SMEM_BYTES, choose_tiles, default_pipeline, staged_bytes
 
 LAYOUTS = ["contiguous", "strided", "paged16", "paged64"]
 
@@ -102,6 +102,12 @@ def test_tiles_pad_widths_and_split_small_batches():
     assert (wide32 := choose_tiles(16, 32, 512, 64, 32768, 4)).block_h == 16 and wide32.head_blocks == 2
     assert choose_tiles(2, 128, 512, 64, 4096, 4).head_blocks == 8
     assert choose_tiles(2, 128, 128, 32, 4096, 4).block_h == 64 and choose_tiles(1, 9, 96, 64, 100, 4).block_h == 16
+    # heads a program asked for: the pipeline and head blocks follow it, and it must be a tile width
+    asked = choose_tiles(64, 128, 512, 64, 3000, 4, block_h=64)
+    assert (asked.block_h, asked.head_blocks) == (64, 2)
+    assert (asked.block_n, asked.num_stages) == default_pipeline(512, 64, 4, None, 64)
+    with pytest.raises(ValueError, match="block_h=24"):
+        choose_tiles(1, 32, 512, 64, 100, 4, block_h=24)
     with pytest.raises(ValueError, match="block_n=24"):
         choose_tiles(1, 9, 96, 64, 100, 2, block_n=24)
     assert (llama.block_n, llama.num_warps, llama.num_stages) == (64, 4, 3)  # the H100 sweep's best

@@ -111,12 +111,15 @@ def split_count(batch: int, head_blocks: int, max_len: int, block_n: int, heads:
 def choose_tiles(batch: int, heads: int, rank: int, rope: int, max_len: int, itemsize: int,
                  sms: int = H200_SMS, block_n: int | None = None,
                  num_splits: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None) -> DecodeTiles:
-    """The tiles of one launch; `block_n`, `num_splits`, `num_warps` and `num_stages` override the
-    defaults (the GPU sweep, scripts/kernel_bench.py --parts mla_sweep, sets them)."""
+                 num_stages: int | None = None, block_h: int | None = None) -> DecodeTiles:
+    """The tiles of one launch; `block_n`, `num_splits`, `num_warps`, `num_stages` and `block_h`
+    (heads a program) override the defaults (the GPU sweep, scripts/kernel_bench.py --parts
+    mla_sweep, sets the first four; scripts/mla_compile_report.py the last)."""
     rank_pad, rope_pad = max(MIN_DOT, next_pow2(rank)), max(MIN_DOT, next_pow2(rope))
-    cap = MAX_BLOCK_H if itemsize < 4 else min(MAX_BLOCK_H, max(MIN_DOT, FP32_HEAD_ELEMS // rank_pad))
-    block_h = min(max(MIN_DOT, next_pow2(heads)), cap)
+    if block_h is None:
+        cap = MAX_BLOCK_H if itemsize < 4 else min(MAX_BLOCK_H, max(MIN_DOT, FP32_HEAD_ELEMS // rank_pad))
+        block_h = min(max(MIN_DOT, next_pow2(heads)), cap)
+    check_pow2("block_h", block_h)
     head_blocks = math.ceil(heads / block_h)
     default_n, default_stages = default_pipeline(rank_pad, rope_pad, itemsize, block_n, block_h)
     block_n = block_n or default_n
